@@ -1,0 +1,47 @@
+/*
+ * common.h: what every prepaidd module shares — the allocation wrappers
+ * (which abort on out-of-memory so call sites stay clean), small helpers and
+ * project-wide limits. Module interfaces live in their own headers.
+ */
+#ifndef PREPAIDD_COMMON_H
+#define PREPAIDD_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+/* The schema version this binary expects (the highest sql/NNN_*.sql). */
+#define PREPAIDD_SCHEMA_VERSION 1
+
+/* DESIGN.md: a meter id is 1-32 characters of [A-Za-z0-9_.-]. */
+#define METER_ID_MAX 32
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define UNUSED(x) ((void)(x))
+
+#if defined(__GNUC__)
+#define PRINTFLIKE(f, a) __attribute__((format(printf, f, a)))
+#define NORETURN __attribute__((noreturn))
+#else
+#define PRINTFLIKE(f, a)
+#define NORETURN
+#endif
+
+/* xmalloc.c: allocation that never returns NULL (aborts with a message). */
+void *xmalloc(size_t size);
+void *xcalloc(size_t nmemb, size_t size);
+void *xrealloc(void *ptr, size_t size);
+void *xreallocarray(void *ptr, size_t nmemb, size_t size);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+int xasprintf(char **out, const char *fmt, ...) PRINTFLIKE(2, 3);
+int xvasprintf(char **out, const char *fmt, va_list ap) PRINTFLIKE(2, 0);
+
+/* Monotonic and wall clocks, in microseconds. */
+int64_t now_mono_us(void);
+int64_t now_wall_us(void);
+
+#endif

@@ -1,0 +1,1 @@
+/* httpd.c: placeholder, being written. */

@@ -1,0 +1,3 @@
+#ifndef PREPAIDD_HTTPD_H
+#define PREPAIDD_HTTPD_H
+#endif

@@ -1,0 +1,1 @@
+/* ingest.c: placeholder, being written. */

@@ -1,0 +1,3 @@
+#ifndef PREPAIDD_INGEST_H
+#define PREPAIDD_INGEST_H
+#endif

@@ -1,0 +1,3 @@
+#ifndef PREPAIDD_METRICS_H
+#define PREPAIDD_METRICS_H
+#endif

@@ -1,0 +1,33 @@
+/*
+ * migrate.h: the schema migrations (sql/NNN_name.sql, embedded into the
+ * binary by sql/embed.sh) and `prepaidd --migrate`, which applies the
+ * pending ones, each in its own transaction, and records them in
+ * prepaid.schema_migrations. Also the start-up check that the database
+ * schema is the one this binary expects.
+ */
+#ifndef PREPAIDD_MIGRATE_H
+#define PREPAIDD_MIGRATE_H
+
+struct migration {
+	int version;
+	const char *name;
+	const char *sql;
+};
+
+extern const struct migration migrations[];
+extern const int migrations_count;
+
+/* The highest version this binary carries. */
+int migrate_latest(void);
+
+/*
+ * Apply pending migrations over a blocking connection (command-line use
+ * only, never on the event loop). Prints what it does to stdout. Returns 0
+ * on success, -1 with a message on stderr.
+ */
+int migrate_run(const char *conninfo);
+
+/* SQL that yields one row, one column: the applied schema version (0 if none). */
+extern const char migrate_version_sql[];
+
+#endif

@@ -1,0 +1,1 @@
+/* mqtt.c: placeholder, being written. */

@@ -1,0 +1,60 @@
+/*
+ * mqtt.h: the broker link. libmosquitto driven through its socket on the
+ * libevent loop (no library thread): a read event calls
+ * mosquitto_loop_read(), a write event is armed only while
+ * mosquitto_want_write(), a 1 s timer calls mosquitto_loop_misc(). MQTT v5,
+ * persistent session (clean_start off) with a stable client id, TCP_NODELAY,
+ * optional TLS and credentials. Reconnects with exponential backoff and
+ * re-subscribes on every connect. Reading can be paused (backpressure): the
+ * broker then holds messages for our session.
+ */
+#ifndef PREPAIDD_MQTT_H
+#define PREPAIDD_MQTT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <event2/event.h>
+
+#include "conf.h"
+
+struct mqtt;
+
+struct mqtt_handlers {
+	/* Connected and subscriptions sent (every (re)connect). */
+	void (*on_connect)(void *arg);
+	void (*on_disconnect)(void *arg, const char *why);
+	/* A message; topic and payload are valid only during the call. */
+	void (*on_message)(void *arg, const char *topic, const void *payload, size_t len);
+	/* The broker acknowledged our publish with this mid (QoS >= 1). */
+	void (*on_publish)(void *arg, int mid);
+	void *arg;
+};
+
+/*
+ * Create and start connecting. Subscribes, at conf->mqtt_qos, to
+ * <prefix>/+/reading, <prefix>/+/event and <prefix>/+/ack — each wrapped as
+ * $share/<group>/... when mqtt_shared_group is set. Returns NULL with a
+ * message in err if the library refuses the settings (bad TLS files...).
+ */
+struct mqtt *mqtt_new(struct event_base *base, const struct conf *conf,
+    const struct mqtt_handlers *h, char *err, size_t errlen);
+void mqtt_free(struct mqtt *m);
+
+bool mqtt_connected(const struct mqtt *m);
+
+/* Stop (true) or resume (false) reading the socket. Idempotent. */
+void mqtt_pause(struct mqtt *m, bool pause);
+
+/*
+ * Publish (never retained). expiry_s > 0 sets the MQTT v5 message-expiry
+ * interval. Returns 0 and the message id in *mid, or -1 if not connected or
+ * the library refused (then nothing was queued).
+ */
+int mqtt_publish(struct mqtt *m, const char *topic, const void *payload,
+    size_t len, int qos, unsigned expiry_s, int *mid);
+
+/* Disconnect cleanly (on shutdown), flushing what can be written. */
+void mqtt_disconnect(struct mqtt *m);
+
+#endif

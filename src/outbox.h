@@ -1,0 +1,3 @@
+#ifndef PREPAIDD_OUTBOX_H
+#define PREPAIDD_OUTBOX_H
+#endif

@@ -1,0 +1,1 @@
+/* pgconn.c: placeholder, being written. */

@@ -1,0 +1,1 @@
+/* sdnotify.c: placeholder, being written. */

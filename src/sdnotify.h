@@ -1,0 +1,3 @@
+#ifndef PREPAIDD_SDNOTIFY_H
+#define PREPAIDD_SDNOTIFY_H
+#endif
