@@ -13,9 +13,6 @@
 
 #include "config.h"
 
-/* The schema version this binary expects (the highest sql/NNN_*.sql). */
-#define PREPAIDD_SCHEMA_VERSION 1
-
 /* DESIGN.md: a meter id is 1-32 characters of [A-Za-z0-9_.-]. */
 #define METER_ID_MAX 32
 
@@ -39,6 +36,18 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 int xasprintf(char **out, const char *fmt, ...) PRINTFLIKE(2, 3);
 int xvasprintf(char **out, const char *fmt, va_list ap) PRINTFLIKE(2, 0);
+
+/* A growable string (xmalloc.c). Initialise with {0}; free p when done. */
+struct sbuf {
+	char *p;
+	size_t len, cap;
+};
+void sbuf_add(struct sbuf *b, const char *s, size_t n);
+void sbuf_adds(struct sbuf *b, const char *s);
+void sbuf_printf(struct sbuf *b, const char *fmt, ...) PRINTFLIKE(2, 3);
+void sbuf_reset(struct sbuf *b);
+/* Lower-case hex of the first max bytes of buf. */
+void sbuf_hex(struct sbuf *b, const void *buf, size_t len, size_t max);
 
 /* Monotonic and wall clocks, in microseconds. */
 int64_t now_mono_us(void);

@@ -98,4 +98,11 @@ void conf_free(struct conf *c);
 bool conf_needs_restart(const struct conf *old, const struct conf *new_conf,
     char *out, size_t outlen);
 
+/*
+ * For SIGHUP: copy every key that may not change on reload from the running
+ * configuration into the new one, so a reload applies only reloadable keys
+ * (the others keep their values until a restart).
+ */
+void conf_keep_fixed(struct conf *new_conf, const struct conf *old);
+
 #endif

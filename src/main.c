@@ -1,1 +1,604 @@
-int main(void) { return 0; }
+/*
+ * main.c: prepaidd's start-up, signals and the wiring between modules.
+ *
+ * Start-up order: options; configuration (-n stops here); --migrate (stops
+ * here); the event loop; signals; the HTTP listener; two PostgreSQL
+ * connections ("ingest" for reading batches, "control" for the schema
+ * check, LISTEN/NOTIFY, the command outbox and partition upkeep); the broker
+ * link; then the loop runs until SIGTERM/SIGINT. READY is told to systemd
+ * once the schema is verified, and both PostgreSQL and the broker are
+ * connected.
+ *
+ * Errors: start-up failures exit 1 with a message on stderr; at run time a
+ * failure of one connection or one message never stops the daemon. The
+ * one exception is a database whose schema is older than this binary: the
+ * daemon exits 1 and says to run --migrate.
+ */
+#include "config.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <mosquitto.h>
+#include <openssl/crypto.h>
+
+#include "conf.h"
+#include "httpd.h"
+#include "ingest.h"
+#include "log.h"
+#include "metrics.h"
+#include "migrate.h"
+#include "mqtt.h"
+#include "outbox.h"
+#include "pgconn.h"
+#include "sdnotify.h"
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+#define DEFAULT_CONF SYSCONFDIR "/prepaidd.conf"
+/* How long a graceful stop waits for the last batch. */
+#define STOP_GRACE_S 15
+/* Partition upkeep interval. */
+#define PARTITIONS_EVERY_S 3600
+
+struct daemon {
+	struct event_base *base;
+	struct conf *conf;
+	struct pgconn *pg_ingest, *pg_control;
+	struct mqtt *mqtt;
+	struct ingest *ingest;
+	struct outbox *outbox;
+	struct httpd *httpd;
+	struct event *sig_term, *sig_int, *sig_hup;
+	struct event *tick, *watchdog, *partitions, *stop_timer;
+	bool schema_ok, ingest_up, control_up, mqtt_up;
+	bool ready_sent, stopping;
+	int exit_code;
+	int64_t tick_expected_us;
+	uint64_t last_inserted;
+};
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: prepaidd [-nv] [-c file] [--migrate] [--version]\n"
+	    "  -c file     configuration file (default " DEFAULT_CONF ")\n"
+	    "  -n          check the configuration, print \"configuration OK\" and exit\n"
+	    "  -v          more logging (debug)\n"
+	    "  --migrate   apply pending database migrations and exit\n"
+	    "  --version   print the versions of prepaidd and its libraries\n");
+}
+
+static void
+print_version(void)
+{
+	int pq = PQlibVersion();
+	int maj, min, rev;
+
+	mosquitto_lib_version(&maj, &min, &rev);
+	printf("prepaidd %s (schema version %d)\n", PACKAGE_VERSION, migrate_latest());
+	printf("  libevent %s\n", event_get_version());
+	printf("  libpq %d.%d\n", pq / 10000, pq % 10000);
+	printf("  libcurl %s\n", curl_version_info(CURLVERSION_NOW)->version);
+	printf("  jansson %s\n", jansson_version_str());
+	printf("  libmosquitto %d.%d.%d\n", maj, min, rev);
+	printf("  %s\n", OpenSSL_version(OPENSSL_VERSION));
+#ifdef HAVE_SYSTEMD
+	printf("  libsystemd (sd_notify) enabled\n");
+#else
+	printf("  libsystemd not built in\n");
+#endif
+}
+
+static void
+apply_log_level(const struct conf *c, int verbose)
+{
+	enum log_level lvl = LOG_LVL_INFO;
+
+	if (strcmp(c->log_level, "error") == 0)
+		lvl = LOG_LVL_ERROR;
+	else if (strcmp(c->log_level, "warning") == 0)
+		lvl = LOG_LVL_WARN;
+	else if (strcmp(c->log_level, "debug") == 0)
+		lvl = LOG_LVL_DEBUG;
+	if (verbose)
+		lvl = LOG_LVL_DEBUG;
+	log_set_level(lvl);
+}
+
+static int verbose_flag;
+
+/* ------------------------------------------------------------ health */
+
+static bool
+daemon_healthy(void *arg, char *why, size_t whylen)
+{
+	struct daemon *d = arg;
+
+	if (!d->schema_ok || !d->control_up || !d->ingest_up)
+		snprintf(why, whylen, "PostgreSQL not connected");
+	else if (!d->mqtt_up)
+		snprintf(why, whylen, "broker not connected");
+	else if (d->stopping)
+		snprintf(why, whylen, "stopping");
+	else
+		return true;
+	return false;
+}
+
+/* Recompute what depends on the links: readiness, ingest, the outbox, READY. */
+static void
+daemon_links_changed(struct daemon *d)
+{
+	bool pg = d->schema_ok && d->ingest_up && d->control_up;
+
+	metrics.pg_up = pg;
+	metrics.mqtt_up = d->mqtt_up;
+	ingest_set_ready(d->ingest, d->schema_ok && d->ingest_up);
+	if (pg && d->mqtt_up && !d->ready_sent && !d->stopping) {
+		d->ready_sent = true;
+		sdnotify_ready();
+		log_info("ready: connected to PostgreSQL and the broker");
+	}
+}
+
+/* ------------------------------------------------------- PostgreSQL */
+
+static void
+partitions_done(void *arg, PGresult *res, const char *err)
+{
+	UNUSED(arg);
+	if (err != NULL)
+		log_warn("partitions: upkeep failed: %s", err);
+	else if (res && PQntuples(res) == 1 && atoi(PQgetvalue(res, 0, 0)) > 0)
+		log_info("partitions: created %s new reading partition(s)", PQgetvalue(res, 0, 0));
+}
+
+static void
+partitions_upkeep(struct daemon *d)
+{
+	char ahead[16];
+	const char *params[1] = { ahead };
+
+	snprintf(ahead, sizeof ahead, "%d", d->conf->ingest_partitions_ahead);
+	pgconn_query(d->pg_control, "SELECT prepaid.ensure_partitions($1::int)", 1, params,
+	    partitions_done, d);
+}
+
+static void
+partitions_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+
+	UNUSED(fd);
+	UNUSED(what);
+	if (d->control_up && d->schema_ok)
+		partitions_upkeep(d);
+}
+
+static void
+daemon_fatal_stop(struct daemon *d, int code)
+{
+	d->exit_code = code;
+	event_base_loopbreak(d->base);
+}
+
+static void
+schema_checked(void *arg, PGresult *res, const char *err)
+{
+	struct daemon *d = arg;
+	int have = 0, want = migrate_latest();
+
+	if (res == NULL)
+		return; /* connection lost; checked again on reconnect */
+	if (err != NULL) {
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		/* 42P01 undefined_table, 3F000 invalid_schema_name: never migrated. */
+		if (state == NULL || (strcmp(state, "42P01") != 0 && strcmp(state, "3F000") != 0)) {
+			log_error("database: cannot read the schema version: %s", err);
+			return;
+		}
+	} else if (PQntuples(res) == 1)
+		have = atoi(PQgetvalue(res, 0, 0));
+	if (have < want) {
+		log_error("database: schema version %d is older than this prepaidd needs (%d): "
+		    "run `prepaidd -c %s --migrate` first", have, want, d->conf->path);
+		daemon_fatal_stop(d, 1);
+		return;
+	}
+	if (have > want)
+		log_warn("database: schema version %d is newer than this prepaidd (%d)", have, want);
+	if (!d->schema_ok)
+		log_info("database: schema version %d", have);
+	d->schema_ok = true;
+	d->control_up = true;
+	metrics.pg_reconnects++;
+	partitions_upkeep(d);
+	outbox_set_ready(d->outbox, true);
+	daemon_links_changed(d);
+}
+
+static void
+control_connected(void *arg, struct pgconn *pc)
+{
+	struct daemon *d = arg;
+
+	pgconn_query_front(pc, migrate_version_sql, 0, NULL, schema_checked, d);
+}
+
+static void
+control_lost(void *arg, struct pgconn *pc, const char *why)
+{
+	struct daemon *d = arg;
+
+	UNUSED(pc);
+	UNUSED(why);
+	d->control_up = false;
+	outbox_set_ready(d->outbox, false);
+	daemon_links_changed(d);
+}
+
+static void
+control_notified(void *arg, const char *channel, const char *payload)
+{
+	struct daemon *d = arg;
+
+	UNUSED(payload);
+	if (strcmp(channel, "prepaid_commands") == 0)
+		outbox_kick(d->outbox);
+}
+
+static void
+ingest_connected(void *arg, struct pgconn *pc)
+{
+	struct daemon *d = arg;
+
+	UNUSED(pc);
+	d->ingest_up = true;
+	daemon_links_changed(d);
+}
+
+static void
+ingest_lost(void *arg, struct pgconn *pc, const char *why)
+{
+	struct daemon *d = arg;
+
+	UNUSED(pc);
+	UNUSED(why);
+	d->ingest_up = false;
+	daemon_links_changed(d);
+}
+
+/* ------------------------------------------------------------- MQTT */
+
+static void
+mqtt_connected_cb(void *arg)
+{
+	struct daemon *d = arg;
+
+	d->mqtt_up = true;
+	metrics.mqtt_reconnects++;
+	daemon_links_changed(d);
+	outbox_kick(d->outbox);
+}
+
+static void
+mqtt_lost_cb(void *arg, const char *why)
+{
+	struct daemon *d = arg;
+
+	UNUSED(why);
+	d->mqtt_up = false;
+	daemon_links_changed(d);
+}
+
+static void
+mqtt_message_cb(void *arg, const char *topic, const void *payload, size_t len)
+{
+	struct daemon *d = arg;
+
+	ingest_message(d->ingest, topic, payload, len);
+}
+
+static void
+ingest_pressure_cb(void *arg, bool full)
+{
+	struct daemon *d = arg;
+
+	mqtt_pause(d->mqtt, full || d->stopping);
+}
+
+/* ------------------------------------------------------------ timers */
+
+static void
+tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	int64_t now = now_mono_us(), lag = now - d->tick_expected_us;
+	uint64_t ins = metrics.readings_inserted;
+
+	UNUSED(fd);
+	UNUSED(what);
+	if (lag < 0)
+		lag = 0;
+	metrics.loop_lag_us_last = lag;
+	if (lag > metrics.loop_lag_us_max)
+		metrics.loop_lag_us_max = lag;
+	d->tick_expected_us = now + 1000000;
+	if (now / 1000000 % 5 == 0)
+		sdnotify_status("%s; %llu readings/s; queue %zu; PostgreSQL %s; broker %s",
+		    d->stopping ? "stopping" : "running",
+		    (unsigned long long)(ins - d->last_inserted), ingest_depth(d->ingest),
+		    metrics.pg_up ? "up" : "down", d->mqtt_up ? "up" : "down");
+	d->last_inserted = ins;
+	if (d->stopping && ingest_idle(d->ingest)) {
+		log_info("stopped: all received readings are written");
+		event_base_loopexit(d->base, NULL);
+	}
+}
+
+static void
+watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+	UNUSED(fd);
+	UNUSED(what);
+	UNUSED(arg);
+	sdnotify_watchdog();
+}
+
+static void
+stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+
+	UNUSED(fd);
+	UNUSED(what);
+	log_error("stop: PostgreSQL did not take the last %zu queued items within %d s; "
+	    "exiting without them (the meters' next readings carry the registers)",
+	    ingest_depth(d->ingest), STOP_GRACE_S);
+	d->exit_code = 1;
+	event_base_loopexit(d->base, NULL);
+}
+
+/* ----------------------------------------------------------- signals */
+
+static void
+daemon_stop(struct daemon *d)
+{
+	struct timeval tv = { STOP_GRACE_S, 0 };
+
+	if (d->stopping) {
+		log_warn("second stop signal: exiting now");
+		exit(1);
+	}
+	d->stopping = true;
+	sdnotify_stopping();
+	log_info("stopping: no more reads from the broker; writing what is queued");
+	mqtt_pause(d->mqtt, true);
+	ingest_drain(d->ingest);
+	if (ingest_idle(d->ingest)) {
+		event_base_loopexit(d->base, NULL);
+		return;
+	}
+	evtimer_add(d->stop_timer, &tv);
+}
+
+static void
+daemon_reload(struct daemon *d)
+{
+	char err[512], what[64];
+	struct conf *nc;
+
+	sdnotify_reloading();
+	nc = conf_load(d->conf->path, err, sizeof err);
+	if (nc == NULL) {
+		log_error("reload failed: %s", err);
+		log_error("reload: keeping the running configuration");
+		sdnotify_ready();
+		return;
+	}
+	if (conf_needs_restart(d->conf, nc, what, sizeof what))
+		log_warn("reload: %s (and possibly other keys) changed; such keys take effect "
+		    "only after a restart", what);
+	conf_keep_fixed(nc, d->conf);
+	ingest_set_conf(d->ingest, nc);
+	outbox_set_conf(d->outbox, nc);
+	pgconn_set_conninfo(d->pg_ingest, nc->db_conninfo);
+	pgconn_set_conninfo(d->pg_control, nc->db_conninfo);
+	apply_log_level(nc, verbose_flag);
+	conf_free(d->conf);
+	d->conf = nc;
+	log_info("reload: configuration %s applied", nc->path);
+	sdnotify_ready();
+}
+
+static void
+signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon *d = arg;
+
+	UNUSED(what);
+	if (sig == SIGHUP)
+		daemon_reload(d);
+	else
+		daemon_stop(d);
+}
+
+/* -------------------------------------------------------------- main */
+
+static int
+daemon_run(struct conf *conf)
+{
+	struct daemon dd, *d = &dd;
+	struct pgconn_handlers ph;
+	struct mqtt_handlers mh;
+	struct ingest_hooks ih;
+	struct timeval one = { 1, 0 }, part = { PARTITIONS_EVERY_S, 0 };
+	char err[512];
+	uint64_t wd;
+
+	memset(d, 0, sizeof *d);
+	d->conf = conf;
+	metrics.started_wall_us = now_wall_us();
+	signal(SIGPIPE, SIG_IGN);
+	d->base = event_base_new();
+	if (d->base == NULL) {
+		fprintf(stderr, "prepaidd: cannot create the event loop\n");
+		return 1;
+	}
+	d->sig_term = evsignal_new(d->base, SIGTERM, signal_cb, d);
+	d->sig_int = evsignal_new(d->base, SIGINT, signal_cb, d);
+	d->sig_hup = evsignal_new(d->base, SIGHUP, signal_cb, d);
+	evsignal_add(d->sig_term, NULL);
+	evsignal_add(d->sig_int, NULL);
+	evsignal_add(d->sig_hup, NULL);
+
+	if (conf->http_enabled) {
+		d->httpd = httpd_new(d->base, conf, daemon_healthy, d, err, sizeof err);
+		if (d->httpd == NULL) {
+			fprintf(stderr, "prepaidd: %s\n", err);
+			return 1;
+		}
+	}
+
+	memset(&ph, 0, sizeof ph);
+	ph.on_connect = ingest_connected;
+	ph.on_disconnect = ingest_lost;
+	ph.arg = d;
+	d->pg_ingest = pgconn_new(d->base, "ingest", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	ph.on_connect = control_connected;
+	ph.on_disconnect = control_lost;
+	ph.on_notify = control_notified;
+	d->pg_control = pgconn_new(d->base, "control", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+
+	memset(&ih, 0, sizeof ih);
+	ih.on_pressure = ingest_pressure_cb;
+	ih.arg = d;
+	d->ingest = ingest_new(d->base, d->pg_ingest, conf, &ih);
+
+	memset(&mh, 0, sizeof mh);
+	mh.on_connect = mqtt_connected_cb;
+	mh.on_disconnect = mqtt_lost_cb;
+	mh.on_message = mqtt_message_cb;
+	mh.arg = d;
+	d->mqtt = mqtt_new(d->base, conf, &mh, err, sizeof err);
+	if (d->mqtt == NULL) {
+		fprintf(stderr, "prepaidd: %s\n", err);
+		return 1;
+	}
+	/* Nothing is read from the broker until PostgreSQL is usable. */
+	mqtt_pause(d->mqtt, true);
+	d->outbox = outbox_new(d->base, d->pg_control, d->mqtt, conf);
+
+	d->tick = event_new(d->base, -1, EV_PERSIST, tick_cb, d);
+	d->tick_expected_us = now_mono_us() + 1000000;
+	event_add(d->tick, &one);
+	d->partitions = event_new(d->base, -1, EV_PERSIST, partitions_cb, d);
+	event_add(d->partitions, &part);
+	d->stop_timer = evtimer_new(d->base, stop_timeout_cb, d);
+	if ((wd = sdnotify_watchdog_usec()) > 0) {
+		struct timeval half = { (time_t)(wd / 2000000), (suseconds_t)(wd / 2 % 1000000) };
+
+		d->watchdog = event_new(d->base, -1, EV_PERSIST, watchdog_cb, d);
+		event_add(d->watchdog, &half);
+	}
+
+	log_info("prepaidd %s starting (config %s, broker %s:%d, topics %s/+/reading|event|ack)",
+	    PACKAGE_VERSION, conf->path, conf->mqtt_host, conf->mqtt_port, conf->mqtt_topic_prefix);
+	event_base_dispatch(d->base);
+
+	if (d->exit_code == 0)
+		log_info("exiting");
+	mqtt_disconnect(d->mqtt);
+	outbox_free(d->outbox);
+	mqtt_free(d->mqtt);
+	ingest_free(d->ingest);
+	pgconn_free(d->pg_ingest);
+	pgconn_free(d->pg_control);
+	httpd_free(d->httpd);
+	event_free(d->sig_term);
+	event_free(d->sig_int);
+	event_free(d->sig_hup);
+	event_free(d->tick);
+	event_free(d->partitions);
+	event_free(d->stop_timer);
+	if (d->watchdog)
+		event_free(d->watchdog);
+	event_base_free(d->base);
+	conf_free(d->conf);
+	return d->exit_code;
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "migrate", no_argument, NULL, 'M' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = DEFAULT_CONF;
+	bool check = false, migrate = false;
+	struct conf *conf;
+	char err[512];
+	int ch, rc;
+
+	while ((ch = getopt_long(argc, argv, "c:nvh", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			path = optarg;
+			break;
+		case 'n':
+			check = true;
+			break;
+		case 'v':
+			verbose_flag++;
+			break;
+		case 'M':
+			migrate = true;
+			break;
+		case 'V':
+			print_version();
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	conf = conf_load(path, err, sizeof err);
+	if (conf == NULL) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (check) {
+		printf("configuration OK\n");
+		conf_free(conf);
+		return 0;
+	}
+	if (migrate) {
+		rc = migrate_run(conf->db_conninfo) == 0 ? 0 : 1;
+		conf_free(conf);
+		return rc;
+	}
+	apply_log_level(conf, verbose_flag);
+	log_set_timestamps(getenv("INVOCATION_ID") == NULL);
+	return daemon_run(conf);
+}

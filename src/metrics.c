@@ -1,1 +1,84 @@
-/* metrics.c: placeholder, being written. */
+/*
+ * metrics.c: the global metrics struct and its Prometheus text rendering.
+ * Names follow Prometheus conventions (prepaidd_ prefix, _total counters,
+ * base units: seconds).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metrics.h"
+
+struct metrics metrics;
+
+struct metrics_buf {
+	char *p;
+	size_t len, cap;
+};
+
+static void metrics_add(struct metrics_buf *b, const char *name, const char *type,
+    const char *help, const char *fmt, ...) PRINTFLIKE(5, 6);
+
+static void
+metrics_add(struct metrics_buf *b, const char *name, const char *type,
+    const char *help, const char *fmt, ...)
+{
+	char value[64];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	vsnprintf(value, sizeof value, fmt, ap);
+	va_end(ap);
+	for (;;) {
+		n = snprintf(b->p + b->len, b->cap - b->len,
+		    "# HELP %s %s\n# TYPE %s %s\n%s %s\n", name, help, name, type, name, value);
+		if (n >= 0 && (size_t)n < b->cap - b->len)
+			break;
+		b->cap *= 2;
+		b->p = xrealloc(b->p, b->cap);
+	}
+	b->len += (size_t)n;
+}
+
+#define C(name, help, v) metrics_add(&b, "prepaidd_" name, "counter", help, "%llu", (unsigned long long)(v))
+#define G(name, help, fmt, v) metrics_add(&b, "prepaidd_" name, "gauge", help, fmt, v)
+
+char *
+metrics_render(void)
+{
+	struct metrics_buf b = { xmalloc(4096), 0, 4096 };
+	const struct metrics *m = &metrics;
+
+	b.p[0] = '\0';
+	C("messages_received_total", "MQTT messages received on the meter topics.", m->messages_received);
+	C("readings_received_total", "Valid readings decoded.", m->readings_received);
+	C("readings_inserted_total", "New readings written to PostgreSQL.", m->readings_inserted);
+	C("readings_duplicate_total", "Readings ignored as repeats of (meter, seq).", m->readings_duplicate);
+	C("readings_unknown_meter_total", "Readings refused because the meter is not registered.", m->readings_unknown_meter);
+	C("gaps_detected_total", "Sequence gaps recorded.", m->gaps_detected);
+	C("gaps_filled_total", "Readings that filled an open gap.", m->gaps_filled);
+	C("events_received_total", "Meter events stored.", m->events_received);
+	C("acks_received_total", "Command acknowledgements matched to a command.", m->acks_received);
+	C("rejects_total", "Bad input stored in prepaid.rejects.", m->rejects);
+	C("batches_total", "Batches written to PostgreSQL.", m->batches);
+	C("batch_errors_total", "Batches that failed and were retried.", m->batch_errors);
+	G("batch_last_items", "Items in the last batch.", "%llu", (unsigned long long)m->batch_items_last);
+	G("batch_last_seconds", "Round trip of the last batch.", "%.6f", (double)m->batch_us_last / 1e6);
+	C("batch_seconds_total", "Time spent in batch round trips, microsecond resolution (as seconds).",
+	    m->batch_us_sum / 1000000);
+	G("queue_depth", "Items waiting to be written.", "%lld", (long long)m->queue_depth);
+	G("queue_bound", "Items held before reading from the broker pauses.", "%lld", (long long)m->queue_bound);
+	C("ingest_pauses_total", "Times reading from the broker was paused (backpressure).", m->paused_total);
+	C("commands_published_total", "Commands published to meters (including re-sends).", m->commands_published);
+	C("command_claims_total", "Outbox claim round trips.", m->command_claims);
+	G("postgres_up", "1 when connected to PostgreSQL with the expected schema.", "%d", m->pg_up);
+	G("mqtt_up", "1 when connected to the broker.", "%d", m->mqtt_up);
+	C("postgres_reconnects_total", "PostgreSQL connections (re)established.", m->pg_reconnects);
+	C("mqtt_reconnects_total", "Broker connections (re)established.", m->mqtt_reconnects);
+	G("loop_lag_seconds", "Event-loop lag measured by a 1 s timer (last).", "%.6f", (double)m->loop_lag_us_last / 1e6);
+	G("loop_lag_max_seconds", "Largest event-loop lag seen.", "%.6f", (double)m->loop_lag_us_max / 1e6);
+	G("start_time_seconds", "Start time of the daemon since the Unix epoch.", "%lld",
+	    (long long)(m->started_wall_us / 1000000));
+	return b.p;
+}

@@ -1,3 +1,52 @@
+/*
+ * metrics.h: the daemon's counters and gauges, one global struct written
+ * from the event loop (single-threaded, so plain integers), rendered in the
+ * Prometheus text format for GET /metrics.
+ */
 #ifndef PREPAIDD_METRICS_H
 #define PREPAIDD_METRICS_H
+
+#include <stdint.h>
+
+#include "common.h"
+
+struct metrics {
+	/* ingest */
+	uint64_t messages_received;     /* MQTT messages on our topics */
+	uint64_t readings_received;     /* valid readings decoded */
+	uint64_t readings_inserted;     /* new readings written */
+	uint64_t readings_duplicate;    /* repeats ignored */
+	uint64_t readings_unknown_meter;
+	uint64_t gaps_detected;
+	uint64_t gaps_filled;
+	uint64_t events_received;
+	uint64_t acks_received;
+	uint64_t rejects;               /* bad input stored in prepaid.rejects */
+	uint64_t batches;
+	uint64_t batch_errors;
+	uint64_t batch_items_last;
+	int64_t batch_us_last;
+	uint64_t batch_us_sum;
+	int64_t queue_depth;            /* items waiting, not yet sent */
+	int64_t queue_bound;
+	uint64_t paused_total;          /* times reading was paused */
+	/* commands */
+	uint64_t commands_published;
+	uint64_t command_claims;
+	/* links */
+	int pg_up;
+	int mqtt_up;
+	uint64_t pg_reconnects;
+	uint64_t mqtt_reconnects;
+	/* loop */
+	int64_t loop_lag_us_last;
+	int64_t loop_lag_us_max;
+	int64_t started_wall_us;
+};
+
+extern struct metrics metrics;
+
+/* Render all metrics; the caller frees the string. */
+char *metrics_render(void);
+
 #endif

@@ -97,6 +97,77 @@ xasprintf(char **out, const char *fmt, ...)
 	return n;
 }
 
+static void
+sbuf_grow(struct sbuf *b, size_t more)
+{
+	if (b->len + more + 1 <= b->cap)
+		return;
+	if (b->cap == 0)
+		b->cap = 256;
+	while (b->len + more + 1 > b->cap)
+		b->cap *= 2;
+	b->p = xrealloc(b->p, b->cap);
+}
+
+void
+sbuf_add(struct sbuf *b, const char *s, size_t n)
+{
+	sbuf_grow(b, n);
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+void
+sbuf_adds(struct sbuf *b, const char *s)
+{
+	sbuf_add(b, s, strlen(s));
+}
+
+void
+sbuf_printf(struct sbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	sbuf_grow(b, 64);
+	va_start(ap, fmt);
+	n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= b->cap - b->len) {
+		sbuf_grow(b, (size_t)n);
+		va_start(ap, fmt);
+		vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+		va_end(ap);
+	}
+	b->len += (size_t)n;
+}
+
+void
+sbuf_reset(struct sbuf *b)
+{
+	b->len = 0;
+	if (b->p)
+		b->p[0] = '\0';
+}
+
+void
+sbuf_hex(struct sbuf *b, const void *buf, size_t len, size_t max)
+{
+	static const char digits[] = "0123456789abcdef";
+	const unsigned char *p = buf;
+	size_t i, n = len < max ? len : max;
+
+	sbuf_grow(b, 2 * n);
+	for (i = 0; i < n; i++) {
+		b->p[b->len++] = digits[p[i] >> 4];
+		b->p[b->len++] = digits[p[i] & 15];
+	}
+	b->p[b->len] = '\0';
+}
+
 int64_t
 now_mono_us(void)
 {

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+#
+# tests/it/ingest.sh: readings travel from simulated meters through a real
+# mosquitto and the real prepaidd into PostgreSQL exactly once. Proves that
+# a fleet's readings all land with the right register, that readings sent
+# twice land once, that a skipped sequence number becomes a recorded gap
+# which the daemon's resend command fills, that malformed input is stored
+# as rejects while good readings around it still land, and that an unknown
+# meter is rejected once auto-registration is switched off.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
+set -euo pipefail
+. "${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/lib.sh"
+
+skip_unless_tools
+pg_start
+broker_start
+daemon_config ingest.max_payload_bytes=1024
+daemon_migrate
+daemon_start
+
+# 3600 kW for 20 ms is 20 Wh: each reading after the first adds exactly 20 Wh
+# to the simulator's start register of 1000000 Wh.
+FLEET=(-n 100 -c 10 -r 20 -w 3600000 --ts-step)
+
+# Readings published before a marker reading are written before it (one
+# ordered stream, batches in order): wait for the marker.
+marker=0
+wait_marker()
+{
+	marker=$((marker + 1))
+	pub meters/MARK/reading \
+	    "{\"seq\":$marker,\"ts\":\"$(date -u +%FT%TZ)\",\"energy_wh\":1,\"relay\":\"closed\"}"
+	wait_until "SELECT count(*) = 1 FROM prepaid.readings
+	    WHERE meter_id = 'MARK' AND seq = $marker" 20 "marker reading $marker written"
+}
+
+note "100 meters x 10 readings land exactly once"
+sim "${FLEET[@]}" >"$LIB_TMP/fleet.out"
+grep -q 'published=1000 acked=1000' "$LIB_TMP/fleet.out" ||
+    fail "simulator did not publish 1000 readings: $(tail -n 1 "$LIB_TMP/fleet.out")"
+wait_until "SELECT count(*) = 1000 FROM prepaid.readings WHERE meter_id LIKE 'SIM%'" 20 \
+    "1000 readings written"
+wait_marker
+assert_eq 1000 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id LIKE 'SIM%'")" \
+    "readings after the fleet"
+assert_eq 1000 "$(psql_q "SELECT count(DISTINCT (meter_id, seq)) FROM prepaid.readings
+    WHERE meter_id LIKE 'SIM%'")" "distinct (meter, seq)"
+assert_eq 100 "$(psql_q "SELECT count(*) FROM prepaid.meters WHERE meter_id LIKE 'SIM%'")" \
+    "meters registered"
+assert_eq 100 "$(psql_q "SELECT count(*) FROM prepaid.meter_status WHERE meter_id LIKE 'SIM%'
+    AND last_seq = 10 AND last_energy_wh = 1000180 AND relay = 'closed' AND open_gaps = 0")" \
+    "meters at seq 10 with register 1000180 Wh"
+assert_eq 1000000,1000180 "$(psql_q "SELECT min(energy_wh) || ',' || max(energy_wh)
+    FROM prepaid.readings WHERE meter_id = 'SIM0042'")" "SIM0042 first and last register"
+
+note "the same readings published twice land once"
+sim "${FLEET[@]}" >"$LIB_TMP/fleet2.out"
+wait_until "SELECT sum(duplicates) >= 1000 FROM prepaid.meters WHERE meter_id LIKE 'SIM%'" 20 \
+    "second run counted as 1000 duplicates"
+wait_marker
+assert_eq 1000 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id LIKE 'SIM%'")" \
+    "readings after a second identical run"
+assert_eq 100 "$(psql_q "SELECT count(*) FROM prepaid.meters WHERE meter_id LIKE 'SIM%'
+    AND last_seq = 10 AND last_energy_wh = 1000180 AND readings = 10")" \
+    "meters unchanged by the repeat"
+
+sim -i DUP -n 10 -c 10 -r 20 --duplicate >"$LIB_TMP/dup.out"
+grep -q 'published=200 acked=200' "$LIB_TMP/dup.out" ||
+    fail "--duplicate did not publish every reading twice: $(tail -n 1 "$LIB_TMP/dup.out")"
+wait_marker
+assert_eq 100 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id LIKE 'DUP%'")" \
+    "readings of a fleet that sends each one twice"
+dups=$(psql_q "SELECT sum(duplicates) FROM prepaid.meters WHERE meter_id LIKE 'DUP%'")
+[ "$dups" -gt 0 ] || fail "readings sent twice were not counted as duplicates (sum = $dups)"
+echo "ok - duplicates counted ($dups)"
+
+note "a skipped seq is recorded as a gap and filled by a resend"
+sim_bg -i GAP -n 3 -c 10 -r 20 --skip-seq 5 --linger 30000
+gap_sim=$SIM_PID
+wait_until "SELECT count(*) = 3 FROM prepaid.gaps
+    WHERE meter_id LIKE 'GAP%' AND from_seq = 5 AND to_seq = 5" 20 "gap 5..5 recorded for 3 meters"
+wait_until "SELECT count(*) = 3 FROM prepaid.commands
+    WHERE meter_id LIKE 'GAP%' AND action = 'resend' AND from_seq = 5" 10 "resend commands queued"
+wait_until "SELECT count(*) = 30 FROM prepaid.readings WHERE meter_id LIKE 'GAP%'" 20 \
+    "resent seq 5 written"
+wait_until "SELECT count(*) = 0 FROM prepaid.open_gaps WHERE meter_id LIKE 'GAP%'" 10 \
+    "gaps closed"
+assert_eq 3 "$(psql_q "SELECT count(*) FROM prepaid.gaps
+    WHERE meter_id LIKE 'GAP%' AND filled_at IS NOT NULL")" "gaps marked filled"
+wait_until "SELECT count(*) = 3 FROM prepaid.commands
+    WHERE meter_id LIKE 'GAP%' AND action = 'resend' AND state = 'acked'" 10 \
+    "resend commands acknowledged"
+grep -q 'cmd meter=GAP0001 id=.* action=resend result=ok' "$SIM_LOG" ||
+    fail "the simulated meter never received the resend"
+assert_eq 3 "$(psql_q "SELECT count(*) FROM prepaid.meters
+    WHERE meter_id LIKE 'GAP%' AND last_seq = 10 AND readings = 10")" "gap meters complete"
+lib_terminate "$gap_sim" 5
+
+note "malformed payloads are stored as rejects; good readings around them land"
+ts=$(date -u +%FT%TZ)
+pub meters/GOOD01/reading "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":500,\"relay\":\"closed\"}"
+pub meters/BAD0001/reading 'not json'
+pub meters/BAD0002/reading "{\"seq\":\"x\",\"ts\":\"$ts\",\"energy_wh\":1,\"relay\":\"closed\"}"
+pub meters/BAD0003/reading "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":-5,\"relay\":\"closed\"}"
+pub 'meters/bad id!/reading' "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":1,\"relay\":\"closed\"}"
+pub meters/BAD0004/reading \
+    "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":1,\"pad\":\"$(printf '%02000d' 0)\"}"
+pub meters/GOOD01/reading "{\"seq\":2,\"ts\":\"$ts\",\"energy_wh\":510,\"relay\":\"closed\"}"
+wait_until "SELECT count(*) = 2 FROM prepaid.readings WHERE meter_id = 'GOOD01'" 20 \
+    "good readings around the bad ones written"
+reject_is()
+{
+	wait_until "SELECT count(*) >= 1 FROM prepaid.rejects WHERE $1 AND reason LIKE '$2'" 10 \
+	    "reject: $2"
+}
+reject_is "meter_id = 'BAD0001'" 'malformed JSON%'
+reject_is "meter_id = 'BAD0002'" '%seq: not a non-negative integer%'
+reject_is "meter_id = 'BAD0003'" '%energy_wh: negative register%'
+reject_is "meter_id IS NULL AND topic = 'meters/bad id!/reading'" '%bad meter id%'
+reject_is "meter_id = 'BAD0004'" 'payload too large%'
+assert_eq 'not json' "$(psql_q "SELECT payload_text FROM prepaid.recent_rejects
+    WHERE meter_id = 'BAD0001' LIMIT 1")" "rejected payload kept"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id LIKE 'BAD%'")" \
+    "nothing of the bad payloads written"
+assert_eq 2 "$(psql_q "SELECT last_seq FROM prepaid.meters WHERE meter_id = 'GOOD01'")" \
+    "GOOD01 last_seq"
+
+note "an unknown meter is rejected when auto_register is off (SIGHUP)"
+from=$(daemon_log_lines)
+daemon_config ingest.max_payload_bytes=1024 ingest.auto_register=false
+daemon_reload
+wait_log '[Rr]eload' "$from" 10
+! tail -n "+$from" "$DAEMON_LOG" | grep -q 'reload failed' || fail "reload failed"
+pub meters/NEW0001/reading "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":1,\"relay\":\"closed\"}"
+pub meters/GOOD01/reading "{\"seq\":3,\"ts\":\"$ts\",\"energy_wh\":520,\"relay\":\"closed\"}"
+wait_until "SELECT count(*) = 3 FROM prepaid.readings WHERE meter_id = 'GOOD01'" 20 \
+    "a known meter still lands"
+wait_until "SELECT count(*) >= 1 FROM prepaid.rejects
+    WHERE meter_id = 'NEW0001' AND reason LIKE 'unknown meter%'" 10 "unknown meter rejected"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.meters WHERE meter_id = 'NEW0001'")" \
+    "unknown meter not registered"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id = 'NEW0001'")" \
+    "unknown meter's reading not written"
+
+daemon_stop
+echo "PASS: ingest"
