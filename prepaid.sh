@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+#
+# prepaid.sh: the one script behind the README's two commands.
+#
+#   ./prepaid.sh demo   install what is missing, build, start a throwaway
+#                       PostgreSQL and mosquitto on loopback, run prepaidd and
+#                       a simulated fleet of 50 meters, and show it working
+#                       until Ctrl-C, which stops everything.
+#   ./prepaid.sh test   install what is missing, build, and run the whole
+#                       suite (unit and integration tests) twice: as built,
+#                       and under AddressSanitizer/UndefinedBehaviorSanitizer.
+#
+# Builds are out of tree, in _build/ and _build-asan/. The servers and
+# their data live in a temporary directory and are removed on exit; the
+# server functions are those of tests/lib.sh, shared with the tests.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+TOP=$(pwd)
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+PACKAGES="build-essential autoconf automake pkg-config libevent-dev libpq-dev
+libcurl4-openssl-dev libjansson-dev libmosquitto-dev mosquitto mosquitto-clients
+check libssl-dev libsystemd-dev postgresql postgresql-common curl mandoc clang"
+
+say()
+{
+	printf '\n==> %s\n' "$*"
+}
+
+die()
+{
+	echo "prepaid.sh: $*" >&2
+	exit 1
+}
+
+usage()
+{
+	echo "usage: ./prepaid.sh demo | test" >&2
+	exit 2
+}
+
+# Install the Debian packages that are not installed yet, and only those.
+deps()
+{
+	local p missing="" sudo=""
+
+	if ! command -v dpkg-query >/dev/null 2>&1; then
+		echo "not a Debian system: make sure these are installed:" "$PACKAGES"
+		return 0
+	fi
+	for p in $PACKAGES; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
+		    grep -q 'install ok installed' || missing="$missing $p"
+	done
+	[ -n "$missing" ] || return 0
+	say "installing:$missing"
+	if [ "$(id -u)" != 0 ]; then
+		command -v sudo >/dev/null 2>&1 || die "need root or sudo to install:$missing"
+		sudo="sudo"
+	fi
+	$sudo apt-get update -q
+	# shellcheck disable=SC2086
+	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    --no-install-recommends $missing </dev/null
+}
+
+# Configure (once) and build in directory $1 with configure options $2...
+build()
+{
+	local dir=$1
+
+	shift
+	if [ ! -x configure ]; then
+		say "autoreconf"
+		autoreconf -fi
+	fi
+	mkdir -p "$dir"
+	if [ ! -f "$dir/Makefile" ]; then
+		say "configure $* in $dir/"
+		(cd "$dir" && "$TOP/configure" -q "$@")
+	fi
+	say "build in $dir/"
+	make -C "$dir" -s -j"$JOBS"
+}
+
+# --- ./prepaid.sh test
+
+# "PASS 6 FAIL 0 ..." from the test-suite.log of build directory $1.
+suite_counts()
+{
+	local log=$1/test-suite.log
+
+	[ -f "$log" ] || { echo "no test-suite.log"; return 0; }
+	sed -n 's/^# \([A-Z]*\): *\([0-9]*\)$/\1 \2/p' "$log" | tr '\n' ' '
+}
+
+# Run make check in $1; print the logs of what failed. Returns make's status.
+suite()
+{
+	local dir=$1 rc=0
+
+	say "make check in $dir/"
+	make -C "$dir" -j"$JOBS" check || rc=$?
+	if [ "$rc" != 0 ] && [ -f "$dir/test-suite.log" ]; then
+		say "failures in $dir/ (test-suite.log)"
+		cat "$dir/test-suite.log"
+	fi
+	return "$rc"
+}
+
+cmd_test()
+{
+	local plain=0 asan=0
+
+	deps
+	build _build
+	suite _build || plain=$?
+
+	build _build-asan --enable-asan
+	# Leak checking on; UBSan stops at the first error (the build also has
+	# -fno-sanitize-recover) so that a bug fails its test.
+	export ASAN_OPTIONS=detect_leaks=1
+	export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+	suite _build-asan || asan=$?
+
+	say "summary"
+	printf '  %-28s %s %s\n' "make check" "$([ $plain = 0 ] && echo ok || echo FAILED)" \
+	    "($(suite_counts _build))"
+	printf '  %-28s %s %s\n' "make check (ASan+UBSan)" \
+	    "$([ $asan = 0 ] && echo ok || echo FAILED)" "($(suite_counts _build-asan))"
+	[ "$plain" = 0 ] && [ "$asan" = 0 ]
+}
+
+# --- ./prepaid.sh demo
+
+cmd_demo()
+{
+	local now prev_n prev_t n t rate row meters closed open armed
+
+	deps
+	build _build
+
+	# The servers, from the test harness; its EXIT trap stops them all.
+	export top_srcdir=$TOP top_builddir=$TOP/_build
+	# shellcheck source=tests/lib.sh
+	. "$TOP/tests/lib.sh"
+	trap 'echo; echo "stopping everything..."; exit 0' INT TERM
+
+	say "starting a throwaway PostgreSQL and mosquitto in $LIB_TMP"
+	skip_unless_tools
+	pg_start
+	broker_start
+	daemon_config mqtt.client_id=prepaidd-demo ingest.batch_window_ms=50
+	daemon_migrate
+	daemon_start
+	sim_bg -n 50 -r 1000 --linger -1
+
+	cat <<EOF
+
+prepaidd is running (log: $DAEMON_LOG), with 50 simulated meters
+reading once a second (prepaid-sim output: $SIM_LOG).
+
+Open psql on the throwaway database, in another terminal:
+
+    $PG_BINDIR/psql -h 127.0.0.1 -p $PG_PORT -U postgres prepaid
+
+and try:
+
+    SELECT * FROM prepaid.meter_status LIMIT 5;
+    SELECT prepaid.trip('SIM0001', 'demo');
+    SELECT * FROM prepaid.command_status;
+    SELECT prepaid.arm('SIM0001', 'paid');  -- the occupant presses the button 2 s later
+
+Metrics: curl http://127.0.0.1:$HTTP_PORT/metrics    Health: curl http://127.0.0.1:$HTTP_PORT/healthz
+
+Ctrl-C stops everything and removes the throwaway data.
+
+EOF
+	prev_n=
+	prev_t=$(lib_now_ms)
+	while :; do
+		sleep 1
+		lib_alive "$DAEMON_PID" || die "prepaidd stopped; see the log above"
+		row=$(psql_q "SELECT coalesce(sum(readings), 0), count(*),
+		    count(*) FILTER (WHERE relay = 'closed'),
+		    count(*) FILTER (WHERE relay = 'open'),
+		    count(*) FILTER (WHERE relay = 'armed')
+		    FROM prepaid.meter_status" 2>/dev/null) || row="?|?|?|?|?"
+		IFS='|' read -r n meters closed open armed <<<"$row"
+		t=$(lib_now_ms)
+		rate="-"
+		if [ "$n" != "?" ]; then
+			[ -z "$prev_n" ] ||
+			    rate=$(((n - prev_n) * 1000 / (t - prev_t > 0 ? t - prev_t : 1)))
+			prev_n=$n
+		fi
+		prev_t=$t
+		now=$(date +%T)
+		printf '%s  readings/s %5s  readings %8s  meters %4s  relay closed %4s open %4s armed %4s  health %s\n' \
+		    "$now" "$rate" "$n" "$meters" "$closed" "$open" "$armed" "$(daemon_healthz)"
+	done
+}
+
+case "${1:-}" in
+demo) cmd_demo ;;
+test) cmd_test ;;
+*) usage ;;
+esac

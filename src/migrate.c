@@ -94,7 +94,7 @@ migrate_apply(PGconn *conn, const struct migration *m)
 	PQclear(res);
 	if (migrate_exec(conn, "COMMIT", "commit") != 0)
 		return -1;
-	printf("applied %03d %s\n", m->version, m->name);
+	printf("applied %s\n", m->name);
 	return 0;
 fail:
 	migrate_exec(conn, "ROLLBACK", "rollback");

@@ -81,18 +81,21 @@ pgconn_query_free(struct pgconn_query *q)
 	free(q);
 }
 
-/* Make the error of a result or connection one line: newlines to spaces. */
+/* Make a libpq message one line: whitespace runs become one space. */
 static char *
 pgconn_oneline(const char *msg)
 {
-	char *s, *p;
+	char *s, *p, *q, c;
 	size_t n;
 
 	s = xstrdup(msg != NULL && *msg != '\0' ? msg : "unknown error");
-	for (p = s; *p != '\0'; p++) {
-		if (*p == '\n' || *p == '\r' || *p == '\t')
-			*p = ' ';
+	for (p = q = s; *p != '\0'; p++) {
+		c = (*p == '\n' || *p == '\r' || *p == '\t') ? ' ' : *p;
+		if (c == ' ' && (q == s || q[-1] == ' '))
+			continue;
+		*q++ = c;
 	}
+	*q = '\0';
 	n = strlen(s);
 	while (n > 0 && s[n - 1] == ' ')
 		s[--n] = '\0';

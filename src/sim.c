@@ -1367,7 +1367,7 @@ main(int argc, char **argv)
 	if (sim.mosq == NULL)
 		sim_fatal("mosquitto_new: %s", strerror(errno));
 	mosquitto_int_option(sim.mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
-	mosquitto_int_option(sim.mosq, MOSQ_OPT_TCP_NODELAY, getenv("SIM_NAGLE") ? 0 : 1);
+	mosquitto_int_option(sim.mosq, MOSQ_OPT_TCP_NODELAY, 1);
 	mosquitto_max_inflight_messages_set(sim.mosq, (unsigned int)opt.inflight);
 	mosquitto_connect_callback_set(sim.mosq, sim_on_connect);
 	mosquitto_disconnect_callback_set(sim.mosq, sim_on_disconnect);

@@ -39,6 +39,9 @@ HTTP_PORT=
 LIB_PIDS=()
 SIM_LOG=
 LIB_USED_PORTS=" "
+# Servers run in their own session so that a Ctrl-C on the terminal reaches
+# only this script, whose EXIT trap then stops them in order.
+LIB_SETSID=$(command -v setsid 2>/dev/null || true)
 
 # --- messages and assertions
 
@@ -117,7 +120,7 @@ lib_pg_bindir()
 		echo "$d"
 		return 0
 	fi
-	for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+	for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
 		if [ -x "$d/initdb" ]; then
 			echo "$d"
 			return 0
@@ -159,9 +162,9 @@ skip_unless_tools()
 # handed out yet. Random so that parallel tests rarely race for one.
 free_port()
 {
-	local p i
+	local p tries
 
-	for i in $(seq 1 200); do
+	for ((tries = 0; tries < 200; tries++)); do
 		p=$((20000 + RANDOM % 40000))
 		case "$LIB_USED_PORTS" in *" $p "*) continue ;; esac
 		if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
@@ -243,7 +246,7 @@ pg_stop()
 
 pg_restart()
 {
-	pg_stop
+	pg_stop fast
 	pg_start
 }
 
@@ -282,7 +285,7 @@ log_type notice
 log_type information
 connection_messages true
 EOF
-	"$MOSQUITTO" -c "$dir/mosquitto.conf" >>"$BROKER_LOG" 2>&1 &
+	$LIB_SETSID "$MOSQUITTO" -c "$dir/mosquitto.conf" >>"$BROKER_LOG" 2>&1 &
 	BROKER_PID=$!
 	deadline=$(($(lib_now_ms) + 10000))
 	until lib_port_open "$BROKER_PORT"; do
@@ -374,7 +377,7 @@ daemon_start()
 
 	from=$(($(wc -l <"$DAEMON_LOG" 2>/dev/null || echo 0) + 1))
 	echo "=== daemon_start $(date +%T)" >>"$DAEMON_LOG"
-	"$top_builddir/prepaidd" -c "$CONF" -v >>"$DAEMON_LOG" 2>&1 &
+	$LIB_SETSID "$top_builddir/prepaidd" -c "$CONF" -v >>"$DAEMON_LOG" 2>&1 &
 	DAEMON_PID=$!
 	deadline=$(($(lib_now_ms) + 15000))
 	while :; do
@@ -453,7 +456,7 @@ sim()
 sim_bg()
 {
 	SIM_LOG=$LIB_TMP/sim.${#LIB_PIDS[@]}.log
-	"$top_builddir/prepaid-sim" -h 127.0.0.1 -p "$BROKER_PORT" "$@" \
+	$LIB_SETSID "$top_builddir/prepaid-sim" -h 127.0.0.1 -p "$BROKER_PORT" "$@" \
 	    >"$SIM_LOG" 2>&1 &
 	SIM_PID=$!
 	LIB_PIDS+=("$SIM_PID")
@@ -466,7 +469,7 @@ cmd_watch()
 	local deadline
 
 	CMD_LOG=$LIB_TMP/cmd.log
-	mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -q 1 -v -t 'meters/+/cmd' \
+	$LIB_SETSID mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -q 1 -v -t 'meters/+/cmd' \
 	    >"$CMD_LOG" 2>&1 &
 	LIB_PIDS+=("$!")
 	deadline=$(($(lib_now_ms) + 10000))
