@@ -56,23 +56,23 @@ struct mqtt {
 	int reconnect_max_ms;
 	char *subs[MQTT_NSUBS];
 
-	int fd;                 /* socket being watched, -1 if none */
+	int fd; /* socket being watched, -1 if none */
 	struct event *ev_read;
 	struct event *ev_write;
 	bool write_armed;
-	struct event *ev_misc;  /* 1 s: keepalive, connect timeout */
+	struct event *ev_misc; /* 1 s: keepalive, connect timeout */
 	struct event *ev_retry; /* next connect attempt */
-	int64_t attempt_us;     /* when the current attempt started */
+	int64_t attempt_us; /* when the current attempt started */
 
-	bool started;           /* the library knows host and port */
-	bool connected;         /* CONNACK accepted */
+	bool started; /* the library knows host and port */
+	bool connected; /* CONNACK accepted */
 	bool ever_connected;
 	bool paused;
-	bool deferred;          /* a connect attempt waits for resume */
-	bool stopping;          /* mqtt_disconnect() called */
+	bool deferred; /* a connect attempt waits for resume */
+	bool stopping; /* mqtt_disconnect() called */
 	bool fail_logged;
 	int backoff_ms;
-	char refused[160];      /* CONNACK refusal, for the disconnect log */
+	char refused[160]; /* CONNACK refusal, for the disconnect log */
 };
 
 static bool mqtt_lib_ready;
@@ -136,6 +136,9 @@ mqtt_strerror(int rc)
 {
 	if (rc == MOSQ_ERR_ERRNO)
 		return strerror(errno);
+	/* 2.0.11 calls this one "Unknown error". */
+	if (rc == MOSQ_ERR_KEEPALIVE)
+		return "no answer from the broker within the keepalive interval";
 	return mosquitto_strerror(rc);
 }
 
@@ -176,8 +179,7 @@ mqtt_link_down(struct mqtt *m, const char *why)
 }
 
 static void
-mqtt_on_disconnect(struct mosquitto *mosq, void *arg, int rc,
-    const mosquitto_property *props)
+mqtt_on_disconnect(struct mosquitto *mosq, void *arg, int rc, const mosquitto_property *props)
 {
 	struct mqtt *m = arg;
 	char why[160];
@@ -205,8 +207,8 @@ mqtt_failed(struct mqtt *m, int rc)
 }
 
 static void
-mqtt_on_connect(struct mosquitto *mosq, void *arg, int rc, int flags,
-    const mosquitto_property *props)
+mqtt_on_connect(
+    struct mosquitto *mosq, void *arg, int rc, int flags, const mosquitto_property *props)
 {
 	struct mqtt *m = arg;
 	bool resumed = (flags & 1) != 0;
@@ -223,26 +225,25 @@ mqtt_on_connect(struct mosquitto *mosq, void *arg, int rc, int flags,
 	m->connected = true;
 	m->backoff_ms = MQTT_BACKOFF_MIN_MS;
 	m->fail_logged = false;
-	log_info("mqtt: connected to %s:%d (session %s)", m->host, m->port,
-	    resumed ? "resumed" : "new");
+	log_info(
+	    "mqtt: connected to %s:%d (session %s)", m->host, m->port, resumed ? "resumed" : "new");
 	if (m->ever_connected && !resumed)
 		log_warn("mqtt: the broker did not keep our session: messages "
-		    "published while we were away are lost");
+		         "published while we were away are lost");
 	m->ever_connected = true;
 	/* The session keeps them too, but a broker may have lost it. */
 	for (i = 0; i < MQTT_NSUBS; i++) {
 		r = mosquitto_subscribe_v5(m->mosq, NULL, m->subs[i], m->qos, 0, NULL);
 		if (r != MOSQ_ERR_SUCCESS)
-			log_error("mqtt: cannot subscribe to %s: %s", m->subs[i],
-			    mqtt_strerror(r));
+			log_error("mqtt: cannot subscribe to %s: %s", m->subs[i], mqtt_strerror(r));
 	}
 	if (m->h.on_connect != NULL)
 		m->h.on_connect(m->h.arg);
 }
 
 static void
-mqtt_on_subscribe(struct mosquitto *mosq, void *arg, int mid, int count,
-    const int *granted, const mosquitto_property *props)
+mqtt_on_subscribe(struct mosquitto *mosq, void *arg, int mid, int count, const int *granted,
+    const mosquitto_property *props)
 {
 	int i;
 
@@ -258,8 +259,8 @@ mqtt_on_subscribe(struct mosquitto *mosq, void *arg, int mid, int count,
 }
 
 static void
-mqtt_on_message(struct mosquitto *mosq, void *arg,
-    const struct mosquitto_message *msg, const mosquitto_property *props)
+mqtt_on_message(struct mosquitto *mosq, void *arg, const struct mosquitto_message *msg,
+    const mosquitto_property *props)
 {
 	struct mqtt *m = arg;
 
@@ -271,8 +272,8 @@ mqtt_on_message(struct mosquitto *mosq, void *arg,
 }
 
 static void
-mqtt_on_publish(struct mosquitto *mosq, void *arg, int mid, int reason,
-    const mosquitto_property *props)
+mqtt_on_publish(
+    struct mosquitto *mosq, void *arg, int mid, int reason, const mosquitto_property *props)
 {
 	struct mqtt *m = arg;
 
@@ -373,16 +374,15 @@ mqtt_connect_start(struct mqtt *m)
 	m->attempt_us = now_mono_us();
 	m->refused[0] = '\0';
 	if (!m->started) {
-		rc = mosquitto_connect_bind_async(m->mosq, m->host, m->port,
-		    m->keepalive, NULL);
+		rc = mosquitto_connect_bind_async(m->mosq, m->host, m->port, m->keepalive, NULL);
 		m->started = rc != MOSQ_ERR_INVAL;
 	} else {
 		rc = mosquitto_reconnect_async(m->mosq);
 	}
 	fd = mosquitto_socket(m->mosq);
 	if (rc != MOSQ_ERR_SUCCESS || fd < 0) {
-		snprintf(why, sizeof why, "%s", rc != MOSQ_ERR_SUCCESS ?
-		    mqtt_strerror(rc) : "no socket");
+		snprintf(why, sizeof why, "%s",
+		    rc != MOSQ_ERR_SUCCESS ? mqtt_strerror(rc) : "no socket");
 		mqtt_link_down(m, why);
 		return;
 	}
@@ -422,8 +422,7 @@ mqtt_retry_cb(evutil_socket_t fd, short what, void *arg)
 static char *
 mqtt_filter(const struct conf *conf, const char *leaf)
 {
-	const char *prefix = conf->mqtt_topic_prefix != NULL ?
-	    conf->mqtt_topic_prefix : "meters";
+	const char *prefix = conf->mqtt_topic_prefix != NULL ? conf->mqtt_topic_prefix : "meters";
 	char *s;
 
 	if (conf->mqtt_shared_group != NULL && *conf->mqtt_shared_group != '\0')
@@ -434,11 +433,11 @@ mqtt_filter(const struct conf *conf, const char *leaf)
 }
 
 struct mqtt *
-mqtt_new(struct event_base *base, const struct conf *conf,
-    const struct mqtt_handlers *h, char *err, size_t errlen)
+mqtt_new(struct event_base *base, const struct conf *conf, const struct mqtt_handlers *h, char *err,
+    size_t errlen)
 {
-	static const char *leaves[MQTT_NSUBS] = { "reading", "event", "ack" };
-	struct timeval sec = { 1, 0 };
+	static const char *leaves[MQTT_NSUBS] = {"reading", "event", "ack"};
+	struct timeval sec = {1, 0};
 	struct mqtt *m;
 	mosquitto_property *props = NULL;
 	int rc, i;
@@ -458,8 +457,9 @@ mqtt_new(struct event_base *base, const struct conf *conf,
 	m->port = conf->mqtt_port;
 	m->keepalive = conf->mqtt_keepalive;
 	m->qos = conf->mqtt_qos;
-	m->reconnect_max_ms = conf->mqtt_reconnect_max_ms > MQTT_BACKOFF_MIN_MS ?
-	    conf->mqtt_reconnect_max_ms : MQTT_BACKOFF_MIN_MS;
+	m->reconnect_max_ms = conf->mqtt_reconnect_max_ms > MQTT_BACKOFF_MIN_MS
+	                          ? conf->mqtt_reconnect_max_ms
+	                          : MQTT_BACKOFF_MIN_MS;
 	m->backoff_ms = MQTT_BACKOFF_MIN_MS;
 	m->fd = -1;
 	for (i = 0; i < MQTT_NSUBS; i++)
@@ -476,18 +476,20 @@ mqtt_new(struct event_base *base, const struct conf *conf,
 	mosquitto_int_option(m->mosq, MOSQ_OPT_RECEIVE_MAXIMUM, MQTT_INFLIGHT_MAX);
 	mosquitto_int_option(m->mosq, MOSQ_OPT_SEND_MAXIMUM, MQTT_INFLIGHT_MAX);
 	if (conf->mqtt_username != NULL || conf->mqtt_password != NULL) {
-		rc = mosquitto_username_pw_set(m->mosq, conf->mqtt_username,
-		    conf->mqtt_password);
+		rc = mosquitto_username_pw_set(m->mosq, conf->mqtt_username, conf->mqtt_password);
 		if (rc != MOSQ_ERR_SUCCESS) {
 			snprintf(err, errlen, "mqtt: credentials: %s", mqtt_strerror(rc));
 			goto fail;
 		}
 	}
 	if (conf->mqtt_tls_ca != NULL && *conf->mqtt_tls_ca != '\0') {
-		rc = mosquitto_tls_set(m->mosq, conf->mqtt_tls_ca, NULL,
-		    conf->mqtt_tls_cert, conf->mqtt_tls_key, NULL);
+		rc = mosquitto_tls_set(m->mosq, conf->mqtt_tls_ca, NULL, conf->mqtt_tls_cert,
+		    conf->mqtt_tls_key, NULL);
 		if (rc != MOSQ_ERR_SUCCESS) {
-			snprintf(err, errlen, "mqtt: TLS settings: %s", mqtt_strerror(rc));
+			snprintf(err, errlen,
+			    "mqtt: TLS settings (CA, certificate or key "
+			    "file unreadable, or only one of certificate and key): %s",
+			    mqtt_strerror(rc));
 			goto fail;
 		}
 	}
@@ -499,8 +501,8 @@ mqtt_new(struct event_base *base, const struct conf *conf,
 	 * broker ends our session, and drops what it queued for us, on
 	 * every disconnect.
 	 */
-	mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
-	    MQTT_SESSION_EXPIRY_S);
+	mosquitto_property_add_int32(
+	    &props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, MQTT_SESSION_EXPIRY_S);
 	rc = mosquitto_connect_bind_v5(m->mosq, m->host, -1, m->keepalive, NULL, props);
 	mosquitto_property_free_all(&props);
 	if (rc != MOSQ_ERR_INVAL) {
@@ -581,8 +583,8 @@ mqtt_pause(struct mqtt *m, bool pause)
 }
 
 int
-mqtt_publish(struct mqtt *m, const char *topic, const void *payload,
-    size_t len, int qos, unsigned expiry_s, int *mid)
+mqtt_publish(struct mqtt *m, const char *topic, const void *payload, size_t len, int qos,
+    unsigned expiry_s, int *mid)
 {
 	mosquitto_property *props = NULL;
 	int rc;
@@ -590,11 +592,20 @@ mqtt_publish(struct mqtt *m, const char *topic, const void *payload,
 	if (!m->connected || len > (size_t)INT32_MAX)
 		return -1;
 	if (expiry_s > 0)
-		mosquitto_property_add_int32(&props, MQTT_PROP_MESSAGE_EXPIRY_INTERVAL,
-		    expiry_s);
-	rc = mosquitto_publish_v5(m->mosq, mid, topic, (int)len, payload, qos,
-	    false, props);
+		mosquitto_property_add_int32(&props, MQTT_PROP_MESSAGE_EXPIRY_INTERVAL, expiry_s);
+	rc = mosquitto_publish_v5(m->mosq, mid, topic, (int)len, payload, qos, false, props);
 	mosquitto_property_free_all(&props);
+	if (rc != MOSQ_ERR_SUCCESS && qos > 0 &&
+	    (rc == MOSQ_ERR_ERRNO || rc == MOSQ_ERR_CONN_LOST || rc == MOSQ_ERR_NO_CONN)) {
+		/*
+		 * The library queued the message before the write failed and
+		 * resends it after the reconnect: report it as queued, or the
+		 * caller would send it twice.
+		 */
+		log_debug("mqtt: publish %d to %s deferred to the next connection",
+		    mid != NULL ? *mid : 0, topic);
+		return 0;
+	}
 	if (rc != MOSQ_ERR_SUCCESS) {
 		log_warn("mqtt: cannot publish to %s: %s", topic, mqtt_strerror(rc));
 		return -1;

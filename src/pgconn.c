@@ -50,20 +50,21 @@ struct pgconn {
 	struct event *ev_write;
 	int ev_fd;
 	struct event *ev_timer; /* reconnect (WAIT) or connect timeout */
-	struct event *ev_kick;  /* deferred work: send next, reset */
+	struct event *ev_kick; /* deferred work: send next, reset */
 	int backoff_ms;
-	bool fail_logged;       /* a connect failure was logged at warning */
-	bool flushing;          /* PQflush returned 1: wait for writable */
-	char *reset_why;        /* pgconn_reset() or new conninfo pending */
-	bool reset_now;         /* reconnect at once, not after the backoff */
+	bool fail_logged; /* a connect failure was logged at warning */
+	bool flushing; /* PQflush returned 1: wait for writable */
+	char *reset_why; /* pgconn_reset() or new conninfo pending */
+	bool reset_now; /* reconnect at once, not after the backoff */
 
 	struct pgconn_query *head, *tail;
+	struct pgconn_query *front_tail; /* last unsent query_front() one */
 	struct pgconn_query *inflight;
 	PGresult *last;
 	int nqueued;
 
-	int depth;              /* nesting of libevent callbacks running */
-	bool doomed;            /* pgconn_free() called inside a callback */
+	int depth; /* nesting of libevent callbacks running */
+	bool doomed; /* pgconn_free() called inside a callback */
 };
 
 static void pgconn_io(evutil_socket_t, short, void *);
@@ -237,8 +238,8 @@ pgconn_connect_failed(struct pgconn *pc, const char *reason)
 static void
 pgconn_connect_start(struct pgconn *pc)
 {
-	const char *keys[] = { "dbname", "fallback_application_name", NULL };
-	const char *vals[] = { pc->conninfo, pc->appname, NULL };
+	const char *keys[] = {"dbname", "fallback_application_name", NULL};
+	const char *vals[] = {pc->conninfo, pc->appname, NULL};
 
 	/*
 	 * expand_dbname: the configured string may be a conninfo or a URI.
@@ -274,9 +275,8 @@ pgconn_connected(struct pgconn *pc)
 	pc->state = PGCONN_READY;
 	pc->backoff_ms = PGCONN_BACKOFF_MIN_MS;
 	pc->fail_logged = false;
-	log_info("database %s: connected to %s:%s/%s (server %d)", pc->name,
-	    PQhost(pc->conn), PQport(pc->conn), PQdb(pc->conn),
-	    PQserverVersion(pc->conn));
+	log_info("database %s: connected to %s:%s/%s (server %d)", pc->name, PQhost(pc->conn),
+	    PQport(pc->conn), PQdb(pc->conn), PQserverVersion(pc->conn));
 	pgconn_watch(pc, true, false, true);
 	gen = pc->gen;
 	if (pc->h.on_connect != NULL)
@@ -339,11 +339,13 @@ pgconn_send_next(struct pgconn *pc)
 		pc->head = q->next;
 		if (pc->head == NULL)
 			pc->tail = NULL;
+		if (pc->front_tail == q)
+			pc->front_tail = NULL;
 		pc->nqueued--;
 		q->next = NULL;
 		pc->inflight = q;
 		if (PQsendQueryParams(pc->conn, q->sql, q->nparams, NULL,
-		    (const char *const *)q->params, NULL, NULL, 0)) {
+		        (const char *const *)q->params, NULL, NULL, 0)) {
 			pgconn_flush(pc);
 			return;
 		}
@@ -566,7 +568,7 @@ pgconn_drop(struct pgconn *pc, const char *reason, bool unexpected)
 	else
 		list = pc->head;
 	pc->inflight = NULL;
-	pc->head = pc->tail = NULL;
+	pc->head = pc->tail = pc->front_tail = NULL;
 	pc->nqueued = 0;
 	while ((q = list) != NULL) {
 		list = q->next;
@@ -578,14 +580,14 @@ pgconn_drop(struct pgconn *pc, const char *reason, bool unexpected)
 		pc->h.on_disconnect(pc->h.arg, pc, why);
 	free(why);
 	/* An unexpected loss reconnects here; a reset is scheduled by its caller. */
-	if (unexpected && !pc->doomed && pc->gen == gen &&
-	    pc->state == PGCONN_WAIT && !evtimer_pending(pc->ev_timer, NULL))
+	if (unexpected && !pc->doomed && pc->gen == gen && pc->state == PGCONN_WAIT &&
+	    !evtimer_pending(pc->ev_timer, NULL))
 		pgconn_schedule(pc);
 }
 
 struct pgconn *
-pgconn_new(struct event_base *base, const char *name, const char *conninfo,
-    int reconnect_max_ms, const struct pgconn_handlers *h)
+pgconn_new(struct event_base *base, const char *name, const char *conninfo, int reconnect_max_ms,
+    const struct pgconn_handlers *h)
 {
 	struct pgconn *pc = xcalloc(1, sizeof *pc);
 
@@ -593,8 +595,8 @@ pgconn_new(struct event_base *base, const char *name, const char *conninfo,
 	pc->name = xstrdup(name);
 	xasprintf(&pc->appname, "prepaidd-%s", name);
 	pc->conninfo = xstrdup(conninfo);
-	pc->reconnect_max_ms = reconnect_max_ms > PGCONN_BACKOFF_MIN_MS ?
-	    reconnect_max_ms : PGCONN_BACKOFF_MIN_MS;
+	pc->reconnect_max_ms =
+	    reconnect_max_ms > PGCONN_BACKOFF_MIN_MS ? reconnect_max_ms : PGCONN_BACKOFF_MIN_MS;
 	pc->h = *h;
 	pc->ev_fd = -1;
 	pc->backoff_ms = PGCONN_BACKOFF_MIN_MS;
@@ -693,10 +695,17 @@ pgconn_enqueue(struct pgconn *pc, bool front, const char *sql, int nparams,
 	q->cb = cb;
 	q->arg = arg;
 	if (front) {
-		q->next = pc->head;
-		pc->head = q;
-		if (pc->tail == NULL)
+		/* Ahead of the others, but in order among the front ones. */
+		if (pc->front_tail != NULL) {
+			q->next = pc->front_tail->next;
+			pc->front_tail->next = q;
+		} else {
+			q->next = pc->head;
+			pc->head = q;
+		}
+		if (q->next == NULL)
 			pc->tail = q;
+		pc->front_tail = q;
 	} else {
 		if (pc->tail != NULL)
 			pc->tail->next = q;
@@ -710,15 +719,15 @@ pgconn_enqueue(struct pgconn *pc, bool front, const char *sql, int nparams,
 }
 
 void
-pgconn_query(struct pgconn *pc, const char *sql, int nparams,
-    const char *const *params, pgconn_cb cb, void *arg)
+pgconn_query(struct pgconn *pc, const char *sql, int nparams, const char *const *params,
+    pgconn_cb cb, void *arg)
 {
 	pgconn_enqueue(pc, false, sql, nparams, params, cb, arg);
 }
 
 void
-pgconn_query_front(struct pgconn *pc, const char *sql, int nparams,
-    const char *const *params, pgconn_cb cb, void *arg)
+pgconn_query_front(struct pgconn *pc, const char *sql, int nparams, const char *const *params,
+    pgconn_cb cb, void *arg)
 {
 	pgconn_enqueue(pc, true, sql, nparams, params, cb, arg);
 }

@@ -91,7 +91,6 @@ static struct {
 	size_t nskip;
 	bool duplicate;
 	bool ts_step;
-	bool ts_step_given;
 	int64_t press_delay_ms;
 	bool commands;
 	size_t hold;
@@ -429,8 +428,10 @@ sim_publish(const char *topic, const char *payload, size_t len, int qos, uint32_
 		sim.first_pub_us = now_mono_us();
 	sim.published += readings;
 	if (qos == 0) {
-		/* No acknowledgement will come: done when written. */
+		/* No acknowledgement will come: done when handed to the socket. */
 		sim.acked += readings;
+		if (readings > 0)
+			sim.last_ack_us = now_mono_us();
 		return;
 	}
 	sim.mid_readings[(uint16_t)mid] = readings;
@@ -675,7 +676,7 @@ sim_command(struct sim_meter *m, const char *payload, size_t len)
 {
 	json_t *root, *jid, *jact, *jvu, *jfrom;
 	json_error_t err;
-	const char *id, *action, *result = "ok", *detail = NULL;
+	const char *id, *action, *result = "ok", *detail = NULL, *event_cause = NULL;
 	char pid[80], pact[40];
 	int64_t until;
 	int i;
@@ -741,12 +742,7 @@ sim_command(struct sim_meter *m, const char *payload, size_t len)
 	} else if (strcmp(action, "close") == 0) {
 		if (m->relay != SIM_CLOSED) {
 			sim_set_relay(m, SIM_CLOSED);
-			sim_publish_ack(m, id, result, detail, true);
-			sim_out("cmd meter=%s id=%s action=%s result=%s relay=%s",
-			    m->id, pid, pact, result, sim_relay_names[m->relay]);
-			sim_publish_event(m, "remote");
-			json_decref(root);
-			return;
+			event_cause = "remote";
 		}
 	} else if (strcmp(action, "keep_power_on") == 0) {
 		m->keep_power = true;
@@ -766,6 +762,9 @@ sim_command(struct sim_meter *m, const char *payload, size_t len)
 	sim_publish_ack(m, id, result, detail, true);
 	sim_out("cmd meter=%s id=%s action=%s result=%s relay=%s",
 	    m->id, pid, pact, result, sim_relay_names[m->relay]);
+	/* The ack first: the head-end learns of the command before its effect. */
+	if (event_cause != NULL)
+		sim_publish_event(m, event_cause);
 	json_decref(root);
 }
 
@@ -1242,8 +1241,8 @@ sim_options(int argc, char **argv)
 			break;
 		case OPT_SKIP_SEQ: sim_parse_skip(optarg); break;
 		case OPT_DUPLICATE: opt.duplicate = true; break;
-		case OPT_TS_NOW: opt.ts_step = false; opt.ts_step_given = false; break;
-		case OPT_TS_STEP: opt.ts_step = true; opt.ts_step_given = true; break;
+		case OPT_TS_NOW: opt.ts_step = false; break;
+		case OPT_TS_STEP: opt.ts_step = true; break;
 		case OPT_PRESS_DELAY:
 			opt.press_delay_ms = sim_number(optarg, -1, 86400000, "--press-delay");
 			break;
@@ -1349,8 +1348,6 @@ main(int argc, char **argv)
 		sim.ts_frac = 6;
 	else
 		sim.ts_frac = opt.interval_ms % 1000 == 0 ? 0 : 3;
-	if (opt.load > 0 && !opt.ts_step_given)
-		opt.ts_step = false;
 	/* --ts-step: the first seq is stamped with the whole second of the start. */
 	sim.wall0_us = now_wall_us() / 1000000 * 1000000;
 	sim_meters_init();

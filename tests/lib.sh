@@ -390,7 +390,7 @@ daemon_start()
 		    -w '%{http_code}' "http://127.0.0.1:$HTTP_PORT/healthz" || true)" = 200 ]; then
 			return 0
 		fi
-		if tail -n "+$from" "$DAEMON_LOG" | grep -qiw ready; then
+		if tail -n "+$from" "$DAEMON_LOG" | grep -q "info: ready"; then
 			return 0
 		fi
 		[ "$(lib_now_ms)" -lt "$deadline" ] ||
@@ -424,6 +424,12 @@ daemon_metrics()
 	curl -s -m 2 "http://127.0.0.1:$HTTP_PORT/metrics"
 }
 
+# The value of one metric, by its name without the prepaidd_ prefix.
+daemon_metric()
+{
+	daemon_metrics | awk -v n="prepaidd_$1" '$1 == n { print $2 }'
+}
+
 # Wait until the daemon's log (since line $2, default 1) matches the
 # extended regular expression $1, within $3 seconds.
 wait_log()
@@ -432,6 +438,7 @@ wait_log()
 
 	deadline=$(($(lib_now_ms) + secs * 1000))
 	until tail -n "+$from" "$DAEMON_LOG" | grep -qE "$re"; do
+		daemon_check_alive
 		[ "$(lib_now_ms)" -lt "$deadline" ] ||
 		    fail "daemon log did not show /$re/ within ${secs}s"
 		sleep 0.2
@@ -488,6 +495,18 @@ pub()
 
 # --- waiting
 
+# Fail at once, instead of at a time-out, when the daemon has died.
+daemon_check_alive()
+{
+	local rc=0
+
+	[ -n "$DAEMON_PID" ] || return 0
+	lib_alive "$DAEMON_PID" && return 0
+	wait "$DAEMON_PID" || rc=$?
+	DAEMON_PID=
+	fail "prepaidd exited unexpectedly with status $rc"
+}
+
 # Poll SQL (which returns t or f) every 0.2 s until it returns t.
 wait_until()
 {
@@ -500,6 +519,7 @@ wait_until()
 			echo "ok - $what"
 			return 0
 		fi
+		daemon_check_alive
 		[ "$(lib_now_ms)" -lt "$deadline" ] ||
 		    fail "timed out after ${secs}s waiting for: $what (last value: $v)"
 		sleep 0.2

@@ -73,6 +73,12 @@ assert_eq 100 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id LI
 dups=$(psql_q "SELECT sum(duplicates) FROM prepaid.meters WHERE meter_id LIKE 'DUP%'")
 [ "$dups" -gt 0 ] || fail "readings sent twice were not counted as duplicates (sum = $dups)"
 echo "ok - duplicates counted ($dups)"
+v=$(daemon_metric readings_duplicate_total)
+[ "${v:-0}" -ge 1100 ] || fail "/metrics readings_duplicate_total = '$v', want >= 1100"
+echo "ok - /metrics readings_duplicate_total ($v)"
+v=$(daemon_metric readings_inserted_total)
+[ "${v:-0}" -ge 1100 ] || fail "/metrics readings_inserted_total = '$v', want >= 1100"
+echo "ok - /metrics readings_inserted_total ($v)"
 
 note "a skipped seq is recorded as a gap and filled by a resend"
 sim_bg -i GAP -n 3 -c 10 -r 20 --skip-seq 5 --linger 30000
@@ -129,7 +135,7 @@ note "an unknown meter is rejected when auto_register is off (SIGHUP)"
 from=$(daemon_log_lines)
 daemon_config ingest.max_payload_bytes=1024 ingest.auto_register=false
 daemon_reload
-wait_log '[Rr]eload' "$from" 10
+wait_log 'reload: configuration .* applied' "$from" 10
 ! tail -n "+$from" "$DAEMON_LOG" | grep -q 'reload failed' || fail "reload failed"
 pub meters/NEW0001/reading "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":1,\"relay\":\"closed\"}"
 pub meters/GOOD01/reading "{\"seq\":3,\"ts\":\"$ts\",\"energy_wh\":520,\"relay\":\"closed\"}"

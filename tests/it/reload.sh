@@ -66,7 +66,7 @@ note "SIGHUP with a changed reloadable key applies it"
 daemon_config ingest.batch_window_ms=80 ingest.auto_register=false
 from=$(daemon_log_lines)
 daemon_reload
-wait_log '[Rr]eload' "$from" 10
+wait_log 'reload: configuration .* applied' "$from" 10
 if tail -n "+$from" "$DAEMON_LOG" | grep -q 'reload failed'; then
 	fail "a valid reload failed: $(tail -n "+$from" "$DAEMON_LOG")"
 fi

@@ -30,6 +30,7 @@ wait_health()
 		!*) [ "$code" != "${want#!}" ] && break ;;
 		*) [ "$code" = "$want" ] && break ;;
 		esac
+		daemon_check_alive
 		[ "$(lib_now_ms)" -lt "$deadline" ] ||
 		    fail "/healthz did not become $want within ${secs}s (last $code)"
 		sleep 0.2
@@ -72,7 +73,7 @@ wait_until "SELECT count(*) > 100 FROM prepaid.readings WHERE meter_id LIKE 'PGS
 pg_stop fast
 echo "PostgreSQL stopped at $(date +%T)"
 wait_health '!200' 5
-sleep 4
+sleep 5
 lib_alive "$DAEMON_PID" || fail "prepaidd died while PostgreSQL was away"
 echo "ok - prepaidd alive with PostgreSQL away"
 pg_start

@@ -1,0 +1,367 @@
+#!/bin/bash
+#
+# tests/bench/bench.sh: the ingest benchmark of the meter link. In one run,
+# against one throwaway PostgreSQL (fsync and synchronous_commit on, so every
+# commit is paid for) and one mosquitto on loopback, and always into the same
+# prepaid.readings table (emptied between phases), it measures:
+#
+#   1. the broker-only ceiling: prepaid-sim load -> mosquitto -> a QoS 1
+#      subscriber that discards (mosquitto_sub > /dev/null);
+#   2. batched COPY of the same rows at the daemon's batch size (bench-copy);
+#   3. the naive subscriber: one autocommit INSERT per message (bench-naive);
+#   4. prepaidd's sustained ingest rate, QoS 1, from the simulator;
+#   5. publish->commit latency (p50/p99) at half that rate, open loop;
+#   6. prepaidd's peak RSS;
+#
+# then prints the ratios against the targets of the meter-link issue. It is
+# a measurement, not a test: it exits 0 whatever the figures, and non-zero
+# only when something broke. Takes a minute or two on a 2-core machine.
+#
+# Environment: BUILD (directory holding prepaidd, prepaid-sim and
+# tests/bench/*; default _build under the repository root), BENCH_N
+# (readings for phases 1, 2 and 4; 300000), BENCH_METERS (1000),
+# BENCH_BATCH (the daemon's batch_size, also COPY's; 1000), BENCH_WINDOW_MS
+# (batch_window_ms; 50), BENCH_QUEUE (queue_bound; 50000), BENCH_NAIVE_N
+# (20000), BENCH_LAT_SECONDS (length of the latency phase; 10),
+# BENCH_INFLIGHT (the simulator's publish window; 100), PREPAID_KEEP_TMP=1
+# keeps the logs.
+
+set -e
+
+top_srcdir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${BUILD:-$top_srcdir/_build}
+[ -d "$BUILD" ] || { echo "bench: BUILD=$BUILD is not a directory" >&2; exit 1; }
+top_builddir=$(cd "$BUILD" && pwd)
+export top_srcdir top_builddir
+
+# shellcheck source=../lib.sh
+. "$top_srcdir/tests/lib.sh"
+
+N=${BENCH_N:-300000}
+METERS=${BENCH_METERS:-1000}
+BATCH=${BENCH_BATCH:-1000}
+WINDOW_MS=${BENCH_WINDOW_MS:-50}
+QUEUE=${BENCH_QUEUE:-50000}
+NAIVE_N=${BENCH_NAIVE_N:-20000}
+LAT_SECONDS=${BENCH_LAT_SECONDS:-10}
+INFLIGHT=${BENCH_INFLIGHT:-100}
+# Generous: a phase that takes this long has broken, not run slowly.
+PHASE_TIMEOUT=${BENCH_PHASE_TIMEOUT:-180}
+SIM_TIMEOUT=$PHASE_TIMEOUT
+
+for t in tests/bench/bench-naive tests/bench/bench-copy; do
+	[ -x "$top_builddir/$t" ] ||
+	    fail "$top_builddir/$t is not built (make $t)"
+done
+skip_unless_tools
+
+# --- helpers
+
+bench_now()
+{
+	date +%s.%N
+}
+
+# awk does the floating point: bench_calc 'expression' [name=value ...]
+bench_calc()
+{
+	local expr=$1
+
+	shift
+	awk "$@" "BEGIN { printf \"%s\", $expr }" </dev/null
+}
+
+bench_line()
+{
+	printf '%-44s %s\n' "$1" "$2"
+}
+
+# A field of a "RESULT a=1 b=2" line.
+bench_field()
+{
+	echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"
+}
+
+bench_result()
+{
+	grep '^RESULT ' "$1" | tail -n 1
+}
+
+bench_psql()
+{
+	psql_q "$1"
+}
+
+# Empty the table (and the meters' state) so that every phase writes the
+# same rows into the same, empty table; the checkpoint keeps the previous
+# phase's dirty pages out of the next one's timing.
+bench_reset()
+{
+	bench_psql "SET lock_timeout = '10s';
+	    TRUNCATE prepaid.readings, prepaid.meters, prepaid.gaps, prepaid.events,
+	        prepaid.commands, prepaid.command_audit, prepaid.rejects CASCADE" \
+	    >/dev/null || fail "could not empty the tables"
+	bench_psql "CHECKPOINT" >/dev/null
+}
+
+bench_metric()
+{
+	daemon_metrics | awk -v m="$1" '$1 == m { print $2; exit }'
+}
+
+# Poll /metrics every 100 ms until readings_inserted_total reaches $1; sets
+# BENCH_T_DONE to the wall clock (seconds since the epoch) when it did.
+bench_wait_inserted()
+{
+	local want=$1 deadline v
+
+	deadline=$(($(lib_now_ms) + PHASE_TIMEOUT * 1000))
+	while :; do
+		v=$(bench_metric prepaidd_readings_inserted_total)
+		if [ -n "$v" ] && [ "$v" -ge "$want" ]; then
+			BENCH_T_DONE=$(bench_now)
+			return 0
+		fi
+		lib_alive "$DAEMON_PID" || fail "prepaidd died"
+		[ "$(lib_now_ms)" -lt "$deadline" ] ||
+		    fail "prepaidd inserted ${v:-?} of $want readings in ${PHASE_TIMEOUT}s"
+		sleep 0.1
+	done
+}
+
+# The broker exactly as the benchmark wants it (persistence off, deep
+# queues); lib_cleanup stops it through BROKER_PID.
+bench_broker_start()
+{
+	local dir=$LIB_TMP/broker deadline
+
+	BROKER_PORT=$(free_port)
+	mkdir -p "$dir"
+	cat >"$dir/mosquitto.conf" <<EOF
+listener $BROKER_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 1000000
+max_inflight_messages 100
+log_dest stderr
+log_type error
+log_type warning
+EOF
+	$LIB_SETSID "$MOSQUITTO" -c "$dir/mosquitto.conf" >>"$BROKER_LOG" 2>&1 &
+	BROKER_PID=$!
+	deadline=$(($(lib_now_ms) + 10000))
+	until lib_port_open "$BROKER_PORT"; do
+		lib_alive "$BROKER_PID" ||
+		    { tail -n 20 "$BROKER_LOG" >&2; fail "mosquitto exited"; }
+		[ "$(lib_now_ms)" -lt "$deadline" ] ||
+		    fail "mosquitto did not listen on $BROKER_PORT"
+		sleep 0.1
+	done
+}
+
+# The daemon without -v: debug logging would cost it time per message. Ready
+# when /healthz says so and a probe on a reading topic has arrived, which
+# proves the subscription is in place before the load starts.
+bench_daemon_start()
+{
+	local deadline
+
+	echo "=== bench daemon start $(date +%T)" >>"$DAEMON_LOG"
+	$LIB_SETSID "$top_builddir/prepaidd" -c "$CONF" >>"$DAEMON_LOG" 2>&1 &
+	DAEMON_PID=$!
+	deadline=$(($(lib_now_ms) + 15000))
+	until [ "$(daemon_healthz)" = 200 ]; do
+		lib_alive "$DAEMON_PID" || { DAEMON_PID=; fail "prepaidd exited during start-up"; }
+		[ "$(lib_now_ms)" -lt "$deadline" ] || fail "prepaidd not healthy within 15 s"
+		sleep 0.1
+	done
+	until [ "$(bench_metric prepaidd_messages_received_total)" -gt 0 ] 2>/dev/null; do
+		[ "$(lib_now_ms)" -lt "$deadline" ] || fail "prepaidd does not receive readings"
+		pub meters/PROBE/reading probe
+		sleep 0.2
+	done
+}
+
+# --- set-up
+
+note "setting up: PostgreSQL (fsync on), mosquitto, schema"
+pg_start
+# lib.sh makes a cluster for tests (fsync off, small buffers). A benchmark
+# pays real commits: fsync, full-page writes and synchronous commit on, and
+# PostgreSQL's default shared_buffers.
+for s in "fsync = on" "full_page_writes = on" "synchronous_commit = on" \
+    "shared_buffers = '128MB'"; do
+	bench_psql "ALTER SYSTEM SET $s" >/dev/null
+done
+pg_restart
+[ "$(bench_psql 'SHOW fsync')" = on ] || fail "fsync is not on"
+[ "$(bench_psql 'SHOW synchronous_commit')" = on ] || fail "synchronous_commit is not on"
+CONNINFO="host=127.0.0.1 port=$PG_PORT user=postgres dbname=prepaid"
+
+bench_broker_start
+daemon_config \
+    "mqtt.client_id=bench-prepaidd" \
+    "ingest.batch_size=$BATCH" \
+    "ingest.batch_window_ms=$WINDOW_MS" \
+    "ingest.queue_bound=$QUEUE" \
+    "ingest.resend_on_gap=false" \
+    "commands.poll_interval_ms=1000" \
+    "commands.retry_initial_ms=5000" \
+    "commands.retry_max_ms=60000" \
+    "log.level=info"
+daemon_migrate
+
+echo
+echo "prepaidd ingest benchmark — $(date '+%F %T')"
+bench_line "machine" "$(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_line "PostgreSQL" "$(bench_psql 'SHOW server_version'), fsync=$(bench_psql 'SHOW fsync'), synchronous_commit=$(bench_psql 'SHOW synchronous_commit'), shared_buffers=$(bench_psql 'SHOW shared_buffers')"
+bench_line "readings, meters" "$N readings from $METERS meters, QoS 1, window $INFLIGHT"
+bench_line "daemon batch" "batch_size=$BATCH batch_window_ms=$WINDOW_MS queue_bound=$QUEUE"
+echo
+
+# --- 1. broker-only ceiling
+
+note "1/5 broker only: simulator -> mosquitto -> mosquitto_sub > /dev/null"
+# A persistent session subscribed before the load starts, so that the
+# subscriber misses nothing however late its process gets going.
+mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -q 1 -c -i bench-sink \
+    -t 'meters/+/reading' -E || fail "mosquitto_sub could not subscribe"
+$LIB_SETSID timeout "$PHASE_TIMEOUT" mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" \
+    -q 1 -c -i bench-sink -t 'meters/+/reading' -C "$N" >/dev/null 2>"$LIB_TMP/sink.err" &
+SINK_PID=$!
+LIB_PIDS+=("$SINK_PID")
+t0=$(bench_now)
+sim -n "$METERS" --load "$N" -q 1 --inflight "$INFLIGHT" --no-commands \
+    >"$LIB_TMP/sim-broker.out" 2>&1 || fail "prepaid-sim failed: $(tail -n 3 "$LIB_TMP/sim-broker.out")"
+wait "$SINK_PID" || fail "the discarding subscriber did not receive $N messages"
+t1=$(bench_now)
+# Drop the session: a clean connect with the same id discards it.
+mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -i bench-sink -t bench/none -E
+BROKER_RATE=$(bench_calc 'sprintf("%.0f", n / (t1 - t0))' -v n="$N" -v t0="$t0" -v t1="$t1")
+bench_line "broker only (sim -> mosquitto -> sink)" "$BROKER_RATE readings/s"
+bench_line "  simulator" "$(bench_result "$LIB_TMP/sim-broker.out")"
+
+# --- 2. batched COPY
+
+note "2/5 batched COPY, $BATCH rows a transaction"
+bench_reset
+"$top_builddir/tests/bench/bench-copy" -d "$CONNINFO" -N "$N" -b "$BATCH" -m "$METERS" \
+    >"$LIB_TMP/copy.out" || fail "bench-copy failed"
+r=$(bench_result "$LIB_TMP/copy.out")
+COPY_RATE=$(bench_field "$r" rate)
+[ "$(bench_psql 'SELECT count(*) FROM prepaid.readings')" = "$N" ] ||
+    fail "bench-copy did not write $N rows"
+bench_line "batched COPY ($BATCH rows/commit)" "$COPY_RATE readings/s"
+
+# --- 3. naive subscriber
+
+note "3/5 naive subscriber, one autocommit INSERT per message"
+bench_reset
+$LIB_SETSID "$top_builddir/tests/bench/bench-naive" -h 127.0.0.1 -p "$BROKER_PORT" \
+    -d "$CONNINFO" -N "$NAIVE_N" -P meters >"$LIB_TMP/naive.out" 2>&1 &
+NAIVE_PID=$!
+LIB_PIDS+=("$NAIVE_PID")
+deadline=$(($(lib_now_ms) + 10000))
+until grep -q '^READY' "$LIB_TMP/naive.out"; do
+	lib_alive "$NAIVE_PID" || fail "bench-naive exited: $(cat "$LIB_TMP/naive.out")"
+	[ "$(lib_now_ms)" -lt "$deadline" ] || fail "bench-naive did not subscribe"
+	sleep 0.1
+done
+sim -n "$METERS" --load "$NAIVE_N" -q 1 --inflight "$INFLIGHT" --no-commands \
+    >"$LIB_TMP/sim-naive.out" 2>&1 || fail "prepaid-sim failed"
+wait "$NAIVE_PID" || fail "bench-naive failed: $(tail -n 3 "$LIB_TMP/naive.out")"
+r=$(bench_result "$LIB_TMP/naive.out")
+NAIVE_RATE=$(bench_field "$r" rate)
+[ "$(bench_psql 'SELECT count(*) FROM prepaid.readings')" = "$NAIVE_N" ] ||
+    fail "bench-naive did not write $NAIVE_N rows"
+bench_line "naive subscriber (1 INSERT/commit per msg)" "$NAIVE_RATE readings/s ($NAIVE_N readings)"
+
+# --- 4. the daemon, sustained
+
+note "4/5 prepaidd sustained ingest"
+bench_reset
+bench_daemon_start
+base=$(bench_metric prepaidd_readings_inserted_total)
+sim_bg -n "$METERS" --load "$N" -q 1 --inflight "$INFLIGHT" --no-commands
+DSIM_PID=$SIM_PID
+DSIM_LOG=$SIM_LOG
+bench_wait_inserted $((base + N))
+wait "$DSIM_PID" || fail "prepaid-sim failed: $(tail -n 3 "$DSIM_LOG")"
+first=$(bench_psql "SELECT extract(epoch FROM min(ts)) FROM prepaid.readings")
+last=$(bench_psql "SELECT extract(epoch FROM max(ingested_at)) FROM prepaid.readings")
+rows=$(bench_psql "SELECT count(*) FROM prepaid.readings")
+[ "$rows" = "$N" ] || fail "prepaidd wrote $rows rows, expected $N"
+DAEMON_RATE=$(bench_calc 'sprintf("%.0f", n / (t1 - t0))' -v n="$N" -v t0="$first" -v t1="$BENCH_T_DONE")
+bench_line "prepaidd sustained (first publish -> N)" "$DAEMON_RATE readings/s"
+bench_line "  same, to the last commit (SQL)" \
+    "$(bench_calc 'sprintf("%.0f readings/s over %.2f s", n / (t1 - t0), t1 - t0)' \
+    -v n="$N" -v t0="$first" -v t1="$last")"
+bench_line "  simulator" "$(bench_result "$DSIM_LOG")"
+batches=$(bench_metric prepaidd_batches_total)
+bench_line "  batches" "$batches, $(bench_calc 'sprintf("%.0f", n / b)' -v n="$N" -v b="$batches") readings each on average, $(bench_metric prepaidd_ingest_pauses_total) read pauses, loop lag max $(bench_metric prepaidd_loop_lag_max_seconds) s"
+
+# --- 5. latency at half load
+
+HALF=$((DAEMON_RATE / 2))
+[ "$HALF" -gt 0 ] || HALF=1
+LAT_N=$((HALF * LAT_SECONDS))
+note "5/5 publish->commit latency at $HALF readings/s (open loop, ${LAT_SECONDS}s)"
+# Other meter ids than phase 4, so nothing the daemon remembers of those
+# meters can turn these readings into duplicates.
+bench_reset
+base=$(bench_metric prepaidd_readings_inserted_total)
+sim_bg -n "$METERS" -i LAT --load "$LAT_N" --rate "$HALF" -q 1 --inflight "$INFLIGHT" --no-commands
+LSIM_PID=$SIM_PID
+LSIM_LOG=$SIM_LOG
+bench_wait_inserted $((base + LAT_N))
+wait "$LSIM_PID" || fail "prepaid-sim failed: $(tail -n 3 "$LSIM_LOG")"
+lat=$(bench_psql "SELECT count(*),
+        round(percentile_cont(0.50) WITHIN GROUP (ORDER BY d)::numeric, 1),
+        round(percentile_cont(0.99) WITHIN GROUP (ORDER BY d)::numeric, 1),
+        round(max(d)::numeric, 1)
+    FROM (SELECT extract(epoch FROM ingested_at - ts) * 1000 AS d
+          FROM prepaid.readings WHERE meter_id LIKE 'LAT%') x")
+IFS='|' read -r lat_n P50 P99 PMAX <<<"$lat"
+[ "$lat_n" = "$LAT_N" ] || fail "latency phase wrote $lat_n rows, expected $LAT_N"
+bench_line "publish->commit at $HALF/s" "p50 $P50 ms, p99 $P99 ms, max $PMAX ms ($LAT_N readings)"
+echo "  (ingested_at - ts: ts is the simulator's publish time, ingested_at is"
+echo "   clock_timestamp() taken as the row is inserted inside the batch"
+echo "   transaction, just before its commit; the rest of the batch function"
+echo "   and the commit's WAL flush, a few ms, come on top of these figures)"
+bench_line "  simulator" "$(bench_result "$LSIM_LOG")"
+
+# --- 6. memory
+
+HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$DAEMON_PID/status")
+RSS=$(awk '/^VmRSS:/ { print $2 }' "/proc/$DAEMON_PID/status")
+bench_line "prepaidd peak RSS (VmHWM)" "$((HWM / 1024)) MiB (now $((RSS / 1024)) MiB)"
+daemon_stop >/dev/null
+
+# --- verdict
+
+CEIL=$BROKER_RATE
+CEIL_NAME="broker only"
+if [ "$COPY_RATE" -lt "$CEIL" ]; then
+	CEIL=$COPY_RATE
+	CEIL_NAME="batched COPY"
+fi
+verdict()
+{
+	if [ "$(bench_calc "($1) ? 1 : 0" "${@:2}")" = 1 ]; then echo PASS; else echo MISS; fi
+}
+R1=$(bench_calc 'sprintf("%.2f", d / c)' -v d="$DAEMON_RATE" -v c="$CEIL")
+R2=$(bench_calc 'sprintf("%.1f", d / n)' -v d="$DAEMON_RATE" -v n="$NAIVE_RATE")
+TARGET_MS=$((WINDOW_MS + 50))
+echo
+echo "summary"
+bench_line "broker only" "$BROKER_RATE readings/s"
+bench_line "batched COPY" "$COPY_RATE readings/s"
+bench_line "naive subscriber" "$NAIVE_RATE readings/s"
+bench_line "prepaidd" "$DAEMON_RATE readings/s"
+bench_line "prepaidd / min(broker, COPY) [$CEIL_NAME]" \
+    "$R1 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$R1")"
+bench_line "prepaidd / naive" "$R2 (target >= 10) $(verdict 'r >= 10' -v r="$R2")"
+bench_line "p99 publish->commit at half load" \
+    "$P99 ms (target <= $TARGET_MS ms) $(verdict 'p <= t' -v p="$P99" -v t="$TARGET_MS")"
+bench_line "prepaidd peak RSS" "$((HWM / 1024)) MiB"
+exit 0
