@@ -8,9 +8,11 @@
 CREATE SCHEMA IF NOT EXISTS prepaid;
 
 -- ---------------------------------------------------------------- meters
+-- Meter ids are ASCII ([A-Za-z0-9_.-]): they compare with the "C" collation,
+-- byte-wise, which is both the natural order and the cheapest.
 
 CREATE TABLE prepaid.meters (
-	meter_id        text PRIMARY KEY
+	meter_id        text COLLATE "C" PRIMARY KEY
 	                CHECK (meter_id ~ '^[A-Za-z0-9_.-]{1,32}$'),
 	registered_at   timestamptz NOT NULL DEFAULT now(),
 	auto_registered boolean NOT NULL DEFAULT false,
@@ -23,7 +25,7 @@ CREATE TABLE prepaid.meters (
 	last_seen       timestamptz,     -- last message of any kind
 	readings        bigint NOT NULL DEFAULT 0,
 	duplicates      bigint NOT NULL DEFAULT 0
-);
+) WITH (fillfactor = 70);  -- room for HOT updates: every batch updates its meters
 COMMENT ON TABLE prepaid.meters IS
 	'One row per meter: its latest reading, relay state and when it was last heard from.';
 
@@ -43,10 +45,11 @@ $$;
 -- partition and are moved when their month's partition is created.
 -- De-duplication on (meter, seq) cannot be a unique index across time
 -- partitions: it is enforced by prepaid.ingest_batch() from the meter's
--- last_seq and its open gaps, under a row lock on the meter. The unique index
--- on (meter_id, seq, ts) is a second guard for exact repeats.
+-- last_seq and its open gaps, under a row lock on the meter. (A unique index
+-- with ON CONFLICT would only catch repeats with the same ts, and its
+-- per-row check cost a sixth of the ingest time.)
 CREATE TABLE prepaid.readings (
-	meter_id    text NOT NULL,
+	meter_id    text COLLATE "C" NOT NULL,
 	seq         bigint NOT NULL,
 	ts          timestamptz NOT NULL,
 	energy_wh   bigint NOT NULL CHECK (energy_wh >= 0),
@@ -57,7 +60,7 @@ CREATE TABLE prepaid.readings (
 	received_at timestamptz NOT NULL,   -- when the daemon received it
 	ingested_at timestamptz NOT NULL    -- when it was written (just before commit)
 ) PARTITION BY RANGE (ts);
-CREATE UNIQUE INDEX readings_meter_seq ON prepaid.readings (meter_id, seq, ts);
+CREATE INDEX readings_meter_seq ON prepaid.readings (meter_id, seq);
 CREATE TABLE prepaid.readings_default PARTITION OF prepaid.readings DEFAULT;
 
 CREATE FUNCTION prepaid.ensure_partitions(p_months_ahead integer DEFAULT 3)
@@ -96,7 +99,7 @@ END $$;
 -- filled_at is set once none of it is missing.
 CREATE TABLE prepaid.gaps (
 	id                bigserial PRIMARY KEY,
-	meter_id          text NOT NULL REFERENCES prepaid.meters,
+	meter_id          text COLLATE "C" NOT NULL REFERENCES prepaid.meters,
 	from_seq          bigint NOT NULL,
 	to_seq            bigint NOT NULL CHECK (to_seq >= from_seq),
 	detected_at       timestamptz NOT NULL DEFAULT now(),
@@ -112,7 +115,7 @@ CREATE INDEX gaps_open ON prepaid.gaps (meter_id, from_seq) WHERE filled_at IS N
 CREATE TABLE prepaid.rejects (
 	id          bigserial PRIMARY KEY,
 	received_at timestamptz NOT NULL,
-	meter_id    text,           -- NULL when the topic named no valid meter
+	meter_id    text COLLATE "C",           -- NULL when the topic named no valid meter
 	topic       text NOT NULL,
 	reason      text NOT NULL,
 	payload     bytea           -- as received (truncated to 4 KiB)
@@ -123,7 +126,7 @@ CREATE INDEX rejects_meter ON prepaid.rejects (meter_id, id);
 
 CREATE TABLE prepaid.events (
 	id          bigserial PRIMARY KEY,
-	meter_id    text NOT NULL REFERENCES prepaid.meters,
+	meter_id    text COLLATE "C" NOT NULL REFERENCES prepaid.meters,
 	ts          timestamptz NOT NULL,
 	type        text NOT NULL,
 	relay       text,
@@ -141,7 +144,7 @@ CREATE INDEX events_meter ON prepaid.events (meter_id, ts);
 -- passes. A command is never published after valid_until: it is expired.
 CREATE TABLE prepaid.commands (
 	id              text PRIMARY KEY DEFAULT gen_random_uuid()::text,
-	meter_id        text NOT NULL REFERENCES prepaid.meters,
+	meter_id        text COLLATE "C" NOT NULL REFERENCES prepaid.meters,
 	action          text NOT NULL CHECK (action IN ('trip', 'arm', 'close',
 	                    'keep_power_on', 'keep_power_off', 'resend')),
 	from_seq        bigint,
@@ -291,7 +294,8 @@ END $$;
 
 -- ---------------------------------------------------------------- ingest
 
--- One call per batch from the daemon: readings as parallel arrays, events,
+-- Data-modifying CTEs below run to completion whether or not the final
+-- SELECT reads them. One call per batch from the daemon: readings as parallel arrays, events,
 -- acknowledgements and rejects as JSON arrays. Everything in one
 -- transaction: readings, each meter's latest state, gaps, resend commands,
 -- events, command acknowledgements and rejects.
@@ -301,64 +305,76 @@ CREATE FUNCTION prepaid.ingest_batch(
     p_current double precision[], p_received timestamptz[],
     p_events jsonb, p_acks jsonb, p_rejects jsonb,
     p_auto_register boolean, p_resend_on_gap boolean, p_rejects_keep integer,
+    p_topic_prefix text,
     OUT inserted integer, OUT duplicates integer, OUT gaps integer,
     OUT unknown integer, OUT filled integer, OUT events integer,
     OUT acks integer, OUT rejects integer)
 LANGUAGE plpgsql AS $$
 DECLARE
 	v_ids text[];
-	v_fill_meters text[];
+	v_known text[];
+	v_last bigint[];
 	v_n integer;
 BEGIN
 	inserted := 0; duplicates := 0; gaps := 0; unknown := 0; filled := 0;
 	events := 0; acks := 0; rejects := 0;
 
-	-- Every meter this batch touches, for registration and locking.
+	-- Every meter this batch touches, in id order.
 	SELECT array_agg(DISTINCT m ORDER BY m) INTO v_ids FROM (
-		SELECT unnest(p_meter) AS m
+		SELECT unnest(p_meter) COLLATE "C" AS m
 		UNION ALL SELECT e->>'meter' FROM jsonb_array_elements(p_events) e
 		UNION ALL SELECT a->>'meter' FROM jsonb_array_elements(p_acks) a) x
 	WHERE m IS NOT NULL;
 
-	IF p_auto_register AND v_ids IS NOT NULL THEN
+	-- Lock them, reading last_seq in the same pass. Batches of several
+	-- daemons that touch the same meters are serialised here, in meter order
+	-- so that two batches cannot deadlock; NO KEY UPDATE leaves operators free
+	-- to insert commands referencing the meters meanwhile.
+	SELECT array_agg(meter_id ORDER BY meter_id), array_agg(last_seq ORDER BY meter_id)
+	INTO v_known, v_last
+	FROM (SELECT meter_id, last_seq FROM prepaid.meters WHERE meter_id = ANY (v_ids)
+	      ORDER BY meter_id FOR NO KEY UPDATE) x;
+	IF p_auto_register AND coalesce(cardinality(v_known), 0) < coalesce(cardinality(v_ids), 0) THEN
 		INSERT INTO prepaid.meters (meter_id, auto_registered)
 		SELECT m, true FROM unnest(v_ids) m
-		WHERE NOT EXISTS (SELECT 1 FROM prepaid.meters x WHERE x.meter_id = m)
 		ON CONFLICT (meter_id) DO NOTHING;
+		SELECT array_agg(meter_id ORDER BY meter_id), array_agg(last_seq ORDER BY meter_id)
+		INTO v_known, v_last
+		FROM (SELECT meter_id, last_seq FROM prepaid.meters WHERE meter_id = ANY (v_ids)
+		      ORDER BY meter_id FOR NO KEY UPDATE) x;
 	END IF;
 
-	-- Serialise batches (of several daemons) that touch the same meters; in
-	-- meter order, so two batches cannot deadlock. NO KEY UPDATE leaves
-	-- operators free to insert commands referencing the meter meanwhile.
-	PERFORM 1 FROM prepaid.meters WHERE meter_id = ANY (v_ids)
-	ORDER BY meter_id FOR NO KEY UPDATE;
-
-	IF coalesce(array_length(p_meter, 1), 0) > 0 THEN
-		WITH inc AS (
-			SELECT DISTINCT ON (u.m, u.s) u.*
+	-- The readings. The statement is written so that its plan does not depend
+	-- on row estimates (PL/pgSQL keeps a generic plan after a few calls):
+	-- one pass classifies each reading, one aggregate per meter feeds the
+	-- meter update, with no join between derived sets.
+	IF coalesce(cardinality(p_meter), 0) > 0 THEN
+		WITH cls0 AS (
+			SELECT u.*, k.last AS old_last, k.m IS NOT NULL AS known,
+			       row_number() OVER (PARTITION BY u.m, u.s ORDER BY u.rcv) AS rn
 			FROM unnest(p_meter, p_seq, p_ts, p_energy, p_relay, p_power,
 			            p_voltage, p_current, p_received)
 			     AS u(m, s, t, e, r, pw, v, c, rcv)
-			ORDER BY u.m, u.s, u.rcv
+			LEFT JOIN unnest(v_known, v_last) AS k(m, last) ON k.m = u.m
 		), cls AS (
-			SELECT inc.*, mt.last_seq AS old_last, mt.meter_id IS NOT NULL AS known,
-			       mt.meter_id IS NOT NULL AND (mt.last_seq IS NULL OR inc.s > mt.last_seq
+			-- fresh: first copy in the batch, of a known meter, and either
+			-- beyond the meter's last seq or inside one of its open gaps.
+			SELECT cls0.*,
+			       known AND rn = 1 AND (old_last IS NULL OR s > old_last
 			           OR EXISTS (SELECT 1 FROM prepaid.gaps g
-			                      WHERE g.meter_id = inc.m AND g.filled_at IS NULL
-			                        AND inc.s BETWEEN g.from_seq AND g.to_seq)) AS fresh
-			FROM inc LEFT JOIN prepaid.meters mt ON mt.meter_id = inc.m
-		), fresh AS (
-			SELECT * FROM cls WHERE fresh
+			                      WHERE g.meter_id = cls0.m AND g.filled_at IS NULL
+			                        AND cls0.s BETWEEN g.from_seq AND g.to_seq)) AS fresh,
+			       old_last IS NULL OR s > old_last AS ahead
+			FROM cls0
 		), ins AS (
 			INSERT INTO prepaid.readings (meter_id, seq, ts, energy_wh, relay,
 			    power_w, voltage_v, current_a, received_at, ingested_at)
-			SELECT m, s, t, e, r, pw, v, c, rcv, clock_timestamp() FROM fresh
-			ON CONFLICT DO NOTHING
+			SELECT m, s, t, e, r, pw, v, c, rcv, clock_timestamp() FROM cls WHERE fresh
 			RETURNING 1
 		), newgaps AS (
 			SELECT m, prev + 1 AS gf, s - 1 AS gt FROM (
 				SELECT m, s, coalesce(lag(s) OVER (PARTITION BY m ORDER BY s), old_last) AS prev
-				FROM fresh WHERE old_last IS NULL OR s > old_last) x
+				FROM cls WHERE fresh AND ahead) x
 			WHERE prev IS NOT NULL AND s - prev > 1
 		), resend AS (
 			SELECT m, min(gf) AS from_seq, gen_random_uuid()::text AS cmd
@@ -370,46 +386,46 @@ BEGIN
 			RETURNING 1
 		), gins AS (
 			INSERT INTO prepaid.gaps (meter_id, from_seq, to_seq, resend_command_id)
-			SELECT g.m, g.gf, g.gt, r.cmd FROM newgaps g LEFT JOIN resend r ON r.m = g.m
+			SELECT g.m, g.gf, g.gt, (SELECT r.cmd FROM resend r WHERE r.m = g.m)
+			FROM newgaps g
 			RETURNING 1
 		), agg AS (
-			SELECT m, count(*) FILTER (WHERE fresh) AS nfresh,
-			       count(*) FILTER (WHERE NOT fresh) AS ndup
+			SELECT m, count(*) AS nall, count(*) FILTER (WHERE fresh) AS nfresh,
+			       max(s) FILTER (WHERE fresh AND ahead) AS ls,
+			       (array_agg(t ORDER BY s DESC) FILTER (WHERE fresh AND ahead))[1] AS lt,
+			       (array_agg(e ORDER BY s DESC) FILTER (WHERE fresh AND ahead))[1] AS le,
+			       (array_agg(r ORDER BY s DESC) FILTER (WHERE fresh AND ahead))[1] AS lr
 			FROM cls WHERE known GROUP BY m
-		), latest AS (
-			SELECT DISTINCT ON (m) m, s, t, e, r FROM fresh
-			WHERE old_last IS NULL OR s > old_last
-			ORDER BY m, s DESC
 		), upd AS (
 			UPDATE prepaid.meters mt SET
-				last_seq = coalesce(l.s, mt.last_seq),
-				last_ts = coalesce(l.t, mt.last_ts),
-				last_energy_wh = coalesce(l.e, mt.last_energy_wh),
-				relay = CASE WHEN l.r IS NOT NULL AND (mt.relay_at IS NULL OR l.t >= mt.relay_at)
-				             THEN l.r ELSE mt.relay END,
-				relay_at = CASE WHEN l.r IS NOT NULL AND (mt.relay_at IS NULL OR l.t >= mt.relay_at)
-				                THEN l.t ELSE mt.relay_at END,
-				relay_source = CASE WHEN l.r IS NOT NULL AND (mt.relay_at IS NULL OR l.t >= mt.relay_at)
+				last_seq = coalesce(a.ls, mt.last_seq),
+				last_ts = coalesce(a.lt, mt.last_ts),
+				last_energy_wh = coalesce(a.le, mt.last_energy_wh),
+				relay = CASE WHEN a.lr IS NOT NULL AND (mt.relay_at IS NULL OR a.lt >= mt.relay_at)
+				             THEN a.lr ELSE mt.relay END,
+				relay_at = CASE WHEN a.lr IS NOT NULL AND (mt.relay_at IS NULL OR a.lt >= mt.relay_at)
+				                THEN a.lt ELSE mt.relay_at END,
+				relay_source = CASE WHEN a.lr IS NOT NULL AND (mt.relay_at IS NULL OR a.lt >= mt.relay_at)
 				                    THEN 'reading' ELSE mt.relay_source END,
 				last_seen = now(),
 				readings = mt.readings + a.nfresh,
-				duplicates = mt.duplicates + a.ndup
-			FROM agg a LEFT JOIN latest l ON l.m = a.m
+				duplicates = mt.duplicates + a.nall - a.nfresh
+			FROM agg a
 			WHERE mt.meter_id = a.m
 			RETURNING 1
 		), unk AS (
 			INSERT INTO prepaid.rejects (received_at, meter_id, topic, reason, payload)
-			SELECT rcv, m, 'reading', 'unknown meter (auto_register is off)',
+			SELECT rcv, m, p_topic_prefix || '/' || m || '/reading',
+			       'unknown meter (auto_register is off)',
 			       convert_to(json_build_object('seq', s, 'ts', t, 'energy_wh', e)::text, 'UTF8')
 			FROM cls WHERE NOT known
 			RETURNING 1
 		)
 		SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM gins),
 		       (SELECT count(*) FROM unk),
-		       (SELECT count(*) FROM fresh WHERE old_last IS NOT NULL AND s <= old_last),
-		       (SELECT count(*) FROM upd)
-		INTO inserted, gaps, unknown, filled, v_n;
-		duplicates := array_length(p_meter, 1) - inserted - unknown;
+		       (SELECT count(*) FROM cls WHERE fresh AND NOT ahead)
+		INTO inserted, gaps, unknown, filled;
+		duplicates := cardinality(p_meter) - inserted - unknown;
 	END IF;
 
 	-- Readings that arrived into open gaps (a resend): shrink or split them.
@@ -452,8 +468,8 @@ BEGIN
 			FROM ranked r JOIN g ON g.id = r.id WHERE r.rn > 1
 			RETURNING 1
 		)
-		SELECT (SELECT count(*) FROM shrink) + (SELECT count(*) FROM done)
-		       + (SELECT count(*) FROM split) INTO v_n;
+		-- (Data-modifying CTEs run to completion whether read or not.)
+		SELECT count(*) INTO v_n FROM touched;
 	END IF;
 
 	-- Meter events; a relay event updates the meter's relay state.
@@ -478,11 +494,12 @@ BEGIN
 			RETURNING 1
 		), unk AS (
 			INSERT INTO prepaid.rejects (received_at, meter_id, topic, reason, payload)
-			SELECT rcv, m, 'event', 'unknown meter (auto_register is off)', decode(raw, 'hex')
+			SELECT rcv, m, p_topic_prefix || '/' || m || '/event',
+			       'unknown meter (auto_register is off)', decode(raw, 'hex')
 			FROM ev WHERE NOT known
 			RETURNING 1
 		)
-		SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM unk) + (SELECT count(*) FROM upd) * 0
+		SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM unk)
 		INTO events, v_n;
 		unknown := unknown + v_n;
 	END IF;
@@ -516,11 +533,12 @@ BEGIN
 			RETURNING 1
 		), rej AS (
 			INSERT INTO prepaid.rejects (received_at, meter_id, topic, reason, payload)
-			SELECT rcv, m, 'ack', 'acknowledgement for an unknown command', decode(raw, 'hex')
+			SELECT rcv, m, p_topic_prefix || '/' || m || '/ack',
+			       'acknowledgement for an unknown command', decode(raw, 'hex')
 			FROM mt WHERE NOT matched
 			RETURNING 1
 		)
-		SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM rej) + (SELECT count(*) FROM rel) * 0
+		SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM rej)
 		INTO acks, v_n;
 		rejects := rejects + v_n;
 	END IF;

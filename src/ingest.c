@@ -25,7 +25,7 @@
 #define INGEST_REJECT_KEEP_BYTES 4096
 /* Most readings accepted from one array payload. */
 #define INGEST_MAX_ITEMS 10000
-#define INGEST_NPARAMS 15
+#define INGEST_NPARAMS 16
 
 struct ingest_reading {
 	struct reading r;
@@ -38,6 +38,7 @@ struct ingest_batch {
 	size_t items;
 	int attempts;
 	int64_t started_us;
+	bool in_pg;       /* queued or running on the connection now */
 };
 
 struct ingest {
@@ -345,10 +346,11 @@ ingest_build(struct ingest *in)
 	b->params[12] = xstrdup(in->conf->ingest_auto_register ? "t" : "f");
 	b->params[13] = xstrdup(in->conf->ingest_resend_on_gap ? "t" : "f");
 	xasprintf(&b->params[14], "%d", in->conf->ingest_rejects_keep);
+	b->params[15] = xstrdup(in->conf->mqtt_topic_prefix);
 
+	/* What stays queued keeps the older arrival time: it is flushed no later. */
 	in->nrd -= n;
 	memmove(in->rd, in->rd + n, in->nrd * sizeof *in->rd);
-	in->oldest_us = now_mono_us();
 	return b;
 }
 
@@ -357,9 +359,15 @@ ingest_done(void *arg, PGresult *res, const char *err)
 {
 	struct ingest *in = arg;
 	struct ingest_batch *b = in->inflight;
-	int64_t took = now_mono_us() - b->started_us;
+	int64_t took;
 	struct timeval tv;
 
+	if (b == NULL || !b->in_pg) {
+		log_error("ingest: completion of a batch that is not in flight (ignored)");
+		return;
+	}
+	b->in_pg = false;
+	took = now_mono_us() - b->started_us;
 	if (res == NULL) {
 		/* Connection lost: outcome unknown; send it again once back. */
 		log_warn("ingest: batch of %zu items not confirmed (%s); will send it again",
@@ -412,13 +420,16 @@ static const char ingest_sql[] =
     "SELECT inserted, duplicates, gaps, unknown, filled, events, acks, rejects "
     "FROM prepaid.ingest_batch($1::text[], $2::int8[], $3::timestamptz[], $4::int8[], "
     "$5::text[], $6::float8[], $7::float8[], $8::float8[], $9::timestamptz[], "
-    "$10::jsonb, $11::jsonb, $12::jsonb, $13::bool, $14::bool, $15::int)";
+    "$10::jsonb, $11::jsonb, $12::jsonb, $13::bool, $14::bool, $15::int, $16::text)";
 
 static void
 ingest_send(struct ingest *in)
 {
 	struct ingest_batch *b = in->inflight;
 
+	if (b->in_pg)
+		return; /* already on its way */
+	b->in_pg = true;
 	b->started_us = now_mono_us();
 	pgconn_query(in->pc, ingest_sql, INGEST_NPARAMS, (const char *const *)b->params,
 	    ingest_done, in);
@@ -524,8 +535,10 @@ ingest_set_conf(struct ingest *in, const struct conf *conf)
 void
 ingest_set_ready(struct ingest *in, bool ready)
 {
+	bool was = in->ready;
+
 	in->ready = ready;
-	if (ready && in->inflight != NULL) {
+	if (ready && !was && in->inflight != NULL && !in->inflight->in_pg) {
 		evtimer_del(in->retry_timer);
 		ingest_send(in); /* the batch whose outcome was unknown */
 	}
