@@ -71,7 +71,7 @@ wait_marker
 assert_eq 100 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id LIKE 'DUP%'")" \
     "readings of a fleet that sends each one twice"
 wait_until "SELECT sum(duplicates) = 100 FROM prepaid.meters WHERE meter_id LIKE 'DUP%'" 10 \
-    "every second copy counted as a duplicate""
+    "every second copy counted as a duplicate"
 v=$(daemon_metric readings_duplicate_total)
 [ "${v:-0}" -ge 1100 ] || fail "/metrics readings_duplicate_total = '$v', want >= 1100"
 echo "ok - /metrics readings_duplicate_total ($v)"
