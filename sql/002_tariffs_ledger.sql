@@ -43,7 +43,26 @@ ALTER TABLE prepaid.meters
 	ADD COLUMN balance numeric(20,7) NOT NULL DEFAULT 0,
 	ADD COLUMN period_start date,       -- billing period of period_wh
 	ADD COLUMN period_wh bigint NOT NULL DEFAULT 0,
-	ADD COLUMN standing_through date;   -- last local day with its standing charge
+	ADD COLUMN standing_through date,   -- last local day with its standing charge
+	-- The rate cache: how the meter's next interval is priced if it lies in
+	-- [rate_from, rate_until] (one local day, one tariff version, one band)
+	-- and stays inside the tier range [rate_lo, rate_hi) of period rate_period.
+	-- Kept by prepaid.refresh_rate_cache(); rate_until NULL means unknown.
+	-- It lets prepaid.ingest_batch() charge the common interval with no
+	-- tariff lookup at all (prepaid.fast_rate); anything else is rated in full.
+	ADD COLUMN rate_from timestamptz,
+	ADD COLUMN rate_until timestamptz,
+	ADD COLUMN rate_vid bigint,           -- NULL with rate_until set: no tariff
+	ADD COLUMN rate_day date,
+	ADD COLUMN rate_period date,
+	ADD COLUMN rate_lo bigint,
+	ADD COLUMN rate_hi bigint,
+	ADD COLUMN rate_tier integer,
+	ADD COLUMN rate_band text,
+	ADD COLUMN rate_free boolean,
+	ADD COLUMN rate_price numeric(10,4),  -- band price + tier price (0 when free)
+	ADD COLUMN rate_service numeric(10,4),
+	ADD COLUMN rate_max_power_w bigint;
 
 -- ---------------------------------------------------------------- holidays
 
@@ -357,7 +376,9 @@ END $$;
 
 CREATE TABLE prepaid.ledger (
 	entry_id          bigserial PRIMARY KEY,
-	meter_id          text COLLATE "C" NOT NULL REFERENCES prepaid.meters,
+	-- (No foreign keys: a check per row would cost more than the rest of
+	-- charging; meters and tariff versions are never deleted, see below.)
+	meter_id          text COLLATE "C" NOT NULL,
 	at                timestamptz NOT NULL DEFAULT now(),
 	day               date NOT NULL,  -- local day it belongs to (consumption day for charges)
 	kind              text NOT NULL CHECK (kind IN ('charge', 'standing', 'payment', 'adjustment')),
@@ -368,7 +389,7 @@ CREATE TABLE prepaid.ledger (
 	from_ts           timestamptz,
 	to_ts             timestamptz,
 	energy_wh         bigint,
-	tariff_version_id bigint REFERENCES prepaid.tariff_versions,
+	tariff_version_id bigint,
 	tier              integer,
 	band              text,
 	price             numeric(10,4),
@@ -393,6 +414,16 @@ CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON prepaid.ledger
 	FOR EACH ROW EXECUTE FUNCTION prepaid.ledger_append_only_trigger();
 CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON prepaid.ledger
 	FOR EACH STATEMENT EXECUTE FUNCTION prepaid.ledger_append_only_trigger();
+
+-- A meter has history (readings, ledger): it is never deleted.
+CREATE FUNCTION prepaid.meters_no_delete_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	RAISE EXCEPTION 'meter %: meters are never deleted (they carry readings and a ledger)', OLD.meter_id
+		USING ERRCODE = 'object_not_in_prerequisite_state';
+END $$;
+CREATE TRIGGER meters_no_delete BEFORE DELETE ON prepaid.meters
+	FOR EACH ROW EXECUTE FUNCTION prepaid.meters_no_delete_trigger();
 
 -- Operator actions on money and tariffs, naming the database role.
 CREATE TABLE prepaid.operator_audit (
@@ -461,6 +492,18 @@ WITH iv AS (
 	UNION
 	SELECT iv.ivn, x.tariff_id FROM iv
 	JOIN prepaid.meter_tariffs x ON x.meter_id = iv.m AND x.effective_from > iv.t0 AND x.effective_from < iv.t1
+), bst AS (
+	-- band start times of every version of the tariffs that can apply
+	SELECT DISTINCT tar.ivn, b.start_time AS t FROM tar
+	JOIN prepaid.tariff_versions v ON v.tariff_id = tar.tariff_id AND v.has_bands
+	JOIN prepaid.tariff_bands b ON b.version_id = v.version_id
+), days AS (
+	SELECT iv.ivn, iv.tz, iv.t0, iv.t1, d.d::date AS day FROM iv
+	CROSS JOIN LATERAL generate_series((iv.t0 AT TIME ZONE iv.tz)::date,
+	                                   (iv.t1 AT TIME ZONE iv.tz)::date, interval '1 day') AS d(d)
+), starts AS (
+	SELECT ivn, time '00:00' AS t FROM iv
+	UNION SELECT ivn, t FROM bst
 ), cut AS (
 	SELECT ivn, t0 AS p FROM iv
 	UNION SELECT ivn, t1 FROM iv
@@ -469,17 +512,10 @@ WITH iv AS (
 	UNION SELECT iv.ivn, v.effective_from FROM iv JOIN tar ON tar.ivn = iv.ivn
 	      JOIN prepaid.tariff_versions v ON v.tariff_id = tar.tariff_id
 	       AND v.effective_from > iv.t0 AND v.effective_from < iv.t1
-	UNION SELECT iv.ivn, x.p FROM iv
-	      CROSS JOIN LATERAL (
-	          SELECT (d.d::date + st.t) AT TIME ZONE iv.tz AS p
-	          FROM generate_series((iv.t0 AT TIME ZONE iv.tz)::date, (iv.t1 AT TIME ZONE iv.tz)::date,
-	                               interval '1 day') AS d(d)
-	          CROSS JOIN (SELECT time '00:00' AS t
-	                      UNION SELECT b.start_time FROM tar
-	                      JOIN prepaid.tariff_versions v ON v.tariff_id = tar.tariff_id AND v.has_bands
-	                      JOIN prepaid.tariff_bands b ON b.version_id = v.version_id
-	                      WHERE tar.ivn = iv.ivn) st) x
-	      WHERE x.p > iv.t0 AND x.p < iv.t1
+	UNION SELECT x.ivn, x.p FROM (
+	          SELECT days.ivn, days.t0, days.t1, (days.day + starts.t) AT TIME ZONE days.tz AS p
+	          FROM days JOIN starts ON starts.ivn = days.ivn) x
+	      WHERE x.p > x.t0 AND x.p < x.t1
 ), seg AS (
 	SELECT ivn, p AS s0, lead(p) OVER (PARTITION BY ivn ORDER BY p) AS s1 FROM cut
 ), part AS (
@@ -531,7 +567,12 @@ $$;
 CREATE FUNCTION prepaid.charge(p_meter text[], p_from_seq bigint[], p_to_seq bigint[],
     p_t0 timestamptz[], p_t1 timestamptz[], p_wh bigint[],
     p_upto_meter text[], p_upto_ts timestamptz[], p_anomaly bigint DEFAULT NULL)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql
+-- A generic plan would guess a few rows for the array parameters and join
+-- them in nested loops; JIT compiling such plans once cost seconds.
+SET jit = off
+SET plan_cache_mode = force_custom_plan
+AS $$
 DECLARE
 	v_n integer;
 BEGIN
@@ -571,24 +612,217 @@ BEGIN
 	), per AS (
 		SELECT DISTINCT ON (r.meter_id) r.meter_id AS m, r.period_start, r.period_wh_after
 		FROM r ORDER BY r.meter_id, r.seg_from DESC, r.ivn DESC
+	), upto AS (
+		SELECT u.m, max(u.t) AS t FROM unnest(p_upto_meter, p_upto_ts) AS u(m, t) GROUP BY u.m
+	), touched AS (
+		SELECT m FROM unnest(p_meter) AS m UNION SELECT m FROM upto
 	), upd AS (
 		UPDATE prepaid.meters mt SET
-			balance = mt.balance + coalesce((SELECT t.amount FROM tot t WHERE t.m = mt.meter_id), 0),
-			period_start = coalesce(p.period_start, mt.period_start),
-			period_wh = CASE WHEN p.m IS NULL OR (p_anomaly IS NOT NULL AND p.period_start < mt.period_start)
-			                 THEN mt.period_wh ELSE p.period_wh_after END,
-			standing_through = greatest(mt.standing_through,
-			    (SELECT max((u.t AT TIME ZONE s.time_zone)::date)
-			     FROM unnest(p_upto_meter, p_upto_ts) AS u(m, t), prepaid.sites s
-			     WHERE u.m = mt.meter_id AND s.site_id = mt.site_id),
-			    mt.standing_through)
-		FROM (SELECT DISTINCT x AS m FROM unnest(p_meter || p_upto_meter) x) touched
-		LEFT JOIN per p ON p.m = touched.m
-		WHERE mt.meter_id = touched.m
+			balance = mt.balance + coalesce(x.amount, 0),
+			period_start = coalesce(x.period_start, mt.period_start),
+			period_wh = CASE WHEN x.period_start IS NULL
+			                   OR (p_anomaly IS NOT NULL AND x.period_start < mt.period_start)
+			                 THEN mt.period_wh ELSE x.period_wh_after END,
+			standing_through = greatest(mt.standing_through, (x.upto AT TIME ZONE s.time_zone)::date)
+		FROM (SELECT tc.m, t.amount, p.period_start, p.period_wh_after, up.t AS upto
+		      FROM touched tc
+		      LEFT JOIN tot t ON t.m = tc.m
+		      LEFT JOIN per p ON p.m = tc.m
+		      LEFT JOIN upto up ON up.m = tc.m) x,
+		     prepaid.sites s
+		WHERE mt.meter_id = x.m AND s.site_id = mt.site_id
 		RETURNING 1
 	)
 	SELECT count(*) INTO v_n FROM led;
 	RETURN v_n;
+END $$;
+
+-- ------------------------------------------------------------ rate cache
+
+-- The amount (>= 0) of an interval that the meter's rate cache covers, or
+-- NULL when it does not: then the interval is rated in full. Covered means:
+-- inside the cache window, not an anomaly (no negative step, nothing beyond
+-- the power limit), and within the cached tier range of the current period.
+CREATE FUNCTION prepaid.fast_rate(m prepaid.meters, p_t0 timestamptz, p_t1 timestamptz,
+    p_wh bigint) RETURNS numeric
+LANGUAGE sql IMMUTABLE AS $$
+	SELECT CASE WHEN m.rate_until IS NOT NULL AND p_t0 >= m.rate_from AND p_t1 > p_t0
+	             AND p_t1 <= m.rate_until AND p_wh >= 0
+	             AND p_wh <= ceil(m.rate_max_power_w * greatest(extract(epoch FROM p_t1 - p_t0), 60) / 3600)
+	             AND (m.rate_vid IS NULL
+	                  OR (m.period_start = m.rate_period AND m.period_wh >= m.rate_lo
+	                      AND (m.rate_hi IS NULL OR m.period_wh + p_wh <= m.rate_hi)))
+	        THEN CASE WHEN m.rate_vid IS NULL OR m.rate_free THEN 0
+	                  ELSE p_wh * (m.rate_price + m.rate_service) / 1000 END
+	       END
+$$;
+
+-- Recompute the rate cache of meters at a time (their newest reading): the
+-- window runs from then to the first of: the next local midnight, the next
+-- band start, the next tariff assignment, the next version of the tariff. A
+-- period that has begun resets period_wh (nothing of it was charged yet).
+CREATE FUNCTION prepaid.refresh_rate_cache(p_meter text[], p_at timestamptz[]) RETURNS void
+LANGUAGE sql AS $$
+	UPDATE prepaid.meters mt SET
+		period_start = CASE WHEN c.vid IS NOT NULL AND c.pstart IS DISTINCT FROM mt.period_start
+		                    THEN c.pstart ELSE mt.period_start END,
+		period_wh = CASE WHEN c.vid IS NOT NULL AND c.pstart IS DISTINCT FROM mt.period_start
+		                 THEN 0 ELSE mt.period_wh END,
+		rate_from = c.at,
+		rate_until = c.until,
+		rate_vid = c.vid,
+		rate_day = c.day,
+		rate_period = c.pstart,
+		rate_lo = r.lo_wh,
+		rate_hi = r.hi_wh,
+		rate_tier = r.tier,
+		rate_band = c.band,
+		rate_free = r.free,
+		rate_price = CASE WHEN r.free THEN 0 ELSE coalesce(c.bprice, 0) + r.price END,
+		rate_service = c.service,
+		rate_max_power_w = coalesce(mt.max_power_w, c.site_maxp)
+	FROM (
+		SELECT u.m, u.at, (u.at AT TIME ZONE s.time_zone)::date AS day, s.max_power_w AS site_maxp,
+		       v.version_id AS vid, v.service_per_kwh AS service,
+		       prepaid.period_start(v.period, v.period_start_day, v.period_start_month,
+		                            (u.at AT TIME ZONE s.time_zone)::date) AS pstart,
+		       b.band, b.price AS bprice,
+		       least(((u.at AT TIME ZONE s.time_zone)::date + 1)::timestamp AT TIME ZONE s.time_zone,
+		             (SELECT min(x.effective_from) FROM prepaid.meter_tariffs x
+		              WHERE x.meter_id = u.m AND x.effective_from > u.at),
+		             (SELECT min(y.effective_from) FROM prepaid.tariff_versions y
+		              WHERE y.tariff_id = coalesce(a.tariff_id, s.default_tariff_id) AND y.effective_from > u.at),
+		             (SELECT min(((u.at AT TIME ZONE s.time_zone)::date + bb.start_time) AT TIME ZONE s.time_zone)
+		              FROM prepaid.tariff_bands bb
+		              WHERE v.has_bands AND bb.version_id = v.version_id
+		                AND bb.day_type = prepaid.day_type(s.calendar, (u.at AT TIME ZONE s.time_zone)::date)
+		                AND bb.start_time > (u.at AT TIME ZONE s.time_zone)::time)) AS until,
+		       CASE WHEN v.version_id IS NULL THEN 0
+		            WHEN mt2.period_start = prepaid.period_start(v.period, v.period_start_day,
+		                     v.period_start_month, (u.at AT TIME ZONE s.time_zone)::date)
+		            THEN mt2.period_wh ELSE 0 END AS base
+		FROM unnest(p_meter, p_at) AS u(m, at)
+		JOIN prepaid.meters mt2 ON mt2.meter_id = u.m
+		JOIN prepaid.sites s ON s.site_id = mt2.site_id
+		LEFT JOIN LATERAL (SELECT x.tariff_id FROM prepaid.meter_tariffs x
+		                   WHERE x.meter_id = u.m AND x.effective_from <= u.at
+		                   ORDER BY x.effective_from DESC LIMIT 1) a ON true
+		LEFT JOIN LATERAL (SELECT y.* FROM prepaid.tariff_versions y
+		                   WHERE y.tariff_id = coalesce(a.tariff_id, s.default_tariff_id)
+		                     AND y.effective_from <= u.at
+		                   ORDER BY y.effective_from DESC LIMIT 1) v ON true
+		LEFT JOIN LATERAL (SELECT bb.band, bb.price FROM prepaid.tariff_bands bb
+		                   WHERE v.has_bands AND bb.version_id = v.version_id
+		                     AND bb.day_type = prepaid.day_type(s.calendar, (u.at AT TIME ZONE s.time_zone)::date)
+		                     AND bb.start_time <= (u.at AT TIME ZONE s.time_zone)::time
+		                   ORDER BY bb.start_time DESC LIMIT 1) b ON true
+	) c
+	LEFT JOIN prepaid.tariff_ranges r ON r.version_id = c.vid AND r.lo_wh <= c.base
+	     AND (r.hi_wh IS NULL OR r.hi_wh > c.base)
+	WHERE mt.meter_id = c.m
+$$;
+
+-- Anything that changes how consumption is priced forgets the caches.
+CREATE FUNCTION prepaid.rate_cache_forget_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	IF TG_TABLE_NAME = 'sites' THEN
+		UPDATE prepaid.meters SET rate_until = NULL
+		WHERE site_id = NEW.site_id AND rate_until IS NOT NULL;
+	ELSIF TG_TABLE_NAME = 'meter_tariffs' THEN
+		UPDATE prepaid.meters SET rate_until = NULL
+		WHERE meter_id = NEW.meter_id AND rate_until IS NOT NULL;
+	ELSE
+		UPDATE prepaid.meters SET rate_until = NULL WHERE rate_until IS NOT NULL;
+	END IF;
+	RETURN NULL;
+END $$;
+CREATE TRIGGER sites_rate_cache AFTER UPDATE ON prepaid.sites
+	FOR EACH ROW EXECUTE FUNCTION prepaid.rate_cache_forget_trigger();
+CREATE TRIGGER meter_tariffs_rate_cache AFTER INSERT OR UPDATE ON prepaid.meter_tariffs
+	FOR EACH ROW EXECUTE FUNCTION prepaid.rate_cache_forget_trigger();
+CREATE TRIGGER tariff_versions_rate_cache AFTER INSERT ON prepaid.tariff_versions
+	FOR EACH STATEMENT EXECUTE FUNCTION prepaid.rate_cache_forget_trigger();
+CREATE TRIGGER holidays_rate_cache AFTER INSERT OR UPDATE OR DELETE ON prepaid.holidays
+	FOR EACH STATEMENT EXECUTE FUNCTION prepaid.rate_cache_forget_trigger();
+
+CREATE FUNCTION prepaid.meters_rate_cache_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	NEW.rate_until := NULL;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER meters_rate_cache BEFORE UPDATE OF site_id, max_power_w ON prepaid.meters
+	FOR EACH ROW WHEN (OLD.site_id IS DISTINCT FROM NEW.site_id
+	                   OR OLD.max_power_w IS DISTINCT FROM NEW.max_power_w)
+	EXECUTE FUNCTION prepaid.meters_rate_cache_trigger();
+
+-- The full path of charging, for the meters whose new readings the fast
+-- path of prepaid.ingest_batch() did not charge: every new interval between
+-- consecutive readings (by seq), from the meter's latest reading before the
+-- batch (p_last_*) through the batch's readings beyond it, is classified
+-- (a register that went down is noted and never charged; a jump beyond the
+-- power limit is held) and the rest rated and charged with the standing
+-- days; then the meters' rate caches are refreshed.
+CREATE FUNCTION prepaid.charge_slow(p_sm text[], p_last bigint[], p_last_ts timestamptz[],
+    p_last_wh bigint[], p_meter text[], p_seq bigint[], p_ts timestamptz[], p_energy bigint[])
+RETURNS void LANGUAGE plpgsql
+SET jit = off
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+	c_meter text[]; c_fs bigint[]; c_ts bigint[]; c_t0 timestamptz[]; c_t1 timestamptz[];
+	c_wh bigint[]; u_meter text[]; u_ts timestamptz[];
+BEGIN
+	CREATE TEMP TABLE IF NOT EXISTS charge_iv (m text, fs bigint, ts bigint, t0 timestamptz,
+	    t1 timestamptz, e0 bigint, e1 bigint, wh bigint, limit_wh bigint) ON COMMIT DELETE ROWS;
+	TRUNCATE charge_iv;
+	WITH sm AS (
+		SELECT * FROM unnest(p_sm, p_last, p_last_ts, p_last_wh) AS k(m, last, lts, lwh)
+	), pts AS (
+		SELECT m, last AS s, lts AS t, lwh AS e FROM sm WHERE last IS NOT NULL
+		UNION ALL
+		SELECT DISTINCT ON (u.m, u.s) u.m, u.s, u.t, u.e
+		FROM unnest(p_meter, p_seq, p_ts, p_energy) AS u(m, s, t, e)
+		JOIN sm ON sm.m = u.m
+		WHERE sm.last IS NULL OR u.s > sm.last
+		ORDER BY 1, 2
+	), iv AS (
+		SELECT m, lag(s) OVER w AS fs, s AS ts, lag(t) OVER w AS t0, t AS t1,
+		       lag(e) OVER w AS e0, e AS e1
+		FROM pts WINDOW w AS (PARTITION BY m ORDER BY s)
+	)
+	INSERT INTO charge_iv
+	SELECT iv.m, fs, ts, t0, t1, e0, e1, e1 - e0,
+	       -- at least a minute, so that clock jitter cannot turn a small step into a glitch
+	       ceil(coalesce(mt.max_power_w, s.max_power_w)
+	            * greatest(extract(epoch FROM t1 - t0), 60) / 3600)::bigint
+	FROM iv JOIN prepaid.meters mt ON mt.meter_id = iv.m
+	JOIN prepaid.sites s ON s.site_id = mt.site_id
+	WHERE iv.fs IS NOT NULL;
+
+	INSERT INTO prepaid.anomalies (meter_id, kind, from_seq, to_seq, from_ts, to_ts,
+	    from_wh, to_wh, energy_wh, limit_wh, state)
+	SELECT m, CASE WHEN wh < 0 THEN 'register_down' ELSE 'implausible_jump' END,
+	       fs, ts, t0, t1, e0, e1, wh, limit_wh,
+	       CASE WHEN wh < 0 THEN 'noted' ELSE 'open' END
+	FROM charge_iv WHERE wh < 0 OR wh > limit_wh;
+
+	SELECT array_agg(m), array_agg(fs), array_agg(ts),
+	       -- a reading not later than the one before it: its energy is
+	       -- placed in the second before it
+	       array_agg(CASE WHEN t1 > t0 THEN t0 ELSE t1 - interval '1 second' END),
+	       array_agg(t1), array_agg(wh)
+	INTO c_meter, c_fs, c_ts, c_t0, c_t1, c_wh
+	FROM charge_iv WHERE wh > 0 AND wh <= limit_wh;
+
+	SELECT array_agg(k.m), array_agg(k.t) INTO u_meter, u_ts
+	FROM (SELECT u.m, max(u.t) AS t FROM unnest(p_meter, p_ts) AS u(m, t)
+	      JOIN unnest(p_sm) AS sm(m) ON sm.m = u.m GROUP BY u.m) k;
+	PERFORM prepaid.charge(coalesce(c_meter, '{}'), coalesce(c_fs, '{}'), coalesce(c_ts, '{}'),
+	    coalesce(c_t0, '{}'), coalesce(c_t1, '{}'), coalesce(c_wh, '{}'),
+	    coalesce(u_meter, '{}'), coalesce(u_ts, '{}'));
+	PERFORM prepaid.refresh_rate_cache(u_meter, u_ts);
 END $$;
 
 -- ----------------------------------------------------------------- ingest
@@ -605,7 +839,9 @@ CREATE OR REPLACE FUNCTION prepaid.ingest_batch(
     OUT inserted integer, OUT duplicates integer, OUT gaps integer,
     OUT unknown integer, OUT filled integer, OUT events integer,
     OUT acks integer, OUT rejects integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET jit = off
+AS $$
 DECLARE
 	v_ids text[];
 	v_known text[];
@@ -613,8 +849,7 @@ DECLARE
 	v_last_ts timestamptz[];
 	v_last_wh bigint[];
 	v_n integer;
-	c_meter text[]; c_fs bigint[]; c_ts bigint[]; c_t0 timestamptz[]; c_t1 timestamptz[]; c_wh bigint[];
-	u_meter text[]; u_ts timestamptz[];
+	s_meter text[]; s_last bigint[]; s_last_ts timestamptz[]; s_last_wh bigint[];
 BEGIN
 	inserted := 0; duplicates := 0; gaps := 0; unknown := 0; filled := 0;
 	events := 0; acks := 0; rejects := 0;
@@ -652,12 +887,15 @@ BEGIN
 	-- meter update, with no join between derived sets.
 	IF coalesce(cardinality(p_meter), 0) > 0 THEN
 		WITH cls0 AS (
-			SELECT u.*, k.last AS old_last, k.m IS NOT NULL AS known,
-			       row_number() OVER (PARTITION BY u.m, u.s ORDER BY u.rcv) AS rn
+			SELECT u.*, k.last AS old_last, k.lts AS old_ts, k.lwh AS old_wh,
+			       k.m IS NOT NULL AS known,
+			       row_number() OVER (PARTITION BY u.m, u.s ORDER BY u.rcv) AS rn,
+			       -- 1 for the meter's reading with the highest seq (its first copy)
+			       row_number() OVER (PARTITION BY u.m ORDER BY u.s DESC, u.rcv) AS top
 			FROM unnest(p_meter, p_seq, p_ts, p_energy, p_relay, p_power,
 			            p_voltage, p_current, p_received)
 			     AS u(m, s, t, e, r, pw, v, c, rcv)
-			LEFT JOIN unnest(v_known, v_last) AS k(m, last) ON k.m = u.m
+			LEFT JOIN unnest(v_known, v_last, v_last_ts, v_last_wh) AS k(m, last, lts, lwh) ON k.m = u.m
 		), cls AS (
 			-- fresh: first copy in the batch, of a known meter, and either
 			-- beyond the meter's last seq or inside one of its open gaps.
@@ -693,11 +931,33 @@ BEGIN
 			RETURNING 1
 		), agg AS (
 			SELECT m, count(*) AS nall, count(*) FILTER (WHERE fresh) AS nfresh,
-			       max(s) FILTER (WHERE fresh AND ahead) AS ls,
-			       (array_agg(t ORDER BY s DESC) FILTER (WHERE fresh AND ahead))[1] AS lt,
-			       (array_agg(e ORDER BY s DESC) FILTER (WHERE fresh AND ahead))[1] AS le,
-			       (array_agg(r ORDER BY s DESC) FILTER (WHERE fresh AND ahead))[1] AS lr
+			       count(*) FILTER (WHERE fresh AND ahead) AS nahead,
+			       -- the newest reading: the top one, if it is new (if the top one
+			       -- is not new, no reading of the batch is beyond the meter's last)
+			       max(s) FILTER (WHERE top = 1 AND fresh AND ahead) AS ls,
+			       max(t) FILTER (WHERE top = 1 AND fresh AND ahead) AS lt,
+			       max(e) FILTER (WHERE top = 1 AND fresh AND ahead) AS le,
+			       max(r) FILTER (WHERE top = 1 AND fresh AND ahead) AS lr,
+			       max(old_last) AS old_last, max(old_ts) AS old_ts, max(old_wh) AS old_wh
 			FROM cls WHERE known GROUP BY m
+		), fast AS (
+			-- The fast path of charging: one new interval that the meter's
+			-- rate cache covers (see prepaid.fast_rate); amt is NULL otherwise,
+			-- and the meter goes to prepaid.charge_slow() below.
+			SELECT a.*, a.le - a.old_wh AS wh,
+			       mt.rate_vid, mt.rate_tier, mt.rate_band, mt.rate_price, mt.rate_service,
+			       mt.rate_day,
+			       CASE WHEN a.nahead = 1 AND a.old_last IS NOT NULL
+			            THEN prepaid.fast_rate(mt, a.old_ts, a.lt, a.le - a.old_wh) END AS amt
+			FROM agg a JOIN prepaid.meters mt ON mt.meter_id = a.m
+		), fled AS (
+			INSERT INTO prepaid.ledger (meter_id, day, kind, amount, from_seq, to_seq, from_ts,
+			    to_ts, energy_wh, tariff_version_id, tier, band, price, service_fee, author)
+			SELECT m, rate_day, 'charge', -amt, old_last, ls, old_ts, lt, wh, rate_vid,
+			       rate_tier, rate_band, rate_price, CASE WHEN amt = 0 THEN 0 ELSE rate_service END,
+			       'prepaidd'
+			FROM fast WHERE amt IS NOT NULL AND rate_vid IS NOT NULL AND wh > 0
+			RETURNING 1
 		), upd AS (
 			UPDATE prepaid.meters mt SET
 				last_seq = coalesce(a.ls, mt.last_seq),
@@ -711,8 +971,11 @@ BEGIN
 				                    THEN 'reading' ELSE mt.relay_source END,
 				last_seen = now(),
 				readings = mt.readings + a.nfresh,
-				duplicates = mt.duplicates + a.nall - a.nfresh
-			FROM agg a
+				duplicates = mt.duplicates + a.nall - a.nfresh,
+				balance = mt.balance - coalesce(a.amt, 0),
+				period_wh = mt.period_wh + CASE WHEN a.amt IS NOT NULL AND a.rate_vid IS NOT NULL
+				                                THEN a.wh ELSE 0 END
+			FROM fast a
 			WHERE mt.meter_id = a.m
 			RETURNING 1
 		), unk AS (
@@ -725,62 +988,19 @@ BEGIN
 		)
 		SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM gins),
 		       (SELECT count(*) FROM unk),
-		       (SELECT count(*) FROM cls WHERE fresh AND NOT ahead)
-		INTO inserted, gaps, unknown, filled;
+		       (SELECT count(*) FROM cls WHERE fresh AND NOT ahead),
+		       sl.m, sl.s, sl.t, sl.e
+		INTO inserted, gaps, unknown, filled, s_meter, s_last, s_last_ts, s_last_wh
+		FROM (SELECT array_agg(m) AS m, array_agg(old_last) AS s, array_agg(old_ts) AS t,
+		             array_agg(old_wh) AS e
+		      FROM fast WHERE amt IS NULL AND nahead > 0) sl;
 		duplicates := cardinality(p_meter) - inserted - unknown;
 	END IF;
 
-	-- Money: each new interval between consecutive readings (by seq) of a
-	-- meter -- from its latest reading before this batch through the new
-	-- readings beyond it -- is charged once. Late readings filling a gap are
-	-- stored but not charged: the interval over the gap was charged when the
-	-- reading after it arrived. A register that went down is an anomaly and
-	-- never a charge; a jump beyond the meter's power limit is held.
-	IF inserted > 0 THEN
-		WITH pts AS (
-			SELECT k.m, k.last AS s, k.lts AS t, k.lwh AS e
-			FROM unnest(v_known, v_last, v_last_ts, v_last_wh) AS k(m, last, lts, lwh)
-			WHERE k.last IS NOT NULL
-			UNION ALL
-			SELECT DISTINCT ON (u.m, u.s) u.m, u.s, u.t, u.e
-			FROM unnest(p_meter, p_seq, p_ts, p_energy) AS u(m, s, t, e)
-			JOIN unnest(v_known, v_last) AS k(m, last) ON k.m = u.m
-			WHERE k.last IS NULL OR u.s > k.last
-			ORDER BY 1, 2
-		), iv AS (
-			SELECT m, lag(s) OVER w AS fs, s AS ts, lag(t) OVER w AS t0, t AS t1,
-			       lag(e) OVER w AS e0, e AS e1
-			FROM pts WINDOW w AS (PARTITION BY m ORDER BY s)
-		), cl AS (
-			SELECT iv.*, e1 - e0 AS wh,
-			       -- at least a minute, so that clock jitter cannot make a glitch of a small step
-			       ceil(coalesce(mt.max_power_w, s.max_power_w)
-			            * greatest(extract(epoch FROM t1 - t0), 60) / 3600)::bigint AS limit_wh
-			FROM iv JOIN prepaid.meters mt ON mt.meter_id = iv.m
-			JOIN prepaid.sites s ON s.site_id = mt.site_id
-			WHERE iv.fs IS NOT NULL
-		), an AS (
-			INSERT INTO prepaid.anomalies (meter_id, kind, from_seq, to_seq, from_ts, to_ts,
-			    from_wh, to_wh, energy_wh, limit_wh, state)
-			SELECT m, CASE WHEN wh < 0 THEN 'register_down' ELSE 'implausible_jump' END,
-			       fs, ts, t0, t1, e0, e1, wh, limit_wh,
-			       CASE WHEN wh < 0 THEN 'noted' ELSE 'open' END
-			FROM cl WHERE wh < 0 OR wh > limit_wh
-			RETURNING 1
-		)
-		SELECT array_agg(m), array_agg(fs), array_agg(ts),
-		       -- a reading not later than the one before it: its energy is
-		       -- placed in the second before it
-		       array_agg(CASE WHEN t1 > t0 THEN t0 ELSE t1 - interval '1 second' END),
-		       array_agg(t1), array_agg(wh)
-		INTO c_meter, c_fs, c_ts, c_t0, c_t1, c_wh
-		FROM cl WHERE wh > 0 AND wh <= limit_wh;
-
-		SELECT array_agg(k.m), array_agg(k.t) INTO u_meter, u_ts
-		FROM (SELECT u.m, max(u.t) AS t FROM unnest(p_meter, p_ts) AS u(m, t)
-		      WHERE u.m = ANY (v_known) GROUP BY u.m) k;
-		PERFORM prepaid.charge(coalesce(c_meter, '{}'), coalesce(c_fs, '{}'), coalesce(c_ts, '{}'),
-		    coalesce(c_t0, '{}'), coalesce(c_t1, '{}'), coalesce(c_wh, '{}'), u_meter, u_ts);
+	-- Meters whose new readings the fast path above did not charge.
+	IF s_meter IS NOT NULL THEN
+		PERFORM prepaid.charge_slow(s_meter, s_last, s_last_ts, s_last_wh,
+		    p_meter, p_seq, p_ts, p_energy);
 	END IF;
 
 	-- Readings that arrived into open gaps (a resend): shrink or split them.
