@@ -44,6 +44,12 @@ ALTER TABLE prepaid.meters
 	ADD COLUMN period_start date,       -- billing period of period_wh
 	ADD COLUMN period_wh bigint NOT NULL DEFAULT 0,
 	ADD COLUMN standing_through date,   -- last local day with its standing charge
+	-- The meter's reading with the lowest seq: a reading older than it
+	-- (meters may deliver out of order, several daemons may race) is still
+	-- new, and the interval from it to this one is charged.
+	ADD COLUMN first_seq bigint,
+	ADD COLUMN first_ts timestamptz,
+	ADD COLUMN first_wh bigint,
 	-- The rate cache: how the meter's next interval is priced if it lies in
 	-- [rate_from, rate_until] (one local day, one tariff version, one band)
 	-- and stays inside the tier range [rate_lo, rate_hi) of period rate_period.
@@ -63,6 +69,11 @@ ALTER TABLE prepaid.meters
 	ADD COLUMN rate_price numeric(10,4),  -- band price + tier price (0 when free)
 	ADD COLUMN rate_service numeric(10,4),
 	ADD COLUMN rate_max_power_w bigint;
+
+UPDATE prepaid.meters m SET first_seq = r.seq, first_ts = r.ts, first_wh = r.energy_wh
+FROM (SELECT DISTINCT ON (meter_id) meter_id, seq, ts, energy_wh FROM prepaid.readings
+      ORDER BY meter_id, seq) r
+WHERE r.meter_id = m.meter_id;
 
 -- ---------------------------------------------------------------- holidays
 
@@ -701,7 +712,8 @@ LANGUAGE sql AS $$
 		            WHEN mt2.period_start = prepaid.period_start(v.period, v.period_start_day,
 		                     v.period_start_month, (u.at AT TIME ZONE s.time_zone)::date)
 		            THEN mt2.period_wh ELSE 0 END AS base
-		FROM unnest(p_meter, p_at) AS u(m, at)
+		FROM (SELECT x.m, greatest(x.at, y.last_ts) AS at
+		      FROM unnest(p_meter, p_at) AS x(m, at) JOIN prepaid.meters y ON y.meter_id = x.m) u
 		JOIN prepaid.meters mt2 ON mt2.meter_id = u.m
 		JOIN prepaid.sites s ON s.site_id = mt2.site_id
 		LEFT JOIN LATERAL (SELECT x.tariff_id FROM prepaid.meter_tariffs x
@@ -763,9 +775,11 @@ CREATE TRIGGER meters_rate_cache BEFORE UPDATE OF site_id, max_power_w ON prepai
 -- batch (p_last_*) through the batch's readings beyond it, is classified
 -- (a register that went down is noted and never charged; a jump beyond the
 -- power limit is held) and the rest rated and charged with the standing
--- days; then the meters' rate caches are refreshed.
+-- days; then the meters' rate caches are refreshed. Readings older than the
+-- meter's first one (p_first_*) form a second chain up to it.
 CREATE FUNCTION prepaid.charge_slow(p_sm text[], p_last bigint[], p_last_ts timestamptz[],
-    p_last_wh bigint[], p_meter text[], p_seq bigint[], p_ts timestamptz[], p_energy bigint[])
+    p_last_wh bigint[], p_first bigint[], p_first_ts timestamptz[], p_first_wh bigint[],
+    p_meter text[], p_seq bigint[], p_ts timestamptz[], p_energy bigint[])
 RETURNS void LANGUAGE plpgsql
 SET jit = off
 SET plan_cache_mode = force_custom_plan
@@ -778,19 +792,28 @@ BEGIN
 	    t1 timestamptz, e0 bigint, e1 bigint, wh bigint, limit_wh bigint) ON COMMIT DELETE ROWS;
 	TRUNCATE charge_iv;
 	WITH sm AS (
-		SELECT * FROM unnest(p_sm, p_last, p_last_ts, p_last_wh) AS k(m, last, lts, lwh)
+		SELECT * FROM unnest(p_sm, p_last, p_last_ts, p_last_wh, p_first, p_first_ts, p_first_wh)
+		     AS k(m, last, lts, lwh, first, fts, fwh)
 	), pts AS (
-		SELECT m, last AS s, lts AS t, lwh AS e FROM sm WHERE last IS NOT NULL
+		-- chain 1: from the latest reading before the batch onwards
+		SELECT m, 1 AS chain, last AS s, lts AS t, lwh AS e FROM sm WHERE last IS NOT NULL
 		UNION ALL
-		SELECT DISTINCT ON (u.m, u.s) u.m, u.s, u.t, u.e
+		SELECT DISTINCT ON (u.m, u.s) u.m, 1, u.s, u.t, u.e
 		FROM unnest(p_meter, p_seq, p_ts, p_energy) AS u(m, s, t, e)
 		JOIN sm ON sm.m = u.m
 		WHERE sm.last IS NULL OR u.s > sm.last
-		ORDER BY 1, 2
+		UNION ALL
+		-- chain 2: readings older than the meter's first one, up to it
+		SELECT m, 2, first, fts, fwh FROM sm WHERE first IS NOT NULL
+		UNION ALL
+		SELECT DISTINCT ON (u.m, u.s) u.m, 2, u.s, u.t, u.e
+		FROM unnest(p_meter, p_seq, p_ts, p_energy) AS u(m, s, t, e)
+		JOIN sm ON sm.m = u.m
+		WHERE u.s < sm.first
 	), iv AS (
 		SELECT m, lag(s) OVER w AS fs, s AS ts, lag(t) OVER w AS t0, t AS t1,
 		       lag(e) OVER w AS e0, e AS e1
-		FROM pts WINDOW w AS (PARTITION BY m ORDER BY s)
+		FROM pts WINDOW w AS (PARTITION BY m, chain ORDER BY s)
 	)
 	INSERT INTO charge_iv
 	SELECT iv.m, fs, ts, t0, t1, e0, e1, e1 - e0,
@@ -848,8 +871,12 @@ DECLARE
 	v_last bigint[];
 	v_last_ts timestamptz[];
 	v_last_wh bigint[];
+	v_first bigint[];
+	v_first_ts timestamptz[];
+	v_first_wh bigint[];
 	v_n integer;
 	s_meter text[]; s_last bigint[]; s_last_ts timestamptz[]; s_last_wh bigint[];
+	s_first bigint[]; s_first_ts timestamptz[]; s_first_wh bigint[];
 BEGIN
 	inserted := 0; duplicates := 0; gaps := 0; unknown := 0; filled := 0;
 	events := 0; acks := 0; rejects := 0;
@@ -861,25 +888,28 @@ BEGIN
 		UNION ALL SELECT a->>'meter' FROM jsonb_array_elements(p_acks) a) x
 	WHERE m IS NOT NULL;
 
-	-- Lock them, reading last_seq in the same pass. Batches of several
+	-- Register new meters first, in id order, before locking any: a batch
+	-- that waits here (another daemon registering the same meter) holds no
+	-- meter lock, so two batches cannot deadlock.
+	IF p_auto_register AND v_ids IS NOT NULL THEN
+		INSERT INTO prepaid.meters (meter_id, auto_registered)
+		SELECT m, true FROM unnest(v_ids) m
+		WHERE NOT EXISTS (SELECT 1 FROM prepaid.meters x WHERE x.meter_id = m)
+		ON CONFLICT (meter_id) DO NOTHING;
+	END IF;
+
+	-- Lock them, reading their state in the same pass. Batches of several
 	-- daemons that touch the same meters are serialised here, in meter order
 	-- so that two batches cannot deadlock; NO KEY UPDATE leaves operators free
 	-- to insert commands referencing the meters meanwhile.
 	SELECT array_agg(meter_id ORDER BY meter_id), array_agg(last_seq ORDER BY meter_id),
-	       array_agg(last_ts ORDER BY meter_id), array_agg(last_energy_wh ORDER BY meter_id)
-	INTO v_known, v_last, v_last_ts, v_last_wh
-	FROM (SELECT meter_id, last_seq, last_ts, last_energy_wh FROM prepaid.meters
+	       array_agg(last_ts ORDER BY meter_id), array_agg(last_energy_wh ORDER BY meter_id),
+	       array_agg(first_seq ORDER BY meter_id), array_agg(first_ts ORDER BY meter_id),
+	       array_agg(first_wh ORDER BY meter_id)
+	INTO v_known, v_last, v_last_ts, v_last_wh, v_first, v_first_ts, v_first_wh
+	FROM (SELECT meter_id, last_seq, last_ts, last_energy_wh, first_seq, first_ts, first_wh
+	      FROM prepaid.meters
 	      WHERE meter_id = ANY (v_ids) ORDER BY meter_id FOR NO KEY UPDATE) x;
-	IF p_auto_register AND coalesce(cardinality(v_known), 0) < coalesce(cardinality(v_ids), 0) THEN
-		INSERT INTO prepaid.meters (meter_id, auto_registered)
-		SELECT m, true FROM unnest(v_ids) m
-		ON CONFLICT (meter_id) DO NOTHING;
-		SELECT array_agg(meter_id ORDER BY meter_id), array_agg(last_seq ORDER BY meter_id),
-		       array_agg(last_ts ORDER BY meter_id), array_agg(last_energy_wh ORDER BY meter_id)
-		INTO v_known, v_last, v_last_ts, v_last_wh
-		FROM (SELECT meter_id, last_seq, last_ts, last_energy_wh FROM prepaid.meters
-		      WHERE meter_id = ANY (v_ids) ORDER BY meter_id FOR NO KEY UPDATE) x;
-	END IF;
 
 	-- The readings. The statement is written so that its plan does not depend
 	-- on row estimates (PL/pgSQL keeps a generic plan after a few calls):
@@ -888,23 +918,29 @@ BEGIN
 	IF coalesce(cardinality(p_meter), 0) > 0 THEN
 		WITH cls0 AS (
 			SELECT u.*, k.last AS old_last, k.lts AS old_ts, k.lwh AS old_wh,
+			       k.first AS old_first, k.fts AS old_first_ts, k.fwh AS old_first_wh,
 			       k.m IS NOT NULL AS known,
 			       row_number() OVER (PARTITION BY u.m, u.s ORDER BY u.rcv) AS rn,
 			       -- 1 for the meter's reading with the highest seq (its first copy)
-			       row_number() OVER (PARTITION BY u.m ORDER BY u.s DESC, u.rcv) AS top
+			       row_number() OVER (PARTITION BY u.m ORDER BY u.s DESC, u.rcv) AS top,
+			       -- 1 for the one with the lowest seq
+			       row_number() OVER (PARTITION BY u.m ORDER BY u.s, u.rcv) AS bot
 			FROM unnest(p_meter, p_seq, p_ts, p_energy, p_relay, p_power,
 			            p_voltage, p_current, p_received)
 			     AS u(m, s, t, e, r, pw, v, c, rcv)
-			LEFT JOIN unnest(v_known, v_last, v_last_ts, v_last_wh) AS k(m, last, lts, lwh) ON k.m = u.m
+			LEFT JOIN unnest(v_known, v_last, v_last_ts, v_last_wh, v_first, v_first_ts, v_first_wh)
+			     AS k(m, last, lts, lwh, first, fts, fwh) ON k.m = u.m
 		), cls AS (
 			-- fresh: first copy in the batch, of a known meter, and either
-			-- beyond the meter's last seq or inside one of its open gaps.
+			-- beyond the meter's last seq, before its first, or inside one
+			-- of its open gaps.
 			SELECT cls0.*,
-			       known AND rn = 1 AND (old_last IS NULL OR s > old_last
+			       known AND rn = 1 AND (old_last IS NULL OR s > old_last OR s < old_first
 			           OR EXISTS (SELECT 1 FROM prepaid.gaps g
 			                      WHERE g.meter_id = cls0.m AND g.filled_at IS NULL
 			                        AND cls0.s BETWEEN g.from_seq AND g.to_seq)) AS fresh,
-			       old_last IS NULL OR s > old_last AS ahead
+			       old_last IS NULL OR s > old_last AS ahead,
+			       coalesce(s < old_first, false) AS behind
 			FROM cls0
 		), ins AS (
 			INSERT INTO prepaid.readings (meter_id, seq, ts, energy_wh, relay,
@@ -920,8 +956,13 @@ BEGIN
 			SELECT m, min(gf) AS from_seq, gen_random_uuid()::text AS cmd
 			FROM newgaps WHERE p_resend_on_gap GROUP BY m
 		), rins AS (
-			INSERT INTO prepaid.commands (id, meter_id, action, from_seq, reason, valid_until)
-			SELECT cmd, m, 'resend', from_seq, 'sequence gap', now() + interval '5 minutes'
+			-- Sent after a short delay: with several daemons sharing the
+			-- readings, the "missing" one is often just being written by
+			-- another; a gap filled meanwhile cancels its resend.
+			INSERT INTO prepaid.commands (id, meter_id, action, from_seq, reason, valid_until,
+			    next_attempt_at)
+			SELECT cmd, m, 'resend', from_seq, 'sequence gap', now() + interval '5 minutes',
+			       now() + interval '2 seconds'
 			FROM resend
 			RETURNING 1
 		), gins AS (
@@ -938,7 +979,14 @@ BEGIN
 			       max(t) FILTER (WHERE top = 1 AND fresh AND ahead) AS lt,
 			       max(e) FILTER (WHERE top = 1 AND fresh AND ahead) AS le,
 			       max(r) FILTER (WHERE top = 1 AND fresh AND ahead) AS lr,
-			       max(old_last) AS old_last, max(old_ts) AS old_ts, max(old_wh) AS old_wh
+			       count(*) FILTER (WHERE fresh AND behind) AS nbehind,
+			       -- the new first reading, if this batch brings one
+			       max(s) FILTER (WHERE bot = 1 AND fresh AND (old_first IS NULL OR behind)) AS fs_,
+			       max(t) FILTER (WHERE bot = 1 AND fresh AND (old_first IS NULL OR behind)) AS ft,
+			       max(e) FILTER (WHERE bot = 1 AND fresh AND (old_first IS NULL OR behind)) AS fe,
+			       max(old_last) AS old_last, max(old_ts) AS old_ts, max(old_wh) AS old_wh,
+			       max(old_first) AS old_first, max(old_first_ts) AS old_first_ts,
+			       max(old_first_wh) AS old_first_wh
 			FROM cls WHERE known GROUP BY m
 		), fast AS (
 			-- The fast path of charging: one new interval that the meter's
@@ -947,7 +995,7 @@ BEGIN
 			SELECT a.*, a.le - a.old_wh AS wh,
 			       mt.rate_vid, mt.rate_tier, mt.rate_band, mt.rate_price, mt.rate_service,
 			       mt.rate_day,
-			       CASE WHEN a.nahead = 1 AND a.old_last IS NOT NULL
+			       CASE WHEN a.nahead = 1 AND a.nbehind = 0 AND a.old_last IS NOT NULL
 			            THEN prepaid.fast_rate(mt, a.old_ts, a.lt, a.le - a.old_wh) END AS amt
 			FROM agg a JOIN prepaid.meters mt ON mt.meter_id = a.m
 		), fled AS (
@@ -972,6 +1020,9 @@ BEGIN
 				last_seen = now(),
 				readings = mt.readings + a.nfresh,
 				duplicates = mt.duplicates + a.nall - a.nfresh,
+				first_seq = coalesce(a.fs_, mt.first_seq),
+				first_ts = CASE WHEN a.fs_ IS NOT NULL THEN a.ft ELSE mt.first_ts END,
+				first_wh = CASE WHEN a.fs_ IS NOT NULL THEN a.fe ELSE mt.first_wh END,
 				balance = mt.balance - coalesce(a.amt, 0),
 				period_wh = mt.period_wh + CASE WHEN a.amt IS NOT NULL AND a.rate_vid IS NOT NULL
 				                                THEN a.wh ELSE 0 END
@@ -988,19 +1039,21 @@ BEGIN
 		)
 		SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM gins),
 		       (SELECT count(*) FROM unk),
-		       (SELECT count(*) FROM cls WHERE fresh AND NOT ahead),
-		       sl.m, sl.s, sl.t, sl.e
-		INTO inserted, gaps, unknown, filled, s_meter, s_last, s_last_ts, s_last_wh
+		       (SELECT count(*) FROM cls WHERE fresh AND NOT ahead AND NOT behind),
+		       sl.m, sl.s, sl.t, sl.e, sl.fs, sl.ft, sl.fe
+		INTO inserted, gaps, unknown, filled, s_meter, s_last, s_last_ts, s_last_wh,
+		     s_first, s_first_ts, s_first_wh
 		FROM (SELECT array_agg(m) AS m, array_agg(old_last) AS s, array_agg(old_ts) AS t,
-		             array_agg(old_wh) AS e
-		      FROM fast WHERE amt IS NULL AND nahead > 0) sl;
+		             array_agg(old_wh) AS e, array_agg(old_first) AS fs,
+		             array_agg(old_first_ts) AS ft, array_agg(old_first_wh) AS fe
+		      FROM fast WHERE (amt IS NULL AND nahead > 0) OR nbehind > 0) sl;
 		duplicates := cardinality(p_meter) - inserted - unknown;
 	END IF;
 
 	-- Meters whose new readings the fast path above did not charge.
 	IF s_meter IS NOT NULL THEN
 		PERFORM prepaid.charge_slow(s_meter, s_last, s_last_ts, s_last_wh,
-		    p_meter, p_seq, p_ts, p_energy);
+		    s_first, s_first_ts, s_first_wh, p_meter, p_seq, p_ts, p_energy);
 	END IF;
 
 	-- Readings that arrived into open gaps (a resend): shrink or split them.
@@ -1036,6 +1089,16 @@ BEGIN
 			UPDATE prepaid.gaps x SET filled_at = now()
 			FROM touched t
 			WHERE x.id = t.id AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = t.id)
+			RETURNING x.id, x.resend_command_id
+		), unsend AS (
+			-- a resend whose gaps are all filled now is not needed any more
+			UPDATE prepaid.commands c SET state = 'cancelled',
+			    detail = 'the gap was filled before the resend was sent'
+			FROM (SELECT DISTINCT resend_command_id AS id FROM done) d
+			WHERE c.id = d.id AND c.state = 'queued'
+			  AND NOT EXISTS (SELECT 1 FROM prepaid.gaps g
+			                  WHERE g.resend_command_id = d.id AND g.filled_at IS NULL
+			                    AND g.id NOT IN (SELECT id FROM done))
 			RETURNING 1
 		), split AS (
 			INSERT INTO prepaid.gaps (meter_id, from_seq, to_seq, detected_at, resend_command_id)

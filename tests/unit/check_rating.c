@@ -1047,8 +1047,8 @@ START_TEST(test_bad_tariff_definitions_raise_errors)
 
 	rating_names(&id, "bad");
 	rating_sql("SELECT prepaid.create_tariff('%s', 'bad')", id.tariff);
-	/* The first tier must start at 0 kWh. */
-	rating_sql_fails("tiers", "SELECT prepaid.create_tariff_version('%s', "
+	/* The first tier must start at 0 kWh (the message names from_kwh). */
+	rating_sql_fails("from_kwh", "SELECT prepaid.create_tariff_version('%s', "
 	    "'%s', '{\"tiers\": [{\"from_kwh\": 10, \"price\": 0.5}]}')",
 	    id.tariff, RATING_EPOCH);
 	/* Tiers must rise. */
