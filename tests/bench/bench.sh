@@ -9,7 +9,8 @@
 #      subscriber that discards (mosquitto_sub > /dev/null);
 #   2. batched COPY of the same rows at the daemon's batch size (bench-copy);
 #   3. the naive subscriber: one autocommit INSERT per message (bench-naive);
-#   4. prepaidd's sustained ingest rate, QoS 1, from the simulator;
+#   4. prepaidd's sustained ingest rate, QoS 1, from the simulator, with
+#      charging off (no tariff) and (4b) on (a flat tariff);
 #   5. publish->commit latency (p50/p99) at half that rate, open loop;
 #   6. prepaidd's peak RSS;
 #
@@ -97,9 +98,12 @@ bench_psql()
 # phase's dirty pages out of the next one's timing.
 bench_reset()
 {
-	bench_psql "SET lock_timeout = '10s';
+	# (The ledger refuses TRUNCATE: triggers are off for this session only.)
+	bench_psql "SET lock_timeout = '10s'; SET session_replication_role = replica;
 	    TRUNCATE prepaid.readings, prepaid.meters, prepaid.gaps, prepaid.events,
-	        prepaid.commands, prepaid.command_audit, prepaid.rejects CASCADE" \
+	        prepaid.commands, prepaid.command_audit, prepaid.rejects, prepaid.ledger,
+	        prepaid.anomalies CASCADE;
+	    UPDATE prepaid.sites SET default_tariff_id = NULL" \
 	    >/dev/null || fail "could not empty the tables"
 	bench_psql "CHECKPOINT" >/dev/null
 }
@@ -278,11 +282,15 @@ bench_line "naive subscriber (1 INSERT/commit per msg)" "$NAIVE_RATE readings/s 
 
 # --- 4. the daemon, sustained
 
-note "4/5 prepaidd sustained ingest"
+# Each reading carries 833 Wh (50 kW for a minute's worth of readings), so
+# that with charging on every interval is charged; the meters have no tariff
+# in this phase (charging off) and a flat one in phase 4b.
+CONSUMPTION=(-w 50000 -r 60000)
+note "4/5 prepaidd sustained ingest (charging off: no tariff)"
 bench_reset
 bench_daemon_start
 base=$(bench_metric prepaidd_readings_inserted_total)
-sim_bg -n "$METERS" --load "$N" -q 1 --inflight "$INFLIGHT" --no-commands
+sim_bg -n "$METERS" --load "$N" -q 1 --inflight "$INFLIGHT" --no-commands "${CONSUMPTION[@]}"
 DSIM_PID=$SIM_PID
 DSIM_LOG=$SIM_LOG
 bench_wait_inserted $((base + N))
@@ -299,6 +307,33 @@ bench_line "  same, to the last commit (SQL)" \
 bench_line "  simulator" "$(bench_result "$DSIM_LOG")"
 batches=$(bench_metric prepaidd_batches_total)
 bench_line "  batches" "$batches, $(bench_calc 'sprintf("%.0f", n / b)' -v n="$N" -v b="$batches") readings each on average, $(bench_metric prepaidd_ingest_pauses_total) read pauses, loop lag max $(bench_metric prepaidd_loop_lag_max_seconds) s"
+
+# --- 4b. the same with charging on
+
+note "4b/5 prepaidd sustained ingest (charging on: flat tariff with a standing charge)"
+bench_reset
+bench_psql "SELECT prepaid.create_tariff('bench', 'bench flat')
+            WHERE NOT EXISTS (SELECT 1 FROM prepaid.tariffs WHERE tariff_id = 'bench');
+    SELECT prepaid.create_tariff_version('bench', '2000-01-01', '{\"price\": 0.5283, \"standing_per_day\": 0.5}')
+            WHERE NOT EXISTS (SELECT 1 FROM prepaid.tariff_versions WHERE tariff_id = 'bench');
+    UPDATE prepaid.sites SET default_tariff_id = 'bench' WHERE site_id = 'default'" >/dev/null ||
+    fail "could not set up the tariff"
+base=$(bench_metric prepaidd_readings_inserted_total)
+sim_bg -n "$METERS" --load "$N" -q 1 --inflight "$INFLIGHT" --no-commands "${CONSUMPTION[@]}"
+CSIM_PID=$SIM_PID
+bench_wait_inserted $((base + N))
+wait "$CSIM_PID" || fail "prepaid-sim failed: $(tail -n 3 "$SIM_LOG")"
+first=$(bench_psql "SELECT extract(epoch FROM min(ts)) FROM prepaid.readings")
+CHARGE_RATE=$(bench_calc 'sprintf("%.0f", n / (t1 - t0))' -v n="$N" -v t0="$first" -v t1="$BENCH_T_DONE")
+charged=$(bench_psql "SELECT count(*) FILTER (WHERE kind = 'charge') || ' charges, '
+    || count(*) FILTER (WHERE kind = 'standing') || ' standing, balance sum '
+    || round(sum(amount), 2) || ' yuan, unbalanced meters '
+    || (SELECT count(*) FROM prepaid.verify_ledger()) FROM prepaid.ledger")
+bench_line "prepaidd with charging (first publish -> N)" "$CHARGE_RATE readings/s"
+bench_line "  ledger" "$charged"
+expect=$((N - METERS))
+got=$(bench_psql "SELECT count(*) FROM prepaid.ledger WHERE kind = 'charge'")
+[ "$got" -ge "$expect" ] || fail "only $got charge entries for $expect intervals"
 
 # --- 5. latency at half load
 
@@ -358,6 +393,9 @@ bench_line "broker only" "$BROKER_RATE readings/s"
 bench_line "batched COPY" "$COPY_RATE readings/s"
 bench_line "naive subscriber" "$NAIVE_RATE readings/s"
 bench_line "prepaidd" "$DAEMON_RATE readings/s"
+bench_line "prepaidd with charging" "$CHARGE_RATE readings/s"
+R3=$(bench_calc 'sprintf("%.2f", c / d)' -v c="$CHARGE_RATE" -v d="$DAEMON_RATE")
+bench_line "charging on / off" "$R3 (target >= 0.8: charging costs <= 20%) $(verdict 'r >= 0.8' -v r="$R3")"
 bench_line "prepaidd / min(broker, COPY) [$CEIL_NAME]" \
     "$R1 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$R1")"
 bench_line "prepaidd / naive" "$R2 (target >= 10) $(verdict 'r >= 10' -v r="$R2")"

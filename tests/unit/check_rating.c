@@ -490,6 +490,38 @@ START_TEST(test_period_start_day_15_rolls_over_at_local_midnight)
 }
 END_TEST
 
+START_TEST(test_yearly_period_rolls_over_on_its_start_month)
+{
+	struct rating_ids id;
+
+	/* Yearly blocks from 1 July. */
+	rating_meter(&id, "year7", "Asia/Shanghai",
+	    "{\"tiers\": [{\"from_kwh\": 0, \"price\": 0.5}, "
+	    "{\"from_kwh\": 10, \"price\": 0.7}], "
+	    "\"period\": \"year\", \"period_start_month\": 7}");
+	rating_read(id.meter, 1, "2025-06-29T02:00:00Z", 0);
+	/* 12 kWh in the year from 1 July 2024: 10 x 0.5 + 2 x 0.7 = 6.4 */
+	rating_read(id.meter, 2, "2025-06-30T12:00:00Z", 12000);
+	/*
+	 * 2000 Wh over 30 June 20:00 - 1 July 04:00 local, split at local
+	 * midnight (16:00Z): 1000 Wh in the old year at 0.7, 1000 Wh in the
+	 * new at 0.5; 1.2.
+	 */
+	rating_read(id.meter, 3, "2025-06-30T20:00:00Z", 14000);
+	rating_sum(id.meter, "to_seq = 3", "-1.2");
+	/*
+	 * 10 kWh into August, no reset on 1 August: from 1 to 11 kWh of the
+	 * year, 9 x 0.5 + 1 x 0.7 = 5.2. In all 6.4 + 1.2 + 5.2 = 12.8.
+	 */
+	rating_read(id.meter, 4, "2025-08-02T02:00:00Z", 24000);
+	rating_sum(id.meter, "to_seq = 4", "-5.2");
+	rating_expect("t", "SELECT period_start = '2025-07-01' AND "
+	    "period_wh = 11000 FROM prepaid.meters WHERE meter_id = '%s'",
+	    id.meter);
+	rating_balance(id.meter, "-12.8");
+}
+END_TEST
+
 START_TEST(test_free_quota_is_free_of_energy_and_service_fee)
 {
 	struct rating_ids id;
@@ -1091,6 +1123,7 @@ rating_suite(void)
 	tcase_add_test(tc, test_tier_boundary_inside_one_interval_is_split);
 	tcase_add_test(tc, test_month_rollover_resets_tiers);
 	tcase_add_test(tc, test_period_start_day_15_rolls_over_at_local_midnight);
+	tcase_add_test(tc, test_yearly_period_rolls_over_on_its_start_month);
 	tcase_add_test(tc, test_free_quota_is_free_of_energy_and_service_fee);
 	tcase_add_test(tc, test_service_fee_per_kwh_added_to_price);
 	tcase_add_test(tc, test_amounts_exact_to_seven_decimals_views_round_to_fen);
