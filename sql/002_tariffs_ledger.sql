@@ -573,11 +573,14 @@ CROSS JOIN LATERAL (SELECT least(coalesce(r.hi_wh, c.cb + c.e), c.cb + c.e) - gr
 $$;
 
 -- Charge rated intervals and standing days: ledger rows, balances and the
--- period state, in one statement. p_upto_* name, per meter, the newest
--- reading: every local day up to its day gets its standing charge.
+-- period state, in one statement. p_upto_* name, per meter, the oldest and
+-- the newest reading of the batch: every local day since the last one
+-- charged (for a meter never charged, since the oldest reading's day) up to
+-- the newest reading's day gets its standing charge.
 CREATE FUNCTION prepaid.charge(p_meter text[], p_from_seq bigint[], p_to_seq bigint[],
     p_t0 timestamptz[], p_t1 timestamptz[], p_wh bigint[],
-    p_upto_meter text[], p_upto_ts timestamptz[], p_anomaly bigint DEFAULT NULL)
+    p_upto_meter text[], p_upto_from timestamptz[], p_upto_ts timestamptz[],
+    p_anomaly bigint DEFAULT NULL)
 RETURNS integer LANGUAGE plpgsql
 -- A generic plan would guess a few rows for the array parameters and join
 -- them in nested loops; JIT compiling such plans once cost seconds.
@@ -592,11 +595,11 @@ BEGIN
 	), st AS (
 		-- standing days since the last one charged, up to the newest reading's day
 		SELECT mt.meter_id AS m, d.d::date AS day, v.version_id AS vid, v.standing_per_day AS amount
-		FROM unnest(p_upto_meter, p_upto_ts) AS u(m, t)
+		FROM unnest(p_upto_meter, p_upto_from, p_upto_ts) AS u(m, f, t)
 		JOIN prepaid.meters mt ON mt.meter_id = u.m
 		JOIN prepaid.sites s ON s.site_id = mt.site_id
 		CROSS JOIN LATERAL generate_series(
-		    coalesce(mt.standing_through + 1, (u.t AT TIME ZONE s.time_zone)::date),
+		    coalesce(mt.standing_through + 1, (u.f AT TIME ZONE s.time_zone)::date),
 		    (u.t AT TIME ZONE s.time_zone)::date, interval '1 day') AS d(d)
 		LEFT JOIN LATERAL (SELECT x.tariff_id FROM prepaid.meter_tariffs x
 		                   WHERE x.meter_id = mt.meter_id
@@ -786,7 +789,7 @@ SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
 	c_meter text[]; c_fs bigint[]; c_ts bigint[]; c_t0 timestamptz[]; c_t1 timestamptz[];
-	c_wh bigint[]; u_meter text[]; u_ts timestamptz[];
+	c_wh bigint[]; u_meter text[]; u_from timestamptz[]; u_ts timestamptz[];
 BEGIN
 	CREATE TEMP TABLE IF NOT EXISTS charge_iv (m text, fs bigint, ts bigint, t0 timestamptz,
 	    t1 timestamptz, e0 bigint, e1 bigint, wh bigint, limit_wh bigint) ON COMMIT DELETE ROWS;
@@ -839,12 +842,12 @@ BEGIN
 	INTO c_meter, c_fs, c_ts, c_t0, c_t1, c_wh
 	FROM charge_iv WHERE wh > 0 AND wh <= limit_wh;
 
-	SELECT array_agg(k.m), array_agg(k.t) INTO u_meter, u_ts
-	FROM (SELECT u.m, max(u.t) AS t FROM unnest(p_meter, p_ts) AS u(m, t)
+	SELECT array_agg(k.m), array_agg(k.f), array_agg(k.t) INTO u_meter, u_from, u_ts
+	FROM (SELECT u.m, min(u.t) AS f, max(u.t) AS t FROM unnest(p_meter, p_ts) AS u(m, t)
 	      JOIN unnest(p_sm) AS sm(m) ON sm.m = u.m GROUP BY u.m) k;
 	PERFORM prepaid.charge(coalesce(c_meter, '{}'), coalesce(c_fs, '{}'), coalesce(c_ts, '{}'),
 	    coalesce(c_t0, '{}'), coalesce(c_t1, '{}'), coalesce(c_wh, '{}'),
-	    coalesce(u_meter, '{}'), coalesce(u_ts, '{}'));
+	    coalesce(u_meter, '{}'), coalesce(u_from, '{}'), coalesce(u_ts, '{}'));
 	PERFORM prepaid.refresh_rate_cache(u_meter, u_ts);
 END $$;
 
@@ -1289,7 +1292,7 @@ BEGIN
 	PERFORM prepaid.lock_meter(a.meter_id);
 	v_n := prepaid.charge(ARRAY[a.meter_id], ARRAY[a.from_seq], ARRAY[a.to_seq],
 	    ARRAY[CASE WHEN a.to_ts > a.from_ts THEN a.from_ts ELSE a.to_ts - interval '1 second' END],
-	    ARRAY[a.to_ts], ARRAY[a.energy_wh], '{}', '{}', a.id);
+	    ARRAY[a.to_ts], ARRAY[a.energy_wh], '{}', '{}', '{}', a.id);
 	UPDATE prepaid.anomalies SET state = 'accepted', resolved_by = session_user,
 	    resolved_at = now(), note = p_note WHERE id = p_id;
 	INSERT INTO prepaid.operator_audit (action, meter_id, detail)

@@ -350,6 +350,7 @@ rating_read(const char *meter, long long seq, const char *ts, long long wh)
 	rating_ingest(meter, &r, 1);
 }
 
+
 /* ------------------------------------------------------------ flat, tiers */
 
 START_TEST(test_flat_price_charges_each_interval)
@@ -1110,6 +1111,77 @@ START_TEST(test_bad_tariff_definitions_raise_errors)
 }
 END_TEST
 
+/* ------------------------------------------------ fast path = full rating */
+
+/*
+ * The daemon charges most intervals on a fast path (the meter's rate cache,
+ * no tariff lookup) and the rest by full rating. Whatever path an interval
+ * takes, the money must be the same: two meters on the same tiered
+ * time-of-use tariff with a free quota, a service fee and a standing charge
+ * get the same 60 readings every 47 minutes over two days (crossing band
+ * starts, midnights, the free quota and a tier threshold); one meter gets
+ * each reading in its own batch (fast path wherever the cache covers the
+ * interval), the other all of them in one batch (full rating of the whole
+ * chain). Their ledgers must agree to the last digit, in total, per band,
+ * per tier and in standing charges.
+ */
+#define RATING_FAST_N 60
+START_TEST(test_fast_path_charges_exactly_as_full_rating)
+{
+	static const char def[] = "{\"tiers\": [{\"from_kwh\": 0, \"price\": 0},"
+	    " {\"from_kwh\": 6, \"price\": 0.05}], \"free_kwh\": 1,"
+	    " \"service_per_kwh\": 0.01, \"standing_per_day\": 0.2, " RATING_TOU_BANDS "}";
+	static char ts[RATING_FAST_N][32];
+	struct rating_reading r[RATING_FAST_N];
+	struct rating_ids fast, full;
+	time_t t0 = 1736884800; /* 2025-01-14T20:00:00Z, 04:00 local */
+	long long wh = 500000;
+	int i;
+
+	for (i = 0; i < RATING_FAST_N; i++) {
+		time_t t = t0 + (time_t)i * 47 * 60;
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		strftime(ts[i], sizeof ts[i], "%Y-%m-%dT%H:%M:%SZ", &tm);
+		wh += 37 * (i % 7) + 11;
+		r[i].seq = i + 1;
+		r[i].ts = ts[i];
+		r[i].wh = wh;
+	}
+	rating_meter(&fast, "fastpath", "Asia/Shanghai", def);
+	rating_meter(&full, "fullrate", "Asia/Shanghai", def);
+	for (i = 0; i < RATING_FAST_N; i++)
+		rating_ingest(fast.meter, &r[i], 1);
+	rating_ingest(full.meter, r, RATING_FAST_N);
+
+#define RATING_FAST_Q "SELECT coalesce(string_agg(k || '=' || v, ' ' ORDER BY k), '') FROM (" \
+	    " SELECT 'total' AS k, sum(amount)::text AS v FROM prepaid.ledger WHERE meter_id = '%s'" \
+	    " UNION ALL SELECT 'standing', sum(amount)::text FROM prepaid.ledger" \
+	    "  WHERE meter_id = '%s' AND kind = 'standing'" \
+	    " UNION ALL SELECT 'band:' || band, sum(energy_wh)::text || '/' || sum(amount)::text" \
+	    "  FROM prepaid.ledger WHERE meter_id = '%s' AND kind = 'charge' GROUP BY band" \
+	    " UNION ALL SELECT 'tier:' || tier, sum(energy_wh)::text || '/' || sum(amount)::text" \
+	    "  FROM prepaid.ledger WHERE meter_id = '%s' AND kind = 'charge' GROUP BY tier) x"
+	{
+		char *a = strdup(rating_sql(RATING_FAST_Q, fast.meter, fast.meter, fast.meter,
+		    fast.meter));
+		const char *b = rating_sql(RATING_FAST_Q, full.meter, full.meter, full.meter,
+		    full.meter);
+
+		ck_assert_msg(strcmp(a, b) == 0, "fast path: %s\nfull rating: %s", a, b);
+		free(a);
+	}
+	/* The one-reading batches left a rate cache for the fast path to use. */
+	rating_expect("t", "SELECT rate_until IS NOT NULL FROM prepaid.meters"
+	    " WHERE meter_id = '%s'", fast.meter);
+	/* All energy after the first reading was charged (some of it free). */
+	rating_energy(fast.meter, "kind = 'charge'", wh - r[0].wh);
+	rating_balance(fast.meter, rating_sql("SELECT sum(amount) FROM prepaid.ledger"
+	    " WHERE meter_id = '%s'", full.meter));
+}
+END_TEST
+
 static Suite *
 rating_suite(void)
 {
@@ -1156,6 +1228,7 @@ rating_suite(void)
 	tcase_add_test(tc, test_credit_idempotent_on_reference_and_audited);
 	tcase_add_test(tc, test_ledger_is_append_only);
 	tcase_add_test(tc, test_bad_tariff_definitions_raise_errors);
+	tcase_add_test(tc, test_fast_path_charges_exactly_as_full_rating);
 	suite_add_tcase(s, tc);
 	return s;
 }
