@@ -153,8 +153,18 @@ cmd_demo()
 	broker_start
 	daemon_config mqtt.client_id=prepaidd-demo ingest.batch_window_ms=50
 	daemon_migrate
+	# A residential tariff (time of use, a tier above 200 kWh a month, a
+	# standing charge) as the default of the meters' site, so that money moves.
+	psql_q "SELECT prepaid.create_tariff('demo', 'Demo residential');
+	    SELECT prepaid.create_tariff_version('demo', '2000-01-01', '{
+	        \"tiers\": [{\"from_kwh\": 0, \"price\": 0}, {\"from_kwh\": 200, \"price\": 0.05}],
+	        \"bands\": {\"work\": [{\"start\": \"00:00\", \"band\": \"valley\", \"price\": 0.3},
+	                               {\"start\": \"08:00\", \"band\": \"peak\", \"price\": 0.6},
+	                               {\"start\": \"22:00\", \"band\": \"valley\", \"price\": 0.3}]},
+	        \"standing_per_day\": 0.1}');
+	    UPDATE prepaid.sites SET default_tariff_id = 'demo' WHERE site_id = 'default'" >/dev/null
 	daemon_start
-	sim_bg -n 50 -r 1000 --linger -1
+	sim_bg -n 50 -r 1000 -w 3000 --linger -1
 
 	cat <<EOF
 
@@ -171,6 +181,9 @@ and try:
     SELECT prepaid.trip('SIM0001', 'demo');
     SELECT * FROM prepaid.command_status;
     SELECT prepaid.arm('SIM0001', 'paid');  -- the occupant presses the button 2 s later
+    SELECT * FROM prepaid.balances ORDER BY meter_id LIMIT 5;
+    SELECT prepaid.credit('SIM0001', 50.00, 'demo-payment-1');
+    SELECT * FROM prepaid.statement('SIM0001', current_date - 1, current_date + 1);
 
 Metrics: curl http://127.0.0.1:$HTTP_PORT/metrics    Health: curl http://127.0.0.1:$HTTP_PORT/healthz
 
@@ -185,9 +198,11 @@ EOF
 		row=$(psql_q "SELECT coalesce(sum(readings), 0), count(*),
 		    count(*) FILTER (WHERE relay = 'closed'),
 		    count(*) FILTER (WHERE relay = 'open'),
-		    count(*) FILTER (WHERE relay = 'armed')
-		    FROM prepaid.meter_status" 2>/dev/null) || row="?|?|?|?|?"
-		IFS='|' read -r n meters closed open armed <<<"$row"
+		    count(*) FILTER (WHERE relay = 'armed'),
+		    (SELECT coalesce(round(-sum(amount), 2), 0) FROM prepaid.ledger
+		     WHERE kind IN ('charge', 'standing'))
+		    FROM prepaid.meter_status" 2>/dev/null) || row="?|?|?|?|?|?"
+		IFS='|' read -r n meters closed open armed charged <<<"$row"
 		t=$(lib_now_ms)
 		rate="-"
 		if [ "$n" != "?" ]; then
@@ -197,8 +212,8 @@ EOF
 		fi
 		prev_t=$t
 		now=$(date +%T)
-		printf '%s  readings/s %5s  readings %8s  meters %4s  relay closed %4s open %4s armed %4s  health %s\n' \
-		    "$now" "$rate" "$n" "$meters" "$closed" "$open" "$armed" "$(daemon_healthz)"
+		printf '%s  readings/s %5s  readings %8s  meters %4s  relay closed %4s open %4s armed %4s  charged %8s yuan  health %s\n' \
+		    "$now" "$rate" "$n" "$meters" "$closed" "$open" "$armed" "$charged" "$(daemon_healthz)"
 	done
 }
 
