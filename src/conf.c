@@ -6,7 +6,12 @@
  * the sample config and the manual describe it. Loading is all or nothing: a
  * file is parsed completely into a new struct conf, and the first error
  * returns NULL with "FILE:LINE: section.key: what is wrong", so a bad reload
- * never touches the running configuration.
+ * never touches the running configuration. Notification gateways are
+ * repeatable [gateway NAME] sections with a table of their own,
+ * conf_gateway_table, which drives them the same way; every template in
+ * them is parsed here against the dispatcher's placeholders, so a typo in
+ * a body fails `prepaidd -n` with its line and offset rather than the
+ * first reminder.
  */
 #include <sys/stat.h>
 
@@ -34,79 +39,170 @@
 #define O(field) offsetof(struct conf, field)
 
 static const struct conf_key conf_key_table[] = {
-	/* section, name, type, default, min, max, reloadable, field, help */
+	/* section, name, type, default, min, max, reloadable, field, help,
+	   choices, repeat */
 	{ "database", "conninfo", CONF_STRING, "dbname=prepaid", 0, 0, true,
-	  O(db_conninfo), "libpq connection string or URI" },
+	  O(db_conninfo), "libpq connection string or URI", NULL, 0 },
 	{ "database", "reconnect_max_ms", CONF_INT, "30000", 1000, 600000, true,
-	  O(db_reconnect_max_ms), "cap of the reconnect backoff, milliseconds" },
+	  O(db_reconnect_max_ms), "cap of the reconnect backoff, milliseconds", NULL, 0 },
 
 	{ "mqtt", "host", CONF_STRING, "localhost", 0, 0, false,
-	  O(mqtt_host), "broker host name or address" },
+	  O(mqtt_host), "broker host name or address", NULL, 0 },
 	{ "mqtt", "port", CONF_INT, "1883", 1, 65535, false,
-	  O(mqtt_port), "broker TCP port" },
+	  O(mqtt_port), "broker TCP port", NULL, 0 },
 	{ "mqtt", "client_id", CONF_STRING, "prepaidd", 0, 0, false,
-	  O(mqtt_client_id), "stable client id, unique per instance" },
+	  O(mqtt_client_id), "stable client id, unique per instance", NULL, 0 },
 	{ "mqtt", "username", CONF_STRING, NULL, 0, 0, false,
-	  O(mqtt_username), "user name for the broker (unset: none)" },
+	  O(mqtt_username), "user name for the broker (unset: none)", NULL, 0 },
 	{ "mqtt", "password_file", CONF_FILE, NULL, 0, 0, false,
-	  O(mqtt_password_file), "file holding the broker password" },
+	  O(mqtt_password_file), "file holding the broker password", NULL, 0 },
 	{ "mqtt", "tls_ca", CONF_FILE, NULL, 0, 0, false,
-	  O(mqtt_tls_ca), "CA certificate file; TLS is on when set" },
+	  O(mqtt_tls_ca), "CA certificate file; TLS is on when set", NULL, 0 },
 	{ "mqtt", "tls_cert", CONF_FILE, NULL, 0, 0, false,
-	  O(mqtt_tls_cert), "client certificate file (with tls_key)" },
+	  O(mqtt_tls_cert), "client certificate file (with tls_key)", NULL, 0 },
 	{ "mqtt", "tls_key", CONF_FILE, NULL, 0, 0, false,
-	  O(mqtt_tls_key), "client private key file (with tls_cert)" },
+	  O(mqtt_tls_key), "client private key file (with tls_cert)", NULL, 0 },
 	{ "mqtt", "topic_prefix", CONF_STRING, "meters", 0, 0, false,
-	  O(mqtt_topic_prefix), "first topic levels before <meter id>" },
+	  O(mqtt_topic_prefix), "first topic levels before <meter id>", NULL, 0 },
 	{ "mqtt", "qos", CONF_INT, "1", 0, 2, false,
-	  O(mqtt_qos), "QoS of subscriptions and commands" },
+	  O(mqtt_qos), "QoS of subscriptions and commands", NULL, 0 },
 	{ "mqtt", "keepalive", CONF_INT, "30", 5, 3600, false,
-	  O(mqtt_keepalive), "MQTT keepalive, seconds" },
+	  O(mqtt_keepalive), "MQTT keepalive, seconds", NULL, 0 },
 	{ "mqtt", "shared_group", CONF_STRING, NULL, 0, 0, false,
-	  O(mqtt_shared_group), "share readings via $share/<group>/ (unset: off)" },
+	  O(mqtt_shared_group), "share readings via $share/<group>/ (unset: off)", NULL, 0 },
 	{ "mqtt", "reconnect_max_ms", CONF_INT, "30000", 1000, 600000, true,
-	  O(mqtt_reconnect_max_ms), "cap of the reconnect backoff, milliseconds" },
+	  O(mqtt_reconnect_max_ms), "cap of the reconnect backoff, milliseconds", NULL, 0 },
 
 	{ "ingest", "batch_size", CONF_INT, "1000", 1, 50000, true,
-	  O(ingest_batch_size), "readings written per database round trip" },
+	  O(ingest_batch_size), "readings written per database round trip", NULL, 0 },
 	{ "ingest", "batch_window_ms", CONF_INT, "50", 1, 10000, true,
-	  O(ingest_batch_window_ms), "flush a partial batch after, milliseconds" },
+	  O(ingest_batch_window_ms), "flush a partial batch after, milliseconds", NULL, 0 },
 	{ "ingest", "queue_bound", CONF_INT, "20000", 100, 10000000, false,
-	  O(ingest_queue_bound), "items held before reading from MQTT stops" },
+	  O(ingest_queue_bound), "items held before reading from MQTT stops", NULL, 0 },
 	{ "ingest", "max_payload_bytes", CONF_INT, "65536", 256, 16777216, true,
-	  O(ingest_max_payload), "larger payloads are rejected, bytes" },
+	  O(ingest_max_payload), "larger payloads are rejected, bytes", NULL, 0 },
 	{ "ingest", "auto_register", CONF_BOOL, "true", 0, 0, true,
-	  O(ingest_auto_register), "register unknown meters instead of rejecting" },
+	  O(ingest_auto_register), "register unknown meters instead of rejecting", NULL, 0 },
 	{ "ingest", "resend_on_gap", CONF_BOOL, "true", 0, 0, true,
-	  O(ingest_resend_on_gap), "ask a meter to resend after a sequence gap" },
+	  O(ingest_resend_on_gap), "ask a meter to resend after a sequence gap", NULL, 0 },
 	{ "ingest", "reject_log_interval", CONF_INT, "60", 1, 86400, true,
-	  O(ingest_reject_log_interval), "seconds between reject log lines per meter" },
+	  O(ingest_reject_log_interval), "seconds between reject log lines per meter", NULL, 0 },
 	{ "ingest", "rejects_keep", CONF_INT, "10000", 100, 10000000, true,
-	  O(ingest_rejects_keep), "rows kept in prepaid.rejects" },
+	  O(ingest_rejects_keep), "rows kept in prepaid.rejects", NULL, 0 },
 	{ "ingest", "partitions_ahead", CONF_INT, "3", 1, 24, true,
-	  O(ingest_partitions_ahead), "months of reading partitions made ahead" },
+	  O(ingest_partitions_ahead), "months of reading partitions made ahead", NULL, 0 },
 
 	{ "commands", "retry_initial_ms", CONF_INT, "5000", 100, 3600000, true,
-	  O(cmd_retry_initial_ms), "first resend of an unacknowledged command" },
+	  O(cmd_retry_initial_ms), "first resend of an unacknowledged command", NULL, 0 },
 	{ "commands", "retry_max_ms", CONF_INT, "60000", 100, 3600000, true,
-	  O(cmd_retry_max_ms), "cap of the resend backoff, milliseconds" },
+	  O(cmd_retry_max_ms), "cap of the resend backoff, milliseconds", NULL, 0 },
 	{ "commands", "poll_interval_ms", CONF_INT, "1000", 50, 60000, true,
-	  O(cmd_poll_interval_ms), "outbox poll behind NOTIFY, milliseconds" },
+	  O(cmd_poll_interval_ms), "outbox poll behind NOTIFY, milliseconds", NULL, 0 },
 	{ "commands", "claim_batch", CONF_INT, "100", 1, 10000, true,
-	  O(cmd_claim_batch), "commands claimed per round trip" },
+	  O(cmd_claim_batch), "commands claimed per round trip", NULL, 0 },
 
 	{ "http", "enabled", CONF_BOOL, "true", 0, 0, false,
-	  O(http_enabled), "serve /metrics and /healthz" },
+	  O(http_enabled), "serve /metrics and /healthz", NULL, 0 },
 	{ "http", "listen", CONF_STRING, "127.0.0.1", 0, 0, false,
-	  O(http_listen), "address the HTTP endpoint listens on" },
+	  O(http_listen), "address the HTTP endpoint listens on", NULL, 0 },
 	{ "http", "port", CONF_INT, "9187", 1, 65535, false,
-	  O(http_port), "port the HTTP endpoint listens on" },
+	  O(http_port), "port the HTTP endpoint listens on", NULL, 0 },
 
 	{ "log", "level", CONF_STRING, "info", 0, 0, true,
-	  O(log_level), "error, warning, info or debug" },
+	  O(log_level), "error, warning, info or debug", NULL, 0 },
 };
 
 static const char *conf_log_levels[] = { "error", "warning", "info", "debug" };
+
+#define G(field) offsetof(struct conf_gateway, field)
+
+/* In the order of the enums in conf.h: the stored value is the index. */
+static const char *const conf_gw_channels[] = { "sms", "email", NULL };
+static const char *const conf_gw_types[] = { "http", "smtp", NULL };
+static const char *const conf_gw_methods[] = { "POST", "GET", "PUT", NULL };
+static const char *const conf_gw_escapes[] = { "json", "form", "raw", NULL };
+static const char *const conf_gw_auths[] = { "none", "basic", "bearer", "header", NULL };
+static const char *const conf_gw_signers[] = { "none", "aliyun", "tencent", NULL };
+
+/*
+ * The keys of a [gateway NAME] section. All are reloadable: a SIGHUP
+ * replaces the whole set of gateways. Defaults that depend on other keys
+ * (content_type, region, action, api_version, service) are NULL here and
+ * filled in by conf_gw_finish.
+ */
+static const struct conf_key conf_gateway_table[] = {
+	{ "gateway", "channel", CONF_ENUM, NULL, 0, 0, true, G(channel),
+	  "sms or email (required)", conf_gw_channels, 0 },
+	{ "gateway", "type", CONF_ENUM, "http", 0, 0, true, G(type),
+	  "http or smtp", conf_gw_types, 0 },
+	{ "gateway", "url", CONF_TEMPLATE, NULL, 0, 0, true, G(url),
+	  "request URL template, http(s):// or smtp(s):// (required)", NULL, 0 },
+	{ "gateway", "method", CONF_ENUM, "POST", 0, 0, true, G(method),
+	  "POST, GET or PUT", conf_gw_methods, 0 },
+	{ "gateway", "header", CONF_TEMPLATE, NULL, 0, 0, true, G(header_value),
+	  "\"Name: value\" request header, value a template; repeatable", NULL,
+	  CONF_GW_HEADERS_MAX },
+	{ "gateway", "body", CONF_TEMPLATE, NULL, 0, 0, true, G(body),
+	  "body template, one line", NULL, 0 },
+	{ "gateway", "body_file", CONF_FILE, NULL, 0, 0, true, G(body_file),
+	  "file holding the body template, read at load", NULL, 0 },
+	{ "gateway", "escape", CONF_ENUM, "json", 0, 0, true, G(escape),
+	  "json, form or raw: how body placeholders are escaped", conf_gw_escapes, 0 },
+	{ "gateway", "content_type", CONF_STRING, NULL, 0, 0, true, G(content_type),
+	  "Content-Type of the body (default from escape)", NULL, 0 },
+	{ "gateway", "auth", CONF_ENUM, "none", 0, 0, true, G(auth),
+	  "none, basic, bearer or header", conf_gw_auths, 0 },
+	{ "gateway", "username", CONF_STRING, NULL, 0, 0, true, G(username),
+	  "user name for basic auth or the SMTP login", NULL, 0 },
+	{ "gateway", "secret_file", CONF_FILE, NULL, 0, 0, true, G(secret_file),
+	  "file holding the password, token or key", NULL, 0 },
+	{ "gateway", "auth_header", CONF_STRING, NULL, 0, 0, true, G(auth_header),
+	  "header that carries the secret for auth = header", NULL, 0 },
+	{ "gateway", "signer", CONF_ENUM, "none", 0, 0, true, G(signer),
+	  "none, aliyun or tencent: built-in request signature", conf_gw_signers, 0 },
+	{ "gateway", "access_key_id", CONF_STRING, NULL, 0, 0, true, G(access_key_id),
+	  "AccessKeyId (aliyun) or SecretId (tencent)", NULL, 0 },
+	{ "gateway", "region", CONF_STRING, NULL, 0, 0, true, G(region),
+	  "region (aliyun default cn-hangzhou, tencent required)", NULL, 0 },
+	{ "gateway", "action", CONF_STRING, NULL, 0, 0, true, G(action),
+	  "API action for a signer (default SendSms)", NULL, 0 },
+	{ "gateway", "api_version", CONF_STRING, NULL, 0, 0, true, G(api_version),
+	  "API version for a signer", NULL, 0 },
+	{ "gateway", "service", CONF_STRING, NULL, 0, 0, true, G(service),
+	  "tencent service name (default sms)", NULL, 0 },
+	{ "gateway", "success_status", CONF_STRING, "200,201,202", 0, 0, true,
+	  G(success_status), "HTTP codes that mean sent, comma-separated", NULL, 0 },
+	{ "gateway", "success_field", CONF_STRING, NULL, 0, 0, true, G(success_field),
+	  "dot path into the JSON answer that must equal success_value", NULL, 0 },
+	{ "gateway", "success_value", CONF_STRING, NULL, 0, 0, true, G(success_value),
+	  "value success_field must have", NULL, 0 },
+	{ "gateway", "message_id_field", CONF_STRING, NULL, 0, 0, true,
+	  G(message_id_field), "dot path or header:Name of the provider's id", NULL, 0 },
+	{ "gateway", "mail_from", CONF_STRING, NULL, 0, 0, true, G(mail_from),
+	  "sender address of an smtp gateway", NULL, 0 },
+	{ "gateway", "timeout_ms", CONF_INT, "10000", 100, 120000, true, G(timeout_ms),
+	  "whole-request timeout, milliseconds", NULL, 0 },
+	{ "gateway", "concurrency", CONF_INT, "4", 1, 64, true, G(concurrency),
+	  "requests in flight at once", NULL, 0 },
+	{ "gateway", "max_attempts", CONF_INT, "5", 1, 20, true, G(max_attempts),
+	  "attempts per message, the first included", NULL, 0 },
+	{ "gateway", "retry_initial_ms", CONF_INT, "2000", 100, 3600000, true,
+	  G(retry_initial_ms), "first retry delay, milliseconds", NULL, 0 },
+	{ "gateway", "retry_max_ms", CONF_INT, "300000", 100, 3600000, true,
+	  G(retry_max_ms), "cap of the retry delay, milliseconds", NULL, 0 },
+};
+
+/* What the notification dispatcher supplies to every gateway template. */
+static const char *const conf_gw_placeholders[] = {
+	"to", "text", "subject", "name", "meter", "balance", "amount_due", "link",
+	"language", "message_id", "params_json", "timestamp", NULL
+};
+
+/* A body template is a request, not a document. */
+#define CONF_BODY_MAX 65536
+/* Longest dot path or header name accepted in success and id rules. */
+#define CONF_GW_PATH_MAX 128
+#define CONF_GW_TOKEN_MAX 64
 
 /* State of one conf_load: where errors go and on which line each key was set. */
 struct conf_parse {
@@ -115,6 +211,13 @@ struct conf_parse {
 	size_t errlen;
 	struct conf *c;
 	int lines[ARRAY_SIZE(conf_key_table)]; /* 0: still the default */
+
+	/* The [gateway NAME] section being read, or NULL. */
+	struct conf_gateway *gw;
+	char gwlabel[48]; /* "gateway.NAME", for errors */
+	/* Line of each gateway key (the first header), and of every header. */
+	int gwlines[CONF_GATEWAYS_MAX][ARRAY_SIZE(conf_gateway_table)];
+	int gwhdrlines[CONF_GATEWAYS_MAX][CONF_GW_HEADERS_MAX];
 };
 
 const struct conf_key *
@@ -140,7 +243,7 @@ conf_cfield(const struct conf *c, const struct conf_key *k)
 static bool
 conf_is_string(const struct conf_key *k)
 {
-	return k->type == CONF_STRING || k->type == CONF_FILE;
+	return k->type == CONF_STRING || k->type == CONF_FILE || k->type == CONF_TEMPLATE;
 }
 
 /*
@@ -222,6 +325,7 @@ conf_section_list(char *buf, size_t len)
 			return;
 		off += (size_t)n;
 	}
+	snprintf(buf + off, len - off, ", gateway NAME");
 }
 
 static char *
@@ -337,33 +441,34 @@ conf_wipe_free(char *s)
 }
 
 /*
- * Read the password file already opened as fd into c->mqtt_password. One
- * line is expected; trailing newlines (and carriage returns) are dropped.
+ * Read the whole file already opened as fd (at most max bytes) into *dst,
+ * replacing what it held (wiped: it may be a secret). Trailing newlines
+ * (and carriage returns) are dropped: a password or a body template is
+ * what the editor saved, less the line end it added. The read buffer is
+ * wiped too, since it may hold a password.
  */
 static const char *
-conf_read_secret(struct conf *c, int fd, char *why, size_t len)
+conf_read_fd(int fd, const char *path, size_t max, char **dst, char *why, size_t len)
 {
-	char buf[CONF_SECRET_MAX + 1];
+	char *buf = xmalloc(max + 1);
 	size_t have = 0;
 	ssize_t n;
 	const char *bad = NULL;
 
 	for (;;) {
-		n = read(fd, buf + have, sizeof buf - have);
+		n = read(fd, buf + have, max + 1 - have);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1) {
-			snprintf(why, len, "cannot read %s: %s", c->mqtt_password_file,
-			    strerror(errno));
+			snprintf(why, len, "cannot read %s: %s", path, strerror(errno));
 			bad = why;
 			goto out;
 		}
 		if (n == 0)
 			break;
 		have += (size_t)n;
-		if (have == sizeof buf) {
-			snprintf(why, len, "%s is larger than %d bytes",
-			    c->mqtt_password_file, CONF_SECRET_MAX);
+		if (have == max + 1) {
+			snprintf(why, len, "%s is larger than %zu bytes", path, max);
 			bad = why;
 			goto out;
 		}
@@ -371,15 +476,38 @@ conf_read_secret(struct conf *c, int fd, char *why, size_t len)
 	while (have > 0 && (buf[have - 1] == '\n' || buf[have - 1] == '\r'))
 		have--;
 	if (memchr(buf, '\0', have) != NULL) {
-		snprintf(why, len, "%s contains a NUL byte", c->mqtt_password_file);
+		snprintf(why, len, "%s contains a NUL byte", path);
 		bad = why;
 		goto out;
 	}
-	conf_wipe_free(c->mqtt_password);
-	c->mqtt_password = xstrndup(buf, have);
+	conf_wipe_free(*dst);
+	*dst = xstrndup(buf, have);
 out:
-	explicit_bzero(buf, sizeof buf);
+	explicit_bzero(buf, max + 1);
+	free(buf);
 	return bad;
+}
+
+/* Open path for reading, refusing a directory; *fd is -1 on error. */
+static const char *
+conf_open_file(const char *path, int *fd, char *why, size_t len)
+{
+	struct stat st;
+
+	*fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (*fd == -1) {
+		snprintf(why, len, "cannot read %s: %s", path, strerror(errno));
+		return why;
+	}
+	if (fstat(*fd, &st) == -1)
+		snprintf(why, len, "cannot read %s: %s", path, strerror(errno));
+	else if (S_ISDIR(st.st_mode))
+		snprintf(why, len, "cannot read %s: %s", path, strerror(EISDIR));
+	else
+		return NULL;
+	close(*fd);
+	*fd = -1;
+	return why;
 }
 
 /*
@@ -392,23 +520,13 @@ static const char *
 conf_check_file(struct conf *c, const struct conf_key *k, const char *path,
     char *why, size_t len)
 {
-	struct stat st;
-	const char *bad = NULL;
+	const char *bad;
 	int fd;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd == -1) {
-		snprintf(why, len, "cannot read %s: %s", path, strerror(errno));
-		return why;
-	}
-	if (fstat(fd, &st) == -1) {
-		snprintf(why, len, "cannot read %s: %s", path, strerror(errno));
-		bad = why;
-	} else if (S_ISDIR(st.st_mode)) {
-		snprintf(why, len, "cannot read %s: %s", path, strerror(EISDIR));
-		bad = why;
-	} else if (k->offset == O(mqtt_password_file))
-		bad = conf_read_secret(c, fd, why, len);
+	if ((bad = conf_open_file(path, &fd, why, len)) != NULL)
+		return bad;
+	if (k->offset == O(mqtt_password_file))
+		bad = conf_read_fd(fd, path, CONF_SECRET_MAX, &c->mqtt_password, why, len);
 	close(fd);
 	return bad;
 }
@@ -444,6 +562,10 @@ conf_set(struct conf_parse *p, const struct conf_key *k, const char *value, int 
 		} else
 			*(bool *)conf_field(p->c, k) = bv;
 		break;
+	case CONF_ENUM:
+	case CONF_TEMPLATE:
+		/* Only gateway keys have these types: see conf_gw_set. */
+		abort();
 	case CONF_STRING:
 	case CONF_FILE:
 		sp = conf_field(p->c, k);
@@ -497,6 +619,912 @@ conf_unquote(char *v)
 	return NULL;
 }
 
+const struct conf_key *
+conf_gateway_keys(size_t *n)
+{
+	if (n != NULL)
+		*n = ARRAY_SIZE(conf_gateway_table);
+	return conf_gateway_table;
+}
+
+const char *const *
+conf_gateway_placeholders(void)
+{
+	return conf_gw_placeholders;
+}
+
+const struct conf_gateway *
+conf_gateway_find(const struct conf *c, const char *name)
+{
+	int i;
+
+	for (i = 0; i < c->ngateways; i++) {
+		if (strcmp(c->gateways[i].name, name) == 0)
+			return &c->gateways[i];
+	}
+	return NULL;
+}
+
+/* "FILE:LINE: gateway.NAME.key: ..."; line 0 means the section's header. */
+static void PRINTFLIKE(5, 6)
+conf_gw_error(struct conf_parse *p, const struct conf_gateway *gw, int line,
+    const char *key, const char *fmt, ...)
+{
+	char msg[512], subject[96];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	snprintf(subject, sizeof subject, "gateway.%s.%s", gw->name, key);
+	conf_error(p, line > 0 ? line : gw->line, subject, "%s", msg);
+}
+
+static size_t
+conf_gw_index(size_t offset)
+{
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(conf_gateway_table); i++) {
+		if (conf_gateway_table[i].offset == offset)
+			return i;
+	}
+	abort();
+}
+
+static const struct conf_key *
+conf_gw_find(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(conf_gateway_table); i++) {
+		if (strcmp(conf_gateway_table[i].name, name) == 0)
+			return &conf_gateway_table[i];
+	}
+	return NULL;
+}
+
+/* Which gateway of p->c this is (for the line tables). */
+static int
+conf_gw_number(const struct conf_parse *p, const struct conf_gateway *gw)
+{
+	return (int)(gw - p->c->gateways);
+}
+
+/* Line of the key stored at offset in gw; 0 if it was not set. */
+static int
+conf_gw_line(const struct conf_parse *p, const struct conf_gateway *gw, size_t offset)
+{
+	return p->gwlines[conf_gw_number(p, gw)][conf_gw_index(offset)];
+}
+
+/* The later of two lines that are set (for an error between two keys). */
+static int
+conf_gw_later(int a, int b)
+{
+	return a > b ? a : b;
+}
+
+/* An RFC 9110 token: a header name. */
+static bool
+conf_gw_token(const char *s, size_t len)
+{
+	size_t i;
+
+	if (len == 0 || len > CONF_GW_TOKEN_MAX)
+		return false;
+	for (i = 0; i < len; i++) {
+		if (!isalnum((unsigned char)s[i]) && strchr("!#$%&'*+-.^_`|~", s[i]) == NULL)
+			return false;
+	}
+	return true;
+}
+
+/* Printable ASCII and UTF-8, no control characters: safe in a header. */
+static bool
+conf_gw_no_controls(const char *s)
+{
+	for (; *s != '\0'; s++) {
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+/* Every byte of s in the set allowed, and s not empty. */
+static bool
+conf_gw_chars(const char *s, const char *allowed)
+{
+	if (*s == '\0')
+		return false;
+	for (; *s != '\0'; s++) {
+		if (!isalnum((unsigned char)*s) && strchr(allowed, *s) == NULL)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * A dot path into a JSON answer: names and array indexes joined by '.',
+ * as "Response.SendStatusSet.0.Code".
+ */
+static bool
+conf_gw_dot_path(const char *s)
+{
+	size_t seg = 0;
+
+	if (strlen(s) > CONF_GW_PATH_MAX)
+		return false;
+	for (; *s != '\0'; s++) {
+		if (*s == '.') {
+			if (seg == 0)
+				return false;
+			seg = 0;
+			continue;
+		}
+		if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-' && *s != '$' &&
+		    *s != '@')
+			return false;
+		seg++;
+	}
+	return seg > 0;
+}
+
+/* An addr-spec for MAIL FROM: local@domain, nothing that needs quoting. */
+static bool
+conf_gw_address(const char *s)
+{
+	const char *at = strchr(s, '@');
+
+	if (at == NULL || at == s || at[1] == '\0' || strchr(at + 1, '@') != NULL ||
+	    strlen(s) > 254)
+		return false;
+	for (; *s != '\0'; s++) {
+		if ((unsigned char)*s <= 0x20 || *s == 0x7f || strchr("<>()[]\\,;:\"", *s) != NULL)
+			return false;
+	}
+	return true;
+}
+
+/* "200, 201,202" into gw->status; NULL if it is a good list. */
+static const char *
+conf_gw_status_list(struct conf_gateway *gw, const char *v, char *why, size_t len)
+{
+	char *copy = xstrdup(v), *tok, *save = NULL;
+	const char *bad = NULL;
+	long code;
+	int i, n = 0;
+
+	for (tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+		tok = conf_trim(tok);
+		if (!conf_parse_int(tok, &code) || code < 100 || code > 599) {
+			snprintf(why, len, "\"%s\" is not an HTTP status code (100..599)", tok);
+			bad = why;
+			goto out;
+		}
+		for (i = 0; i < n; i++) {
+			if (gw->status[i] == code) {
+				snprintf(why, len, "%ld is listed twice", code);
+				bad = why;
+				goto out;
+			}
+		}
+		if (n == CONF_GW_STATUS_MAX) {
+			snprintf(why, len, "more than %d status codes", CONF_GW_STATUS_MAX);
+			bad = why;
+			goto out;
+		}
+		gw->status[n++] = (int)code;
+	}
+	if (n == 0 || v[strlen(v) - 1] == ',' || strstr(v, ",,") != NULL || *v == ',') {
+		bad = "must be a comma-separated list of HTTP status codes";
+		goto out;
+	}
+	gw->nstatus = n;
+out:
+	free(copy);
+	return bad;
+}
+
+/* Parse text as a gateway template; the template itself is not kept. */
+static const char *
+conf_gw_template(const char *text, const char *file, char *why, size_t len)
+{
+	struct template *t;
+	char *cause = NULL;
+
+	t = template_parse(text, conf_gw_placeholders, &cause);
+	if (t != NULL) {
+		template_free(t);
+		return NULL;
+	}
+	if (file != NULL)
+		snprintf(why, len, "%s (in %s)", cause != NULL ? cause : "bad template", file);
+	else
+		snprintf(why, len, "%s", cause != NULL ? cause : "bad template");
+	free(cause);
+	return why;
+}
+
+/*
+ * One "header = Name: value" line. The whole text is parsed as a template
+ * so that an offset in an error counts from the start of the value as
+ * written; the name cannot hold a placeholder, since braces are not token
+ * characters.
+ */
+static const char *
+conf_gw_header(struct conf_gateway *gw, const char *v, char *why, size_t len)
+{
+	const char *colon = strchr(v, ':'), *val, *bad;
+	size_t nlen;
+	int i;
+
+	static const char *const daemon_set[] = { "Host", "Content-Length",
+		"Transfer-Encoding", "Connection", "Expect" };
+
+	if (gw->nheaders == CONF_GW_HEADERS_MAX) {
+		snprintf(why, len, "more than %d headers", CONF_GW_HEADERS_MAX);
+		return why;
+	}
+	if (colon == NULL)
+		return "must be \"Name: value\"";
+	nlen = (size_t)(colon - v);
+	while (nlen > 0 && (v[nlen - 1] == ' ' || v[nlen - 1] == '\t'))
+		nlen--;
+	if (!conf_gw_token(v, nlen))
+		return "the header name must be 1 to 64 token characters (A-Z a-z 0-9 "
+		    "and !#$%&'*+-.^_`|~)";
+	for (i = 0; i < (int)ARRAY_SIZE(daemon_set); i++) {
+		if (strlen(daemon_set[i]) == nlen && strncasecmp(v, daemon_set[i], nlen) == 0) {
+			snprintf(why, len, "%s is set by the daemon", daemon_set[i]);
+			return why;
+		}
+	}
+	if (nlen == 12 && strncasecmp(v, "Content-Type", nlen) == 0)
+		return "use content_type for the Content-Type header";
+	for (i = 0; i < gw->nheaders; i++) {
+		if (strlen(gw->header_name[i]) == nlen &&
+		    strncasecmp(gw->header_name[i], v, nlen) == 0) {
+			snprintf(why, len, "header %s given twice", gw->header_name[i]);
+			return why;
+		}
+	}
+	if (!conf_gw_no_controls(v))
+		return "the header value must not contain control characters";
+	if ((bad = conf_gw_template(v, NULL, why, len)) != NULL)
+		return bad;
+	for (val = colon + 1; *val == ' ' || *val == '\t'; val++)
+		;
+	gw->header_name[gw->nheaders] = xstrndup(v, nlen);
+	gw->header_value[gw->nheaders] = xstrdup(val);
+	gw->nheaders++;
+	return NULL;
+}
+
+/* Rules for particular gateway string keys; NULL if v is acceptable. */
+static const char *
+conf_gw_check_string(struct conf_gateway *gw, const struct conf_key *k, const char *v,
+    char *why, size_t len)
+{
+	switch (k->offset) {
+	case G(content_type):
+		if (!conf_gw_no_controls(v) || strchr(v, '/') == NULL)
+			return "must be a media type such as application/json";
+		break;
+	case G(username):
+	case G(access_key_id):
+		if (!conf_gw_no_controls(v))
+			return "must not contain control characters";
+		break;
+	case G(auth_header):
+		if (!conf_gw_token(v, strlen(v)))
+			return "must be a header name (1 to 64 token characters)";
+		break;
+	case G(region):
+	case G(action):
+	case G(api_version):
+	case G(service):
+		if (!conf_gw_chars(v, "-_."))
+			return "must be letters, digits, '-', '_' or '.'";
+		break;
+	case G(success_status):
+		return conf_gw_status_list(gw, v, why, len);
+	case G(success_field):
+		if (!conf_gw_dot_path(v))
+			return "must be a dot path such as Code or Response.SendStatusSet.0.Code";
+		break;
+	case G(success_value):
+		if (!conf_gw_no_controls(v))
+			return "must not contain control characters";
+		break;
+	case G(message_id_field):
+		if (strncmp(v, "header:", 7) == 0) {
+			if (!conf_gw_token(v + 7, strlen(v + 7)))
+				return "header: must be followed by a header name";
+		} else if (!conf_gw_dot_path(v))
+			return "must be a dot path such as BizId, or header:Name";
+		break;
+	case G(mail_from):
+		if (!conf_gw_address(v))
+			return "must be a bare address such as billing@example.com";
+		break;
+	default:
+		break;
+	}
+	return NULL;
+}
+
+/* Read secret_file or body_file. */
+static const char *
+conf_gw_read(struct conf_gateway *gw, const struct conf_key *k, const char *path, char *why,
+    size_t len)
+{
+	const char *bad;
+	int fd;
+
+	if ((bad = conf_open_file(path, &fd, why, len)) != NULL)
+		return bad;
+	if (k->offset == G(secret_file)) {
+		bad = conf_read_fd(fd, path, CONF_SECRET_MAX, &gw->secret, why, len);
+		if (bad == NULL && gw->secret[0] == '\0') {
+			snprintf(why, len, "%s is empty", path);
+			bad = why;
+		}
+	} else {
+		bad = conf_read_fd(fd, path, CONF_BODY_MAX, &gw->body, why, len);
+		if (bad == NULL)
+			bad = conf_gw_template(gw->body, path, why, len);
+	}
+	close(fd);
+	return bad;
+}
+
+/* Parse value for gateway key k into gw; line 0 means the default. */
+static int
+conf_gw_set(struct conf_parse *p, struct conf_gateway *gw, const struct conf_key *k,
+    const char *value, int line)
+{
+	char why[512];
+	const char *bad = NULL;
+	char **sp = (char **)(void *)((char *)gw + k->offset);
+	int *ip = (int *)(void *)((char *)gw + k->offset);
+	long lv;
+	size_t i;
+
+	switch (k->type) {
+	case CONF_INT:
+		if (!conf_parse_int(value, &lv)) {
+			snprintf(why, sizeof why, "\"%s\" is not a decimal integer", value);
+			bad = why;
+		} else if (lv < k->min || lv > k->max) {
+			snprintf(why, sizeof why, "%s is out of range (%ld..%ld)", value,
+			    k->min, k->max);
+			bad = why;
+		} else
+			*ip = (int)lv;
+		break;
+	case CONF_ENUM:
+		for (i = 0; k->choices[i] != NULL; i++) {
+			if (strcasecmp(value, k->choices[i]) == 0)
+				break;
+		}
+		if (k->choices[i] != NULL) {
+			*ip = (int)i;
+			break;
+		}
+		snprintf(why, sizeof why, "\"%s\" is not one of ", value);
+		for (i = 0; k->choices[i] != NULL; i++) {
+			strncat(why, k->choices[i], sizeof why - strlen(why) - 1);
+			if (k->choices[i + 1] != NULL)
+				strncat(why, k->choices[i + 2] != NULL ? ", " : " or ",
+				    sizeof why - strlen(why) - 1);
+		}
+		bad = why;
+		break;
+	case CONF_BOOL:
+		abort(); /* no gateway key is a boolean */
+	case CONF_TEMPLATE:
+		if (k->offset == G(header_value)) {
+			bad = conf_gw_header(gw, value, why, sizeof why);
+			break;
+		}
+		/* FALLTHROUGH */
+	case CONF_STRING:
+	case CONF_FILE:
+		/* An optional key given an empty value is simply unset. */
+		if (k->def == NULL && *value == '\0') {
+			free(*sp);
+			*sp = NULL;
+			if (k->offset == G(secret_file)) {
+				conf_wipe_free(gw->secret);
+				gw->secret = NULL;
+			}
+			break;
+		}
+		if (k->type == CONF_TEMPLATE)
+			bad = conf_gw_template(value, NULL, why, sizeof why);
+		else if (k->type == CONF_STRING)
+			bad = conf_gw_check_string(gw, k, value, why, sizeof why);
+		if (bad != NULL)
+			break;
+		free(*sp);
+		*sp = xstrdup(value);
+		if (k->type == CONF_FILE)
+			bad = conf_gw_read(gw, k, value, why, sizeof why);
+		break;
+	}
+	if (bad != NULL) {
+		conf_gw_error(p, gw, line, k->name, "%s", bad);
+		return -1;
+	}
+	return 0;
+}
+
+static bool
+conf_gw_name_ok(const char *name)
+{
+	size_t n = strlen(name);
+
+	return n >= 1 && n <= CONF_GW_NAME_MAX && strspn(name,
+	    "abcdefghijklmnopqrstuvwxyz0123456789_-") == n;
+}
+
+/* A "[gateway NAME]" header: start a new gateway with the table's defaults. */
+static int
+conf_gw_open(struct conf_parse *p, const char *name, int lineno)
+{
+	struct conf_gateway *gw;
+	char subject[64];
+	size_t i;
+	int n;
+
+	snprintf(subject, sizeof subject, "[gateway %.40s]", name);
+	if (*name == '\0') {
+		conf_error(p, lineno, "[gateway]", "a gateway section needs a name: "
+		    "[gateway NAME]");
+		return -1;
+	}
+	if (!conf_gw_name_ok(name)) {
+		conf_error(p, lineno, subject, "bad gateway name (1 to %d characters of "
+		    "a-z, 0-9, '_' and '-')", CONF_GW_NAME_MAX);
+		return -1;
+	}
+	for (n = 0; n < p->c->ngateways; n++) {
+		if (strcmp(p->c->gateways[n].name, name) == 0) {
+			conf_error(p, lineno, subject, "duplicate gateway (first on line %d)",
+			    p->c->gateways[n].line);
+			return -1;
+		}
+	}
+	if (p->c->ngateways == CONF_GATEWAYS_MAX) {
+		conf_error(p, lineno, subject, "more than %d gateways", CONF_GATEWAYS_MAX);
+		return -1;
+	}
+	gw = &p->c->gateways[p->c->ngateways++];
+	snprintf(gw->name, sizeof gw->name, "%s", name);
+	gw->line = lineno;
+	gw->channel = -1; /* required: no default */
+	p->gw = gw;
+	snprintf(p->gwlabel, sizeof p->gwlabel, "gateway.%s", name);
+	for (i = 0; i < ARRAY_SIZE(conf_gateway_table); i++) {
+		if (conf_gateway_table[i].def != NULL &&
+		    conf_gw_set(p, gw, &conf_gateway_table[i], conf_gateway_table[i].def, 0) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* A "key = value" line inside a gateway section. */
+static int
+conf_gw_key(struct conf_parse *p, const char *key, char *value, int lineno)
+{
+	struct conf_gateway *gw = p->gw;
+	const struct conf_key *k;
+	const char *bad;
+	int *lines = p->gwlines[conf_gw_number(p, gw)], other;
+	size_t idx;
+
+	if ((k = conf_gw_find(key)) == NULL) {
+		conf_gw_error(p, gw, lineno, key, "unknown key");
+		return -1;
+	}
+	idx = (size_t)(k - conf_gateway_table);
+	if (k->repeat <= 1 && lines[idx] != 0) {
+		conf_gw_error(p, gw, lineno, k->name, "duplicate key (first set on line %d)",
+		    lines[idx]);
+		return -1;
+	}
+	/* body and body_file both fill gw->body: refuse the second at once. */
+	other = 0;
+	if (k->offset == G(body))
+		other = conf_gw_line(p, gw, G(body_file));
+	else if (k->offset == G(body_file))
+		other = conf_gw_line(p, gw, G(body));
+	if (other != 0) {
+		conf_gw_error(p, gw, lineno, k->name, "%s is set too (line %d): give one of "
+		    "body and body_file", k->offset == G(body) ? "body_file" : "body", other);
+		return -1;
+	}
+	if (*value == '"' && (bad = conf_unquote(value)) != NULL) {
+		conf_gw_error(p, gw, lineno, k->name, "%s", bad);
+		return -1;
+	}
+	if (k->offset == G(header_value) && gw->nheaders < CONF_GW_HEADERS_MAX)
+		p->gwhdrlines[conf_gw_number(p, gw)][gw->nheaders] = lineno;
+	if (conf_gw_set(p, gw, k, value, lineno) != 0)
+		return -1;
+	if (lines[idx] == 0)
+		lines[idx] = lineno;
+	return 0;
+}
+
+/* Keys that mean nothing to an SMTP gateway. */
+static const size_t conf_gw_http_only[] = {
+	G(method), G(header_value), G(escape), G(content_type), G(auth), G(auth_header),
+	G(signer), G(access_key_id), G(region), G(action), G(api_version), G(service),
+	G(success_status), G(success_field), G(success_value), G(message_id_field)
+};
+
+/* Keys that only a signer uses. */
+static const size_t conf_gw_signer_only[] = {
+	G(access_key_id), G(region), G(action), G(api_version), G(service)
+};
+
+static void
+conf_gw_default(char **sp, const char *def)
+{
+	if (*sp == NULL)
+		*sp = xstrdup(def);
+}
+
+/* The checks of an SMTP gateway. */
+static int
+conf_gw_finish_smtp(struct conf_parse *p, struct conf_gateway *gw)
+{
+	const struct conf_key *k;
+	size_t i;
+	int line;
+
+	for (i = 0; i < ARRAY_SIZE(conf_gw_http_only); i++) {
+		if ((line = conf_gw_line(p, gw, conf_gw_http_only[i])) == 0)
+			continue;
+		k = &conf_gateway_table[conf_gw_index(conf_gw_http_only[i])];
+		conf_gw_error(p, gw, line, k->name, "not used with type smtp");
+		return -1;
+	}
+	if (gw->channel != CONF_GW_EMAIL) {
+		conf_gw_error(p, gw, conf_gw_line(p, gw, G(type)), "type",
+		    "smtp needs channel email");
+		return -1;
+	}
+	if (gw->mail_from == NULL) {
+		conf_gw_error(p, gw, 0, "mail_from", "required with type smtp");
+		return -1;
+	}
+	if (gw->username != NULL && gw->secret_file == NULL) {
+		conf_gw_error(p, gw, conf_gw_line(p, gw, G(username)), "username",
+		    "set without secret_file (the SMTP password)");
+		return -1;
+	}
+	if (gw->secret_file != NULL && gw->username == NULL) {
+		conf_gw_error(p, gw, conf_gw_line(p, gw, G(secret_file)), "secret_file",
+		    "set without username (the SMTP login)");
+		return -1;
+	}
+	/* The body is the message itself: nothing to escape for, no status. */
+	gw->escape = CONF_GW_ESC_RAW;
+	gw->body_mode = TEMPLATE_RAW;
+	gw->auth = CONF_GW_AUTH_NONE;
+	free(gw->success_status);
+	gw->success_status = NULL;
+	gw->nstatus = 0;
+	return 0;
+}
+
+/* auth, username, secret_file, auth_header and the headers they clash with. */
+static int
+conf_gw_finish_auth(struct conf_parse *p, struct conf_gateway *gw)
+{
+	int la = conf_gw_line(p, gw, G(auth)), lu = conf_gw_line(p, gw, G(username));
+	int ls = conf_gw_line(p, gw, G(secret_file)), lh = conf_gw_line(p, gw, G(auth_header));
+	int i, gi = conf_gw_number(p, gw);
+	const char *auth = conf_gw_auths[gw->auth];
+
+	if (gw->username != NULL && gw->auth != CONF_GW_AUTH_BASIC) {
+		conf_gw_error(p, gw, lu, "username", "only used with auth basic");
+		return -1;
+	}
+	if (gw->auth_header != NULL && gw->auth != CONF_GW_AUTH_HEADER) {
+		conf_gw_error(p, gw, lh, "auth_header", "only used with auth header");
+		return -1;
+	}
+	switch (gw->auth) {
+	case CONF_GW_AUTH_NONE:
+		if (gw->secret_file != NULL && gw->signer == CONF_GW_SIGNER_NONE) {
+			conf_gw_error(p, gw, ls, "secret_file", "set, but auth is none and "
+			    "there is no signer");
+			return -1;
+		}
+		break;
+	case CONF_GW_AUTH_BASIC:
+		if (gw->username == NULL) {
+			conf_gw_error(p, gw, la, "username", "required with auth basic");
+			return -1;
+		}
+		if (strchr(gw->username, ':') != NULL) {
+			conf_gw_error(p, gw, lu, "username", "must not contain ':' with auth "
+			    "basic");
+			return -1;
+		}
+		break;
+	case CONF_GW_AUTH_HEADER:
+		if (gw->auth_header == NULL) {
+			conf_gw_error(p, gw, la, "auth_header", "required with auth header");
+			return -1;
+		}
+		break;
+	default:
+		break;
+	}
+	if (gw->auth != CONF_GW_AUTH_NONE && gw->secret_file == NULL) {
+		conf_gw_error(p, gw, la, "secret_file", "required with auth %s", auth);
+		return -1;
+	}
+	/* A header must not carry, or fight with, what auth sends. */
+	for (i = 0; i < gw->nheaders; i++) {
+		const char *h = gw->header_name[i];
+
+		if (strcasecmp(h, "Authorization") == 0 &&
+		    (gw->auth == CONF_GW_AUTH_BASIC || gw->auth == CONF_GW_AUTH_BEARER ||
+		    gw->signer != CONF_GW_SIGNER_NONE)) {
+			conf_gw_error(p, gw, p->gwhdrlines[gi][i], "header", "Authorization "
+			    "is set by %s %s", gw->signer != CONF_GW_SIGNER_NONE ? "signer" :
+			    "auth", gw->signer != CONF_GW_SIGNER_NONE ?
+			    conf_gw_signers[gw->signer] : auth);
+			return -1;
+		}
+		if (gw->auth == CONF_GW_AUTH_HEADER && strcasecmp(h, gw->auth_header) == 0) {
+			conf_gw_error(p, gw, p->gwhdrlines[gi][i], "header", "%s is set by "
+			    "auth header", h);
+			return -1;
+		}
+		if (gw->signer == CONF_GW_SIGNER_TENCENT && strncasecmp(h, "X-TC-", 5) == 0) {
+			conf_gw_error(p, gw, p->gwhdrlines[gi][i], "header", "%s is set by "
+			    "signer tencent", h);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int
+conf_gw_finish_signer(struct conf_parse *p, struct conf_gateway *gw)
+{
+	const struct conf_key *k;
+	const char *name = conf_gw_signers[gw->signer];
+	int lsig = conf_gw_line(p, gw, G(signer)), line;
+	size_t i;
+
+	if (gw->signer == CONF_GW_SIGNER_NONE) {
+		for (i = 0; i < ARRAY_SIZE(conf_gw_signer_only); i++) {
+			if ((line = conf_gw_line(p, gw, conf_gw_signer_only[i])) == 0)
+				continue;
+			k = &conf_gateway_table[conf_gw_index(conf_gw_signer_only[i])];
+			conf_gw_error(p, gw, line, k->name, "only used with a signer");
+			return -1;
+		}
+		return 0;
+	}
+	if (gw->auth != CONF_GW_AUTH_NONE) {
+		conf_gw_error(p, gw, conf_gw_line(p, gw, G(auth)), "auth", "must be none "
+		    "with signer %s (the signature authenticates the request)", name);
+		return -1;
+	}
+	if (gw->access_key_id == NULL) {
+		conf_gw_error(p, gw, lsig, "access_key_id", "required with signer %s", name);
+		return -1;
+	}
+	if (gw->secret_file == NULL) {
+		conf_gw_error(p, gw, lsig, "secret_file", "required with signer %s "
+		    "(it holds the secret key)", name);
+		return -1;
+	}
+	if (gw->method != CONF_GW_POST) {
+		conf_gw_error(p, gw, conf_gw_line(p, gw, G(method)), "method", "must be POST "
+		    "with signer %s", name);
+		return -1;
+	}
+	if (gw->signer == CONF_GW_SIGNER_ALIYUN) {
+		/* The signer signs the business parameters: it needs them as a form. */
+		if (gw->escape != CONF_GW_ESC_FORM) {
+			conf_gw_error(p, gw, conf_gw_line(p, gw, G(escape)), "escape",
+			    "must be form with signer aliyun");
+			return -1;
+		}
+		if ((line = conf_gw_line(p, gw, G(service))) != 0) {
+			conf_gw_error(p, gw, line, "service", "only used with signer tencent");
+			return -1;
+		}
+		conf_gw_default(&gw->region, "cn-hangzhou");
+		conf_gw_default(&gw->action, "SendSms");
+		conf_gw_default(&gw->api_version, "2017-05-25");
+	} else {
+		if (gw->escape != CONF_GW_ESC_JSON) {
+			conf_gw_error(p, gw, conf_gw_line(p, gw, G(escape)), "escape",
+			    "must be json with signer tencent");
+			return -1;
+		}
+		if (gw->region == NULL) {
+			conf_gw_error(p, gw, lsig, "region", "required with signer tencent "
+			    "(e.g. ap-guangzhou)");
+			return -1;
+		}
+		conf_gw_default(&gw->action, "SendSms");
+		conf_gw_default(&gw->api_version, "2021-01-11");
+		conf_gw_default(&gw->service, "sms");
+	}
+	return 0;
+}
+
+/* The checks of an HTTP gateway. */
+static int
+conf_gw_finish_http(struct conf_parse *p, struct conf_gateway *gw)
+{
+	int lm = conf_gw_line(p, gw, G(method)), le = conf_gw_line(p, gw, G(escape));
+	int lc = conf_gw_line(p, gw, G(content_type)), line;
+	static const enum template_mode modes[] = { TEMPLATE_JSON, TEMPLATE_FORM, TEMPLATE_RAW };
+
+	if ((line = conf_gw_line(p, gw, G(mail_from))) != 0) {
+		conf_gw_error(p, gw, line, "mail_from", "only used with type smtp (an HTTP "
+		    "gateway takes the sender in its body)");
+		return -1;
+	}
+	gw->body_mode = modes[gw->escape];
+	if (gw->method == CONF_GW_GET) {
+		line = conf_gw_later(conf_gw_line(p, gw, G(body)),
+		    conf_gw_line(p, gw, G(body_file)));
+		if (line != 0) {
+			conf_gw_error(p, gw, line, line == conf_gw_line(p, gw, G(body)) ?
+			    "body" : "body_file", "no body with method GET");
+			return -1;
+		}
+		if (le != 0 || lc != 0) {
+			conf_gw_error(p, gw, conf_gw_later(le, lc), le > lc ? "escape" :
+			    "content_type", "not used with method GET (there is no body)");
+			return -1;
+		}
+	} else {
+		if (gw->body == NULL) {
+			conf_gw_error(p, gw, lm, "body", "required with method %s (or body_file)",
+			    conf_gw_methods[gw->method]);
+			return -1;
+		}
+		if (gw->content_type == NULL) {
+			if (gw->escape == CONF_GW_ESC_RAW) {
+				conf_gw_error(p, gw, le, "content_type",
+				    "required with escape raw");
+				return -1;
+			}
+			gw->content_type = xstrdup(gw->escape == CONF_GW_ESC_JSON ?
+			    "application/json; charset=utf-8" :
+			    "application/x-www-form-urlencoded");
+		}
+	}
+	if (conf_gw_finish_signer(p, gw) != 0 || conf_gw_finish_auth(p, gw) != 0)
+		return -1;
+	if (gw->success_field != NULL && gw->success_value == NULL) {
+		conf_gw_error(p, gw, conf_gw_line(p, gw, G(success_field)), "success_field",
+		    "set without success_value");
+		return -1;
+	}
+	if (gw->success_value != NULL && gw->success_field == NULL) {
+		conf_gw_error(p, gw, conf_gw_line(p, gw, G(success_value)), "success_value",
+		    "set without success_field");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * The url: the scheme its type needs, and a literal host: a placeholder
+ * there would let a message choose where it is sent, and credentials there
+ * would put a secret in the config file.
+ */
+static int
+conf_gw_finish_url(struct conf_parse *p, struct conf_gateway *gw)
+{
+	static const char *const http[] = { "http://", "https://", NULL };
+	static const char *const smtp[] = { "smtp://", "smtps://", NULL };
+	const char *const *schemes = gw->type == CONF_GW_SMTP ? smtp : http;
+	const char *host = NULL;
+	int line = conf_gw_line(p, gw, G(url));
+	size_t i, n;
+
+	for (i = 0; schemes[i] != NULL; i++) {
+		if (strncasecmp(gw->url, schemes[i], strlen(schemes[i])) == 0)
+			host = gw->url + strlen(schemes[i]);
+	}
+	if (host == NULL) {
+		conf_gw_error(p, gw, line, "url", "must begin with %s or %s for type %s",
+		    schemes[0], schemes[1], conf_gw_types[gw->type]);
+		return -1;
+	}
+	n = strcspn(host, "/?#");
+	if (n == 0) {
+		conf_gw_error(p, gw, line, "url", "has no host");
+		return -1;
+	}
+	if (memchr(host, '@', n) != NULL) {
+		conf_gw_error(p, gw, line, "url", "must not hold credentials: use username "
+		    "and secret_file");
+		return -1;
+	}
+	for (i = 0; i + 1 < n; i++) {
+		if (host[i] == '{' && host[i + 1] == '{') {
+			conf_gw_error(p, gw, line, "url", "the host must not contain a "
+			    "placeholder");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Rules between the keys of one gateway, once its section is read. */
+static int
+conf_gw_finish(struct conf_parse *p, struct conf_gateway *gw)
+{
+	int li, lm;
+
+	if (gw->channel < 0) {
+		conf_gw_error(p, gw, 0, "channel", "missing: sms or email is required");
+		return -1;
+	}
+	if (gw->url == NULL) {
+		conf_gw_error(p, gw, 0, "url", "missing (required)");
+		return -1;
+	}
+	if (conf_gw_finish_url(p, gw) != 0)
+		return -1;
+	if (gw->type == CONF_GW_SMTP) {
+		if (conf_gw_finish_smtp(p, gw) != 0)
+			return -1;
+	} else if (conf_gw_finish_http(p, gw) != 0)
+		return -1;
+
+	li = conf_gw_line(p, gw, G(retry_initial_ms));
+	lm = conf_gw_line(p, gw, G(retry_max_ms));
+	if (gw->retry_max_ms < gw->retry_initial_ms) {
+		if (lm > li)
+			conf_gw_error(p, gw, lm, "retry_max_ms", "%d is less than "
+			    "retry_initial_ms (%d)", gw->retry_max_ms, gw->retry_initial_ms);
+		else
+			conf_gw_error(p, gw, li, "retry_initial_ms", "%d is greater than "
+			    "retry_max_ms (%d)", gw->retry_initial_ms, gw->retry_max_ms);
+		return -1;
+	}
+	return 0;
+}
+
+static void
+conf_gw_free(struct conf_gateway *gw)
+{
+	const struct conf_key *k;
+	size_t i;
+	int h;
+
+	for (i = 0; i < ARRAY_SIZE(conf_gateway_table); i++) {
+		k = &conf_gateway_table[i];
+		if (k->type == CONF_INT || k->type == CONF_ENUM || k->offset == G(header_value))
+			continue;
+		free(*(char **)(void *)((char *)gw + k->offset));
+	}
+	for (h = 0; h < gw->nheaders; h++) {
+		free(gw->header_name[h]);
+		free(gw->header_value[h]);
+	}
+	conf_wipe_free(gw->secret);
+}
+
 /*
  * The subject for an error on a line that could not be parsed as a key:
  * "section.key" from the text before '=' when there is one, else the first
@@ -522,16 +1550,17 @@ conf_parse_line(struct conf_parse *p, char *line, size_t len, int lineno,
 	const struct conf_key *k;
 	char subject[128], list[128];
 	char *s, *e, *eq, *key, *value;
-	const char *bad, *sec;
+	const char *bad, *sec, *label;
 	size_t idx;
 
 	if (len > 0 && line[len - 1] == '\n')
 		line[--len] = '\0';
 	if (len > 0 && line[len - 1] == '\r')
 		line[--len] = '\0';
+	label = p->gw != NULL ? p->gwlabel : *section;
 	if (len > CONF_LINE_MAX) {
 		s = conf_trim(line);
-		conf_line_subject(subject, sizeof subject, *section, s);
+		conf_line_subject(subject, sizeof subject, label, s);
 		conf_error(p, lineno, subject, "line too long (more than %d bytes)",
 		    CONF_LINE_MAX);
 		return -1;
@@ -556,6 +1585,12 @@ conf_parse_line(struct conf_parse *p, char *line, size_t len, int lineno,
 		}
 		*e = '\0';
 		key = conf_trim(s + 1);
+		p->gw = NULL;
+		if (strncmp(key, "gateway", 7) == 0 &&
+		    (key[7] == '\0' || isspace((unsigned char)key[7]))) {
+			*section = "gateway";
+			return conf_gw_open(p, conf_trim(key + 7), lineno);
+		}
 		if ((sec = conf_find_section(key)) == NULL) {
 			conf_section_list(list, sizeof list);
 			snprintf(subject, sizeof subject, "[%.64s]", key);
@@ -568,7 +1603,7 @@ conf_parse_line(struct conf_parse *p, char *line, size_t len, int lineno,
 
 	eq = strchr(s, '=');
 	if (eq == NULL) {
-		conf_line_subject(subject, sizeof subject, *section, s);
+		conf_line_subject(subject, sizeof subject, label, s);
 		conf_error(p, lineno, subject, "missing '=' after the key");
 		return -1;
 	}
@@ -576,7 +1611,7 @@ conf_parse_line(struct conf_parse *p, char *line, size_t len, int lineno,
 	key = conf_trim(s);
 	value = conf_trim(eq + 1);
 	if (*key == '\0') {
-		conf_error(p, lineno, *section, "missing key name before '='");
+		conf_error(p, lineno, label, "missing key name before '='");
 		return -1;
 	}
 	if (*section == NULL) {
@@ -584,6 +1619,8 @@ conf_parse_line(struct conf_parse *p, char *line, size_t len, int lineno,
 		conf_error(p, lineno, subject, "key outside any [section]");
 		return -1;
 	}
+	if (p->gw != NULL)
+		return conf_gw_key(p, key, value, lineno);
 	if ((k = conf_find(*section, key)) == NULL) {
 		conf_line_subject(subject, sizeof subject, *section, key);
 		conf_error(p, lineno, subject, "unknown key");
@@ -640,7 +1677,7 @@ static int
 conf_check_cross(struct conf_parse *p)
 {
 	struct conf *c = p->c;
-	int lc, lk, li, lm;
+	int lc, lk, li, lm, i;
 	char why[256];
 
 	lc = conf_line_of(p, O(mqtt_tls_cert));
@@ -687,6 +1724,11 @@ conf_check_cross(struct conf_parse *p)
 			conf_key_error(p, li, conf_key_at(O(cmd_retry_initial_ms)), why);
 		}
 		return -1;
+	}
+
+	for (i = 0; i < c->ngateways; i++) {
+		if (conf_gw_finish(p, &c->gateways[i]) != 0)
+			return -1;
 	}
 	return 0;
 }
@@ -767,6 +1809,8 @@ conf_free(struct conf *c)
 			free(*sp);
 	}
 	conf_wipe_free(c->mqtt_password);
+	for (i = 0; i < (size_t)c->ngateways; i++)
+		conf_gw_free(&c->gateways[i]);
 	free(c->path);
 	free(c);
 }
@@ -793,6 +1837,7 @@ conf_needs_restart(const struct conf *old, const struct conf *new_conf,
 			continue;
 		switch (k->type) {
 		case CONF_INT:
+		case CONF_ENUM:
 			same = *(const int *)conf_cfield(old, k) ==
 			    *(const int *)conf_cfield(new_conf, k);
 			break;
@@ -802,6 +1847,7 @@ conf_needs_restart(const struct conf *old, const struct conf *new_conf,
 			break;
 		case CONF_STRING:
 		case CONF_FILE:
+		case CONF_TEMPLATE:
 			same = conf_str_equal(*(char *const *)conf_cfield(old, k),
 			    *(char *const *)conf_cfield(new_conf, k));
 			break;
@@ -833,6 +1879,7 @@ conf_keep_fixed(struct conf *new_conf, const struct conf *old)
 			continue;
 		switch (k->type) {
 		case CONF_INT:
+		case CONF_ENUM:
 			*(int *)conf_field(new_conf, k) = *(const int *)conf_cfield(old, k);
 			break;
 		case CONF_BOOL:
@@ -840,6 +1887,7 @@ conf_keep_fixed(struct conf *new_conf, const struct conf *old)
 			break;
 		case CONF_STRING:
 		case CONF_FILE:
+		case CONF_TEMPLATE:
 			dst = conf_field(new_conf, k);
 			free(*dst);
 			*dst = *(char *const *)conf_cfield(old, k) ?

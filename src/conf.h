@@ -8,12 +8,89 @@
  * comments on their own line, blank lines. Values may be double-quoted.
  * Unknown sections or keys, duplicate keys, bad values and values out of
  * range are errors reported as "FILE:LINE: section.key: what is wrong".
+ * `[gateway NAME]` sections repeat, one per gateway; errors in them read
+ * "FILE:LINE: gateway.NAME.key: what is wrong".
  */
 #ifndef PREPAIDD_CONF_H
 #define PREPAIDD_CONF_H
 
 #include <stdbool.h>
 #include <stddef.h>
+
+#include "template.h"
+
+/*
+ * A notification gateway, from a [gateway NAME] section: how one SMS or
+ * e-mail leaves, as templates. Every template field holds the template text
+ * exactly as configured (already checked by template_parse against
+ * conf_gateway_placeholders(), so rendering can only fail on a value);
+ * the dispatcher parses it again into a struct template it owns. Enum
+ * fields hold the index of the configured word in the order listed.
+ * Cross-key defaults are already applied: content_type, region, action,
+ * api_version and service hold what will be used, or NULL when unused.
+ */
+#define CONF_GATEWAYS_MAX 16     /* [gateway NAME] sections per file */
+#define CONF_GW_NAME_MAX 32      /* NAME: 1..32 of [a-z0-9_-] */
+#define CONF_GW_HEADERS_MAX 16   /* header = lines per gateway */
+#define CONF_GW_STATUS_MAX 16    /* codes in success_status */
+
+enum conf_gw_channel { CONF_GW_SMS, CONF_GW_EMAIL };
+enum conf_gw_type { CONF_GW_HTTP, CONF_GW_SMTP };
+enum conf_gw_method { CONF_GW_POST, CONF_GW_GET, CONF_GW_PUT };
+enum conf_gw_escape { CONF_GW_ESC_JSON, CONF_GW_ESC_FORM, CONF_GW_ESC_RAW };
+enum conf_gw_auth { CONF_GW_AUTH_NONE, CONF_GW_AUTH_BASIC, CONF_GW_AUTH_BEARER,
+	CONF_GW_AUTH_HEADER };
+enum conf_gw_signer { CONF_GW_SIGNER_NONE, CONF_GW_SIGNER_ALIYUN, CONF_GW_SIGNER_TENCENT };
+
+struct conf_gateway {
+	char name[CONF_GW_NAME_MAX + 1];
+	int line;                   /* line of its [gateway NAME] header */
+
+	int channel;                /* enum conf_gw_channel */
+	int type;                   /* enum conf_gw_type */
+	char *url;                  /* template, placeholders escaped as TEMPLATE_URL */
+	int method;                 /* enum conf_gw_method (http only) */
+
+	/* header = "Name: value" lines in file order; name is an HTTP token,
+	 * value a template (TEMPLATE_HEADER), possibly empty. */
+	char *header_name[CONF_GW_HEADERS_MAX];
+	char *header_value[CONF_GW_HEADERS_MAX];
+	int nheaders;
+
+	char *body;                 /* template: the body key's value, or the
+				       contents of body_file; NULL: no body */
+	char *body_file;            /* path, when the body came from a file */
+	int escape;                 /* enum conf_gw_escape */
+	enum template_mode body_mode; /* the same as a template mode */
+	char *content_type;         /* NULL for GET and smtp */
+
+	int auth;                   /* enum conf_gw_auth */
+	char *username;             /* basic auth, or the SMTP login */
+	char *secret_file;
+	char *secret;               /* password, token or key: never log it */
+	char *auth_header;          /* header name for auth = header */
+
+	int signer;                 /* enum conf_gw_signer */
+	char *access_key_id;        /* with a signer */
+	char *region;               /* aliyun: RegionId; tencent: X-TC-Region */
+	char *action;               /* with a signer: "SendSms" */
+	char *api_version;          /* aliyun 2017-05-25, tencent 2021-01-11 */
+	char *service;              /* tencent only: "sms" */
+
+	char *success_status;       /* as written: "200,201,202" */
+	int status[CONF_GW_STATUS_MAX]; /* the same, parsed */
+	int nstatus;
+	char *success_field;        /* dot path into the JSON answer, or NULL */
+	char *success_value;        /* required with success_field */
+	char *message_id_field;     /* dot path or "header:Name", or NULL */
+	char *mail_from;            /* smtp: the envelope and From address */
+
+	int timeout_ms;
+	int concurrency;            /* requests in flight at once */
+	int max_attempts;           /* including the first */
+	int retry_initial_ms;       /* first backoff; doubles up to retry_max_ms */
+	int retry_max_ms;
+};
 
 struct conf {
 	char *path; /* the file it was read from */
@@ -62,9 +139,18 @@ struct conf {
 
 	/* [log] */
 	char *log_level;            /* error, warning, info, debug */
+
+	/* [gateway NAME] sections, in file order; reloadable as a whole. */
+	struct conf_gateway gateways[CONF_GATEWAYS_MAX];
+	int ngateways;
 };
 
-enum conf_type { CONF_STRING, CONF_INT, CONF_BOOL, CONF_FILE };
+/*
+ * CONF_ENUM is stored as an int, the index of the value in choices;
+ * CONF_TEMPLATE is a string checked with template_parse. Both are used by
+ * gateway keys only.
+ */
+enum conf_type { CONF_STRING, CONF_INT, CONF_BOOL, CONF_FILE, CONF_ENUM, CONF_TEMPLATE };
 
 struct conf_key {
 	const char *section;
@@ -73,12 +159,27 @@ struct conf_key {
 	const char *def;        /* default as text; NULL = unset */
 	long min, max;          /* for CONF_INT */
 	bool reloadable;        /* may change on SIGHUP without a restart */
-	size_t offset;          /* offsetof(struct conf, field) */
+	size_t offset;          /* offsetof(struct conf, field), or of struct
+				   conf_gateway for gateway keys */
 	const char *help;       /* one line, used in docs and -n output */
+	const char *const *choices; /* CONF_ENUM: the words, NULL-terminated */
+	int repeat;             /* > 1: may appear up to this many times */
 };
 
 /* The key table (for the docs-drift test and for listing). */
 const struct conf_key *conf_keys(size_t *n);
+
+/* The keys of a [gateway NAME] section; their section is "gateway". */
+const struct conf_key *conf_gateway_keys(size_t *n);
+
+/*
+ * The placeholders a gateway template may use, NULL-terminated: what the
+ * notification dispatcher supplies for every message.
+ */
+const char *const *conf_gateway_placeholders(void);
+
+/* The gateway called name, or NULL. */
+const struct conf_gateway *conf_gateway_find(const struct conf *c, const char *name);
 
 /*
  * Load and validate a file. On success returns a new conf. On failure
@@ -101,7 +202,8 @@ bool conf_needs_restart(const struct conf *old, const struct conf *new_conf,
 /*
  * For SIGHUP: copy every key that may not change on reload from the running
  * configuration into the new one, so a reload applies only reloadable keys
- * (the others keep their values until a restart).
+ * (the others keep their values until a restart). Gateways are all
+ * reloadable: new_conf keeps the gateways of its own file.
  */
 void conf_keep_fixed(struct conf *new_conf, const struct conf *old);
 

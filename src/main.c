@@ -36,6 +36,8 @@
 #include "metrics.h"
 #include "migrate.h"
 #include "mqtt.h"
+#include "ladder.h"
+#include "notify.h"
 #include "outbox.h"
 #include "pgconn.h"
 #include "sdnotify.h"
@@ -56,6 +58,8 @@ struct daemon {
 	struct mqtt *mqtt;
 	struct ingest *ingest;
 	struct outbox *outbox;
+	struct notify *notify;
+	struct ladder *ladder;
 	struct httpd *httpd;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *tick, *watchdog, *partitions, *stop_timer;
@@ -225,6 +229,8 @@ schema_checked(void *arg, PGresult *res, const char *err)
 	metrics.pg_reconnects++;
 	partitions_upkeep(d);
 	outbox_set_ready(d->outbox, true);
+	notify_set_ready(d->notify, true);
+	ladder_set_ready(d->ladder, true);
 	daemon_links_changed(d);
 }
 
@@ -245,6 +251,8 @@ control_lost(void *arg, struct pgconn *pc, const char *why)
 	UNUSED(why);
 	d->control_up = false;
 	outbox_set_ready(d->outbox, false);
+	notify_set_ready(d->notify, false);
+	ladder_set_ready(d->ladder, false);
 	daemon_links_changed(d);
 }
 
@@ -256,6 +264,8 @@ control_notified(void *arg, const char *channel, const char *payload)
 	UNUSED(payload);
 	if (strcmp(channel, "prepaid_commands") == 0)
 		outbox_kick(d->outbox);
+	else if (strcmp(channel, "prepaid_messages") == 0)
+		notify_kick(d->notify);
 }
 
 static void
@@ -413,6 +423,7 @@ daemon_reload(struct daemon *d)
 	conf_keep_fixed(nc, d->conf);
 	ingest_set_conf(d->ingest, nc);
 	outbox_set_conf(d->outbox, nc);
+	notify_set_conf(d->notify, nc);
 	pgconn_set_conninfo(d->pg_ingest, nc->db_conninfo);
 	pgconn_set_conninfo(d->pg_control, nc->db_conninfo);
 	apply_log_level(nc, verbose_flag);
@@ -499,6 +510,8 @@ daemon_run(struct conf *conf)
 	/* Nothing is read from the broker until PostgreSQL is usable. */
 	mqtt_pause(d->mqtt, true);
 	d->outbox = outbox_new(d->base, d->pg_control, d->mqtt, conf);
+	d->notify = notify_new(d->base, d->pg_control, conf);
+	d->ladder = ladder_new(d->base, d->pg_control);
 
 	d->tick = event_new(d->base, -1, EV_PERSIST, tick_cb, d);
 	d->tick_expected_us = now_mono_us() + 1000000;
@@ -520,6 +533,8 @@ daemon_run(struct conf *conf)
 	if (d->exit_code == 0)
 		log_info("exiting");
 	mqtt_disconnect(d->mqtt);
+	ladder_free(d->ladder);
+	notify_free(d->notify);
 	outbox_free(d->outbox);
 	mqtt_free(d->mqtt);
 	ingest_free(d->ingest);

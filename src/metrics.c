@@ -72,6 +72,11 @@ metrics_render(void)
 	C("ingest_pauses_total", "Times reading from the broker was paused (backpressure).", m->paused_total);
 	C("commands_published_total", "Commands published to meters (including re-sends).", m->commands_published);
 	C("command_claims_total", "Outbox claim round trips.", m->command_claims);
+	C("messages_sent_total", "Messages a gateway accepted.", m->messages_sent);
+	C("messages_retried_total", "Message attempts to be tried again.", m->messages_retried);
+	C("messages_failed_total", "Messages that failed for good.", m->messages_failed);
+	C("ladder_sweeps_total", "Arrears ladder sweeps.", m->ladder_sweeps);
+	C("ladder_meters_total", "Meters whose ladder a sweep moved forward.", m->ladder_meters);
 	G("postgres_up", "1 when connected to PostgreSQL with the expected schema.", "%d", m->pg_up);
 	G("mqtt_up", "1 when connected to the broker.", "%d", m->mqtt_up);
 	C("postgres_reconnects_total", "PostgreSQL connections (re)established.", m->pg_reconnects);

@@ -33,6 +33,13 @@ struct metrics {
 	/* commands */
 	uint64_t commands_published;
 	uint64_t command_claims;
+	/* messages */
+	uint64_t messages_sent;
+	uint64_t messages_retried;
+	uint64_t messages_failed;
+	/* ladder */
+	uint64_t ladder_sweeps;
+	uint64_t ladder_meters;
 	/* links */
 	int pg_up;
 	int mqtt_up;

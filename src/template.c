@@ -366,6 +366,14 @@ template_escape(struct sbuf *out, enum template_mode mode, const char *value, si
 	return true;
 }
 
+static bool
+template_is_json_name(const char *name)
+{
+	size_t n = strlen(name);
+
+	return n > 5 && strcmp(name + n - 5, "_json") == 0;
+}
+
 char *
 template_render(const struct template *t, enum template_mode mode, template_lookup_fn lookup,
     void *arg, char **cause)
@@ -392,6 +400,13 @@ template_render(const struct template *t, enum template_mode mode, template_look
 			goto fail;
 		}
 		why = NULL;
+		/* A *_json placeholder is a JSON value already: in a JSON body it
+		 * goes in as is (it must not be quoted), elsewhere it is escaped
+		 * like any text. */
+		if (mode == TEMPLATE_JSON && template_is_json_name(name)) {
+			sbuf_adds(&b, value);
+			continue;
+		}
 		if (!template_escape(&b, mode, value, strlen(value), &why)) {
 			template_cause(cause, "placeholder '%s' at offset %zu: %s (%s)", name,
 			    pt->off, why, template_mode_name(mode));

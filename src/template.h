@@ -80,6 +80,12 @@ const char *const *template_names(const struct template *t, size_t *n);
  * NULL if the caller does not know the name (a render error).
  */
 typedef const char *(*template_lookup_fn)(void *arg, const char *name);
+/*
+ * Render. In TEMPLATE_JSON mode a placeholder whose name ends in "_json"
+ * (params_json) is a JSON value the caller built and is inserted as is,
+ * not as the content of a string; in every other mode it is escaped like
+ * any value.
+ */
 
 /*
  * Render t with values from lookup, each escaped for mode. Returns an

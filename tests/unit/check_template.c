@@ -102,6 +102,28 @@ START_TEST(json_body_keeps_hostile_name_intact_and_valid)
 }
 END_TEST
 
+START_TEST(json_placeholders_ending_in_json_go_in_as_json)
+{
+	struct template_var vars[] = { { "params_json", "{\"name\":\"O\\\"B\",\"n\":\"1\"}" },
+		{ "name", "A&B" }, { NULL, NULL } };
+	json_error_t jerr;
+	json_t *root;
+	char *out;
+
+	/* In a JSON body the value is a JSON object, not a string's content. */
+	out = render_ok("{\"p\":{{params_json}},\"n\":\"{{name}}\"}", TEMPLATE_JSON, vars);
+	root = json_loads(out, 0, &jerr);
+	ck_assert_msg(root != NULL, "not JSON (%s): %s", jerr.text, out);
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(root, "p"), "name")), "O\"B");
+	json_decref(root);
+	free(out);
+	/* In a form it is one escaped field like any other value. */
+	out = render_ok("TemplateParam={{params_json}}", TEMPLATE_FORM, vars);
+	ck_assert_str_eq(out, "TemplateParam=%7B%22name%22%3A%22O%5C%22B%22%2C%22n%22%3A%221%22%7D");
+	free(out);
+}
+END_TEST
+
 START_TEST(json_every_control_byte_round_trips)
 {
 	char value[64], *out;
@@ -545,6 +567,7 @@ template_suite(void)
 	tcase_add_test(tc, names_lists_distinct_placeholders_in_order);
 	tcase_add_test(tc, parsed_once_rendered_many_times_with_a_callback);
 	tcase_add_test(tc, mode_names);
+	tcase_add_test(tc, json_placeholders_ending_in_json_go_in_as_json);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("money");

@@ -1,0 +1,773 @@
+/*
+ * notify.c: the message dispatcher of notify.h.
+ *
+ * One claim round trip at a time on the control connection, for as many
+ * messages as there are free sending slots (the sum of the gateways'
+ * concurrency, capped); a wake-up during a claim sets a flag for another.
+ * Each message: its text and subject are rendered from the message template
+ * with the message's params; the gateway's url, headers and body templates
+ * are rendered with the placeholders below, each escaped for where it
+ * lands; then auth or a signer; then one HTTP request. The outcome goes
+ * back through prepaid.finish_message() on the same connection.
+ *
+ * Placeholders of gateway templates: to, text, subject, name, meter,
+ * balance, amount_due, link, language, message_id, params_json (the
+ * message's params as a JSON object of strings, for providers whose
+ * templates take parameters, such as Aliyun's TemplateParam), timestamp.
+ *
+ * Secrets (conf_gateway.secret) go to libcurl and signers only; recipients
+ * are masked in log lines; bodies are never logged.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <openssl/rand.h>
+
+#include "httpc.h"
+#include "log.h"
+#include "metrics.h"
+#include "notify.h"
+#include "signer.h"
+#include "template.h"
+
+/* Messages in flight at once, whatever the gateways allow. */
+#define NOTIFY_INFLIGHT_MAX 256
+/* A claimed message returns to the queue if not finished by then. */
+#define NOTIFY_LEASE "10 minutes"
+#define NOTIFY_POLL_MS 1000
+
+struct notify {
+	struct event_base *base;
+	struct pgconn *pc;
+	const struct conf *conf;
+	struct httpc *http;
+	struct event *poll_timer;
+	bool ready;
+	bool claiming;
+	bool again;
+	int inflight;
+	int gw_inflight[CONF_GATEWAYS_MAX];
+	struct notify_msg *sending; /* in flight, to free them if we stop first */
+};
+
+/* One message being sent. */
+struct notify_msg {
+	struct notify *n;
+	struct notify_msg *next, *prev;
+	int gw;                 /* index into conf->gateways at send time */
+	char gw_name[CONF_GW_NAME_MAX + 1];
+	int max_attempts, retry_initial_ms, retry_max_ms;
+	long long id;
+	int attempt;
+	char to_masked[256];
+	json_t *params;         /* owned */
+	char *text, *subject;   /* rendered */
+	char *params_json;
+	char *to, *meter, *language;
+	char id_text[24], stamp[32];
+	/* success rule, copied: the conf may be swapped while we wait */
+	int status[CONF_GW_STATUS_MAX];
+	int nstatus;
+	char *success_field, *success_value, *message_id_field;
+};
+
+static void notify_claim(struct notify *n);
+
+static void
+notify_unlink(struct notify_msg *m)
+{
+	if (m->prev != NULL)
+		m->prev->next = m->next;
+	else if (m->n->sending == m)
+		m->n->sending = m->next;
+	if (m->next != NULL)
+		m->next->prev = m->prev;
+	m->next = m->prev = NULL;
+}
+
+static void
+notify_msg_free(struct notify_msg *m)
+{
+	if (m == NULL)
+		return;
+	json_decref(m->params);
+	free(m->text);
+	free(m->subject);
+	free(m->params_json);
+	free(m->to);
+	free(m->meter);
+	free(m->language);
+	free(m->success_field);
+	free(m->success_value);
+	free(m->message_id_field);
+	free(m);
+}
+
+/* ------------------------------------------------------------ finishing */
+
+static void
+notify_finished(void *arg, PGresult *res, const char *err)
+{
+	struct notify *n = arg;
+
+	UNUSED(res);
+	if (err != NULL)
+		log_warn("notify: recording an attempt failed: %s (the lease will return "
+		    "the message to the queue)", err);
+	if (n->again)
+		notify_claim(n);
+}
+
+static void
+notify_finish(struct notify_msg *m, const char *outcome, long status, const char *answer,
+    const char *provider_id, const char *error, int64_t duration_us, int retry_after_ms)
+{
+	struct notify *n = m->n;
+	char id[24], attempt[16], st[16], dur[24], retry[32];
+	const char *params[10] = { id, attempt, m->gw_name, outcome, status ? st : NULL,
+		answer, provider_id && provider_id[0] ? provider_id : NULL, error, dur, retry };
+
+	snprintf(id, sizeof id, "%lld", m->id);
+	snprintf(attempt, sizeof attempt, "%d", m->attempt);
+	snprintf(st, sizeof st, "%ld", status);
+	snprintf(dur, sizeof dur, "%lld", (long long)(duration_us / 1000));
+	snprintf(retry, sizeof retry, "%d milliseconds", retry_after_ms);
+	if (strcmp(outcome, "sent") == 0) {
+		metrics.messages_sent++;
+		log_info("message %lld: sent to %s through %s (attempt %d%s%s)", m->id,
+		    m->to_masked, m->gw_name, m->attempt, provider_id && *provider_id ? ", id " : "",
+		    provider_id ? provider_id : "");
+	} else if (strcmp(outcome, "retry") == 0) {
+		metrics.messages_retried++;
+		log_warn("message %lld to %s through %s: attempt %d: %s; again in %d ms", m->id,
+		    m->to_masked, m->gw_name, m->attempt, error ? error : "?", retry_after_ms);
+	} else {
+		metrics.messages_failed++;
+		log_error("message %lld to %s through %s: failed for good after attempt %d: %s",
+		    m->id, m->to_masked, m->gw_name, m->attempt, error ? error : "?");
+	}
+	pgconn_query(n->pc,
+	    "SELECT prepaid.finish_message($1::bigint, $2::int, $3, $4, $5::int, $6, $7, $8, "
+	    "$9::int, $10::interval)", 10, params, notify_finished, n);
+}
+
+/* ------------------------------------------------------------ answers */
+
+/* Follow a dot path ("Response.SendStatusSet.0.Code") into a JSON value. */
+static json_t *
+notify_json_path(json_t *root, const char *path)
+{
+	char *copy = xstrdup(path), *seg, *save = NULL;
+	json_t *v = root;
+
+	for (seg = strtok_r(copy, ".", &save); seg != NULL && v != NULL;
+	    seg = strtok_r(NULL, ".", &save)) {
+		if (json_is_array(v)) {
+			char *end;
+			long i = strtol(seg, &end, 10);
+
+			v = (*end == '\0' && i >= 0) ? json_array_get(v, (size_t)i) : NULL;
+		} else
+			v = json_object_get(v, seg);
+	}
+	free(copy);
+	return v;
+}
+
+/* The text of a scalar JSON value, into buf. */
+static const char *
+notify_json_text(json_t *v, char *buf, size_t len)
+{
+	if (json_is_string(v))
+		snprintf(buf, len, "%s", json_string_value(v));
+	else if (json_is_integer(v))
+		snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+	else if (json_is_true(v) || json_is_false(v))
+		snprintf(buf, len, "%s", json_is_true(v) ? "true" : "false");
+	else
+		return NULL;
+	return buf;
+}
+
+static int
+notify_backoff_ms(const struct notify_msg *m)
+{
+	long long ms = m->retry_initial_ms;
+	int i;
+
+	for (i = 1; i < m->attempt && ms < m->retry_max_ms; i++)
+		ms *= 2;
+	return (int)(ms < m->retry_max_ms ? ms : m->retry_max_ms);
+}
+
+static void
+notify_answered(void *arg, const struct httpc_result *res)
+{
+	struct notify_msg *m = arg;
+	struct notify *n = m->n;
+	enum httpc_class cls = httpc_classify(res);
+	json_t *answer = NULL;
+	char code[128] = "", provider[HTTPC_MSGID_MAX] = "", error[256] = "";
+	const char *code_p = NULL;
+	bool status_ok = false;
+	int i, retry_ms;
+
+	notify_unlink(m);
+	n->inflight--;
+	if (m->gw >= 0 && m->gw < CONF_GATEWAYS_MAX)
+		n->gw_inflight[m->gw]--;
+	for (i = 0; i < m->nstatus; i++)
+		if (res->status == m->status[i])
+			status_ok = true;
+	if (res->body_len > 0)
+		answer = json_loadb(res->body, res->body_len, 0, NULL);
+	if (m->success_field != NULL && answer != NULL) {
+		code_p = notify_json_text(notify_json_path(answer, m->success_field), code, sizeof code);
+	}
+	if (m->message_id_field != NULL) {
+		if (strncmp(m->message_id_field, "header:", 7) == 0) {
+			const char *h = httpc_result_header(res, m->message_id_field + 7);
+
+			snprintf(provider, sizeof provider, "%s", h ? h : "");
+		} else if (answer != NULL)
+			notify_json_text(notify_json_path(answer, m->message_id_field), provider,
+			    sizeof provider);
+	}
+
+	if (cls == HTTPC_RETRY) {
+		if (res->code != CURLE_OK)
+			snprintf(error, sizeof error, "%s", res->error);
+		else
+			snprintf(error, sizeof error, "HTTP %ld", res->status);
+		retry_ms = notify_backoff_ms(m);
+		if (res->retry_after_s >= 0 && res->retry_after_s * 1000 > retry_ms)
+			retry_ms = res->retry_after_s * 1000;
+		notify_finish(m, m->attempt < m->max_attempts ? "retry" : "failed", res->status,
+		    NULL, NULL, error, res->total_us, retry_ms);
+	} else if (!status_ok) {
+		snprintf(error, sizeof error, "HTTP %ld is not a success for this gateway", res->status);
+		notify_finish(m, "failed", res->status, code_p, provider, error, res->total_us, 0);
+	} else if (m->success_field != NULL &&
+	    (code_p == NULL || strcmp(code_p, m->success_value) != 0)) {
+		snprintf(error, sizeof error, "%s is %s%s%s, not %s", m->success_field,
+		    code_p ? "\"" : "", code_p ? code_p : "missing", code_p ? "\"" : "",
+		    m->success_value);
+		notify_finish(m, "failed", res->status, code_p, provider, error, res->total_us, 0);
+	} else
+		notify_finish(m, "sent", res->status, code_p, provider, NULL, res->total_us, 0);
+	json_decref(answer);
+	notify_msg_free(m);
+	notify_claim(n);
+}
+
+/* ------------------------------------------------------------ sending */
+
+static const char *
+notify_lookup(void *arg, const char *name)
+{
+	struct notify_msg *m = arg;
+	json_t *v;
+
+	if (strcmp(name, "to") == 0)
+		return m->to;
+	if (strcmp(name, "text") == 0)
+		return m->text;
+	if (strcmp(name, "subject") == 0)
+		return m->subject ? m->subject : "";
+	if (strcmp(name, "params_json") == 0)
+		return m->params_json;
+	if (strcmp(name, "message_id") == 0)
+		return m->id_text;
+	if (strcmp(name, "timestamp") == 0)
+		return m->stamp;
+	if (strcmp(name, "language") == 0)
+		return m->language;
+	if (strcmp(name, "meter") == 0 && m->meter != NULL)
+		return m->meter;
+	v = json_object_get(m->params, name);
+	if (json_is_string(v))
+		return json_string_value(v);
+	return NULL;
+}
+
+/* Render a template text with the message's placeholders, escaped for mode. */
+static char *
+notify_render(struct notify_msg *m, const char *text, enum template_mode mode, char **cause)
+{
+	struct template *t = template_parse(text, NULL, cause);
+	char *out;
+
+	if (t == NULL)
+		return NULL;
+	out = template_render(t, mode, notify_lookup, m, cause);
+	template_free(t);
+	return out;
+}
+
+/* Decode an application/x-www-form-urlencoded body into pairs (for Aliyun). */
+static size_t
+notify_form_pairs(char *body, struct signer_param *p, size_t max)
+{
+	size_t n = 0;
+	char *pair, *save = NULL, *r, *w;
+
+	for (pair = strtok_r(body, "&", &save); pair != NULL && n < max;
+	    pair = strtok_r(NULL, "&", &save)) {
+		char *eq = strchr(pair, '=');
+
+		if (eq == NULL)
+			continue;
+		*eq = '\0';
+		p[n].name = pair;
+		p[n].value = eq + 1;
+		for (r = w = eq + 1; *r; r++, w++) {
+			if (*r == '+')
+				*w = ' ';
+			else if (*r == '%' && r[1] && r[2]) {
+				char hex[3] = { r[1], r[2], '\0' };
+
+				*w = (char)strtol(hex, NULL, 16);
+				r += 2;
+			} else
+				*w = *r;
+		}
+		*w = '\0';
+		n++;
+	}
+	return n;
+}
+
+static void
+notify_uuid(char *out, size_t len)
+{
+	unsigned char b[16];
+
+	if (RAND_bytes(b, sizeof b) != 1)
+		memset(b, 0, sizeof b);
+	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+	snprintf(out, len, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+	    b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+	    b[13], b[14], b[15]);
+}
+
+static int
+notify_find_gateway(const struct conf *c, const char *name, const char *channel)
+{
+	int i, want = strcmp(channel, "email") == 0 ? CONF_GW_EMAIL : CONF_GW_SMS;
+
+	for (i = 0; i < c->ngateways; i++) {
+		if (name != NULL ? strcmp(c->gateways[i].name, name) == 0
+		                 : c->gateways[i].channel == want)
+			return i;
+	}
+	return -1;
+}
+
+static const char *const notify_methods[] = { "POST", "GET", "PUT" };
+
+/*
+ * Build and send one claimed message. On any error before the request
+ * leaves, the message fails for good (a bad template or configuration will
+ * not get better by retrying) and the reason is recorded.
+ */
+static void
+notify_send(struct notify *n, PGresult *res, int row)
+{
+	struct notify_msg *m = xcalloc(1, sizeof *m);
+	const struct conf_gateway *gw;
+	struct httpc_request req;
+	const char *headers[CONF_GW_HEADERS_MAX + 12];
+	char *hv[CONF_GW_HEADERS_MAX + 12];
+	int nh = 0, i;
+	char *url = NULL, *body = NULL, *cause = NULL, *auth_line = NULL, *ct_line = NULL;
+	struct signer_tc3 tc3;
+	bool tc3_used = false;
+	const char *why = NULL;
+	json_error_t jerr;
+	json_t *pj;
+	const char *k;
+	json_t *v;
+	time_t now = time(NULL);
+	struct tm tm;
+
+	memset(&tc3, 0, sizeof tc3);
+	memset(hv, 0, sizeof hv);
+	m->n = n;
+	m->id = strtoll(PQgetvalue(res, row, 0), NULL, 10);
+	m->attempt = atoi(PQgetvalue(res, row, 1));
+	snprintf(m->id_text, sizeof m->id_text, "%lld", m->id);
+	gmtime_r(&now, &tm);
+	strftime(m->stamp, sizeof m->stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	m->meter = PQgetisnull(res, row, 2) ? NULL : xstrdup(PQgetvalue(res, row, 2));
+	m->to = xstrdup(PQgetvalue(res, row, 5));
+	m->language = xstrdup(PQgetvalue(res, row, 6));
+	log_mask(m->to, m->to_masked, sizeof m->to_masked);
+	m->params = json_loads(PQgetvalue(res, row, 9), 0, &jerr);
+	if (!json_is_object(m->params)) {
+		json_decref(m->params);
+		m->params = json_object();
+	}
+	/* params_json: every param as a string, for provider-side templates */
+	pj = json_object();
+	json_object_foreach(m->params, k, v) {
+		if (json_is_string(v))
+			json_object_set(pj, k, v);
+	}
+	m->params_json = json_dumps(pj, JSON_COMPACT);
+	json_decref(pj);
+
+	i = notify_find_gateway(n->conf, PQgetisnull(res, row, 4) ? NULL : PQgetvalue(res, row, 4),
+	    PQgetvalue(res, row, 3));
+	snprintf(m->gw_name, sizeof m->gw_name, "%s",
+	    i >= 0 ? n->conf->gateways[i].name : (PQgetisnull(res, row, 4) ? "none" : PQgetvalue(res, row, 4)));
+	m->gw = i;
+	if (i < 0) {
+		notify_finish(m, "failed", 0, NULL, NULL, "no such gateway configured", 0, 0);
+		goto done;
+	}
+	gw = &n->conf->gateways[i];
+	if (gw->type != CONF_GW_HTTP) {
+		notify_finish(m, "failed", 0, NULL, NULL,
+		    "smtp gateways are not supported by this version", 0, 0);
+		goto done;
+	}
+	m->max_attempts = gw->max_attempts;
+	m->retry_initial_ms = gw->retry_initial_ms;
+	m->retry_max_ms = gw->retry_max_ms;
+	memcpy(m->status, gw->status, sizeof m->status);
+	m->nstatus = gw->nstatus;
+	m->success_field = gw->success_field ? xstrdup(gw->success_field) : NULL;
+	m->success_value = gw->success_value ? xstrdup(gw->success_value) : NULL;
+	m->message_id_field = gw->message_id_field ? xstrdup(gw->message_id_field) : NULL;
+
+	/* The message itself. */
+	if ((m->text = notify_render(m, PQgetvalue(res, row, 8), TEMPLATE_RAW, &cause)) == NULL)
+		goto bad;
+	if (!PQgetisnull(res, row, 7) &&
+	    (m->subject = notify_render(m, PQgetvalue(res, row, 7), TEMPLATE_RAW, &cause)) == NULL)
+		goto bad;
+	/* The request. */
+	if ((url = notify_render(m, gw->url, TEMPLATE_URL, &cause)) == NULL)
+		goto bad;
+	for (i = 0; i < gw->nheaders; i++) {
+		char *val = notify_render(m, gw->header_value[i] ? gw->header_value[i] : "",
+		    TEMPLATE_HEADER, &cause);
+
+		if (val == NULL)
+			goto bad;
+		xasprintf(&hv[nh], "%s: %s", gw->header_name[i], val);
+		free(val);
+		headers[nh] = hv[nh];
+		nh++;
+	}
+	if (gw->body != NULL && (body = notify_render(m, gw->body, gw->body_mode, &cause)) == NULL)
+		goto bad;
+	if (gw->auth == CONF_GW_AUTH_HEADER && gw->auth_header != NULL) {
+		xasprintf(&auth_line, "%s: %s", gw->auth_header, gw->secret ? gw->secret : "");
+		headers[nh++] = auth_line;
+	}
+	if (gw->signer == CONF_GW_SIGNER_ALIYUN && body != NULL) {
+		struct signer_param p[64];
+		struct signer_aliyun_req ar;
+		char nonce[40];
+		size_t np = notify_form_pairs(body, p, 64);
+		char *signed_body;
+
+		notify_uuid(nonce, sizeof nonce);
+		memset(&ar, 0, sizeof ar);
+		ar.access_key_id = gw->access_key_id;
+		ar.access_key_secret = gw->secret;
+		ar.action = gw->action ? gw->action : "SendSms";
+		ar.version = gw->api_version ? gw->api_version : "2017-05-25";
+		ar.region_id = gw->region;
+		ar.nonce = nonce;
+		ar.timestamp = (int64_t)now;
+		signed_body = signer_aliyun_form(&ar, p, np, &why);
+		if (signed_body == NULL) {
+			xasprintf(&cause, "aliyun signer: %s", why ? why : "refused");
+			goto bad;
+		}
+		free(body);
+		body = signed_body;
+	} else if (gw->signer == CONF_GW_SIGNER_TENCENT && body != NULL) {
+		struct signer_tc3_req tr;
+		char host[256] = "";
+		const char *h = strstr(url, "://");
+		size_t j;
+
+		if (h != NULL) {
+			h += 3;
+			for (j = 0; h[j] && h[j] != '/' && h[j] != ':' && j + 1 < sizeof host; j++)
+				host[j] = h[j];
+			host[j] = '\0';
+		}
+		memset(&tr, 0, sizeof tr);
+		tr.secret_id = gw->access_key_id;
+		tr.secret_key = gw->secret;
+		tr.service = gw->service ? gw->service : "sms";
+		tr.host = host;
+		tr.action = gw->action ? gw->action : "SendSms";
+		tr.version = gw->api_version ? gw->api_version : "2021-01-11";
+		tr.region = gw->region;
+		tr.timestamp = (int64_t)now;
+		tr.content_type = gw->content_type;
+		tr.payload = body;
+		tr.payload_len = strlen(body);
+		if (!signer_tc3_sign(&tr, &tc3, &why)) {
+			xasprintf(&cause, "tencent signer: %s", why ? why : "refused");
+			goto bad;
+		}
+		tc3_used = true;
+		for (j = 0; tc3.headers[j] != NULL && nh < (int)ARRAY_SIZE(headers) - 2; j++)
+			headers[nh++] = tc3.headers[j];
+	}
+	if (gw->content_type != NULL && !tc3_used) {
+		xasprintf(&ct_line, "Content-Type: %s", gw->content_type);
+		headers[nh++] = ct_line;
+	}
+	headers[nh] = NULL;
+
+	memset(&req, 0, sizeof req);
+	req.url = url;
+	req.method = notify_methods[gw->method];
+	req.headers = headers;
+	req.body = body;
+	req.body_len = body ? strlen(body) : 0;
+	req.timeout_ms = gw->timeout_ms;
+	if (gw->auth == CONF_GW_AUTH_BASIC) {
+		req.user = gw->username ? gw->username : "";
+		req.password = gw->secret;
+	} else if (gw->auth == CONF_GW_AUTH_BEARER)
+		req.bearer = gw->secret;
+	req.tag = gw->name;
+	if (httpc_send(n->http, &req, notify_answered, m, &cause) == NULL) {
+		n->inflight++; /* notify_finish via the classification path below */
+		n->gw_inflight[m->gw]++;
+		{
+			struct httpc_result r;
+
+			memset(&r, 0, sizeof r);
+			r.code = CURLE_FAILED_INIT;
+			r.error = cause ? cause : "request refused";
+			r.retry_after_s = -1;
+			notify_answered(m, &r);
+		}
+		m = NULL;
+	} else {
+		n->inflight++;
+		n->gw_inflight[m->gw]++;
+		m->next = n->sending;
+		if (n->sending != NULL)
+			n->sending->prev = m;
+		n->sending = m;
+		log_debug("message %lld: sending to %s through %s (attempt %d)", m->id,
+		    m->to_masked, m->gw_name, m->attempt);
+		m = NULL; /* owned by the request now */
+	}
+	goto done;
+bad:
+	notify_finish(m, "failed", 0, NULL, NULL, cause ? cause : "cannot build the request", 0, 0);
+done:
+	for (i = 0; i < (int)ARRAY_SIZE(hv); i++)
+		free(hv[i]);
+	free(auth_line);
+	free(ct_line);
+	if (tc3_used)
+		signer_tc3_free(&tc3);
+	free(url);
+	free(body);
+	free(cause);
+	notify_msg_free(m);
+}
+
+/* ------------------------------------------------------------ claiming */
+
+/*
+ * The claim's per-gateway arrays: name, channel, whether it is its
+ * channel's default (the first configured), and its free sending slots.
+ * Returns the total of free slots.
+ */
+struct notify_claim_args {
+	struct sbuf names, channels, defaults, limits;
+};
+
+static void
+notify_array_add(struct sbuf *b, const char *v)
+{
+	sbuf_adds(b, b->len > 1 ? "," : "");
+	sbuf_adds(b, v);
+}
+
+static int
+notify_free_slots(const struct notify *n, struct notify_claim_args *a)
+{
+	bool seen_sms = false, seen_email = false;
+	int i, slots = 0, room = NOTIFY_INFLIGHT_MAX - n->inflight;
+	char num[16];
+
+	sbuf_adds(&a->names, "{");
+	sbuf_adds(&a->channels, "{");
+	sbuf_adds(&a->defaults, "{");
+	sbuf_adds(&a->limits, "{");
+	for (i = 0; i < n->conf->ngateways; i++) {
+		const struct conf_gateway *gw = &n->conf->gateways[i];
+		bool email = gw->channel == CONF_GW_EMAIL;
+		bool dflt = email ? !seen_email : !seen_sms;
+		int free_slots = gw->concurrency - n->gw_inflight[i];
+
+		if (email)
+			seen_email = true;
+		else
+			seen_sms = true;
+		if (free_slots > room - slots)
+			free_slots = room - slots;
+		if (free_slots < 0)
+			free_slots = 0;
+		slots += free_slots;
+		notify_array_add(&a->names, gw->name); /* [a-z0-9_-]: no quoting needed */
+		notify_array_add(&a->channels, email ? "email" : "sms");
+		notify_array_add(&a->defaults, dflt ? "t" : "f");
+		snprintf(num, sizeof num, "%d", free_slots);
+		notify_array_add(&a->limits, num);
+	}
+	sbuf_adds(&a->names, "}");
+	sbuf_adds(&a->channels, "}");
+	sbuf_adds(&a->defaults, "}");
+	sbuf_adds(&a->limits, "}");
+	return slots;
+}
+
+static void
+notify_claimed(void *arg, PGresult *res, const char *err)
+{
+	struct notify *n = arg;
+	int i, rows = 0;
+
+	n->claiming = false;
+	if (err != NULL)
+		log_warn("notify: claiming messages failed: %s", err);
+	else {
+		rows = PQntuples(res);
+		for (i = 0; i < rows; i++)
+			notify_send(n, res, i);
+	}
+	if (n->again) {
+		n->again = false;
+		notify_claim(n);
+	}
+}
+
+static void
+notify_claim(struct notify *n)
+{
+	struct notify_claim_args a;
+	const char *params[5];
+	int slots;
+
+	if (!n->ready || n->conf->ngateways == 0)
+		return;
+	if (n->claiming) {
+		n->again = true;
+		return;
+	}
+	memset(&a, 0, sizeof a);
+	slots = notify_free_slots(n, &a);
+	if (slots > 0) {
+		params[0] = a.names.p;
+		params[1] = a.channels.p;
+		params[2] = a.defaults.p;
+		params[3] = a.limits.p;
+		params[4] = NOTIFY_LEASE;
+		n->claiming = true;
+		pgconn_query(n->pc,
+		    "SELECT message_id, attempt, meter_id, channel, gateway, to_address, language, "
+		    "subject, body, params FROM prepaid.claim_messages($1::text[], $2::text[], "
+		    "$3::bool[], $4::int[], $5::interval)", 5, params, notify_claimed, n);
+	} /* else: a completion claims again */
+	free(a.names.p);
+	free(a.channels.p);
+	free(a.defaults.p);
+	free(a.limits.p);
+}
+
+static void
+notify_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	UNUSED(fd);
+	UNUSED(what);
+	notify_claim(arg);
+}
+
+static void
+notify_limits(struct notify *n)
+{
+	int i, most = 1;
+
+	for (i = 0; i < n->conf->ngateways; i++)
+		if (n->conf->gateways[i].concurrency > most)
+			most = n->conf->gateways[i].concurrency;
+	httpc_set_limits(n->http, most, NOTIFY_INFLIGHT_MAX);
+}
+
+struct notify *
+notify_new(struct event_base *base, struct pgconn *pc, const struct conf *conf)
+{
+	struct notify *n = xcalloc(1, sizeof *n);
+	struct httpc_config hc;
+	struct timeval tv = { NOTIFY_POLL_MS / 1000, (NOTIFY_POLL_MS % 1000) * 1000 };
+
+	memset(&hc, 0, sizeof hc);
+	n->base = base;
+	n->pc = pc;
+	n->conf = conf;
+	n->http = httpc_new(base, &hc);
+	notify_limits(n);
+	n->poll_timer = event_new(base, -1, EV_PERSIST, notify_poll_cb, n);
+	event_add(n->poll_timer, &tv);
+	return n;
+}
+
+void
+notify_free(struct notify *n)
+{
+	if (n == NULL)
+		return;
+	event_free(n->poll_timer);
+	httpc_free(n->http); /* in-flight messages return to the queue by lease */
+	while (n->sending != NULL) {
+		struct notify_msg *m = n->sending;
+
+		notify_unlink(m);
+		notify_msg_free(m);
+	}
+	free(n);
+}
+
+void
+notify_set_conf(struct notify *n, const struct conf *conf)
+{
+	n->conf = conf;
+	notify_limits(n);
+}
+
+void
+notify_set_ready(struct notify *n, bool ready)
+{
+	n->ready = ready;
+	if (!ready) {
+		n->claiming = false;
+		return;
+	}
+	pgconn_query_front(n->pc, "LISTEN prepaid_messages", 0, NULL, NULL, NULL);
+	notify_claim(n);
+}
+
+void
+notify_kick(struct notify *n)
+{
+	notify_claim(n);
+}
