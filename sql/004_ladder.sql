@@ -443,7 +443,10 @@ ALTER TABLE prepaid.commands DROP CONSTRAINT commands_state_check;
 ALTER TABLE prepaid.commands ADD CONSTRAINT commands_state_check CHECK (state IN ('queued',
     'sent', 'acked', 'rejected', 'unsupported', 'expired', 'cancelled', 'quarantined', 'unknown'));
 
--- The guards of one trip at the moment of sending: NULL to send now, or
+-- The guards of one trip at the moment of sending (local day and time on
+-- the ladder's clock; reading age and the breaker's window on the real
+-- clock, which is what last_seen and sent_at are written with): NULL to
+-- send now, or
 -- ('defer', until, reason), ('cancel', NULL, reason), ('quarantine', NULL,
 -- reason).
 CREATE FUNCTION prepaid.trip_guard(p_command text, OUT verdict text, OUT until timestamptz,
@@ -478,7 +481,7 @@ BEGIN
 		verdict := 'cancel'; reason := format('balance %s is above the trip level %s',
 		    round(m.balance, 2), p.trip_level);
 		RETURN;
-	ELSIF m.last_seen IS NULL OR m.last_seen < v_now - p.reading_max_age THEN
+	ELSIF m.last_seen IS NULL OR m.last_seen < now() - p.reading_max_age THEN
 		verdict := 'defer'; until := v_now + interval '15 minutes';
 		reason := 'no recent reading: the balance may be stale';
 		RETURN;
@@ -508,8 +511,9 @@ BEGIN
 		END IF;
 		SELECT count(*) INTO v_count FROM prepaid.commands x JOIN prepaid.meters y
 		    ON y.meter_id = x.meter_id
-		WHERE x.action = 'trip' AND x.sent_at > v_now - b.window_len
-		  AND x.state IN ('sent', 'acked', 'unknown') AND (b.scope = '*' OR y.site_id = b.scope);
+		WHERE x.action = 'trip'
+		  AND x.sent_at > greatest(now() - b.window_len, coalesce(b.released_at, '-infinity'))
+		  AND x.state IN ('queued', 'sent', 'acked', 'unknown') AND (b.scope = '*' OR y.site_id = b.scope);
 		IF v_count >= b.max_trips THEN
 			UPDATE prepaid.trip_breakers SET tripped_at = v_now WHERE scope = b.scope;
 			verdict := 'quarantine';
@@ -550,7 +554,11 @@ BEGIN
 	         ORDER BY x.next_attempt_at LIMIT p_limit
 	         FOR UPDATE SKIP LOCKED LOOP
 		g := prepaid.trip_guard(t.id);
-		CONTINUE WHEN g.verdict IS NULL;
+		IF g.verdict IS NULL THEN
+			-- passed: counts for the breaker of the next trips of this batch
+			UPDATE prepaid.commands c SET sent_at = clock_timestamp() WHERE c.id = t.id;
+			CONTINUE;
+		END IF;
 		UPDATE prepaid.commands c SET
 			state = CASE g.verdict WHEN 'cancel' THEN 'cancelled'
 			                       WHEN 'quarantine' THEN 'quarantined' ELSE 'queued' END,
