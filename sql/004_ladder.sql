@@ -106,6 +106,30 @@ CREATE TRIGGER policies_changed AFTER INSERT OR UPDATE OR DELETE ON prepaid.poli
 CREATE TRIGGER policy_steps_changed AFTER INSERT OR UPDATE OR DELETE ON prepaid.policy_steps
 	FOR EACH STATEMENT EXECUTE FUNCTION prepaid.policies_changed_trigger();
 
+-- A meter that changes policy or site, or a site that changes policy, is
+-- looked at again.
+CREATE FUNCTION prepaid.meters_policy_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	NEW.ladder_watch := NULL;
+	NEW.ladder_due_at := now();
+	RETURN NEW;
+END $$;
+CREATE TRIGGER meters_policy BEFORE UPDATE OF policy_id, site_id ON prepaid.meters
+	FOR EACH ROW WHEN (OLD.policy_id IS DISTINCT FROM NEW.policy_id
+	                   OR OLD.site_id IS DISTINCT FROM NEW.site_id)
+	EXECUTE FUNCTION prepaid.meters_policy_trigger();
+CREATE FUNCTION prepaid.sites_policy_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	UPDATE prepaid.meters SET ladder_watch = NULL, ladder_due_at = now()
+	WHERE site_id = NEW.site_id;
+	RETURN NULL;
+END $$;
+CREATE TRIGGER sites_policy AFTER UPDATE OF policy_id ON prepaid.sites
+	FOR EACH ROW WHEN (OLD.policy_id IS DISTINCT FROM NEW.policy_id)
+	EXECUTE FUNCTION prepaid.sites_policy_trigger();
+
 -- ---------------------------------------------------------------- episodes
 
 -- From falling below the first threshold until paid back to the restore
@@ -516,6 +540,10 @@ BEGIN
 		  AND x.state IN ('queued', 'sent', 'acked', 'unknown') AND (b.scope = '*' OR y.site_id = b.scope);
 		IF v_count >= b.max_trips THEN
 			UPDATE prepaid.trip_breakers SET tripped_at = v_now WHERE scope = b.scope;
+			-- the alert: every daemon logs it and counts it in /metrics
+			PERFORM pg_notify('prepaid_alerts', format('mass-trip breaker %s opened: %s trips '
+			    'within %s; further trips are quarantined until prepaid.release_breaker(%L)',
+			    b.scope, v_count, b.window_len, b.scope));
 			verdict := 'quarantine';
 			reason := format('mass-trip breaker %s: %s trips within %s', b.scope, v_count, b.window_len);
 			RETURN;
@@ -604,9 +632,15 @@ LANGUAGE plpgsql AS $$
 BEGIN
 	UPDATE prepaid.arrears_episodes SET trip_state = CASE
 	        WHEN NEW.state = 'acked' AND NEW.relay_after = 'open' THEN 'confirmed'
+	        -- acknowledged, but the meter does not say the relay is open
+	        WHEN NEW.state = 'acked' THEN 'unknown'
 	        WHEN NEW.state = 'sent' THEN 'sent'
 	        WHEN NEW.state IN ('unknown', 'rejected', 'unsupported', 'expired') THEN 'unknown'
 	        ELSE trip_state END
+	    , trip_note = CASE WHEN NEW.state = 'acked' AND NEW.relay_after IS DISTINCT FROM 'open'
+	                       THEN format('acknowledged with relay %s: check the meter',
+	                                   coalesce(NEW.relay_after, 'not reported'))
+	                       ELSE trip_note END
 	WHERE trip_command = NEW.id;
 	RETURN NULL;
 END $$;
@@ -628,7 +662,9 @@ CREATE VIEW prepaid.trips_awaiting_approval AS
 SELECT e.meter_id, m.site_id, round(m.balance, 2) AS balance, e.trip_level_at, e.started_at,
        e.episode_id
 FROM prepaid.arrears_episodes e JOIN prepaid.meters m ON m.meter_id = e.meter_id
-WHERE e.ended_at IS NULL AND e.trip_state = 'awaiting_approval';
+WHERE e.ended_at IS NULL AND e.trip_state = 'awaiting_approval'
+  -- a balance that recovered above the trip level has nothing to approve
+  AND m.balance <= (prepaid.meter_policy(e.meter_id)).trip_level;
 
 CREATE VIEW prepaid.trips_quarantined AS
 SELECT c.id, c.meter_id, m.site_id, c.created_at, c.detail

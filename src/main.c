@@ -228,6 +228,7 @@ schema_checked(void *arg, PGresult *res, const char *err)
 	d->control_up = true;
 	metrics.pg_reconnects++;
 	partitions_upkeep(d);
+	pgconn_query_front(d->pg_control, "LISTEN prepaid_alerts", 0, NULL, NULL, NULL);
 	outbox_set_ready(d->outbox, true);
 	notify_set_ready(d->notify, true);
 	ladder_set_ready(d->ladder, true);
@@ -261,11 +262,14 @@ control_notified(void *arg, const char *channel, const char *payload)
 {
 	struct daemon *d = arg;
 
-	UNUSED(payload);
 	if (strcmp(channel, "prepaid_commands") == 0)
 		outbox_kick(d->outbox);
 	else if (strcmp(channel, "prepaid_messages") == 0)
 		notify_kick(d->notify);
+	else if (strcmp(channel, "prepaid_alerts") == 0) {
+		metrics.alerts++;
+		log_error("ALERT: %s", payload);
+	}
 }
 
 static void

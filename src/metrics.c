@@ -75,6 +75,7 @@ metrics_render(void)
 	C("messages_sent_total", "Messages a gateway accepted.", m->messages_sent);
 	C("messages_retried_total", "Message attempts to be tried again.", m->messages_retried);
 	C("messages_failed_total", "Messages that failed for good.", m->messages_failed);
+	C("alerts_total", "Alerts raised in the database (mass-trip breaker opened).", m->alerts);
 	C("ladder_sweeps_total", "Arrears ladder sweeps.", m->ladder_sweeps);
 	C("ladder_meters_total", "Meters whose ladder a sweep moved forward.", m->ladder_meters);
 	G("postgres_up", "1 when connected to PostgreSQL with the expected schema.", "%d", m->pg_up);

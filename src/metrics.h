@@ -37,6 +37,7 @@ struct metrics {
 	uint64_t messages_sent;
 	uint64_t messages_retried;
 	uint64_t messages_failed;
+	uint64_t alerts;                /* NOTIFY prepaid_alerts received */
 	/* ladder */
 	uint64_t ladder_sweeps;
 	uint64_t ladder_meters;

@@ -566,6 +566,11 @@ assert_eq 1 "$(echo "$bq" | grep -c .)" "one meter in prepaid.trips_quarantined"
 assert_eq 0 "$(sim_trips "$bq")" "the quarantined meter got no trip"
 assert_eq t "$(psql_q "SELECT tripped_at IS NOT NULL FROM prepaid.trip_breakers
     WHERE scope = '*'")" "the fleet breaker is open"
+grep -q "ALERT: mass-trip breaker \* opened" "$DAEMON_LOG" ||
+    fail "the daemon did not raise the breaker alert in its log"
+echo "ok - the breaker's alert is in the daemon log"
+[ "$(daemon_metric alerts_total)" -ge 1 ] || fail "/metrics alerts_total did not count the alert"
+echo "ok - /metrics alerts_total counts it"
 assert_eq 1 "$(psql_q "SELECT prepaid.release_breaker('*')")" "release_breaker('*') releases one"
 wait_until "SELECT state = 'acked' FROM prepaid.commands WHERE action = 'trip'
     AND meter_id = '$bq'" 15 "the released trip is sent and acked"
