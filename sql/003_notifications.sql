@@ -255,37 +255,45 @@ BEGIN
 	    last_error = 'lease expired: the sending daemon stopped'
 	WHERE m.state = 'sending' AND m.lease_until < now();
 
-	UPDATE prepaid.messages m SET state = 'failed',
-	    last_error = format('no %s template "%s" in language %s', m.channel, m.template_key, m.language)
-	WHERE m.state = 'queued' AND m.next_attempt_at <= now()
-	  AND NOT EXISTS (SELECT 1 FROM prepaid.message_templates t
-	                  WHERE t.template_key = m.template_key AND t.channel = m.channel
-	                    AND t.language = m.language);
-
-	UPDATE prepaid.messages m SET next_attempt_at = q.t
-	FROM (SELECT x.message_id, prepaid.after_quiet_hours(mt.site_id, now()) AS t
-	      FROM prepaid.messages x JOIN prepaid.meters mt ON mt.meter_id = x.meter_id
-	      WHERE x.state = 'queued' AND x.next_attempt_at <= now()
-	        AND x.channel = ANY (p_channels)
-	      FOR UPDATE OF x SKIP LOCKED) q
-	WHERE m.message_id = q.message_id AND q.t > now();
-
+	-- Only the candidates are looked at (never the whole queue): those in
+	-- quiet hours wait for their end, those whose template is gone fail,
+	-- the rest are claimed.
 	FOR i IN 1 .. coalesce(cardinality(p_gateways), 0) LOOP
 		CONTINUE WHEN p_limits[i] <= 0;
 		RETURN QUERY
+		WITH cand AS (
+			SELECT x.message_id, x.meter_id, x.channel, x.template_key, x.language
+			FROM prepaid.messages x
+			WHERE x.state = 'queued' AND x.next_attempt_at <= now()
+			  AND (x.gateway = p_gateways[i]
+			       OR (x.gateway IS NULL AND p_default[i] AND x.channel = p_channels[i]))
+			ORDER BY x.next_attempt_at LIMIT p_limits[i]
+			FOR UPDATE SKIP LOCKED
+		), chk AS (
+			SELECT c.message_id, t.body, t.subject, t.template_key IS NOT NULL AS has_template,
+			       coalesce(prepaid.after_quiet_hours(mt.site_id, now()), now()) AS ok_at
+			FROM cand c
+			LEFT JOIN prepaid.meters mt ON mt.meter_id = c.meter_id
+			LEFT JOIN prepaid.message_templates t ON t.template_key = c.template_key
+			     AND t.channel = c.channel AND t.language = c.language
+		), failed AS (
+			UPDATE prepaid.messages m SET state = 'failed',
+			    last_error = format('no %s template "%s" in language %s', m.channel,
+			                        m.template_key, m.language)
+			FROM chk WHERE m.message_id = chk.message_id AND NOT chk.has_template
+			RETURNING 1
+		), deferred AS (
+			UPDATE prepaid.messages m SET next_attempt_at = chk.ok_at
+			FROM chk WHERE m.message_id = chk.message_id AND chk.has_template
+			  AND chk.ok_at > now()
+			RETURNING 1
+		)
 		UPDATE prepaid.messages m SET state = 'sending', attempts = m.attempts + 1,
 		    lease_until = now() + p_lease, gateway = coalesce(m.gateway, p_gateways[i])
-		FROM (SELECT x.message_id FROM prepaid.messages x
-		      WHERE x.state = 'queued' AND x.next_attempt_at <= now()
-		        AND (x.gateway = p_gateways[i]
-		             OR (x.gateway IS NULL AND p_default[i] AND x.channel = p_channels[i]))
-		      ORDER BY x.next_attempt_at LIMIT p_limits[i]
-		      FOR UPDATE SKIP LOCKED) d,
-		     prepaid.message_templates t
-		WHERE m.message_id = d.message_id AND t.template_key = m.template_key
-		  AND t.channel = m.channel AND t.language = m.language
+		FROM chk
+		WHERE m.message_id = chk.message_id AND chk.has_template AND chk.ok_at <= now()
 		RETURNING m.message_id, m.attempts, m.meter_id, m.channel, m.gateway, m.to_address,
-		          m.language, t.subject, t.body, m.params;
+		          m.language, chk.subject, chk.body, m.params;
 	END LOOP;
 END $$;
 
@@ -340,3 +348,24 @@ SELECT a.gateway,
 FROM prepaid.message_attempts a
 WHERE a.at > now() - interval '1 day'
 GROUP BY a.gateway;
+
+-- Several outcomes at once, one transaction: [{"id", "attempt", "gateway",
+-- "outcome", "status", "answer", "provider_id", "error", "duration_ms",
+-- "retry_after_ms"}, ...] as the daemon batches them. Returns how many
+-- were recorded.
+CREATE FUNCTION prepaid.finish_messages(p_outcomes jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+	o jsonb;
+	v_n integer := 0;
+BEGIN
+	FOR o IN SELECT value FROM jsonb_array_elements(p_outcomes) LOOP
+		IF prepaid.finish_message((o->>'id')::bigint, (o->>'attempt')::int, o->>'gateway',
+		    o->>'outcome', (o->>'status')::int, o->>'answer', o->>'provider_id', o->>'error',
+		    (o->>'duration_ms')::int,
+		    make_interval(secs => coalesce((o->>'retry_after_ms')::numeric, 0) / 1000)) THEN
+			v_n := v_n + 1;
+		END IF;
+	END LOOP;
+	RETURN v_n;
+END $$;

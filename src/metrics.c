@@ -41,6 +41,63 @@ metrics_add(struct metrics_buf *b, const char *name, const char *type,
 	b->len += (size_t)n;
 }
 
+static const int64_t metrics_lag_bounds[] = METRICS_LAG_BUCKETS;
+
+void
+metrics_lag(int64_t lag_us)
+{
+	size_t i;
+
+	if (lag_us < 0)
+		lag_us = 0;
+	metrics.loop_lag_us_last = lag_us;
+	if (lag_us > metrics.loop_lag_us_max)
+		metrics.loop_lag_us_max = lag_us;
+	for (i = 0; i < ARRAY_SIZE(metrics_lag_bounds); i++)
+		if (lag_us <= metrics_lag_bounds[i])
+			break;
+	if (i < ARRAY_SIZE(metrics_lag_bounds))
+		metrics.loop_lag_bucket[i]++;
+	metrics.loop_lag_count++;
+	metrics.loop_lag_sum_us += (uint64_t)lag_us;
+}
+
+/* The loop-lag histogram in the Prometheus format (cumulative buckets). */
+static void
+metrics_lag_histogram(struct metrics_buf *b)
+{
+	uint64_t cum = 0;
+	size_t i;
+	int n;
+
+	for (;;) {
+		size_t need = b->len + 2048;
+
+		if (need < b->cap)
+			break;
+		b->cap *= 2;
+		b->p = xrealloc(b->p, b->cap);
+	}
+	n = snprintf(b->p + b->len, b->cap - b->len,
+	    "# HELP prepaidd_loop_lag_histogram_seconds Lateness of a 10 ms timer on the event loop.\n"
+	    "# TYPE prepaidd_loop_lag_histogram_seconds histogram\n");
+	b->len += (size_t)n;
+	for (i = 0; i < ARRAY_SIZE(metrics_lag_bounds); i++) {
+		cum += metrics.loop_lag_bucket[i];
+		n = snprintf(b->p + b->len, b->cap - b->len,
+		    "prepaidd_loop_lag_histogram_seconds_bucket{le=\"%g\"} %llu\n",
+		    (double)metrics_lag_bounds[i] / 1e6, (unsigned long long)cum);
+		b->len += (size_t)n;
+	}
+	n = snprintf(b->p + b->len, b->cap - b->len,
+	    "prepaidd_loop_lag_histogram_seconds_bucket{le=\"+Inf\"} %llu\n"
+	    "prepaidd_loop_lag_histogram_seconds_sum %.6f\n"
+	    "prepaidd_loop_lag_histogram_seconds_count %llu\n",
+	    (unsigned long long)metrics.loop_lag_count, (double)metrics.loop_lag_sum_us / 1e6,
+	    (unsigned long long)metrics.loop_lag_count);
+	b->len += (size_t)n;
+}
+
 #define C(name, help, v) metrics_add(&b, "prepaidd_" name, "counter", help, "%llu", (unsigned long long)(v))
 #define G(name, help, fmt, v) metrics_add(&b, "prepaidd_" name, "gauge", help, fmt, v)
 
@@ -84,6 +141,7 @@ metrics_render(void)
 	C("mqtt_reconnects_total", "Broker connections (re)established.", m->mqtt_reconnects);
 	G("loop_lag_seconds", "Event-loop lag measured by a 1 s timer (last).", "%.6f", (double)m->loop_lag_us_last / 1e6);
 	G("loop_lag_max_seconds", "Largest event-loop lag seen.", "%.6f", (double)m->loop_lag_us_max / 1e6);
+	metrics_lag_histogram(&b);
 	G("start_time_seconds", "Start time of the daemon since the Unix epoch.", "%lld",
 	    (long long)(m->started_wall_us / 1000000));
 	return b.p;

@@ -49,10 +49,20 @@ struct metrics {
 	/* loop */
 	int64_t loop_lag_us_last;
 	int64_t loop_lag_us_max;
+	/* lag of a 10 ms probe timer, as a histogram (METRICS_LAG_BUCKETS) */
+	uint64_t loop_lag_bucket[10];
+	uint64_t loop_lag_count;
+	uint64_t loop_lag_sum_us;
 	int64_t started_wall_us;
 };
 
 extern struct metrics metrics;
+
+/* Upper bounds of the loop-lag histogram buckets, in microseconds. */
+#define METRICS_LAG_BUCKETS { 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000 }
+
+/* Count one loop-lag sample. */
+void metrics_lag(int64_t lag_us);
 
 /* Render all metrics; the caller frees the string. */
 char *metrics_render(void);

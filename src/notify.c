@@ -51,6 +51,9 @@ struct notify {
 	int inflight;
 	int gw_inflight[CONF_GATEWAYS_MAX];
 	struct notify_msg *sending; /* in flight, to free them if we stop first */
+	json_t *outcomes;           /* finished attempts not yet recorded */
+	bool finishing;             /* a finish_messages() round trip in flight */
+	struct event *finish_timer;
 };
 
 /* One message being sent. */
@@ -108,17 +111,47 @@ notify_msg_free(struct notify_msg *m)
 
 /* ------------------------------------------------------------ finishing */
 
+static void notify_flush(struct notify *n);
+
 static void
 notify_finished(void *arg, PGresult *res, const char *err)
 {
 	struct notify *n = arg;
 
 	UNUSED(res);
+	n->finishing = false;
 	if (err != NULL)
-		log_warn("notify: recording an attempt failed: %s (the lease will return "
-		    "the message to the queue)", err);
-	if (n->again)
-		notify_claim(n);
+		log_warn("notify: recording attempts failed: %s (their leases will return the "
+		    "messages to the queue)", err);
+	if (json_array_size(n->outcomes) > 0)
+		notify_flush(n);
+	notify_claim(n);
+}
+
+/* Record the finished attempts: one round trip, one commit, for all of them. */
+static void
+notify_flush(struct notify *n)
+{
+	const char *params[1];
+	char *body;
+
+	if (n->finishing || json_array_size(n->outcomes) == 0 || !n->ready)
+		return;
+	body = json_dumps(n->outcomes, JSON_COMPACT);
+	json_array_clear(n->outcomes);
+	params[0] = body;
+	n->finishing = true;
+	pgconn_query(n->pc, "SELECT prepaid.finish_messages($1::jsonb)", 1, params,
+	    notify_finished, n);
+	free(body);
+}
+
+static void
+notify_finish_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	UNUSED(fd);
+	UNUSED(what);
+	notify_flush(arg);
 }
 
 static void
@@ -126,15 +159,8 @@ notify_finish(struct notify_msg *m, const char *outcome, long status, const char
     const char *provider_id, const char *error, int64_t duration_us, int retry_after_ms)
 {
 	struct notify *n = m->n;
-	char id[24], attempt[16], st[16], dur[24], retry[32];
-	const char *params[10] = { id, attempt, m->gw_name, outcome, status ? st : NULL,
-		answer, provider_id && provider_id[0] ? provider_id : NULL, error, dur, retry };
+	struct timeval tv = { 0, 20000 };
 
-	snprintf(id, sizeof id, "%lld", m->id);
-	snprintf(attempt, sizeof attempt, "%d", m->attempt);
-	snprintf(st, sizeof st, "%ld", status);
-	snprintf(dur, sizeof dur, "%lld", (long long)(duration_us / 1000));
-	snprintf(retry, sizeof retry, "%d milliseconds", retry_after_ms);
 	if (strcmp(outcome, "sent") == 0) {
 		metrics.messages_sent++;
 		log_info("message %lld: sent to %s through %s (attempt %d%s%s)", m->id,
@@ -149,9 +175,17 @@ notify_finish(struct notify_msg *m, const char *outcome, long status, const char
 		log_error("message %lld to %s through %s: failed for good after attempt %d: %s",
 		    m->id, m->to_masked, m->gw_name, m->attempt, error ? error : "?");
 	}
-	pgconn_query(n->pc,
-	    "SELECT prepaid.finish_message($1::bigint, $2::int, $3, $4, $5::int, $6, $7, $8, "
-	    "$9::int, $10::interval)", 10, params, notify_finished, n);
+	json_array_append_new(n->outcomes, json_pack("{s:I, s:i, s:s, s:s, s:o, s:s?, s:s?, s:s?, s:I, s:i}",
+	    "id", (json_int_t)m->id, "attempt", m->attempt, "gateway", m->gw_name,
+	    "outcome", outcome, "status", status ? json_integer(status) : json_null(),
+	    "answer", answer, "provider_id", provider_id && provider_id[0] ? provider_id : NULL,
+	    "error", error, "duration_ms", (json_int_t)(duration_us / 1000),
+	    "retry_after_ms", retry_after_ms));
+	/* A batch goes when the previous one is recorded, or after 20 ms. */
+	if (!n->finishing)
+		notify_flush(n);
+	else if (!evtimer_pending(n->finish_timer, NULL))
+		evtimer_add(n->finish_timer, &tv);
 }
 
 /* ------------------------------------------------------------ answers */
@@ -728,6 +762,8 @@ notify_new(struct event_base *base, struct pgconn *pc, const struct conf *conf)
 	notify_limits(n);
 	n->poll_timer = event_new(base, -1, EV_PERSIST, notify_poll_cb, n);
 	event_add(n->poll_timer, &tv);
+	n->finish_timer = evtimer_new(base, notify_finish_timer_cb, n);
+	n->outcomes = json_array();
 	return n;
 }
 
@@ -737,6 +773,8 @@ notify_free(struct notify *n)
 	if (n == NULL)
 		return;
 	event_free(n->poll_timer);
+	event_free(n->finish_timer);
+	json_decref(n->outcomes); /* unrecorded: their leases return them to the queue */
 	httpc_free(n->http); /* in-flight messages return to the queue by lease */
 	while (n->sending != NULL) {
 		struct notify_msg *m = n->sending;
@@ -760,8 +798,10 @@ notify_set_ready(struct notify *n, bool ready)
 	n->ready = ready;
 	if (!ready) {
 		n->claiming = false;
+		n->finishing = false; /* failed with the connection; flushed again */
 		return;
 	}
+	notify_flush(n);
 	pgconn_query_front(n->pc, "LISTEN prepaid_messages", 0, NULL, NULL, NULL);
 	notify_claim(n);
 }

@@ -13,6 +13,8 @@
 #      charging off (no tariff) and (4b) on (a flat tariff);
 #   5. publish->commit latency (p50/p99) at half that rate, open loop;
 #   6. prepaidd's peak RSS;
+#   7. notification dispatch: messages/s to a loopback gateway (tests/fakegw)
+#      while readings keep arriving, and the event loop's lag p99 meanwhile;
 #
 # then prints the ratios against the targets of the meter-link issue. It is
 # a measurement, not a test: it exits 0 whatever the figures, and non-zero
@@ -372,6 +374,87 @@ RSS=$(awk '/^VmRSS:/ { print $2 }' "/proc/$DAEMON_PID/status")
 bench_line "prepaidd peak RSS (VmHWM)" "$((HWM / 1024)) MiB (now $((RSS / 1024)) MiB)"
 daemon_stop >/dev/null
 
+# --- 7. notification dispatch while readings keep arriving
+
+# The loop-lag histogram's p99 between two /metrics snapshots (the upper
+# bound of the bucket holding the 99th percentile), in ms.
+bench_lag_p99()
+{
+	awk '
+	    FNR == 1 { f++ }
+	    /^prepaidd_loop_lag_histogram_seconds_bucket/ {
+		match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+		if (f == 1) b[le] = $2; else { a[le] = $2; order[++n] = le }
+	    }
+	    END {
+		total = a["+Inf"] - b["+Inf"]
+		for (i = 1; i <= n; i++) {
+			c = a[order[i]] - b[order[i]]
+			if (total > 0 && c >= 0.99 * total) {
+				if (order[i] == "+Inf") print ">1000"; else print order[i] * 1000
+				exit
+			}
+		}
+		print "?"
+	    }' "$1" "$2"
+}
+
+MSG_N=${BENCH_MSG_N:-10000}
+note "7/7 notification dispatch: $MSG_N messages to a loopback gateway, while readings arrive"
+FAKEGW_PORT=$(free_port)
+$LIB_SETSID "$top_builddir/tests/fakegw" "$FAKEGW_PORT" "$LIB_TMP/fakegw.log" \
+    >"$LIB_TMP/fakegw.out" 2>&1 &
+FAKEGW_PID=$!
+deadline=$(($(lib_now_ms) + 10000))
+until grep -q listening "$LIB_TMP/fakegw.out" 2>/dev/null; do
+	[ "$(lib_now_ms)" -lt "$deadline" ] || fail "the fake gateway did not start"
+	sleep 0.1
+done
+cat >>"$CONF" <<EOF
+
+[gateway bench]
+channel = sms
+url = http://127.0.0.1:$FAKEGW_PORT/ok
+body = {"to":"{{to}}","text":"{{text}}","id":"{{message_id}}"}
+success_field = Code
+success_value = OK
+message_id_field = BizId
+concurrency = 16
+EOF
+bench_reset
+bench_psql "UPDATE prepaid.sites SET quiet_from = '00:00', quiet_until = '00:00';
+    INSERT INTO prepaid.meters (meter_id) SELECT 'MSG' || i FROM generate_series(1, 1000) i;
+    INSERT INTO prepaid.occupants (occupant_id, name, phone, language)
+        SELECT i, 'Occupant ' || i, '+86138' || lpad(i::text, 8, '0'), 'en'
+        FROM generate_series(1, 1000) i;
+    INSERT INTO prepaid.meter_occupants (meter_id, occupant_id)
+        SELECT 'MSG' || i, i FROM generate_series(1, 1000) i" >/dev/null ||
+    fail "could not create the occupants"
+bench_daemon_start
+daemon_metrics >"$LIB_TMP/metrics-before"
+sim_bg -n "$METERS" -i LOAD --load $((HALF * 30)) --rate "$HALF" -q 1 --inflight "$INFLIGHT" --no-commands
+MSIM_PID=$SIM_PID
+sleep 1
+t0=$(bench_now)
+bench_psql "SELECT count(prepaid.send_message('MSG' || (1 + i % 1000), 'low_balance'))
+    FROM generate_series(1, $MSG_N) i" >/dev/null || fail "could not queue the messages"
+deadline=$(($(lib_now_ms) + PHASE_TIMEOUT * 1000))
+while [ "$(bench_psql "SELECT count(*) FROM prepaid.messages WHERE state IN ('queued', 'sending')")" != 0 ]; do
+	[ "$(lib_now_ms)" -lt "$deadline" ] || fail "messages not all sent in ${PHASE_TIMEOUT}s"
+	sleep 0.1
+done
+t1=$(bench_now)
+daemon_metrics >"$LIB_TMP/metrics-after"
+kill "$MSIM_PID" 2>/dev/null || true
+kill "$FAKEGW_PID" 2>/dev/null || true
+sent=$(bench_psql "SELECT count(*) FROM prepaid.messages WHERE state = 'sent'")
+[ "$sent" = "$MSG_N" ] || fail "only $sent of $MSG_N messages were sent"
+MSG_RATE=$(bench_calc 'sprintf("%.0f", n / (t1 - t0))' -v n="$MSG_N" -v t0="$t0" -v t1="$t1")
+LAG_P99=$(bench_lag_p99 "$LIB_TMP/metrics-before" "$LIB_TMP/metrics-after")
+bench_line "messages sent (queued -> gateway answered)" "$MSG_RATE messages/s ($MSG_N, gateway concurrency 16)"
+bench_line "  event-loop lag p99 meanwhile" "<= $LAG_P99 ms (readings at $HALF/s at the same time)"
+daemon_stop >/dev/null
+
 # --- verdict
 
 CEIL=$BROKER_RATE
@@ -402,4 +485,6 @@ bench_line "prepaidd / naive" "$R2 (target >= 10) $(verdict 'r >= 10' -v r="$R2"
 bench_line "p99 publish->commit at half load" \
     "$P99 ms (target <= $TARGET_MS ms) $(verdict 'p <= t' -v p="$P99" -v t="$TARGET_MS")"
 bench_line "prepaidd peak RSS" "$((HWM / 1024)) MiB"
+bench_line "message dispatch" "$MSG_RATE messages/s (target >= 500) $(verdict 'r >= 500' -v r="$MSG_RATE")"
+bench_line "  loop lag p99 meanwhile" "<= $LAG_P99 ms (target < 20 ms) $(verdict 'l < 20' -v l="${LAG_P99//>/}")"
 exit 0
