@@ -528,6 +528,54 @@ wait_until()
 
 # --- clean-up
 
+# --- a second daemon on the same database and broker (tests of several
+# instances): its own config (lib.sh's writer, swapped in), log and HTTP port.
+CONF2=$LIB_TMP/prepaidd2.conf
+DAEMON2_LOG=$LIB_TMP/prepaidd2.log
+DAEMON2_PID=
+HTTP2_PORT=
+
+daemon2_config()
+{
+	local conf1=$CONF http1=$HTTP_PORT
+
+	[ -n "$HTTP2_PORT" ] || HTTP2_PORT=$(free_port)
+	CONF=$CONF2
+	HTTP_PORT=$HTTP2_PORT
+	daemon_config "$@"
+	CONF=$conf1
+	HTTP_PORT=$http1
+}
+
+daemon2_start()
+{
+	local deadline
+
+	$LIB_SETSID "$top_builddir/prepaidd" -c "$CONF2" -v >>"$DAEMON2_LOG" 2>&1 &
+	DAEMON2_PID=$!
+	LIB_PIDS+=("$DAEMON2_PID")
+	deadline=$(($(lib_now_ms) + 15000))
+	until [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' \
+	    "http://127.0.0.1:$HTTP2_PORT/healthz" || true)" = 200 ]; do
+		lib_alive "$DAEMON2_PID" || fail "second prepaidd exited during start-up"
+		[ "$(lib_now_ms)" -lt "$deadline" ] || fail "second prepaidd not ready within 15 s"
+		sleep 0.2
+	done
+}
+
+daemon2_stop()
+{
+	lib_terminate "$DAEMON2_PID" 15
+	DAEMON2_PID=
+	assert_eq 0 "$LIB_RC" "second prepaidd exit status after SIGTERM"
+}
+
+daemon2_metric()
+{
+	curl -s -m 2 "http://127.0.0.1:$HTTP2_PORT/metrics" |
+	    awk -v n="prepaidd_$1" '$1 == n { print $2 }'
+}
+
 lib_cleanup()
 {
 	local rc=$? pid f
@@ -549,6 +597,10 @@ lib_cleanup()
 		if [ -s "$DAEMON_LOG" ]; then
 			echo "--- last 60 lines of the prepaidd log:" >&2
 			tail -n 60 "$DAEMON_LOG" >&2
+		fi
+		if [ -s "$DAEMON2_LOG" ]; then
+			echo "--- last 30 lines of the second prepaidd log:" >&2
+			tail -n 30 "$DAEMON2_LOG" >&2
 		fi
 		for f in "$LIB_TMP"/sim.*.log; do
 			[ -s "$f" ] || continue

@@ -18,27 +18,6 @@
 set -euo pipefail
 . "${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/lib.sh"
 
-# The second daemon of the shared-subscription scenario: lib.sh knows one.
-CONF2=$LIB_TMP/prepaidd2.conf
-DAEMON2_LOG=$LIB_TMP/prepaidd2.log
-DAEMON2_PID=
-HTTP2_PORT=
-
-# On failure show the second daemon's log too, then let lib.sh clean up.
-charging_exit()
-{
-	local rc=$?
-
-	set +e
-	if [ "$rc" != 0 ] && [ "$rc" != 77 ] && [ -s "$DAEMON2_LOG" ]; then
-		echo "--- last 40 lines of the second prepaidd log:" >&2
-		tail -n 40 "$DAEMON2_LOG" >&2
-	fi
-	(exit "$rc")
-	lib_cleanup
-}
-trap charging_exit EXIT
-
 skip_unless_tools
 pg_start
 broker_start
@@ -362,48 +341,6 @@ no_ledger_drift "credits"
 
 ##########################################################################
 note "4. two daemons on one shared subscription charge each interval once"
-
-# Write a config for the second daemon with lib.sh's writer.
-daemon2_config()
-{
-	local conf1=$CONF http1=$HTTP_PORT
-
-	[ -n "$HTTP2_PORT" ] || HTTP2_PORT=$(free_port)
-	CONF=$CONF2
-	HTTP_PORT=$HTTP2_PORT
-	daemon_config "$@"
-	CONF=$conf1
-	HTTP_PORT=$http1
-}
-
-daemon2_start()
-{
-	local deadline
-
-	$LIB_SETSID "$top_builddir/prepaidd" -c "$CONF2" -v >>"$DAEMON2_LOG" 2>&1 &
-	DAEMON2_PID=$!
-	LIB_PIDS+=("$DAEMON2_PID")
-	deadline=$(($(lib_now_ms) + 15000))
-	until [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' \
-	    "http://127.0.0.1:$HTTP2_PORT/healthz" || true)" = 200 ]; do
-		lib_alive "$DAEMON2_PID" || fail "second prepaidd exited during start-up"
-		[ "$(lib_now_ms)" -lt "$deadline" ] || fail "second prepaidd not ready within 15 s"
-		sleep 0.2
-	done
-}
-
-daemon2_stop()
-{
-	lib_terminate "$DAEMON2_PID" 15
-	DAEMON2_PID=
-	assert_eq 0 "$LIB_RC" "second prepaidd exit status after SIGTERM"
-}
-
-daemon2_metric()
-{
-	curl -s -m 2 "http://127.0.0.1:$HTTP2_PORT/metrics" |
-	    awk -v n="prepaidd_$1" '$1 == n { print $2 }'
-}
 
 # Each meter's first reading (seq 1, register 1000000) goes through one
 # daemon, before sharing: the property under test is that every interval

@@ -24,24 +24,14 @@
 set -euo pipefail
 . "${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/lib.sh"
 
-# The second daemon of the last case: lib.sh knows one.
-CONF2=$LIB_TMP/prepaidd2.conf
-DAEMON2_LOG=$LIB_TMP/prepaidd2.log
-DAEMON2_PID=
-HTTP2_PORT=
-
-# On failure show the second daemon's log and the ladder's state too, then
-# let lib.sh stop everything.
+# On failure show the ladder's state too (lib.sh shows the daemons' logs),
+# then let lib.sh stop everything.
 ladder_exit()
 {
 	local rc=$?
 
 	set +e
 	if [ "$rc" != 0 ] && [ "$rc" != 77 ]; then
-		if [ -s "$DAEMON2_LOG" ]; then
-			echo "--- last 30 lines of the second prepaidd log:" >&2
-			tail -n 30 "$DAEMON2_LOG" >&2
-		fi
 		if [ -n "$PG_RUNNING" ]; then
 			echo "--- ladder clock, episodes and trips:" >&2
 			psql_q "SELECT 'clock ' || (prepaid.now() AT TIME ZONE 'Asia/Shanghai')" >&2
@@ -212,7 +202,6 @@ wait_until "SELECT count(*) = 0 FROM prepaid.meters WHERE ladder_due_at IS NOT N
     "the ladder has looked at every meter"
 assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.arrears_episodes")" \
     "episodes while every balance is 100"
-
 
 ##########################################################################
 note "1. community: reminders, arrears, grace, approval, a confirmed trip"
@@ -462,41 +451,6 @@ assert_eq 0 "$(sim_trips $ST)" "ST: the meter got no trip"
 
 ##########################################################################
 note "6. two daemons on one database: every reminder and trip once"
-
-# Written with lib.sh's writer, then swapped back.
-daemon2_config()
-{
-	local conf1=$CONF http1=$HTTP_PORT
-
-	[ -n "$HTTP2_PORT" ] || HTTP2_PORT=$(free_port)
-	CONF=$CONF2
-	HTTP_PORT=$HTTP2_PORT
-	daemon_config "$@"
-	CONF=$conf1
-	HTTP_PORT=$http1
-}
-
-daemon2_start()
-{
-	local deadline
-
-	$LIB_SETSID "$top_builddir/prepaidd" -c "$CONF2" -v >>"$DAEMON2_LOG" 2>&1 &
-	DAEMON2_PID=$!
-	LIB_PIDS+=("$DAEMON2_PID")
-	deadline=$(($(lib_now_ms) + 15000))
-	until [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' \
-	    "http://127.0.0.1:$HTTP2_PORT/healthz" || true)" = 200 ]; do
-		lib_alive "$DAEMON2_PID" || fail "second prepaidd exited during start-up"
-		[ "$(lib_now_ms)" -lt "$deadline" ] || fail "second prepaidd not ready within 15 s"
-		sleep 0.2
-	done
-}
-
-daemon2_metric()
-{
-	curl -s -m 2 "http://127.0.0.1:$HTTP2_PORT/metrics" |
-	    awk -v n="prepaidd_$1" '$1 == n { print $2 }'
-}
 
 clock_at 9 10:00
 daemon2_config mqtt.client_id=prepaidd-test-2 commands.retry_initial_ms=500 \

@@ -18,11 +18,6 @@
 set -euo pipefail
 . "${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/lib.sh"
 
-# The second daemon of the last case: lib.sh knows one.
-CONF2=$LIB_TMP/prepaidd2.conf
-DAEMON2_LOG=$LIB_TMP/prepaidd2.log
-DAEMON2_PID=
-HTTP2_PORT=
 FAKEGW=$top_builddir/tests/fakegw
 FAKEGW_LOG=$LIB_TMP/fakegw.log
 FAKEGW_OUT=$LIB_TMP/fakegw.out
@@ -31,18 +26,14 @@ GATEWAYS=$LIB_TMP/gateways.conf
 SECRET='tok-9f3Kq-s3cr3t-7781'
 PHONE='+8613912345678'
 
-# On failure show the second daemon's and the gateway's logs too, then let
-# lib.sh stop everything (fakegw is in LIB_PIDS).
+# On failure show the gateway's log too (lib.sh shows the daemons' logs),
+# then let lib.sh stop everything (fakegw is in LIB_PIDS).
 notify_exit()
 {
 	local rc=$?
 
 	set +e
 	if [ "$rc" != 0 ] && [ "$rc" != 77 ]; then
-		if [ -s "$DAEMON2_LOG" ]; then
-			echo "--- last 30 lines of the second prepaidd log:" >&2
-			tail -n 30 "$DAEMON2_LOG" >&2
-		fi
 		if [ -s "$FAKEGW_LOG" ]; then
 			echo "--- last 10 requests the fake gateway received:" >&2
 			tail -n 10 "$FAKEGW_LOG" | cut -c 1-400 >&2
@@ -83,42 +74,6 @@ gw_load()
 	    -p "$PG_PORT" -U postgres -d prepaid -c "TRUNCATE public.gwlog" \
 	    -c "COPY public.gwlog (line) FROM STDIN WITH (FORMAT csv,
 	        QUOTE E'\\x01', DELIMITER E'\\x02')" || fail "cannot load the fakegw log"
-}
-
-# Second daemon, written with lib.sh's config writer (as in charging.sh).
-daemon2_config()
-{
-	local conf1=$CONF http1=$HTTP_PORT
-
-	[ -n "$HTTP2_PORT" ] || HTTP2_PORT=$(free_port)
-	CONF=$CONF2
-	HTTP_PORT=$HTTP2_PORT
-	daemon_config "$@"
-	CONF=$conf1
-	HTTP_PORT=$http1
-}
-
-daemon2_start()
-{
-	local deadline
-
-	$LIB_SETSID "$top_builddir/prepaidd" -c "$CONF2" -v >>"$DAEMON2_LOG" 2>&1 &
-	DAEMON2_PID=$!
-	LIB_PIDS+=("$DAEMON2_PID")
-	deadline=$(($(lib_now_ms) + 15000))
-	until [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' \
-	    "http://127.0.0.1:$HTTP2_PORT/healthz" || true)" = 200 ]; do
-		lib_alive "$DAEMON2_PID" || fail "second prepaidd exited during start-up"
-		[ "$(lib_now_ms)" -lt "$deadline" ] || fail "second prepaidd not ready within 15 s"
-		sleep 0.2
-	done
-}
-
-daemon2_stop()
-{
-	lib_terminate "$DAEMON2_PID" 15
-	DAEMON2_PID=
-	assert_eq 0 "$LIB_RC" "second prepaidd exit status after SIGTERM"
 }
 
 # Decode an application/x-www-form-urlencoded value to lowercase hex, so
