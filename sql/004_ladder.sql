@@ -423,6 +423,61 @@ BEGIN
 	    p_reason);
 END $$;
 
+-- ------------------------------------------------------------ payment orders
+
+-- An order is what the back office or the mini-program creates before the
+-- occupant pays: its out_trade_no goes to the payment API, and the payment
+-- callback is matched to it. While an order of a meter is pending, the
+-- ladder does not trip the meter: the occupant may be paying right now.
+CREATE TABLE prepaid.orders (
+	out_trade_no text PRIMARY KEY CHECK (out_trade_no ~ '^[0-9A-Za-z_-]{6,32}$'),
+	meter_id     text COLLATE "C" NOT NULL REFERENCES prepaid.meters,
+	provider     text NOT NULL CHECK (provider IN ('wechat', 'alipay')),
+	amount       numeric(20,2) NOT NULL CHECK (amount > 0),   -- yuan
+	state        text NOT NULL DEFAULT 'pending'
+	             CHECK (state IN ('pending', 'paid', 'expired', 'disputed')),
+	created_at   timestamptz NOT NULL DEFAULT now(),
+	created_by   text NOT NULL DEFAULT session_user,
+	expires_at   timestamptz NOT NULL,
+	paid_at      timestamptz
+);
+CREATE INDEX orders_pending ON prepaid.orders (meter_id, expires_at) WHERE state = 'pending';
+
+-- Create an order; returns its out_trade_no (PP + time + random, 26
+-- characters, valid for WeChat Pay and Alipay).
+CREATE FUNCTION prepaid.create_order(p_meter text, p_amount numeric, p_provider text,
+    p_valid_for interval DEFAULT interval '30 minutes') RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+	v_no text;
+BEGIN
+	IF p_amount IS NULL OR p_amount <= 0 OR p_amount <> round(p_amount, 2) THEN
+		RAISE EXCEPTION 'order: amount must be positive yuan with at most 2 decimals (got %)', p_amount
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF p_provider NOT IN ('wechat', 'alipay') THEN
+		RAISE EXCEPTION 'order: provider must be wechat or alipay' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF p_valid_for <= interval '0' OR p_valid_for > interval '1 day' THEN
+		RAISE EXCEPTION 'order: valid_for must be more than 0 and at most 1 day'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM prepaid.lock_meter(p_meter);
+	v_no := 'PP' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS')
+	        || substr(replace(gen_random_uuid()::text, '-', ''), 1, 10);
+	INSERT INTO prepaid.orders (out_trade_no, meter_id, provider, amount, expires_at)
+	VALUES (v_no, p_meter, p_provider, p_amount, now() + p_valid_for);
+	RETURN v_no;
+END $$;
+
+-- Orders with their state as of now (a pending order past its expiry is
+-- shown expired).
+CREATE VIEW prepaid.order_status AS
+SELECT out_trade_no, meter_id, provider, amount,
+       CASE WHEN state = 'pending' AND expires_at <= now() THEN 'expired' ELSE state END AS state,
+       created_at, created_by, expires_at, paid_at
+FROM prepaid.orders;
+
 -- ------------------------------------------------------- the breaker
 
 -- At most max_trips trips per site (site_id) and per fleet (site_id NULL)
@@ -508,6 +563,12 @@ BEGIN
 	ELSIF m.last_seen IS NULL OR m.last_seen < now() - p.reading_max_age THEN
 		verdict := 'defer'; until := v_now + interval '15 minutes';
 		reason := 'no recent reading: the balance may be stale';
+		RETURN;
+	ELSIF EXISTS (SELECT 1 FROM prepaid.orders o WHERE o.meter_id = m.meter_id
+	              AND o.state = 'pending' AND o.expires_at > now()) THEN
+		verdict := 'defer'; reason := 'a payment order is pending';
+		SELECT max(o.expires_at) + interval '1 minute' + (v_now - now()) INTO until
+		FROM prepaid.orders o WHERE o.meter_id = m.meter_id AND o.state = 'pending';
 		RETURN;
 	ELSIF NOT p.trip_on_rest_days AND prepaid.day_type(s.calendar, v_day) = 'rest' THEN
 		verdict := 'defer'; reason := 'weekend or holiday';

@@ -11,7 +11,8 @@
 # acknowledges with the relay open (trip confirmed); that a rental meter
 # drained by consumption trips at once, without approval, on a rest day
 # too; that each guard (keep-power, quiet hours, weekend, holiday, stale
-# reading, recovered balance) stops or defers a trip with its reason; that
+# reading, recovered balance, pending payment order) stops or defers a trip
+# with its reason; that
 # a payment ends the episode at once, cancels its queued trip and stops the
 # messages; that the mass-trip breaker quarantines the trip past its limit
 # until an operator releases it; and that two daemons on one database send
@@ -147,12 +148,10 @@ psql_q "SET client_min_messages = warning;
     WHERE site_id IN ('comm', 'rent');
     UPDATE prepaid.sites SET policy_id = 'rental' WHERE site_id = 'rent'" >/dev/null
 
-# WORKAROUND (reported): trip_guard compares meters.last_seen and
-# commands.sent_at, stamped on the real clock, with prepaid.now(); once
-# the ladder clock is days ahead every meter would look stale and the
-# breaker would count no trip. A reading age and a breaker window longer
-# than any offset used here keep both guards meaningful whichever clock
-# they end up on. Two more rental policies: readings older than 3 s are
+# trip_guard measures the reading age and the breaker's window on the real
+# clock (last_seen and sent_at are stamped with it); the long values below
+# keep the days of ladder clock this test moves through out of both. Two
+# more rental policies: readings older than 3 s are
 # stale (for the meter whose simulator is stopped), and trips valid for
 # 4 s (for the meter that never answers).
 psql_q "UPDATE prepaid.policies SET reading_max_age = '60 days';
@@ -532,6 +531,18 @@ assert_eq 1 "$(sim_trips "$bq")" "the released meter executed its trip"
 assert_eq "confirmed confirmed confirmed" "$(psql_q "SELECT string_agg(trip_state, ' ')
     FROM prepaid.arrears_episodes WHERE meter_id IN ('$B1', '$B2', '$B3')")" \
     "three trips confirmed"
+
+note "3h. a pending payment order defers the trip (the occupant may be paying)"
+order=$(psql_q "SELECT prepaid.create_order('$B1', 30.00, 'wechat', '20 minutes')")
+[[ "$order" =~ ^PP[0-9]{14}[0-9a-f]{10}$ ]] || fail "out_trade_no '$order' is not PP + time + 10 hex"
+po=$(psql_q "SELECT prepaid.send_command('$B1', 'trip', 'arrears: test');")
+psql_q "UPDATE prepaid.commands SET ladder = true WHERE id = '$po'" >/dev/null
+assert_eq "defer|a payment order is pending|true" "$(psql_q "SELECT verdict || '|' || reason || '|' ||
+    (until > prepaid.now() + interval '20 minutes')::text FROM prepaid.trip_guard('$po')")" \
+    "B1: the guard defers the trip until the order has expired"
+assert_eq "pending" "$(psql_q "SELECT state FROM prepaid.order_status
+    WHERE out_trade_no = '$order'")" "the order is pending"
+psql_q "SELECT prepaid.cancel_command('$po', 'test over')" >/dev/null
 
 daemon_stop
 echo "PASS: ladder"
