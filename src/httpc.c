@@ -44,6 +44,10 @@ struct httpc_req {
 	size_t body_max;
 	bool truncated;
 	bool completing; /* its callback is running */
+	bool smtp;
+	struct curl_slist *rcpt;
+	char *upload;      /* SMTP: the message, and how much of it is sent */
+	size_t upload_len, upload_off;
 	int64_t start_us;
 	char errbuf[CURL_ERROR_SIZE];
 	TAILQ_ENTRY(httpc_req) entry;
@@ -68,6 +72,16 @@ static void httpc_destroy(struct httpc *h);
 enum httpc_class
 httpc_classify(const struct httpc_result *res)
 {
+	if (res->smtp) {
+		if (res->code == CURLE_OK)
+			return HTTPC_OK;
+		if (res->status >= 500 && res->status <= 599)
+			return HTTPC_FINAL;
+		if (res->code == CURLE_LOGIN_DENIED || res->code == CURLE_UNSUPPORTED_PROTOCOL ||
+		    res->code == CURLE_URL_MALFORMAT)
+			return HTTPC_FINAL;
+		return HTTPC_RETRY;
+	}
 	if (res->code != CURLE_OK) {
 		/* Retrying cannot mend a request we built wrong. */
 		switch (res->code) {
@@ -252,6 +266,8 @@ httpc_req_destroy(struct httpc_req *req)
 	curl_multi_remove_handle(h->multi, req->easy);
 	curl_easy_cleanup(req->easy);
 	curl_slist_free_all(req->headers);
+	curl_slist_free_all(req->rcpt);
+	free(req->upload);
 	free(req->body.p);
 	free(req->tag);
 	free(req->method);
@@ -288,6 +304,7 @@ httpc_finish(struct httpc *h, struct httpc_req *req, CURLcode code)
 	res.code = code;
 	res.req = req;
 	res.tag = req->tag;
+	res.smtp = req->smtp;
 	res.retry_after_s = -1;
 	if (code != CURLE_OK) {
 		n = strlen(req->errbuf);
@@ -487,6 +504,20 @@ httpc_stats(const struct httpc *h, struct httpc_stats *st)
 	*st = h->st;
 }
 
+/* SMTP: hand curl the message. */
+static size_t
+httpc_read_cb(char *buf, size_t size, size_t nmemb, void *arg)
+{
+	struct httpc_req *req = arg;
+	size_t n = size * nmemb, left = req->upload_len - req->upload_off;
+
+	if (n > left)
+		n = left;
+	memcpy(buf, req->upload + req->upload_off, n);
+	req->upload_off += n;
+	return n;
+}
+
 /* Options of one request; returns the first failure, CURLE_OK if none. */
 static CURLcode
 httpc_setup(struct httpc *h, struct httpc_req *req, const struct httpc_request *r)
@@ -507,7 +538,7 @@ httpc_setup(struct httpc *h, struct httpc_req *req, const struct httpc_request *
 	HTTPC_OPT(CURLOPT_PRIVATE, (void *)req);
 	HTTPC_OPT(CURLOPT_ERRORBUFFER, req->errbuf);
 	HTTPC_OPT(CURLOPT_NOSIGNAL, 1L);
-	HTTPC_OPT(CURLOPT_PROTOCOLS_STR, "http,https");
+	HTTPC_OPT(CURLOPT_PROTOCOLS_STR, req->smtp ? "smtp,smtps" : "http,https");
 	HTTPC_OPT(CURLOPT_FOLLOWLOCATION, 0L);
 	HTTPC_OPT(CURLOPT_TCP_KEEPALIVE, 1L);
 	HTTPC_OPT(CURLOPT_USERAGENT, h->user_agent);
@@ -516,6 +547,25 @@ httpc_setup(struct httpc *h, struct httpc_req *req, const struct httpc_request *
 	HTTPC_OPT(CURLOPT_WRITEFUNCTION, httpc_write_cb);
 	HTTPC_OPT(CURLOPT_WRITEDATA, (void *)req);
 
+	if (req->smtp) {
+		if ((req->rcpt = curl_slist_append(NULL, r->mail_rcpt)) == NULL)
+			return CURLE_OUT_OF_MEMORY;
+		req->upload = xmalloc(r->body_len + 1);
+		memcpy(req->upload, r->body, r->body_len);
+		req->upload_len = r->body_len;
+		HTTPC_OPT(CURLOPT_MAIL_FROM, r->mail_from);
+		HTTPC_OPT(CURLOPT_MAIL_RCPT, req->rcpt);
+		HTTPC_OPT(CURLOPT_UPLOAD, 1L);
+		HTTPC_OPT(CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->body_len);
+		HTTPC_OPT(CURLOPT_READFUNCTION, httpc_read_cb);
+		HTTPC_OPT(CURLOPT_READDATA, (void *)req);
+		HTTPC_OPT(CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
+		if (r->user != NULL) {
+			HTTPC_OPT(CURLOPT_USERNAME, r->user);
+			HTTPC_OPT(CURLOPT_PASSWORD, r->password != NULL ? r->password : "");
+		}
+		return rc;
+	}
 	if (strcmp(req->method, "GET") == 0 && r->body_len == 0)
 		HTTPC_OPT(CURLOPT_HTTPGET, 1L);
 	else if (strcmp(req->method, "HEAD") == 0)
@@ -591,6 +641,14 @@ httpc_send(struct httpc *h, const struct httpc_request *r, httpc_cb cb, void *ar
 	else
 		req->method = xstrdup(r->body_len > 0 ? "POST" : "GET");
 	req->body_max = r->body_max > 0 ? r->body_max : HTTPC_BODY_MAX_DEFAULT;
+	req->smtp = strncmp(r->url, "smtp://", 7) == 0 || strncmp(r->url, "smtps://", 8) == 0;
+	if (req->smtp && (r->mail_from == NULL || r->mail_rcpt == NULL)) {
+		xasprintf(cause, "an SMTP request needs mail_from and mail_rcpt");
+		free(req->tag);
+		free(req->method);
+		free(req);
+		return NULL;
+	}
 	httpc_redact_url(r->url, req->url_log, sizeof req->url_log);
 	req->start_us = now_mono_us();
 	if ((req->easy = curl_easy_init()) == NULL) {
@@ -617,6 +675,8 @@ fail:
 	if (req->easy != NULL)
 		curl_easy_cleanup(req->easy);
 	curl_slist_free_all(req->headers);
+	curl_slist_free_all(req->rcpt);
+	free(req->upload);
 	free(req->tag);
 	free(req->method);
 	free(req);

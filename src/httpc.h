@@ -61,6 +61,15 @@ struct httpc_request {
 	const char *password;
 	const char *bearer;
 	const char *tag; /* for log lines (the gateway's name); may be NULL */
+	/*
+	 * E-mail: with an smtp:// or smtps:// URL the request is an SMTP
+	 * transaction from mail_from to mail_rcpt whose message is the body
+	 * (a complete RFC 5322 message with CRLF line ends); user/password
+	 * log in. smtp:// upgrades with STARTTLS when the server offers it,
+	 * smtps:// is TLS from the start.
+	 */
+	const char *mail_from;
+	const char *mail_rcpt;
 };
 
 /*
@@ -80,6 +89,7 @@ struct httpc_result {
 	long new_connections; /* connections this request opened (0: reused) */
 	const char *tag;
 	struct httpc_req *req; /* for httpc_result_header() */
+	bool smtp; /* status is then the server's last SMTP reply code */
 };
 
 typedef void (*httpc_cb)(void *arg, const struct httpc_result *res);
@@ -126,6 +136,11 @@ const char *httpc_result_header(const struct httpc_result *res, const char *name
 void httpc_stats(const struct httpc *h, struct httpc_stats *st);
 
 /* Pure helpers, exposed for the unit tests. */
+/*
+ * HTTP: 2xx ok; transport errors, timeouts, 429 and 5xx retry; the rest
+ * final. SMTP: accepted ok; transport errors, timeouts and 4xx replies
+ * retry; 5xx replies (a refused recipient, a refused login) final.
+ */
 enum httpc_class httpc_classify(const struct httpc_result *res);
 const char *httpc_class_name(enum httpc_class c);
 /* Seconds from now for a Retry-After value (delay-seconds or HTTP-date),

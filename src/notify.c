@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include "httpc.h"
@@ -256,6 +257,8 @@ notify_answered(void *arg, const struct httpc_result *res)
 	for (i = 0; i < m->nstatus; i++)
 		if (res->status == m->status[i])
 			status_ok = true;
+	if (res->smtp)
+		status_ok = cls == HTTPC_OK; /* the server accepted the message */
 	if (res->body_len > 0)
 		answer = json_loadb(res->body, res->body_len, 0, NULL);
 	if (m->success_field != NULL && answer != NULL) {
@@ -281,6 +284,10 @@ notify_answered(void *arg, const struct httpc_result *res)
 			retry_ms = res->retry_after_s * 1000;
 		notify_finish(m, m->attempt < m->max_attempts ? "retry" : "failed", res->status,
 		    NULL, NULL, error, res->total_us, retry_ms);
+	} else if (!status_ok && res->smtp) {
+		snprintf(error, sizeof error, "the SMTP server refused it (reply %ld): %s", res->status,
+		    res->error);
+		notify_finish(m, "failed", res->status, NULL, NULL, error, res->total_us, 0);
 	} else if (!status_ok) {
 		snprintf(error, sizeof error, "HTTP %ld is not a success for this gateway", res->status);
 		notify_finish(m, "failed", res->status, code_p, provider, error, res->total_us, 0);
@@ -388,6 +395,56 @@ notify_uuid(char *out, size_t len)
 	    b[13], b[14], b[15]);
 }
 
+/* Base64 of len bytes, wrapped at 76 characters with CRLF when wrap is set. */
+static void
+notify_base64(struct sbuf *out, const void *data, size_t len, bool wrap)
+{
+	const unsigned char *p = data;
+	unsigned char chunk[57 * 4 / 3 + 4];
+	size_t off, n;
+
+	for (off = 0; off < len || (off == 0 && len == 0); off += 57) {
+		n = len - off < 57 ? len - off : 57;
+		EVP_EncodeBlock(chunk, p + off, (int)n);
+		sbuf_adds(out, (const char *)chunk);
+		if (wrap)
+			sbuf_adds(out, "\r\n");
+		if (len == 0)
+			break;
+	}
+}
+
+/*
+ * An RFC 5322 message for an SMTP gateway: the headers are written here
+ * (the subject as a UTF-8 encoded word, so no value can add a header line),
+ * the text goes base64-encoded. Returns NULL with *cause when the recipient
+ * cannot be an address.
+ */
+static char *
+notify_mail(const struct notify_msg *m, const char *from, const char *text, char **cause)
+{
+	struct sbuf b = { 0 };
+	char date[64];
+	time_t now = time(NULL);
+	struct tm tm;
+
+	if (strpbrk(m->to, "\r\n<>") != NULL || strchr(m->to, '@') == NULL ||
+	    strpbrk(from, "\r\n<>") != NULL) {
+		xasprintf(cause, "the recipient or the sender is not an e-mail address");
+		return NULL;
+	}
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	sbuf_printf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: =?UTF-8?B?", from, m->to);
+	notify_base64(&b, m->subject ? m->subject : "", m->subject ? strlen(m->subject) : 0, false);
+	sbuf_printf(&b, "?=\r\nDate: %s\r\nMessage-ID: <prepaidd.%lld.%d@%s>\r\n"
+	    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\n"
+	    "Content-Transfer-Encoding: base64\r\n\r\n", date, m->id, m->attempt,
+	    strchr(from, '@') + 1);
+	notify_base64(&b, text, strlen(text), true);
+	return b.p;
+}
+
 static int
 notify_find_gateway(const struct conf *c, const char *name, const char *channel)
 {
@@ -464,11 +521,6 @@ notify_send(struct notify *n, PGresult *res, int row)
 		goto done;
 	}
 	gw = &n->conf->gateways[i];
-	if (gw->type != CONF_GW_HTTP) {
-		notify_finish(m, "failed", 0, NULL, NULL,
-		    "smtp gateways are not supported by this version", 0, 0);
-		goto done;
-	}
 	m->max_attempts = gw->max_attempts;
 	m->retry_initial_ms = gw->retry_initial_ms;
 	m->retry_max_ms = gw->retry_max_ms;
@@ -487,6 +539,30 @@ notify_send(struct notify *n, PGresult *res, int row)
 	/* The request. */
 	if ((url = notify_render(m, gw->url, TEMPLATE_URL, &cause)) == NULL)
 		goto bad;
+	if (gw->type == CONF_GW_SMTP) {
+		char *mailtext = gw->body ? notify_render(m, gw->body, TEMPLATE_RAW, &cause) : NULL;
+
+		if (gw->body != NULL && mailtext == NULL)
+			goto bad;
+		body = notify_mail(m, gw->mail_from ? gw->mail_from : "", mailtext ? mailtext : m->text,
+		    &cause);
+		free(mailtext);
+		if (body == NULL)
+			goto bad;
+		memset(&req, 0, sizeof req);
+		req.url = url;
+		req.body = body;
+		req.body_len = strlen(body);
+		req.timeout_ms = gw->timeout_ms;
+		req.mail_from = gw->mail_from;
+		req.mail_rcpt = m->to;
+		if (gw->username != NULL) {
+			req.user = gw->username;
+			req.password = gw->secret;
+		}
+		req.tag = gw->name;
+		goto send;
+	}
 	for (i = 0; i < gw->nheaders; i++) {
 		char *val = notify_render(m, gw->header_value[i] ? gw->header_value[i] : "",
 		    TEMPLATE_HEADER, &cause);
@@ -578,6 +654,7 @@ notify_send(struct notify *n, PGresult *res, int row)
 	} else if (gw->auth == CONF_GW_AUTH_BEARER)
 		req.bearer = gw->secret;
 	req.tag = gw->name;
+send:
 	if (httpc_send(n->http, &req, notify_answered, m, &cause) == NULL) {
 		n->inflight++; /* notify_finish via the classification path below */
 		n->gw_inflight[m->gw]++;

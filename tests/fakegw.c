@@ -30,10 +30,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/listener.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <jansson.h>
@@ -313,6 +318,159 @@ fakegw_signal_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopbreak(fakegw_base);
 }
 
+/* ---------------------------------------------------------------- SMTP */
+
+/*
+ * With -s, an SMTP server instead: it accepts every message and logs it as
+ * a JSON line {"smtp":n,"from":...,"rcpt":[...],"data":...}, except that a
+ * recipient starting "refuse" gets 550 (final) and one starting "later" gets
+ * 451 (try again) the first time its message comes. No TLS, no AUTH.
+ */
+struct fakegw_smtp {
+	struct fakegw_smtp *next, *prev; /* open connections, freed at exit */
+	struct bufferevent *bev;
+	bool in_data;
+	json_t *rcpt;
+	char *from;
+	struct sbuf data;
+};
+
+static struct fakegw_smtp *fakegw_smtp_conns;
+
+static void
+fakegw_smtp_free(struct fakegw_smtp *c)
+{
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		fakegw_smtp_conns = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	bufferevent_free(c->bev);
+	json_decref(c->rcpt);
+	free(c->from);
+	free(c->data.p);
+	free(c);
+}
+
+static void
+fakegw_smtp_reply(struct fakegw_smtp *c, const char *line)
+{
+	bufferevent_write(c->bev, line, strlen(line));
+	bufferevent_write(c->bev, "\r\n", 2);
+}
+
+static void
+fakegw_smtp_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct fakegw_smtp *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	static unsigned long later_seen;
+	char *line;
+	size_t len;
+
+	while ((line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF)) != NULL) {
+		if (c->in_data) {
+			if (strcmp(line, ".") == 0) {
+				json_t *o = json_pack("{s:I, s:s, s:O, s:s}", "smtp",
+				    (json_int_t)++fakegw_n, "from", c->from ? c->from : "",
+				    "rcpt", c->rcpt, "data", c->data.p ? c->data.p : "");
+				char *js = json_dumps(o, JSON_COMPACT);
+
+				if (js != NULL) {
+					size_t l = strlen(js);
+
+					if (write(fakegw_log_fd, js, l) != (ssize_t)l ||
+					    write(fakegw_log_fd, "\n", 1) != 1)
+						fprintf(stderr, "fakegw: log write failed\n");
+				}
+				free(js);
+				json_decref(o);
+				c->in_data = false;
+				sbuf_reset(&c->data);
+				json_array_clear(c->rcpt);
+				fakegw_smtp_reply(c, "250 2.0.0 queued as fake");
+			} else {
+				/* dot-stuffing undone */
+				sbuf_adds(&c->data, line[0] == '.' ? line + 1 : line);
+				sbuf_adds(&c->data, "\r\n");
+			}
+		} else if (strncasecmp(line, "EHLO", 4) == 0 || strncasecmp(line, "HELO", 4) == 0) {
+			fakegw_smtp_reply(c, "250 fakegw");
+		} else if (strncasecmp(line, "MAIL FROM:", 10) == 0) {
+			free(c->from);
+			c->from = xstrdup(line + 10);
+			fakegw_smtp_reply(c, "250 2.1.0 ok");
+		} else if (strncasecmp(line, "RCPT TO:", 8) == 0) {
+			const char *a = line + 8 + (line[8] == '<');
+
+			if (strncmp(a, "refuse", 6) == 0)
+				fakegw_smtp_reply(c, "550 5.1.1 no such user");
+			else if (strncmp(a, "later", 5) == 0 && later_seen++ % 2 == 0)
+				fakegw_smtp_reply(c, "451 4.3.0 try again later");
+			else {
+				json_array_append_new(c->rcpt, json_string(line + 8));
+				fakegw_smtp_reply(c, "250 2.1.5 ok");
+			}
+		} else if (strncasecmp(line, "DATA", 4) == 0) {
+			c->in_data = true;
+			fakegw_smtp_reply(c, "354 go ahead");
+		} else if (strncasecmp(line, "RSET", 4) == 0) {
+			json_array_clear(c->rcpt);
+			fakegw_smtp_reply(c, "250 ok");
+		} else if (strncasecmp(line, "QUIT", 4) == 0) {
+			fakegw_smtp_reply(c, "221 bye");
+		} else if (strncasecmp(line, "NOOP", 4) == 0) {
+			fakegw_smtp_reply(c, "250 ok");
+		} else
+			fakegw_smtp_reply(c, "502 5.5.2 not implemented");
+		free(line);
+	}
+}
+
+static void
+fakegw_smtp_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	UNUSED(bev);
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+		fakegw_smtp_free(arg);
+}
+
+static void
+fakegw_smtp_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+    int socklen, void *arg)
+{
+	struct fakegw_smtp *c = xcalloc(1, sizeof *c);
+
+	UNUSED(l);
+	UNUSED(sa);
+	UNUSED(socklen);
+	UNUSED(arg);
+	c->rcpt = json_array();
+	c->next = fakegw_smtp_conns;
+	if (c->next != NULL)
+		c->next->prev = c;
+	fakegw_smtp_conns = c;
+	c->bev = bufferevent_socket_new(fakegw_base, fd, BEV_OPT_CLOSE_ON_FREE);
+	bufferevent_setcb(c->bev, fakegw_smtp_read_cb, NULL, fakegw_smtp_event_cb, c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	fakegw_smtp_reply(c, "220 fakegw ESMTP");
+}
+
+static struct evconnlistener *
+fakegw_smtp_listen(long port)
+{
+	struct sockaddr_in sin;
+
+	memset(&sin, 0, sizeof sin);
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(0x7f000001);
+	sin.sin_port = htons((uint16_t)port);
+	return evconnlistener_new_bind(fakegw_base, fakegw_smtp_accept_cb, NULL,
+	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, -1, (struct sockaddr *)&sin,
+	    sizeof sin);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -322,8 +480,14 @@ main(int argc, char **argv)
 	char *end;
 	long port;
 
+	bool smtp = argc == 4 && strcmp(argv[1], "-s") == 0;
+
+	if (smtp) {
+		argc--;
+		argv++;
+	}
 	if (argc != 3) {
-		fprintf(stderr, "usage: fakegw PORT LOGFILE\n");
+		fprintf(stderr, "usage: fakegw [-s] PORT LOGFILE\n");
 		return 2;
 	}
 	port = strtol(argv[1], &end, 10);
@@ -338,6 +502,26 @@ main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);
 	fakegw_base = event_base_new();
+	if (smtp) {
+		struct evconnlistener *lst = fakegw_smtp_listen(port);
+
+		if (lst == NULL) {
+			fprintf(stderr, "fakegw: cannot listen on 127.0.0.1:%ld\n", port);
+			return 1;
+		}
+		sigterm = evsignal_new(fakegw_base, SIGTERM, fakegw_signal_cb, NULL);
+		evsignal_add(sigterm, NULL);
+		printf("fakegw: smtp listening on %ld\n", port);
+		fflush(stdout);
+		event_base_dispatch(fakegw_base);
+		while (fakegw_smtp_conns != NULL)
+			fakegw_smtp_free(fakegw_smtp_conns);
+		evconnlistener_free(lst);
+		event_free(sigterm);
+		event_base_free(fakegw_base);
+		close(fakegw_log_fd);
+		return 0;
+	}
 	http = evhttp_new(fakegw_base);
 	evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
 	    EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH | EVHTTP_REQ_HEAD);

@@ -483,6 +483,70 @@ assert_eq "" "$(psql_q "SELECT string_agg(template_key || '/' || channel || '/' 
     ORDER BY 1) FROM prepaid.message_templates WHERE strpos(body, E'\\\\n') > 0")" \
     "shipped templates with a literal backslash-n instead of a line break"
 
+##########################################################################
+note "7. e-mail over SMTP: headers written by the daemon, text intact"
+
+SMTP_LOG=$LIB_TMP/smtp.log
+SMTP_PORT=$(free_port)
+$LIB_SETSID "$FAKEGW" -s "$SMTP_PORT" "$SMTP_LOG" >"$LIB_TMP/smtp.out" 2>&1 &
+LIB_PIDS+=("$!")
+deadline=$(($(lib_now_ms) + 10000))
+until grep -q "listening on $SMTP_PORT" "$LIB_TMP/smtp.out"; do
+	[ "$(lib_now_ms)" -lt "$deadline" ] || fail "the fake SMTP server did not start"
+	sleep 0.1
+done
+cat >>"$CONF" <<EOF
+
+[gateway mail]
+channel = email
+type = smtp
+url = smtp://127.0.0.1:$SMTP_PORT
+mail_from = billing@example.com
+max_attempts = 3
+retry_initial_ms = 200
+EOF
+from=$(daemon_log_lines)
+daemon_reload
+wait_log 'reload: configuration .* applied' "$from" 10
+psql_q "SELECT prepaid.register_meter('NTM');
+    SELECT prepaid.move_in('NTM', '王小明 \"Ming\" <x>', NULL, 'ming@example.com', 'zh')" >/dev/null
+m1=$(psql_q "SELECT prepaid.send_message('NTM', 'low_balance', 'email')")
+psql_q "SELECT prepaid.move_in('NTM', 'Later', NULL, 'later@example.com', 'en')" >/dev/null
+m2=$(psql_q "SELECT prepaid.send_message('NTM', 'arrears', 'email')")
+psql_q "SELECT prepaid.move_in('NTM', 'Refused', NULL, 'refuse@example.com', 'en')" >/dev/null
+m3=$(psql_q "SELECT prepaid.send_message('NTM', 'arrears', 'email')")
+psql_q "UPDATE prepaid.messages SET gateway = 'mail' WHERE message_id IN ($m1, $m2, $m3)" >/dev/null
+wait_until "SELECT count(*) = 3 FROM prepaid.messages WHERE message_id IN ($m1, $m2, $m3)
+    AND state IN ('sent', 'failed')" 20 "the three e-mails finished"
+assert_eq "sent|1|250" "$(psql_q "SELECT state || '|' || attempts || '|' || last_http_status
+    FROM prepaid.message_status WHERE message_id = $m1")" "e-mail accepted (250) at once"
+assert_eq "sent|2" "$(psql_q "SELECT state || '|' || attempts FROM prepaid.messages
+    WHERE message_id = $m2")" "451 (try again) retried, then accepted"
+assert_eq "failed|1|550" "$(psql_q "SELECT state || '|' || attempts || '|' || last_http_status
+    FROM prepaid.message_status WHERE message_id = $m3")" "550 (no such user) final"
+# What the server received, checked in SQL: the envelope, the headers, and
+# the subject and text decoded back to the template's, byte for byte.
+psql_q "CREATE TABLE public.smtplog (line text)" >/dev/null
+"$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d prepaid \
+    -c "COPY public.smtplog (line) FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')" \
+    <"$SMTP_LOG" || fail "cannot load the SMTP log"
+assert_eq "<billing@example.com>|[\"<ming@example.com>\"]|true|true|true" "$(psql_q "
+    WITH m AS (SELECT line::jsonb AS j FROM public.smtplog
+               WHERE line::jsonb->'rcpt' ? '<ming@example.com>'),
+    parts AS (SELECT j, split_part(j->>'data', E'\\r\\n\\r\\n', 1) AS head,
+                     split_part(j->>'data', E'\\r\\n\\r\\n', 2) AS body FROM m),
+    p AS (SELECT params FROM prepaid.messages WHERE message_id = $m1),
+    t AS (SELECT subject, replace(replace(replace(replace(replace(body, '{{name}}', '王小明 \"Ming\" <x>'),
+              '{{meter}}', 'NTM'), '{{balance}}', p.params->>'balance'),
+              '{{amount_due}}', p.params->>'amount_due'), '{{link}}', p.params->>'link') AS text
+          FROM prepaid.message_templates, p
+          WHERE template_key = 'low_balance' AND channel = 'email' AND language = 'zh')
+    SELECT j->>'from' || '|' || (j->'rcpt')::text || '|' ||
+           (head LIKE '%Subject: =?UTF-8?B?' || encode(convert_to(t.subject, 'UTF8'), 'base64') || '?=%')::text
+           || '|' || (head LIKE '%Content-Type: text/plain; charset=UTF-8%')::text || '|' ||
+           (convert_from(decode(replace(body, E'\\r\\n', ''), 'base64'), 'UTF8') = t.text)::text
+    FROM parts, t")" "envelope, subject, content type and text as sent"
+
 daemon2_stop
 daemon_stop
 echo "PASS: notify"
