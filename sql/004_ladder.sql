@@ -239,14 +239,15 @@ BEGIN
 		WHERE episode_id = ep.episode_id;
 		UPDATE prepaid.commands SET state = 'cancelled', detail = 'balance restored'
 		WHERE id = ep.trip_command AND state IN ('queued', 'quarantined');
-		UPDATE prepaid.meters SET ladder_rearmed = m.balance >= v_first WHERE meter_id = p_meter;
 		m.ladder_rearmed := m.balance >= v_first;
 		ep := NULL;
 	END IF;
 	IF ep.episode_id IS NULL THEN
 		-- A meter that is not billed (no tariff in force) is not chased.
-		IF m.balance >= v_first OR NOT EXISTS (SELECT 1 FROM prepaid.balances b
-		    WHERE b.meter_id = p_meter AND b.tariff_id IS NOT NULL) THEN
+		IF m.balance >= v_first OR NOT (EXISTS (SELECT 1 FROM prepaid.meter_tariffs x
+		        WHERE x.meter_id = p_meter AND x.effective_from <= v_now)
+		    OR EXISTS (SELECT 1 FROM prepaid.sites sx WHERE sx.site_id = m.site_id
+		        AND sx.default_tariff_id IS NOT NULL)) THEN
 			UPDATE prepaid.meters SET ladder_watch = v_first, ladder_due_at = NULL,
 			    ladder_rearmed = true
 			WHERE meter_id = p_meter;
@@ -256,14 +257,15 @@ BEGIN
 		-- no new episode until the balance falls below the restore level
 		-- again or has been above the first threshold.
 		IF NOT m.ladder_rearmed AND m.balance >= p.restore_level THEN
-			UPDATE prepaid.meters SET ladder_watch = v_first, ladder_due_at = NULL
+			UPDATE prepaid.meters SET ladder_watch = v_first, ladder_due_at = NULL,
+			    ladder_rearmed = false
 			WHERE meter_id = p_meter;
 			RETURN;
 		END IF;
 		INSERT INTO prepaid.arrears_episodes (meter_id, policy_id, started_at, start_balance)
 		VALUES (p_meter, p.policy_id, v_now, m.balance)
 		RETURNING * INTO ep;
-		UPDATE prepaid.meters SET ladder_rearmed = false WHERE meter_id = p_meter;
+		m.ladder_rearmed := false;   -- written with the due time below
 	END IF;
 
 	-- Steps reached, their repeats.
@@ -328,7 +330,8 @@ BEGIN
 			END IF;
 		END IF;
 	END IF;
-	UPDATE prepaid.meters SET ladder_watch = v_first, ladder_due_at = v_next
+	UPDATE prepaid.meters SET ladder_watch = v_first, ladder_due_at = v_next,
+	    ladder_rearmed = m.ladder_rearmed
 	WHERE meter_id = p_meter;
 END $$;
 
