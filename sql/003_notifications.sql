@@ -186,39 +186,49 @@ CREATE FUNCTION prepaid.send_message(p_meter text, p_template text,
     p_channel text DEFAULT 'sms', p_extra jsonb DEFAULT '{}') RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-	o prepaid.occupants;
-	v_site prepaid.sites;
-	v_balance numeric;
+	v_occupant bigint;
+	v_name text;
+	v_language text;
 	v_to text;
+	v_has_template boolean;
+	v_link text;
+	v_balance numeric;
+	v_found boolean;
 	v_id bigint;
 BEGIN
-	SELECT oc.* INTO o FROM prepaid.meter_occupants mo
-	JOIN prepaid.occupants oc ON oc.occupant_id = mo.occupant_id
-	WHERE mo.meter_id = p_meter AND mo.moved_out IS NULL;
-	IF NOT FOUND THEN
+	-- Everything the message needs, in one look.
+	SELECT true, oc.occupant_id, oc.name, oc.language,
+	       CASE p_channel WHEN 'sms' THEN oc.phone WHEN 'email' THEN oc.email END,
+	       EXISTS (SELECT 1 FROM prepaid.message_templates t WHERE t.template_key = p_template
+	               AND t.channel = p_channel AND t.language = oc.language),
+	       s.payment_link, m.balance
+	INTO v_found, v_occupant, v_name, v_language, v_to, v_has_template, v_link, v_balance
+	FROM prepaid.meters m JOIN prepaid.sites s ON s.site_id = m.site_id
+	LEFT JOIN prepaid.meter_occupants mo ON mo.meter_id = m.meter_id AND mo.moved_out IS NULL
+	LEFT JOIN prepaid.occupants oc ON oc.occupant_id = mo.occupant_id
+	WHERE m.meter_id = p_meter;
+	IF v_found IS NULL THEN
+		RAISE EXCEPTION 'unknown meter "%"', p_meter USING ERRCODE = 'no_data_found';
+	END IF;
+	IF v_occupant IS NULL THEN
 		RAISE EXCEPTION 'meter "%" has no occupant (prepaid.move_in first)', p_meter
 			USING ERRCODE = 'no_data_found';
 	END IF;
-	v_to := CASE p_channel WHEN 'sms' THEN o.phone WHEN 'email' THEN o.email END;
 	IF coalesce(v_to, '') = '' THEN
-		RAISE EXCEPTION 'occupant % of meter "%" has no % address', o.occupant_id, p_meter, p_channel
+		RAISE EXCEPTION 'occupant % of meter "%" has no % address', v_occupant, p_meter, p_channel
 			USING ERRCODE = 'no_data_found';
 	END IF;
-	IF NOT EXISTS (SELECT 1 FROM prepaid.message_templates
-	               WHERE template_key = p_template AND channel = p_channel AND language = o.language) THEN
-		RAISE EXCEPTION 'no % template "%" in language %', p_channel, p_template, o.language
+	IF NOT v_has_template THEN
+		RAISE EXCEPTION 'no % template "%" in language %', p_channel, p_template, v_language
 			USING ERRCODE = 'no_data_found';
 	END IF;
-	SELECT s.* INTO v_site FROM prepaid.sites s JOIN prepaid.meters m ON m.site_id = s.site_id
-	WHERE m.meter_id = p_meter;
-	SELECT balance INTO v_balance FROM prepaid.meters WHERE meter_id = p_meter;
 	INSERT INTO prepaid.messages (meter_id, occupant_id, channel, to_address, language,
 	    template_key, params)
-	VALUES (p_meter, o.occupant_id, p_channel, v_to, o.language, p_template,
-	    jsonb_build_object('name', o.name, 'meter', p_meter,
+	VALUES (p_meter, v_occupant, p_channel, v_to, v_language, p_template,
+	    jsonb_build_object('name', v_name, 'meter', p_meter,
 	        'balance', round(v_balance, 2)::text,
 	        'amount_due', round(greatest(-v_balance, 0), 2)::text,
-	        'link', coalesce(v_site.payment_link, '')) || p_extra)
+	        'link', coalesce(v_link, '')) || p_extra)
 	RETURNING message_id INTO v_id;
 	RETURN v_id;
 END $$;

@@ -221,6 +221,7 @@ DECLARE
 	v_msg bigint;
 	v_task bigint;
 	v_cmd text;
+	v_new boolean := false;   -- the episode opened in this call: nothing sent yet
 BEGIN
 	SELECT * INTO m FROM prepaid.meters WHERE meter_id = p_meter;
 	p := prepaid.meter_policy(p_meter);
@@ -265,13 +266,17 @@ BEGIN
 		INSERT INTO prepaid.arrears_episodes (meter_id, policy_id, started_at, start_balance)
 		VALUES (p_meter, p.policy_id, v_now, m.balance)
 		RETURNING * INTO ep;
+		v_new := true;
 		m.ladder_rearmed := false;   -- written with the due time below
 	END IF;
 
 	-- Steps reached, their repeats.
 	FOR st IN SELECT * FROM prepaid.policy_steps WHERE policy_id = p.policy_id ORDER BY step_no LOOP
-		SELECT reached_at INTO v_reached FROM prepaid.episode_steps
-		WHERE episode_id = ep.episode_id AND step_no = st.step_no;
+		v_reached := NULL;
+		IF NOT v_new THEN
+			SELECT reached_at INTO v_reached FROM prepaid.episode_steps
+			WHERE episode_id = ep.episode_id AND step_no = st.step_no;
+		END IF;
 		IF v_reached IS NULL THEN
 			CONTINUE WHEN m.balance >= st.threshold;
 			v_reached := v_now;
@@ -286,7 +291,7 @@ BEGIN
 				EXIT;
 			END IF;
 			FOREACH v_ch IN ARRAY st.channels LOOP
-				CONTINUE WHEN EXISTS (SELECT 1 FROM prepaid.episode_sends
+				CONTINUE WHEN NOT v_new AND EXISTS (SELECT 1 FROM prepaid.episode_sends
 				    WHERE episode_id = ep.episode_id AND step_no = st.step_no
 				      AND repeat_no = v_r AND channel = v_ch);
 				v_msg := NULL;
