@@ -64,7 +64,6 @@ struct ingest {
 	const void *cur_payload;
 	size_t cur_len;
 	int64_t cur_us;
-	int cur_rejects;
 	const char *rd_meter;      /* meter of the message being decoded */
 };
 
@@ -153,7 +152,6 @@ ingest_add_reject(struct ingest *in, const char *meter, const char *reason)
 	}
 	ingest_mark(in);
 	json_array_append_new(in->rejects, o);
-	in->cur_rejects++;
 	metrics.rejects++;
 	log_ratelimited(LOG_LVL_WARN, meter ? meter : topic, in->conf->ingest_reject_log_interval,
 	    "meter %s: rejected message on %s: %s", meter ? meter : "(none)", topic, reason);
@@ -204,7 +202,6 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 	in->cur_payload = payload;
 	in->cur_len = len;
 	in->cur_us = now_wall_us();
-	in->cur_rejects = 0;
 
 	kind = payload_parse_topic(topic, in->conf->mqtt_topic_prefix, meter, &why);
 	in->rd_meter = meter;

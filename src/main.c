@@ -66,7 +66,6 @@ struct daemon {
 	bool schema_ok, ingest_up, control_up, mqtt_up;
 	bool ready_sent, stopping;
 	int exit_code;
-	int64_t tick_expected_us;
 	struct event *lag_probe;
 	int64_t lag_expected_us;
 	uint64_t last_inserted;
@@ -340,13 +339,11 @@ static void
 tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
-	int64_t now = now_mono_us(), lag = now - d->tick_expected_us;
+	int64_t now = now_mono_us();
 	uint64_t ins = metrics.readings_inserted;
 
 	UNUSED(fd);
 	UNUSED(what);
-	UNUSED(lag);
-	d->tick_expected_us = now + 1000000;
 	if (now / 1000000 % 5 == 0)
 		sdnotify_status("%s; %llu readings/s; queue %zu; PostgreSQL %s; broker %s",
 		    d->stopping ? "stopping" : "running",
@@ -536,7 +533,6 @@ daemon_run(struct conf *conf)
 		event_add(d->lag_probe, &ten);
 	}
 	d->tick = event_new(d->base, -1, EV_PERSIST, tick_cb, d);
-	d->tick_expected_us = now_mono_us() + 1000000;
 	event_add(d->tick, &one);
 	d->partitions = event_new(d->base, -1, EV_PERSIST, partitions_cb, d);
 	event_add(d->partitions, &part);

@@ -139,7 +139,7 @@ metrics_render(void)
 	G("mqtt_up", "1 when connected to the broker.", "%d", m->mqtt_up);
 	C("postgres_reconnects_total", "PostgreSQL connections (re)established.", m->pg_reconnects);
 	C("mqtt_reconnects_total", "Broker connections (re)established.", m->mqtt_reconnects);
-	G("loop_lag_seconds", "Event-loop lag measured by a 1 s timer (last).", "%.6f", (double)m->loop_lag_us_last / 1e6);
+	G("loop_lag_seconds", "Lateness of the last run of a 10 ms timer on the event loop.", "%.6f", (double)m->loop_lag_us_last / 1e6);
 	G("loop_lag_max_seconds", "Largest event-loop lag seen.", "%.6f", (double)m->loop_lag_us_max / 1e6);
 	metrics_lag_histogram(&b);
 	G("start_time_seconds", "Start time of the daemon since the Unix epoch.", "%lld",

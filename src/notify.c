@@ -403,14 +403,12 @@ notify_base64(struct sbuf *out, const void *data, size_t len, bool wrap)
 	unsigned char chunk[57 * 4 / 3 + 4];
 	size_t off, n;
 
-	for (off = 0; off < len || (off == 0 && len == 0); off += 57) {
+	for (off = 0; off < len; off += n) {
 		n = len - off < 57 ? len - off : 57;
 		EVP_EncodeBlock(chunk, p + off, (int)n);
 		sbuf_adds(out, (const char *)chunk);
 		if (wrap)
 			sbuf_adds(out, "\r\n");
-		if (len == 0)
-			break;
 	}
 }
 

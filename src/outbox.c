@@ -5,11 +5,9 @@
  * is away: rows stay due in the database and nothing is marked sent that
  * could not be published.
  */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <jansson.h>
 
