@@ -108,6 +108,46 @@ static const struct conf_key conf_key_table[] = {
 	{ "http", "port", CONF_INT, "9187", 1, 65535, false,
 	  O(http_port), "port the HTTP endpoint listens on", NULL, 0 },
 
+	{ "http", "max_connections", CONF_INT, "256", 1, 100000, false,
+	  O(http_max_connections), "connections served at once; more are closed", NULL, 0 },
+	{ "http", "deadline_ms", CONF_INT, "10000", 100, 600000, true,
+	  O(http_deadline_ms), "a request must arrive whole within, milliseconds", NULL, 0 },
+	{ "http", "max_body_bytes", CONF_INT, "65536", 1024, 16777216, false,
+	  O(http_max_body), "largest request body, bytes (413 past it)", NULL, 0 },
+	{ "http", "max_headers", CONF_INT, "64", 8, 1000, true,
+	  O(http_max_headers), "most request header lines (431 past it)", NULL, 0 },
+
+	{ "payments", "connections", CONF_INT, "2", 1, 16, false,
+	  O(pay_connections), "PostgreSQL connections for payment callbacks", NULL, 0 },
+	{ "payments", "answer_within_ms", CONF_INT, "4000", 100, 60000, true,
+	  O(pay_answer_ms), "answer 503 if the database takes longer, milliseconds", NULL, 0 },
+	{ "payments", "notify_occupant", CONF_BOOL, "true", 0, 0, true,
+	  O(pay_notify_occupant), "queue a \"payment received\" SMS and e-mail", NULL, 0 },
+	{ "payments", "wechat_path", CONF_STRING, NULL, 0, 0, false,
+	  O(wx_path), "WeChat Pay v3 callback path (unset: off)", NULL, 0 },
+	{ "payments", "wechat_mchid", CONF_STRING, NULL, 0, 0, true,
+	  O(wx_mchid), "our WeChat Pay merchant id", NULL, 0 },
+	{ "payments", "wechat_appids", CONF_STRING, NULL, 0, 0, true,
+	  O(wx_appids), "accepted appids, separated by spaces", NULL, 0 },
+	{ "payments", "wechat_apiv3_key_file", CONF_FILE, NULL, 0, 0, true,
+	  O(wx_apiv3_key_file), "file holding the 32-character APIv3 key", NULL, 0 },
+	{ "payments", "wechat_platform_certs", CONF_STRING, NULL, 0, 0, true,
+	  O(wx_platform_certs), "platform certificate files (PEM), separated by spaces", NULL, 0 },
+	{ "payments", "wechat_public_key_id", CONF_STRING, NULL, 0, 0, true,
+	  O(wx_public_key_id), "PUB_KEY_ID_... of wechat_public_key_file", NULL, 0 },
+	{ "payments", "wechat_public_key_file", CONF_FILE, NULL, 0, 0, true,
+	  O(wx_public_key_file), "WeChat Pay public key file (PEM)", NULL, 0 },
+	{ "payments", "wechat_max_skew", CONF_INT, "300", 10, 3600, true,
+	  O(wx_max_skew), "seconds a Wechatpay-Timestamp may be off", NULL, 0 },
+	{ "payments", "alipay_path", CONF_STRING, NULL, 0, 0, false,
+	  O(ali_path), "Alipay notification path (unset: off)", NULL, 0 },
+	{ "payments", "alipay_app_id", CONF_STRING, NULL, 0, 0, true,
+	  O(ali_app_id), "our Alipay app_id", NULL, 0 },
+	{ "payments", "alipay_seller_id", CONF_STRING, NULL, 0, 0, true,
+	  O(ali_seller_id), "our seller_id (2088...); unset: not checked", NULL, 0 },
+	{ "payments", "alipay_public_key_file", CONF_FILE, NULL, 0, 0, true,
+	  O(ali_public_key_file), "the Alipay public key file (PEM)", NULL, 0 },
+
 	{ "log", "level", CONF_STRING, "info", 0, 0, true,
 	  O(log_level), "error, warning, info or debug", NULL, 0 },
 };
@@ -1668,6 +1708,69 @@ conf_key_at(size_t offset)
 	return &conf_key_table[conf_index(offset)];
 }
 
+/* A callback path: absolute, no query, not one of the daemon's own. */
+static int
+conf_check_pay_path(struct conf_parse *p, size_t off, const char *path, const char *other)
+{
+	const char *why = NULL;
+
+	if (path == NULL)
+		return 0;
+	if (path[0] != '/' || strpbrk(path, "?# \t") != NULL)
+		why = "must be an absolute path without query, fragment or spaces";
+	else if (strcmp(path, "/healthz") == 0 || strcmp(path, "/metrics") == 0)
+		why = "is one of the daemon's own paths (/healthz, /metrics)";
+	else if (other != NULL && strcmp(path, other) == 0)
+		why = "is the same as the other provider's path";
+	if (why == NULL)
+		return 0;
+	conf_key_error(p, conf_line_of(p, off), conf_key_at(off), why);
+	return -1;
+}
+
+/* A provider's callback needs its merchant ids and keys. */
+static int
+conf_check_payments(struct conf_parse *p)
+{
+	struct conf *c = p->c;
+	char why[256];
+
+	if (conf_check_pay_path(p, O(wx_path), c->wx_path, NULL) != 0 ||
+	    conf_check_pay_path(p, O(ali_path), c->ali_path, c->wx_path) != 0)
+		return -1;
+	if ((c->wx_public_key_id == NULL) != (c->wx_public_key_file == NULL)) {
+		size_t off = c->wx_public_key_id != NULL ? O(wx_public_key_id) : O(wx_public_key_file);
+
+		conf_key_error(p, conf_line_of(p, off), conf_key_at(off),
+		    "give both payments.wechat_public_key_id and wechat_public_key_file, or neither");
+		return -1;
+	}
+	if (c->wx_path != NULL) {
+		const char *missing = c->wx_mchid == NULL ? "wechat_mchid"
+		    : c->wx_appids == NULL ? "wechat_appids"
+		    : c->wx_apiv3_key_file == NULL ? "wechat_apiv3_key_file"
+		    : c->wx_platform_certs == NULL && c->wx_public_key_file == NULL
+		    ? "wechat_platform_certs or wechat_public_key_file" : NULL;
+
+		if (missing != NULL) {
+			snprintf(why, sizeof why, "WeChat Pay callbacks need payments.%s", missing);
+			conf_key_error(p, conf_line_of(p, O(wx_path)), conf_key_at(O(wx_path)), why);
+			return -1;
+		}
+	}
+	if (c->ali_path != NULL) {
+		const char *missing = c->ali_app_id == NULL ? "alipay_app_id"
+		    : c->ali_public_key_file == NULL ? "alipay_public_key_file" : NULL;
+
+		if (missing != NULL) {
+			snprintf(why, sizeof why, "Alipay notifications need payments.%s", missing);
+			conf_key_error(p, conf_line_of(p, O(ali_path)), conf_key_at(O(ali_path)), why);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /*
  * Rules between keys, checked once the whole file is read. Each error
  * points at the line of the key that was set last, which is where the
@@ -1730,7 +1833,7 @@ conf_check_cross(struct conf_parse *p)
 		if (conf_gw_finish(p, &c->gateways[i]) != 0)
 			return -1;
 	}
-	return 0;
+	return conf_check_payments(p);
 }
 
 struct conf *
@@ -1773,6 +1876,8 @@ conf_load(const char *path, char *err, size_t errlen)
 	}
 	if (conf_check_cross(&p) != 0)
 		goto fail;
+	p.c->key_lines = xcalloc(ARRAY_SIZE(conf_key_table), sizeof(int));
+	memcpy(p.c->key_lines, p.lines, sizeof p.lines);
 
 	/* The line buffer may have held a conninfo with a password in it. */
 	if (line != NULL)
@@ -1811,8 +1916,22 @@ conf_free(struct conf *c)
 	conf_wipe_free(c->mqtt_password);
 	for (i = 0; i < (size_t)c->ngateways; i++)
 		conf_gw_free(&c->gateways[i]);
+	free(c->key_lines);
 	free(c->path);
 	free(c);
+}
+
+int
+conf_line(const struct conf *c, const void *field)
+{
+	size_t off = (size_t)((const char *)field - (const char *)c), i;
+
+	if (c->key_lines == NULL)
+		return 0;
+	for (i = 0; i < ARRAY_SIZE(conf_key_table); i++)
+		if (conf_key_table[i].offset == off)
+			return c->key_lines[i];
+	return 0;
 }
 
 static bool

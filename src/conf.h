@@ -94,6 +94,7 @@ struct conf_gateway {
 
 struct conf {
 	char *path; /* the file it was read from */
+	int *key_lines; /* line of each key of the table; 0: the default */
 
 	/* [database] */
 	char *db_conninfo;          /* libpq conninfo string or URI */
@@ -136,6 +137,27 @@ struct conf {
 	bool http_enabled;
 	char *http_listen;          /* address, default 127.0.0.1 */
 	int http_port;
+	int http_max_connections;   /* connections served at once; more are closed */
+	int http_deadline_ms;       /* a request must arrive whole within this */
+	int http_max_body;          /* bytes of a request body */
+	int http_max_headers;       /* request header lines */
+
+	/* [payments] */
+	int pay_connections;        /* PostgreSQL connections for callbacks */
+	int pay_answer_ms;          /* answer a callback within this (WeChat: 5 s) */
+	bool pay_notify_occupant;   /* "payment received" SMS/e-mail */
+	char *wx_path;              /* WeChat Pay callback path; unset: off */
+	char *wx_mchid;
+	char *wx_appids;            /* accepted appids, separated by spaces */
+	char *wx_apiv3_key_file;
+	char *wx_platform_certs;    /* platform certificate files, separated by spaces */
+	char *wx_public_key_id;     /* PUB_KEY_ID_... of wx_public_key_file */
+	char *wx_public_key_file;
+	int wx_max_skew;            /* seconds between Wechatpay-Timestamp and now */
+	char *ali_path;             /* Alipay callback path; unset: off */
+	char *ali_app_id;
+	char *ali_seller_id;        /* optional */
+	char *ali_public_key_file;
 
 	/* [log] */
 	char *log_level;            /* error, warning, info, debug */
@@ -165,6 +187,9 @@ struct conf_key {
 	const char *const *choices; /* CONF_ENUM: the words, NULL-terminated */
 	int repeat;             /* > 1: may appear up to this many times */
 };
+
+/* The line of the key stored at field (a member of c), 0 if defaulted. */
+int conf_line(const struct conf *c, const void *field);
 
 /* The key table (for the docs-drift test and for listing). */
 const struct conf_key *conf_keys(size_t *n);

@@ -39,6 +39,7 @@
 #include "ladder.h"
 #include "notify.h"
 #include "outbox.h"
+#include "payments.h"
 #include "pgconn.h"
 #include "sdnotify.h"
 
@@ -61,6 +62,7 @@ struct daemon {
 	struct notify *notify;
 	struct ladder *ladder;
 	struct httpd *httpd;
+	struct payments *payments;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *tick, *watchdog, *partitions, *stop_timer;
 	bool schema_ok, ingest_up, control_up, mqtt_up;
@@ -433,6 +435,9 @@ daemon_reload(struct daemon *d)
 		log_warn("reload: %s (and possibly other keys) changed; such keys take effect "
 		    "only after a restart", what);
 	conf_keep_fixed(nc, d->conf);
+	if (d->httpd != NULL)
+		httpd_reconfigure(d->httpd, nc);
+	payments_reconfigure(d->payments, nc);
 	ingest_set_conf(d->ingest, nc);
 	outbox_set_conf(d->outbox, nc);
 	notify_set_conf(d->notify, nc);
@@ -494,6 +499,12 @@ daemon_run(struct conf *conf)
 		}
 	}
 
+	d->payments = payments_new(d->base, d->httpd, conf, err, sizeof err);
+	if (d->payments == NULL) {
+		fprintf(stderr, "prepaidd: %s\n", err);
+		return 1;
+	}
+
 	memset(&ph, 0, sizeof ph);
 	ph.on_connect = ingest_connected;
 	ph.on_disconnect = ingest_lost;
@@ -551,6 +562,7 @@ daemon_run(struct conf *conf)
 	if (d->exit_code == 0)
 		log_info("exiting");
 	mqtt_disconnect(d->mqtt);
+	payments_free(d->payments);
 	ladder_free(d->ladder);
 	notify_free(d->notify);
 	outbox_free(d->outbox);
@@ -620,6 +632,11 @@ main(int argc, char **argv)
 	conf = conf_load(path, err, sizeof err);
 	if (conf == NULL) {
 		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (payments_check(conf, err, sizeof err) != 0) {
+		fprintf(stderr, "%s\n", err);
+		conf_free(conf);
 		return 1;
 	}
 	if (check) {

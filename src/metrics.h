@@ -41,6 +41,21 @@ struct metrics {
 	/* ladder */
 	uint64_t ladder_sweeps;
 	uint64_t ladder_meters;
+	/* http */
+	uint64_t http_connections_total;
+	int64_t http_connections;       /* open now */
+	uint64_t http_requests;
+	uint64_t http_refused_cap;      /* closed past the connection cap */
+	uint64_t http_refused_deadline; /* cut off: request not whole in time */
+	uint64_t http_refused_request;  /* 404, 405, 431 */
+	/* payments */
+	uint64_t pay_credited;
+	uint64_t pay_duplicate;
+	uint64_t pay_held;              /* unmatched or disputed */
+	uint64_t pay_notices;           /* refunds, closes: recorded, not credited */
+	uint64_t pay_refused;           /* signature, key, timestamp, merchant, format */
+	uint64_t pay_unavailable;       /* 503: database away or slow */
+	uint64_t pay_rearmed;           /* arm or close commands queued by a payment */
 	/* links */
 	int pg_up;
 	int mqtt_up;

@@ -1,0 +1,123 @@
+/*
+ * payverify.h: verifying and decoding payment notifications, without I/O.
+ *
+ * Pure functions over bytes: the daemon's HTTP handlers (payments.c) call
+ * them, the unit tests and the fuzzers call exactly the same code. WeChat Pay
+ * API v3: SHA256-RSA over "timestamp\nnonce\nbody\n" with a key chosen by
+ * Wechatpay-Serial, then AES-256-GCM decryption of the resource. Alipay: the
+ * form is decoded once, sign and sign_type dropped, empty values skipped,
+ * keys sorted, RSA2 verified with the Alipay public key. Money is parsed as
+ * exact decimal into integer fen. Every function returns 0 on success or a
+ * PAY_E* code, with a one-line reason in err that never holds a secret.
+ */
+#ifndef PREPAID_PAYVERIFY_H
+#define PREPAID_PAYVERIFY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+
+enum {
+	PAY_OK = 0,
+	PAY_EFORMAT = 1,  /* malformed input (form, JSON, base64, header) */
+	PAY_ESERIAL = 2,  /* Wechatpay-Serial names no configured key */
+	PAY_ESIG = 3,     /* signature does not verify */
+	PAY_ESTALE = 4,   /* timestamp too far from now */
+	PAY_EDECRYPT = 5, /* AES-GCM tag mismatch, bad nonce, bad key */
+	PAY_EKEY = 6,     /* a key file could not be read or used */
+};
+
+/* --- keys */
+
+/* Public keys by id: WeChat platform certificate serials and PUB_KEY_ID_...
+ * ids. */
+struct pay_keyring;
+
+struct pay_keyring *pay_keyring_new(void);
+/* Add a key from a PEM file: "PUBLIC KEY" (then id is required) or an X.509
+ * "CERTIFICATE" (id NULL: the certificate's serial number, upper-case hex,
+ * no leading zero stripping beyond what the serial has). */
+int pay_keyring_add_file(struct pay_keyring *kr, const char *id, const char *path, char *err,
+    size_t errlen);
+/* The key of id, or NULL. Id comparison is case-insensitive. */
+EVP_PKEY *pay_keyring_find(const struct pay_keyring *kr, const char *id);
+size_t pay_keyring_count(const struct pay_keyring *kr);
+void pay_keyring_free(struct pay_keyring *kr);
+
+/* A PEM public key or certificate file as an EVP_PKEY (caller frees). */
+EVP_PKEY *pay_pubkey_load(const char *path, char *err, size_t errlen);
+/* A 32-byte secret (the WeChat APIv3 key) from a file; one trailing newline
+ * is allowed. */
+int pay_secret_load(const char *path, unsigned char key[32], char *err, size_t errlen);
+
+/* --- money */
+
+/* "12", "12.3", "12.30", "0.01" (yuan) -> fen. No sign, no spaces, no
+ * exponent, at most 2 decimals, at least one digit before the point, at most
+ * 12 integer digits. */
+int pay_money_parse(const char *s, size_t len, int64_t *fen);
+
+/* --- Alipay */
+
+struct pay_kv {
+	char *key;
+	char *val;
+};
+
+struct pay_form {
+	struct pay_kv *kv;
+	size_t n;
+};
+
+/* application/x-www-form-urlencoded: '+' is a space, %XX a byte. Refused:
+ * a bad escape, a decoded NUL, an empty key, a repeated key, more than 200
+ * pairs. */
+int pay_form_parse(const char *body, size_t len, struct pay_form *f, char *err, size_t errlen);
+const char *pay_form_get(const struct pay_form *f, const char *key);
+void pay_form_free(struct pay_form *f);
+/* The signed content: sign and sign_type removed, empty values skipped, keys
+ * in byte order, "k=v" joined by '&'. Caller frees. */
+char *pay_alipay_signing_string(const struct pay_form *f);
+/* sign_type must be RSA2; sign is base64 of SHA256-RSA (PKCS#1 v1.5). */
+int pay_alipay_verify(const struct pay_form *f, EVP_PKEY *key, char *err, size_t errlen);
+
+/* --- WeChat Pay API v3 */
+
+/* All four headers must be present and non-empty; |now - timestamp| must be
+ * below max_skew seconds; the key is found by serial. */
+int pay_wechat_verify(const struct pay_keyring *kr, const char *serial, const char *timestamp,
+    const char *nonce, const char *signature, const char *body, size_t len, int64_t now,
+    int64_t max_skew, char *err, size_t errlen);
+
+struct pay_wechat_envelope {
+	char *id;             /* notification id */
+	char *event_type;     /* TRANSACTION.SUCCESS, REFUND.SUCCESS, ... */
+	char *resource_type;  /* encrypt-resource */
+	char *original_type;  /* transaction, refund */
+	char *algorithm;      /* AEAD_AES_256_GCM */
+	char *ciphertext;     /* base64 */
+	char *associated_data; /* may be "" */
+	char *nonce;          /* 12 bytes */
+};
+
+int pay_wechat_envelope_parse(const char *body, size_t len, struct pay_wechat_envelope *e,
+    char *err, size_t errlen);
+void pay_wechat_envelope_free(struct pay_wechat_envelope *e);
+/* Decrypt e's resource with the APIv3 key; *plain is NUL-terminated, caller
+ * frees. */
+int pay_wechat_decrypt(const unsigned char key[32], const struct pay_wechat_envelope *e,
+    char **plain, size_t *plen, char *err, size_t errlen);
+
+struct pay_wechat_txn {
+	char *appid, *mchid, *out_trade_no, *transaction_id, *trade_state, *currency,
+	    *success_time;
+	int64_t total;       /* fen; -1 if absent */
+	int64_t payer_total; /* fen; -1 if absent */
+};
+
+int pay_wechat_txn_parse(const char *plain, size_t len, struct pay_wechat_txn *t, char *err,
+    size_t errlen);
+void pay_wechat_txn_free(struct pay_wechat_txn *t);
+
+#endif

@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+#
+# tests/it/payments.sh: WeChat Pay v3 and Alipay callbacks, signed and
+# encrypted by the test's own gateway (tests/paysign, independent of the
+# daemon's verifier) and posted to a real prepaidd over loopback HTTP,
+# against a real PostgreSQL, mosquitto and simulated meters. Proves that a
+# valid WeChat and a valid Alipay payment credit the right meter to the fen
+# and re-arm a tripped meter, whose occupant then presses the button: the
+# meter is back to normal and the time from payment to restore is recorded;
+# that the same notification 5 times and 50 at once credits once; that
+# TRADE_FINISHED after TRADE_SUCCESS credits once; that refund notices
+# credit nothing; that a bad signature, an unknown key serial, a stale
+# timestamp, a tampered ciphertext, another merchant's mchid/appid/app_id
+# are refused and audited, and a wrong amount or an unknown order is held
+# for reconciliation, never credited; that an oversize body, too many
+# headers, a trickling client, a GET and a query string are refused
+# without harm; that with PostgreSQL stopped the answer is 503 and the
+# retried notification credits once after it returns; that the public-key
+# mode of WeChat Pay verifies; and that the operator can apply a held
+# payment by hand.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
+set -euo pipefail
+. "${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/lib.sh"
+
+skip_unless_tools
+PAYSIGN=$top_builddir/tests/paysign
+[ -x "$PAYSIGN" ] || fail "tests/paysign is not built (make check builds it)"
+KEYS=$LIB_TMP/keys
+mkdir -p "$KEYS"
+"$PAYSIGN" keys "$KEYS" >"$LIB_TMP/keys.out"
+WX_SERIAL=$(sed -n 's/^wx_serial=//p' "$LIB_TMP/keys.out")
+WX_PUBID=$(sed -n 's/^wx_pubkey_id=//p' "$LIB_TMP/keys.out")
+[ -n "$WX_SERIAL" ] && [ -n "$WX_PUBID" ] || fail "paysign keys printed no serial or id"
+
+pg_start
+broker_start
+PAY_CONF=(
+	http.deadline_ms=1500
+	http.max_headers=40
+	payments.wechat_path=/pay/wechat
+	payments.wechat_mchid=1900000001
+	payments.wechat_appids="wxd678efh567hg6787 wx0000000000000002"
+	payments.wechat_apiv3_key_file="$KEYS/apiv3.key"
+	payments.wechat_platform_certs="$KEYS/wx_platform.pem"
+	payments.wechat_public_key_id="$WX_PUBID"
+	payments.wechat_public_key_file="$KEYS/wx_pub.pub"
+	payments.alipay_path=/pay/alipay
+	payments.alipay_app_id=2021000000000001
+	payments.alipay_seller_id=2088000000000001
+	payments.alipay_public_key_file="$KEYS/alipay.pub"
+	payments.answer_within_ms=2000
+)
+daemon_config "${PAY_CONF[@]}"
+daemon_migrate
+daemon_start
+WX=http://127.0.0.1:$HTTP_PORT/pay/wechat
+ALI=http://127.0.0.1:$HTTP_PORT/pay/alipay
+
+# Meters reading every half second; an armed meter's occupant presses the
+# button 1 s after the arm.
+sim_bg -n 6 -r 500 --press-delay 1000
+wait_until "SELECT count(*) = 6 FROM prepaid.meter_status
+    WHERE meter_id LIKE 'SIM%' AND relay = 'closed'" 20 "6 meters reporting, relay closed"
+
+balance()
+{
+	psql_q "SELECT balance_exact FROM prepaid.balances WHERE meter_id = '$1'"
+}
+order()
+{
+	psql_q "SELECT prepaid.create_order('$1', $2, '$3')"
+}
+wx()
+{
+	"$PAYSIGN" wechat "$WX" --keys "$KEYS" --serial "$WX_SERIAL" "$@"
+}
+ali()
+{
+	"$PAYSIGN" alipay "$ALI" --keys "$KEYS" "$@"
+}
+credits()
+{
+	psql_q "SELECT count(*) FROM prepaid.ledger WHERE kind = 'payment' AND meter_id = '$1'"
+}
+
+# SIM0001 and SIM0002 are in arrears and tripped.
+for m in SIM0001 SIM0002; do
+	psql_q "SELECT prepaid.adjust('$m', -30.25, 'test: arrears')" >/dev/null
+	t=$(psql_q "SELECT prepaid.trip('$m', 'test: arrears')")
+	wait_until "SELECT state = 'acked' FROM prepaid.commands WHERE id = '$t'" 15 "$m tripped"
+done
+wait_until "SELECT count(*) = 2 FROM prepaid.meter_status
+    WHERE meter_id IN ('SIM0001', 'SIM0002') AND relay = 'open'" 10 "two meters open"
+
+note "a valid WeChat payment credits to the fen, re-arms, the button restores power"
+o1=$(order SIM0001 100.07 wechat)
+wx --out-trade-no "$o1" --transaction-id 4200000001 --total 10007 --expect 204 >/dev/null ||
+    fail "WeChat payment not answered 204"
+assert_eq "69.8200000" "$(balance SIM0001)" "SIM0001 balance after 100.07 on -30.25"
+assert_eq "credited|100.07|SIM0001" "$(psql_q "SELECT state || '|' || amount || '|' || meter_id
+    FROM prepaid.payment_status WHERE provider_txn = '4200000001'")" "payment row"
+assert_eq paid "$(psql_q "SELECT state FROM prepaid.order_status WHERE out_trade_no = '$o1'")" \
+    "order state"
+wait_until "SELECT state = 'restored' AND cause = 'button' AND paid_to_restored IS NOT NULL
+    FROM prepaid.restore_times WHERE meter_id = 'SIM0001'" 15 \
+    "SIM0001 armed, button pressed, restore timed"
+grep -q "^cmd meter=SIM0001 id=.* action=arm result=ok relay=armed$" "$SIM_LOG" ||
+    fail "the meter never received the arm"
+wait_until "SELECT relay = 'closed' FROM prepaid.meter_status WHERE meter_id = 'SIM0001'" 10 \
+    "SIM0001 back to normal (relay closed)"
+psql_q "SELECT 'paid -> restored: ' || paid_to_restored FROM prepaid.restore_times
+    WHERE meter_id = 'SIM0001'"
+
+note "a valid Alipay payment credits to the fen and re-arms"
+o2=$(order SIM0002 88.80 alipay)
+out=$(ali --out-trade-no "$o2" --trade-no 2026112722001 --total 88.80 --expect 200)
+echo "$out" | grep -q 'body=success' || fail "Alipay not answered success: $out"
+assert_eq "58.5500000" "$(balance SIM0002)" "SIM0002 balance after 88.80 on -30.25"
+wait_until "SELECT state = 'restored' AND cause = 'button' FROM prepaid.restore_times
+    WHERE meter_id = 'SIM0002'" 15 "SIM0002 re-armed and restored by the button"
+
+note "the same notification 5 times, then 50 at once: one credit each"
+o3=$(order SIM0003 10.00 wechat)
+wx --out-trade-no "$o3" --transaction-id 4200000003 --total 1000 -n 5 --expect 204 >/dev/null ||
+    fail "a repeat was not answered 204"
+o4=$(order SIM0003 20.00 wechat)
+wx --out-trade-no "$o4" --transaction-id 4200000004 --total 2000 -P 50 --expect 204 >/dev/null ||
+    fail "one of 50 concurrent repeats was not answered 204"
+o5=$(order SIM0003 5.00 alipay)
+ali --out-trade-no "$o5" --trade-no 2026112722005 --total 5.00 -P 50 --expect 200 >/dev/null ||
+    fail "one of 50 concurrent Alipay repeats was not answered 200"
+assert_eq 3 "$(credits SIM0003)" "three payments credited to SIM0003"
+assert_eq "35.0000000" "$(balance SIM0003)" "SIM0003 balance 10 + 20 + 5"
+
+note "TRADE_FINISHED after TRADE_SUCCESS credits once"
+o6=$(order SIM0004 12.34 alipay)
+ali --out-trade-no "$o6" --trade-no 2026112722006 --total 12.34 --trade-status TRADE_SUCCESS \
+    --expect 200 >/dev/null || fail "TRADE_SUCCESS refused"
+ali --out-trade-no "$o6" --trade-no 2026112722006 --total 12.34 --trade-status TRADE_FINISHED \
+    --expect 200 >/dev/null || fail "TRADE_FINISHED refused"
+assert_eq "12.3400000" "$(balance SIM0004)" "SIM0004 credited once"
+
+note "refund notifications credit nothing"
+ali --out-trade-no "$o6" --trade-no 2026112722006 --total 12.34 --trade-status TRADE_SUCCESS \
+    --refund-fee 2.00 --expect 200 >/dev/null || fail "partial refund notice not answered"
+wx --out-trade-no "$o1" --transaction-id 4200000001 --total 10007 --event-type REFUND.SUCCESS \
+    --original-type refund --expect 204 >/dev/null || fail "WeChat refund notice not answered 204"
+ali --out-trade-no "$o6" --trade-no 2026112722006 --total 12.34 --trade-status TRADE_CLOSED \
+    --expect 200 >/dev/null || fail "TRADE_CLOSED not answered"
+assert_eq "12.3400000" "$(balance SIM0004)" "SIM0004 unchanged by the refund"
+assert_eq "69.8200000" "$(balance SIM0001)" "SIM0001 unchanged by the refund"
+assert_eq 3 "$(psql_q "SELECT count(*) FROM prepaid.payment_notices")" "3 notices recorded"
+
+note "forged and misdirected notifications are refused and audited"
+o7=$(order SIM0005 50.00 wechat)
+refused()
+{
+	local code=$1
+	shift
+	out=$("$@" 2>&1) && rc=0 || rc=$?
+	echo "$out" | grep -q "status=$code " || fail "expected $code from: $* -- got: $out"
+	echo "ok - $code: ${*: -1}"
+}
+refused 401 wx --out-trade-no "$o7" --transaction-id 4200000007 --total 5000 --bad-sig
+refused 401 wx --out-trade-no "$o7" --transaction-id 4200000007 --total 5000 --serial 0123ABCD
+refused 401 wx --out-trade-no "$o7" --transaction-id 4200000007 --total 5000 --skew -600
+refused 401 wx --out-trade-no "$o7" --transaction-id 4200000007 --total 5000 --skew 600
+refused 400 wx --out-trade-no "$o7" --transaction-id 4200000007 --total 5000 --tamper
+refused 400 wx --out-trade-no "$o7" --transaction-id 4200000007 --total 5000 --apiv3-wrong
+refused 403 wx --out-trade-no "$o7" --transaction-id 4200000007 --total 5000 --mchid 1900000999
+refused 403 wx --out-trade-no "$o7" --transaction-id 4200000007 --total 5000 --appid wx999
+refused 401 wx --out-trade-no "$o7" --transaction-id 4200000007 --total 5000 \
+    --key "$KEYS/other.key"
+o8=$(order SIM0005 50.00 alipay)
+refused 401 ali --out-trade-no "$o8" --trade-no 2026112722008 --total 50.00 --bad-sig
+refused 403 ali --out-trade-no "$o8" --trade-no 2026112722008 --total 50.00 --app-id 2021999
+refused 403 ali --out-trade-no "$o8" --trade-no 2026112722008 --total 50.00 --seller-id 2088999
+refused 400 ali --out-trade-no "$o8" --trade-no 2026112722008 --total 50.00 --sign-type RSA
+assert_eq "0.0000000" "$(balance SIM0005)" "nothing credited to SIM0005"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.payments WHERE meter_id = 'SIM0005'")" \
+    "no payment rows for SIM0005"
+assert_eq pending "$(psql_q "SELECT state FROM prepaid.order_status WHERE out_trade_no = '$o7'")" \
+    "the forged order is still pending"
+wait_until "SELECT count(*) = 13 FROM prepaid.payment_rejects" 5 "13 refusals audited"
+assert_eq 2 "$(psql_q "SELECT count(*) FROM prepaid.payment_rejects
+    WHERE verified AND out_trade_no = '$o7' AND http_status = 403")" \
+    "the verified WeChat refusals carry their order"
+grep -q "4200000007" "$DAEMON_LOG" || fail "the log does not name the refused transaction"
+
+note "a wrong amount is disputed, an unknown order unmatched: held, not credited"
+wx --out-trade-no "$o7" --transaction-id 4200000009 --total 4999 --expect 204 >/dev/null ||
+    fail "a verified payment of another amount was not acknowledged"
+ali --out-trade-no PPNOSUCHORDER0001 --trade-no 2026112722010 --total 9.99 --expect 200 \
+    >/dev/null || fail "a verified payment of an unknown order was not acknowledged"
+assert_eq "0.0000000" "$(balance SIM0005)" "nothing credited for the wrong amount"
+assert_eq "disputed|SIM0005" "$(psql_q "SELECT state || '|' || meter_id FROM prepaid.payments
+    WHERE provider_txn = '4200000009'")" "wrong amount disputed"
+assert_eq "unmatched" "$(psql_q "SELECT state FROM prepaid.payments
+    WHERE provider_txn = '2026112722010'")" "unknown order unmatched"
+assert_eq 2 "$(psql_q "SELECT count(*) FROM prepaid.payments_unreconciled")" \
+    "two payments to reconcile"
+note "the operator applies the unmatched payment by hand"
+pid=$(psql_q "SELECT payment_id FROM prepaid.payments WHERE provider_txn = '2026112722010'")
+psql_q "SELECT prepaid.apply_payment($pid, 'SIM0006', 'occupant sent the receipt')" >/dev/null
+assert_eq "9.9900000" "$(balance SIM0006)" "applied to SIM0006"
+assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.operator_audit WHERE action = 'apply_payment'")" \
+    "apply_payment audited"
+pid=$(psql_q "SELECT payment_id FROM prepaid.payments WHERE provider_txn = '4200000009'")
+assert_eq t "$(psql_q "SELECT prepaid.reject_payment($pid, 'refunded at WeChat Pay')")" \
+    "the disputed payment rejected by hand"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.payments_unreconciled")" "nothing left"
+
+note "WeChat Pay public-key mode (PUB_KEY_ID_...) verifies too"
+o9=$(order SIM0006 1.00 wechat)
+"$PAYSIGN" wechat "$WX" --keys "$KEYS" --wx-pubkey --out-trade-no "$o9" \
+    --transaction-id 4200000011 --total 100 --expect 204 >/dev/null ||
+    fail "a notification signed with the WeChat Pay public key was refused"
+assert_eq "10.9900000" "$(balance SIM0006)" "SIM0006 credited"
+
+note "HTTP hardening: oversize, too many headers, GET, query string, trickling client"
+head -c 70000 /dev/zero | tr '\0' a >"$LIB_TMP/big"
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST --data-binary @"$LIB_TMP/big" "$WX")
+assert_eq 413 "$code" "oversize body"
+hdrs=()
+for i in $(seq 1 50); do hdrs+=(-H "X-Filler-$i: $i"); done
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' "${hdrs[@]}" "$WX")
+assert_eq 431 "$code" "too many header lines"
+assert_eq 405 "$(curl -s -o /dev/null -w '%{http_code}' "$WX")" "GET on the callback path"
+assert_eq 404 "$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' "$WX?x=1")" \
+    "query string on the callback path"
+assert_eq 404 "$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' "$WX/")" \
+    "a path that is not exact"
+assert_eq 405 "$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' \
+    "http://127.0.0.1:$HTTP_PORT/metrics")" "POST on /metrics"
+# A client sending one byte every 0.4 s is cut off at the 1.5 s deadline,
+# although it is never idle for longer than the idle timeout.
+t0=$(lib_now_ms)
+trap '' PIPE
+exec 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT"
+for ch in P O S T ' ' / p a y / w e c h a t ' ' H T T P / 1 . 1; do
+	printf %s "$ch" >&3 2>/dev/null || break
+	sleep 0.4
+done
+exec 3>&- 3<&- || true
+trap - PIPE
+t1=$(lib_now_ms)
+[ "$(daemon_metric http_refused_deadline_total)" -ge 1 ] ||
+    fail "the trickling client was not cut off (after $((t1 - t0)) ms)"
+echo "ok - trickling client cut off (metric http_refused_deadline_total)"
+assert_eq 200 "$(daemon_healthz)" "daemon healthy after the abuse"
+
+note "PostgreSQL stopped: 503; after it returns the retried notification credits once"
+o10=$(order SIM0006 2.00 wechat)
+pg_stop
+out=$(wx --out-trade-no "$o10" --transaction-id 4200000012 --total 200 2>&1 || true)
+echo "$out" | grep -q "status=503 " || fail "with PostgreSQL stopped: $out"
+echo "ok - 503 while PostgreSQL is away"
+pg_restart
+wait_until "SELECT true" 20 "PostgreSQL back"
+deadline=$(($(lib_now_ms) + 20000))
+until wx --out-trade-no "$o10" --transaction-id 4200000012 --total 200 --expect 204 \
+    >/dev/null 2>&1; do
+	[ "$(lib_now_ms)" -lt "$deadline" ] || fail "the retried notification never succeeded"
+	sleep 0.5
+done
+wx --out-trade-no "$o10" --transaction-id 4200000012 --total 200 --expect 204 >/dev/null
+assert_eq "12.9900000" "$(balance SIM0006)" "credited once after PostgreSQL returned"
+
+note "the ledger is consistent"
+assert_eq "" "$(psql_q "SELECT * FROM prepaid.verify_ledger()")" "verify_ledger() is empty"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM (SELECT reference FROM prepaid.ledger
+    WHERE kind = 'payment' GROUP BY reference HAVING count(*) > 1) d")" "no payment twice"
+[ "$(daemon_metric payments_credited_total)" -ge 8 ] || fail "payments_credited_total too low"
+if grep -E "apiv3|BEGIN (RSA )?PRIVATE|$(head -c 12 "$KEYS/apiv3.key")" "$DAEMON_LOG" \
+    | grep -v "apiv3_key_file" | grep -q .; then
+	fail "a secret reached the log"
+fi
+echo "ok - no secret in the log"
+
+note "-n reports an unusable key with its file and line"
+daemon_config "${PAY_CONF[@]}" payments.alipay_public_key_file="$KEYS/apiv3.key"
+out=$("$top_builddir/prepaidd" -n -c "$CONF" 2>&1) && fail "-n accepted a bad key: $out"
+echo "$out" | grep -q "$CONF:[0-9]*: payments.alipay_public_key_file: " ||
+    fail "-n did not name the key and line: $out"
+echo "ok - $out"
+daemon_config "${PAY_CONF[@]}" payments.wechat_public_key_file="$LIB_TMP/missing.pem"
+out=$("$top_builddir/prepaidd" -n -c "$CONF" 2>&1) && fail "-n accepted a missing key file"
+echo "$out" | grep -q "payments.wechat_public_key_file" || fail "-n: $out"
+echo "ok - $out"
+
+daemon_stop
+echo "PASS"
