@@ -441,6 +441,10 @@ pay_form_parse(const char *body, size_t len, struct pay_form *f, char *err, size
 		return pay_fail(err, errlen, PAY_EFORMAT, "no body");
 	if (len > PAY_MAX_BODY)
 		return pay_fail(err, errlen, PAY_EFORMAT, "form body over %d bytes", PAY_MAX_BODY);
+	if (len == 0) {
+		pay_ok(err, errlen);
+		return PAY_OK;
+	}
 	p = body;
 	end = body + len;
 	while (p < end) {

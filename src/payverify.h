@@ -72,20 +72,27 @@ struct pay_form {
 
 /* application/x-www-form-urlencoded: '+' is a space, %XX a byte. Refused:
  * a bad escape, a decoded NUL, an empty key, a repeated key, more than 200
- * pairs. */
+ * pairs, a body over 64 KiB. Empty pairs ("a=1&&b=2", a trailing '&') are
+ * skipped; "flag" without '=' is flag with an empty value. On failure *f is
+ * left empty. */
 int pay_form_parse(const char *body, size_t len, struct pay_form *f, char *err, size_t errlen);
 const char *pay_form_get(const struct pay_form *f, const char *key);
 void pay_form_free(struct pay_form *f);
 /* The signed content: sign and sign_type removed, empty values skipped, keys
  * in byte order, "k=v" joined by '&'. Caller frees. */
 char *pay_alipay_signing_string(const struct pay_form *f);
-/* sign_type must be RSA2; sign is base64 of SHA256-RSA (PKCS#1 v1.5). */
+/* sign_type must be RSA2; sign is base64 of SHA256-RSA (PKCS#1 v1.5).
+ * A missing sign_type, or any other (legacy SHA1 "RSA" included, so that a
+ * sender cannot choose the weaker hash), is PAY_EFORMAT; no key, PAY_EKEY. */
 int pay_alipay_verify(const struct pay_form *f, EVP_PKEY *key, char *err, size_t errlen);
 
 /* --- WeChat Pay API v3 */
 
-/* All four headers must be present and non-empty; |now - timestamp| must be
- * below max_skew seconds; the key is found by serial. */
+/* All four headers must be present and non-empty, without control bytes
+ * (a line feed in the nonce would let nonce and body be re-split); the
+ * timestamp is decimal digits only; |now - timestamp| must be below max_skew
+ * seconds; the key is found by serial; the body is at most 64 KiB and need
+ * not be NUL-terminated. */
 int pay_wechat_verify(const struct pay_keyring *kr, const char *serial, const char *timestamp,
     const char *nonce, const char *signature, const char *body, size_t len, int64_t now,
     int64_t max_skew, char *err, size_t errlen);
@@ -101,11 +108,18 @@ struct pay_wechat_envelope {
 	char *nonce;          /* 12 bytes */
 };
 
+/* Required strings: id, event_type, resource.{algorithm,ciphertext,nonce};
+ * resource_type, original_type and associated_data are optional (absent
+ * associated_data reads as ""), but a present one must be a string. A
+ * repeated JSON key is refused. On failure *e is left empty. */
 int pay_wechat_envelope_parse(const char *body, size_t len, struct pay_wechat_envelope *e,
     char *err, size_t errlen);
 void pay_wechat_envelope_free(struct pay_wechat_envelope *e);
 /* Decrypt e's resource with the APIv3 key; *plain is NUL-terminated, caller
- * frees. */
+ * frees (NULL on failure: unauthenticated plaintext is never handed out).
+ * Not base64, 16 bytes or fewer, or an algorithm other than
+ * AEAD_AES_256_GCM: PAY_EFORMAT; a nonce not of 12 bytes or a tag mismatch
+ * (wrong key, altered ciphertext, wrong associated_data): PAY_EDECRYPT. */
 int pay_wechat_decrypt(const unsigned char key[32], const struct pay_wechat_envelope *e,
     char **plain, size_t *plen, char *err, size_t errlen);
 
@@ -116,6 +130,9 @@ struct pay_wechat_txn {
 	int64_t payer_total; /* fen; -1 if absent */
 };
 
+/* Required strings: out_trade_no, transaction_id, trade_state; appid, mchid,
+ * success_time and amount.currency are strings when present; amount.total
+ * and amount.payer_total are non-negative JSON integers when present. */
 int pay_wechat_txn_parse(const char *plain, size_t len, struct pay_wechat_txn *t, char *err,
     size_t errlen);
 void pay_wechat_txn_free(struct pay_wechat_txn *t);
