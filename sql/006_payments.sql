@@ -108,18 +108,31 @@ DECLARE
 	p prepaid.policies;
 	v_mode text;
 	v_cmd text;
-	v_tripped boolean;
+	v_trip_sent boolean;
+	v_trip_queued boolean;
 BEGIN
 	SELECT * INTO m FROM prepaid.meters WHERE meter_id = p_meter;
-	p := prepaid.meter_policy(p_meter);
+	-- The common case first, cheaply: not tripped, no trip about.
+	SELECT coalesce(bool_or(c.state = 'sent'), false),
+	       coalesce(bool_or(c.state IN ('queued', 'quarantined')), false)
+	INTO v_trip_sent, v_trip_queued
+	FROM prepaid.commands c
+	WHERE c.meter_id = p_meter AND c.action = 'trip'
+	  AND c.state IN ('queued', 'quarantined', 'sent');
+	IF m.relay IS DISTINCT FROM 'open' AND NOT v_trip_sent AND NOT v_trip_queued THEN
+		RETURN NULL;
+	END IF;
+	SELECT pol.* INTO p FROM prepaid.sites s
+	JOIN prepaid.policies pol ON pol.policy_id = coalesce(m.policy_id, s.policy_id)
+	WHERE s.site_id = m.site_id;
 	IF m.balance < p.restore_level THEN
 		RETURN NULL;
 	END IF;
-	UPDATE prepaid.commands SET state = 'cancelled', detail = 'superseded by a payment'
-	WHERE meter_id = p_meter AND action = 'trip' AND state IN ('queued', 'quarantined');
-	v_tripped := m.relay = 'open' OR EXISTS (SELECT 1 FROM prepaid.commands c
-	    WHERE c.meter_id = p_meter AND c.action = 'trip' AND c.state = 'sent');
-	IF NOT v_tripped THEN
+	IF v_trip_queued THEN
+		UPDATE prepaid.commands SET state = 'cancelled', detail = 'superseded by a payment'
+		WHERE meter_id = p_meter AND action = 'trip' AND state IN ('queued', 'quarantined');
+	END IF;
+	IF m.relay IS DISTINCT FROM 'open' AND NOT v_trip_sent THEN
 		RETURN NULL;
 	END IF;
 	v_mode := coalesce(m.restore_mode, p.restore_mode);
@@ -147,19 +160,27 @@ DECLARE
 	pay prepaid.payments;
 	v_amount numeric;
 	v_ch text;
+	v_day date;
 BEGIN
 	SELECT * INTO pay FROM prepaid.payments WHERE payment_id = p_payment;
 	v_amount := pay.amount_fen / 100.0;
+	SELECT (now() AT TIME ZONE s.time_zone)::date INTO v_day
+	FROM prepaid.meters m JOIN prepaid.sites s ON s.site_id = m.site_id
+	WHERE m.meter_id = p_meter;
 	INSERT INTO prepaid.ledger (meter_id, day, kind, amount, reference)
-	VALUES (p_meter, prepaid.local_day(p_meter, now()), 'payment', v_amount,
-	    pay.provider || ':' || pay.provider_txn)
+	VALUES (p_meter, v_day, 'payment', v_amount, pay.provider || ':' || pay.provider_txn)
 	RETURNING ledger.entry_id INTO entry_id;
 	UPDATE prepaid.meters SET balance = balance + v_amount WHERE meter_id = p_meter;
 	UPDATE prepaid.payments SET state = p_state, meter_id = p_meter, ledger_entry = entry_id
 	WHERE payment_id = p_payment;
-	-- The ladder sees the new balance now: an episode paid back ends, a
-	-- trip not yet sent is cancelled (prepaid.ladder_step).
-	PERFORM prepaid.ladder_step(p_meter);
+	-- The ladder sees the new balance now: an open episode paid back ends,
+	-- a trip not yet sent is cancelled (prepaid.ladder_step). A meter
+	-- without an episode has nothing to end; the sweep looks at it as at
+	-- any balance change.
+	IF EXISTS (SELECT 1 FROM prepaid.arrears_episodes e
+	           WHERE e.meter_id = p_meter AND e.ended_at IS NULL) THEN
+		PERFORM prepaid.ladder_step(p_meter);
+	END IF;
 	command_id := prepaid.payment_rearm(p_meter, p_payment, pay.received_at);
 	IF p_notify THEN
 		-- Best effort: a meter without an occupant or address gets no message.
@@ -201,10 +222,11 @@ BEGIN
 	PERFORM set_config('synchronous_commit', 'on', true);
 	SELECT * INTO o FROM prepaid.orders x WHERE x.out_trade_no = p_out_trade_no;
 	IF FOUND THEN
-		-- Lock the meter first (the order this payment is for), always in
-		-- the same order as crediting and ingest: meter, then order.
-		PERFORM prepaid.lock_meter(o.meter_id);
-		SELECT * INTO o FROM prepaid.orders x WHERE x.out_trade_no = p_out_trade_no FOR UPDATE;
+		-- Every change to a meter's money holds its row lock (ingest,
+		-- credit, adjust, orders): take it, then read the order again as
+		-- it is now (a new statement sees what committed meanwhile).
+		PERFORM 1 FROM prepaid.meters m WHERE m.meter_id = o.meter_id FOR NO KEY UPDATE;
+		SELECT * INTO o FROM prepaid.orders x WHERE x.out_trade_no = p_out_trade_no;
 	END IF;
 	INSERT INTO prepaid.payments AS pp (provider, provider_txn, out_trade_no, meter_id,
 	    amount_fen, state, notify_id, trade_status, paid_at, received_at)

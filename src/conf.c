@@ -117,7 +117,7 @@ static const struct conf_key conf_key_table[] = {
 	{ "http", "max_headers", CONF_INT, "64", 8, 1000, true,
 	  O(http_max_headers), "most request header lines (431 past it)", NULL, 0 },
 
-	{ "payments", "connections", CONF_INT, "2", 1, 16, false,
+	{ "payments", "connections", CONF_INT, "4", 1, 16, false,
 	  O(pay_connections), "PostgreSQL connections for payment callbacks", NULL, 0 },
 	{ "payments", "answer_within_ms", CONF_INT, "4000", 100, 60000, true,
 	  O(pay_answer_ms), "answer 503 if the database takes longer, milliseconds", NULL, 0 },

@@ -55,7 +55,7 @@
 struct daemon {
 	struct event_base *base;
 	struct conf *conf;
-	struct pgconn *pg_ingest, *pg_control;
+	struct pgconn *pg_ingest, *pg_control, *pg_commands;
 	struct mqtt *mqtt;
 	struct ingest *ingest;
 	struct outbox *outbox;
@@ -65,7 +65,7 @@ struct daemon {
 	struct payments *payments;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *tick, *watchdog, *partitions, *stop_timer;
-	bool schema_ok, ingest_up, control_up, mqtt_up;
+	bool schema_ok, ingest_up, control_up, commands_up, mqtt_up;
 	bool ready_sent, stopping;
 	int exit_code;
 	struct event *lag_probe;
@@ -131,7 +131,7 @@ daemon_healthy(void *arg, char *why, size_t whylen)
 {
 	struct daemon *d = arg;
 
-	if (!d->schema_ok || !d->control_up || !d->ingest_up)
+	if (!d->schema_ok || !d->control_up || !d->ingest_up || !d->commands_up)
 		snprintf(why, whylen, "PostgreSQL not connected");
 	else if (!d->mqtt_up)
 		snprintf(why, whylen, "broker not connected");
@@ -146,7 +146,7 @@ daemon_healthy(void *arg, char *why, size_t whylen)
 static void
 daemon_links_changed(struct daemon *d)
 {
-	bool pg = d->schema_ok && d->ingest_up && d->control_up;
+	bool pg = d->schema_ok && d->ingest_up && d->control_up && d->commands_up;
 
 	metrics.pg_up = pg;
 	metrics.mqtt_up = d->mqtt_up;
@@ -232,7 +232,8 @@ schema_checked(void *arg, PGresult *res, const char *err)
 	metrics.pg_reconnects++;
 	partitions_upkeep(d);
 	pgconn_query_front(d->pg_control, "LISTEN prepaid_alerts", 0, NULL, NULL, NULL);
-	outbox_set_ready(d->outbox, true);
+	if (d->commands_up)
+		outbox_set_ready(d->outbox, true);
 	notify_set_ready(d->notify, true);
 	ladder_set_ready(d->ladder, true);
 	daemon_links_changed(d);
@@ -254,10 +255,50 @@ control_lost(void *arg, struct pgconn *pc, const char *why)
 	UNUSED(pc);
 	UNUSED(why);
 	d->control_up = false;
-	outbox_set_ready(d->outbox, false);
 	notify_set_ready(d->notify, false);
 	ladder_set_ready(d->ladder, false);
 	daemon_links_changed(d);
+}
+
+/*
+ * The command outbox has a connection of its own, so that an arm or a trip
+ * is claimed at once rather than behind a ladder sweep or a message claim.
+ * Its commits need not wait for the disk: a claim lost in a crash is
+ * claimed and published again, and a meter ignores a command id it has
+ * executed already.
+ */
+static void
+commands_connected(void *arg, struct pgconn *pc)
+{
+	struct daemon *d = arg;
+
+	pgconn_query_front(pc, "SET synchronous_commit = off", 0, NULL, NULL, NULL);
+	d->commands_up = true;
+	if (d->schema_ok)
+		outbox_set_ready(d->outbox, true);
+	daemon_links_changed(d);
+}
+
+static void
+commands_lost(void *arg, struct pgconn *pc, const char *why)
+{
+	struct daemon *d = arg;
+
+	UNUSED(pc);
+	UNUSED(why);
+	d->commands_up = false;
+	outbox_set_ready(d->outbox, false);
+	daemon_links_changed(d);
+}
+
+static void
+commands_notified(void *arg, const char *channel, const char *payload)
+{
+	struct daemon *d = arg;
+
+	UNUSED(payload);
+	if (strcmp(channel, "prepaid_commands") == 0)
+		outbox_kick(d->outbox);
 }
 
 static void
@@ -265,9 +306,7 @@ control_notified(void *arg, const char *channel, const char *payload)
 {
 	struct daemon *d = arg;
 
-	if (strcmp(channel, "prepaid_commands") == 0)
-		outbox_kick(d->outbox);
-	else if (strcmp(channel, "prepaid_messages") == 0)
+	if (strcmp(channel, "prepaid_messages") == 0)
 		notify_kick(d->notify);
 	else if (strcmp(channel, "prepaid_alerts") == 0) {
 		metrics.alerts++;
@@ -443,6 +482,7 @@ daemon_reload(struct daemon *d)
 	notify_set_conf(d->notify, nc);
 	pgconn_set_conninfo(d->pg_ingest, nc->db_conninfo);
 	pgconn_set_conninfo(d->pg_control, nc->db_conninfo);
+	pgconn_set_conninfo(d->pg_commands, nc->db_conninfo);
 	apply_log_level(nc, verbose_flag);
 	conf_free(d->conf);
 	d->conf = nc;
@@ -514,6 +554,11 @@ daemon_run(struct conf *conf)
 	ph.on_disconnect = control_lost;
 	ph.on_notify = control_notified;
 	d->pg_control = pgconn_new(d->base, "control", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	ph.on_connect = commands_connected;
+	ph.on_disconnect = commands_lost;
+	ph.on_notify = commands_notified;
+	d->pg_commands = pgconn_new(d->base, "commands", conf->db_conninfo,
+	    conf->db_reconnect_max_ms, &ph);
 
 	memset(&ih, 0, sizeof ih);
 	ih.on_pressure = ingest_pressure_cb;
@@ -532,7 +577,7 @@ daemon_run(struct conf *conf)
 	}
 	/* Nothing is read from the broker until PostgreSQL is usable. */
 	mqtt_pause(d->mqtt, true);
-	d->outbox = outbox_new(d->base, d->pg_control, d->mqtt, conf);
+	d->outbox = outbox_new(d->base, d->pg_commands, d->mqtt, conf);
 	d->notify = notify_new(d->base, d->pg_control, conf);
 	d->ladder = ladder_new(d->base, d->pg_control);
 
@@ -570,6 +615,7 @@ daemon_run(struct conf *conf)
 	ingest_free(d->ingest);
 	pgconn_free(d->pg_ingest);
 	pgconn_free(d->pg_control);
+	pgconn_free(d->pg_commands);
 	httpd_free(d->httpd);
 	event_free(d->sig_term);
 	event_free(d->sig_int);

@@ -13,6 +13,8 @@
  * Answers by path:
  *   /ok         200 {"Code":"OK","BizId":"fake-N"} and X-Message-Id: fake-N
  *   /created    201 {"id":"fake-N"}
+ *   /success    200 "success" (what a payment provider wants to hear: the
+ *               baseline of tests/bench/pay-bench.sh)
  *   /fail       200 {"Code":"isv.MOBILE_NUMBER_ILLEGAL"}
  *   /429        429 with Retry-After: 1 for the first request of each
  *               distinct body, then 200 as /ok
@@ -257,6 +259,8 @@ fakegw_request_cb(struct evhttp_request *req, void *arg)
 
 	if (strcmp(path, "/ok") == 0) {
 		fakegw_reply_ok(req, n);
+	} else if (strcmp(path, "/success") == 0) {
+		fakegw_reply(req, 200, "OK", "success");
 	} else if (strcmp(path, "/created") == 0) {
 		char b[64];
 
