@@ -1429,6 +1429,49 @@ conf_test_section_line(const char *line, char *out, size_t outlen)
 	return true;
 }
 
+START_TEST(test_error_payments_need_their_keys)
+{
+	/* A provider's path without the ids and keys it needs: the path's line. */
+	conf_test_fail("[payments]\nwechat_path = /pay/wx\nwechat_mchid = 1\n", 2,
+	    "payments.wechat_path", "need payments.wechat_appids");
+	conf_test_fail("[payments]\nwechat_mchid = 1\nwechat_appids = a\nwechat_path = /pay/wx\n"
+	    "wechat_apiv3_key_file = /etc/hostname\n", 4, "payments.wechat_path",
+	    "need payments.wechat_platform_certs or wechat_public_key_file");
+	conf_test_fail("[payments]\nalipay_path = /pay/ali\nalipay_app_id = 1\n", 2,
+	    "payments.alipay_path", "need payments.alipay_public_key_file");
+	conf_test_fail("[payments]\nwechat_public_key_id = PUB_KEY_ID_1\n", 2,
+	    "payments.wechat_public_key_id", "give both");
+	conf_test_fail("[payments]\nwechat_path = pay\n", 2, "payments.wechat_path",
+	    "absolute path");
+	conf_test_fail("[payments]\nwechat_path = /pay?x=1\n", 2, "payments.wechat_path",
+	    "without query");
+	conf_test_fail("[payments]\nalipay_path = /metrics\n", 2, "payments.alipay_path",
+	    "daemon's own");
+	conf_test_fail("[payments]\nwechat_path = /p\nwechat_mchid = 1\nwechat_appids = a\n"
+	    "wechat_apiv3_key_file = /etc/hostname\nwechat_platform_certs = /etc/hostname\n"
+	    "alipay_path = /p\nalipay_app_id = 2\nalipay_public_key_file = /etc/hostname\n", 7,
+	    "payments.alipay_path", "same as the other");
+	conf_test_fail("[payments]\nalipay_public_key_file = /nonexistent/alipay.pem\n", 2,
+	    "payments.alipay_public_key_file", "/nonexistent/alipay.pem");
+	conf_test_cleanup();
+}
+END_TEST
+
+START_TEST(test_payments_off_by_default)
+{
+	struct conf *c = conf_test_load("");
+
+	ck_assert_ptr_null(c->wx_path);
+	ck_assert_ptr_null(c->ali_path);
+	ck_assert_int_eq(c->pay_connections, 4);
+	ck_assert_int_eq(c->pay_answer_ms, 4000);
+	ck_assert_int_eq(c->http_max_connections, 256);
+	ck_assert_int_eq(c->http_deadline_ms, 10000);
+	conf_free(c);
+	conf_test_cleanup();
+}
+END_TEST
+
 START_TEST(test_sample_config_documents_every_key)
 {
 	const struct conf_key *k;
@@ -1671,6 +1714,8 @@ conf_suite(void)
 	tcase_add_test(tc, test_error_unreadable_config_file);
 	tcase_add_test(tc, test_error_unknown_section);
 	tcase_add_test(tc, test_error_unknown_key);
+	tcase_add_test(tc, test_error_payments_need_their_keys);
+	tcase_add_test(tc, test_payments_off_by_default);
 	tcase_add_test(tc, test_error_duplicate_key);
 	tcase_add_test(tc, test_error_missing_equals);
 	tcase_add_test(tc, test_error_bad_int);
