@@ -516,6 +516,7 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 	struct evkeyvalq *h = evhttp_request_get_input_headers(r->req);
 	struct pay_wechat_envelope env;
 	struct pay_wechat_txn txn;
+	const char *v;
 	char why[256], msg[400];
 	char *plain = NULL;
 	size_t plen = 0;
@@ -523,6 +524,13 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 
 	memset(&env, 0, sizeof env);
 	memset(&txn, 0, sizeof txn);
+	/* Absent means the default (the SDKs assume it); anything else is not
+	 * an algorithm we verify. */
+	if ((v = evhttp_find_header(h, "Wechatpay-Signature-Type")) != NULL &&
+	    strcmp(v, "WECHATPAY2-SHA256-RSA2048") != 0) {
+		pay_refuse(r, 400, "unsupported Wechatpay-Signature-Type", false);
+		return;
+	}
 	rc = pay_wechat_verify(p->keys.wx, evhttp_find_header(h, "Wechatpay-Serial"),
 	    evhttp_find_header(h, "Wechatpay-Timestamp"), evhttp_find_header(h, "Wechatpay-Nonce"),
 	    evhttp_find_header(h, "Wechatpay-Signature"), body, len, now_wall_us() / 1000000,

@@ -36,6 +36,7 @@ pg_start
 broker_start
 PAY_CONF=(
 	http.deadline_ms=1500
+	http.max_connections=120
 	http.max_headers=40
 	payments.wechat_path=/pay/wechat
 	payments.wechat_mchid=1900000001
@@ -247,6 +248,19 @@ t1=$(lib_now_ms)
 [ "$(daemon_metric http_refused_deadline_total)" -ge 1 ] ||
     fail "the trickling client was not cut off (after $((t1 - t0)) ms)"
 echo "ok - trickling client cut off (metric http_refused_deadline_total)"
+# Past the connection cap, connections are closed as they come; those
+# within it still work, and everything is back once they are gone.
+fds=()
+for i in $(seq 1 130); do
+	exec {fd}<>"/dev/tcp/127.0.0.1/$HTTP_PORT"
+	fds+=("$fd")
+done
+sleep 0.5
+for fd in "${fds[@]}"; do exec {fd}>&-; done
+sleep 0.3
+[ "$(daemon_metric http_refused_cap_total)" -ge 10 ] ||
+    fail "130 connections against a cap of 120 were all kept"
+echo "ok - connections past the cap closed ($(daemon_metric http_refused_cap_total))"
 assert_eq 200 "$(daemon_healthz)" "daemon healthy after the abuse"
 
 note "PostgreSQL stopped: 503; after it returns the retried notification credits once"
