@@ -140,6 +140,9 @@ cmd_demo()
 
 	deps
 	build _build
+	# The tests' payment gateway signs notifications as WeChat Pay and
+	# Alipay do: the demo pays with it.
+	make -C _build -s tests/paysign
 
 	# The servers, from the test harness; its EXIT trap stops them all.
 	export top_srcdir=$TOP top_builddir=$TOP/_build
@@ -151,7 +154,16 @@ cmd_demo()
 	skip_unless_tools
 	pg_start
 	broker_start
-	daemon_config mqtt.client_id=prepaidd-demo ingest.batch_window_ms=50
+	KEYS=$LIB_TMP/keys
+	mkdir -p "$KEYS"
+	"$TOP/_build/tests/paysign" keys "$KEYS" >/dev/null
+	daemon_config mqtt.client_id=prepaidd-demo ingest.batch_window_ms=50 \
+	    payments.wechat_path=/pay/wechat payments.wechat_mchid=1900000001 \
+	    payments.wechat_appids=wxd678efh567hg6787 \
+	    payments.wechat_apiv3_key_file="$KEYS/apiv3.key" \
+	    payments.wechat_platform_certs="$KEYS/wx_platform.pem" \
+	    payments.alipay_path=/pay/alipay payments.alipay_app_id=2021000000000001 \
+	    payments.alipay_public_key_file="$KEYS/alipay.pub"
 	daemon_migrate
 	# A residential tariff (time of use, a tier above 200 kWh a month, a
 	# standing charge) as the default of the meters' site, so that money moves.
@@ -184,6 +196,22 @@ and try:
     SELECT * FROM prepaid.balances ORDER BY meter_id LIMIT 5;
     SELECT prepaid.credit('SIM0001', 50.00, 'demo-payment-1');
     SELECT * FROM prepaid.statement('SIM0001', current_date - 1, current_date + 1);
+
+Pay 30.00 yuan for SIM0002 the way WeChat Pay calls back (a signed and
+encrypted notification for an order): trip it in psql first,
+
+    SELECT prepaid.trip('SIM0002', 'demo');
+
+then, in a shell, create the order and pay it; the meter is re-armed and
+its occupant restores power 2 s later:
+
+    no=\$($PG_BINDIR/psql -h 127.0.0.1 -p $PG_PORT -U postgres prepaid -Atc "SELECT prepaid.create_order('SIM0002', 30.00, 'wechat')")
+    $TOP/_build/tests/paysign wechat http://127.0.0.1:$HTTP_PORT/pay/wechat --keys $KEYS --out-trade-no "\$no" --total 3000
+
+and see it in psql:
+
+    SELECT * FROM prepaid.payment_status;
+    SELECT * FROM prepaid.restore_times;
 
 Metrics: curl http://127.0.0.1:$HTTP_PORT/metrics    Health: curl http://127.0.0.1:$HTTP_PORT/healthz
 
