@@ -397,6 +397,16 @@ CREATE TRIGGER events_restore AFTER INSERT ON prepaid.events
 	                   AND NEW.cause IN ('button', 'card', 'remote'))
 	EXECUTE FUNCTION prepaid.restore_event_trigger();
 
+-- The "payment received" texts of 003 now say how much arrived ({{amount}},
+-- added by the payment) as well as the balance and how to restore power.
+UPDATE prepaid.message_templates SET body = CASE channel || '/' || language
+	WHEN 'sms/zh' THEN '【物业】{{name}}您好，电表{{meter}}已到账{{amount}}元，余额{{balance}}元。如已停电，请按住电表按钮10秒恢复供电。'
+	WHEN 'sms/en' THEN 'Dear {{name}}, {{amount}} yuan received for meter {{meter}}; balance {{balance}} yuan. If the power is off, hold the meter''s button for 10 seconds to restore it.'
+	WHEN 'email/zh' THEN E'{{name}}您好：\n\n电表{{meter}}已到账{{amount}}元，当前余额{{balance}}元。\n如已停电，请按住电表上的按钮10秒（或插入电卡后按按钮）恢复供电。\n'
+	WHEN 'email/en' THEN E'Dear {{name}},\n\n{{amount}} yuan was received for meter {{meter}}; the balance is {{balance}} yuan.\nIf the power is off, hold the button on the meter for 10 seconds (or insert the card and press it) to restore it.\n'
+	END
+WHERE template_key = 'payment_received';
+
 -- ----------------------------------------------------------------- views
 
 CREATE VIEW prepaid.payment_status AS
