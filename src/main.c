@@ -391,8 +391,8 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 		    (unsigned long long)(ins - d->last_inserted), ingest_depth(d->ingest),
 		    metrics.pg_up ? "up" : "down", d->mqtt_up ? "up" : "down");
 	d->last_inserted = ins;
-	if (d->stopping && ingest_idle(d->ingest)) {
-		log_info("stopped: all received readings are written");
+	if (d->stopping && ingest_idle(d->ingest) && payments_pending(d->payments) == 0) {
+		log_info("stopped: all received readings and payments are written");
 		event_base_loopexit(d->base, NULL);
 	}
 }
@@ -449,7 +449,8 @@ daemon_stop(struct daemon *d)
 	log_info("stopping: no more reads from the broker; writing what is queued");
 	mqtt_pause(d->mqtt, true);
 	ingest_drain(d->ingest);
-	if (ingest_idle(d->ingest)) {
+	payments_stop(d->payments);
+	if (ingest_idle(d->ingest) && payments_pending(d->payments) == 0) {
 		event_base_loopexit(d->base, NULL);
 		return;
 	}

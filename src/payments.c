@@ -61,6 +61,7 @@ struct payments {
 	int next;
 	struct pay_req *pending;
 	int npending;
+	bool stopping;
 };
 
 /* One callback between its arrival and its answer. */
@@ -693,7 +694,10 @@ pay_route(struct evhttp_request *req, struct payments *p, enum pay_provider prov
 	body = (const char *)evbuffer_pullup(in, -1);
 	if (body == NULL)
 		body = "";
-	if (prov == PAY_WECHAT)
+	if (p->stopping) {
+		metrics.pay_unavailable++;
+		pay_answer(r, 503, "shutting down, retry");
+	} else if (prov == PAY_WECHAT)
 		pay_wechat_handle(r, body, len);
 	else
 		pay_alipay_handle(r, body, len);
@@ -795,6 +799,12 @@ payments_reconfigure(struct payments *p, const struct conf *conf)
 	p->conf = conf;
 	for (i = 0; i < p->npg; i++)
 		pgconn_set_conninfo(p->pg[i], conf->db_conninfo);
+}
+
+void
+payments_stop(struct payments *p)
+{
+	p->stopping = true;
 }
 
 int

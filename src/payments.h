@@ -33,6 +33,9 @@ struct payments *payments_new(struct event_base *base, struct httpd *httpd,
 /* SIGHUP: new keys and merchant ids (the old ones stay if the new keys
  * cannot be loaded), new conninfo. conf must outlive the payments. */
 void payments_reconfigure(struct payments *p, const struct conf *conf);
+/* Stopping: new callbacks are answered 503 (the provider retries, maybe
+ * on another instance); those already in the database finish. */
+void payments_stop(struct payments *p);
 /* Callbacks waiting for the database. */
 int payments_pending(const struct payments *p);
 /* Answers 503 to callbacks still waiting and frees everything. */
