@@ -106,11 +106,35 @@ httpd_conn_of(struct httpd *h, struct evhttp_request *req)
 	return NULL;
 }
 
+static bool httpd_conn_done(const struct httpd_conn *hc);
+
+/* Forget the connections evhttp has freed. */
+static void
+httpd_reap(struct httpd *h)
+{
+	struct httpd_conn **pp = &h->conns, *hc;
+
+	while ((hc = *pp) != NULL) {
+		if (httpd_conn_done(hc)) {
+			*pp = hc->next;
+			bufferevent_decref(hc->bev);
+			free(hc);
+			h->nconns--;
+		} else
+			pp = &hc->next;
+	}
+	metrics.http_connections = h->nconns;
+}
+
 static struct bufferevent *
 httpd_bevcb(struct event_base *base, void *arg)
 {
 	struct httpd *h = arg;
-	struct httpd_conn *hc = xcalloc(1, sizeof *hc);
+	struct httpd_conn *hc;
+
+	/* Count exactly: connections closed since the last sweep are out. */
+	httpd_reap(h);
+	hc = xcalloc(1, sizeof *hc);
 
 	hc->bev = bufferevent_socket_new(base, -1, 0);
 	if (hc->bev == NULL) {
@@ -146,20 +170,14 @@ static void
 httpd_sweep(evutil_socket_t fd, short what, void *arg)
 {
 	struct httpd *h = arg;
-	struct httpd_conn **pp = &h->conns, *hc;
+	struct httpd_conn *hc;
 	int64_t now = now_mono_us();
 	evutil_socket_t s;
 
 	UNUSED(fd);
 	UNUSED(what);
-	while ((hc = *pp) != NULL) {
-		if (httpd_conn_done(hc)) {
-			*pp = hc->next;
-			bufferevent_decref(hc->bev);
-			free(hc);
-			h->nconns--;
-			continue;
-		}
+	httpd_reap(h);
+	for (hc = h->conns; hc != NULL; hc = hc->next) {
 		s = bufferevent_getfd(hc->bev);
 		if (s >= 0 && (hc->refuse || (hc->deadline_us != 0 && now >= hc->deadline_us))) {
 			if (!hc->refuse) {
@@ -173,9 +191,7 @@ httpd_sweep(evutil_socket_t fd, short what, void *arg)
 			hc->deadline_us = 0;
 			hc->refuse = false;
 		}
-		pp = &hc->next;
 	}
-	metrics.http_connections = h->nconns;
 }
 
 /* The answer went out: the next request on this connection gets a new

@@ -186,6 +186,17 @@ pay_id_ok(const char *s)
 	return n > 0;
 }
 
+/* A key serial or id fit for a log line: [0-9A-Za-z_], 1..64 characters. */
+static bool
+pay_serial_printable(const char *s)
+{
+	size_t n;
+
+	if (s == NULL || (n = strlen(s)) == 0 || n > 64)
+		return false;
+	return strspn(s, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_") == n;
+}
+
 /* A timestamp PostgreSQL may parse: digits and -:T+. Z and a space. */
 static bool
 pay_time_ok(const char *s)
@@ -536,6 +547,14 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 	    evhttp_find_header(h, "Wechatpay-Timestamp"), evhttp_find_header(h, "Wechatpay-Nonce"),
 	    evhttp_find_header(h, "Wechatpay-Signature"), body, len, now_wall_us() / 1000000,
 	    c->wx_max_skew, why, sizeof why);
+	if (rc == PAY_ESERIAL && pay_serial_printable(v = evhttp_find_header(h,
+	    "Wechatpay-Serial"))) {
+		/* Rotation: name the key WeChat Pay now signs with. */
+		snprintf(msg, sizeof msg, "Wechatpay-Serial %s names no configured key (add its "
+		    "certificate to wechat_platform_certs, or its public key)", v);
+		pay_refuse(r, 401, msg, false);
+		goto out;
+	}
 	if (rc != PAY_OK) {
 		pay_refuse(r, pay_status_of(rc), why, false);
 		goto out;
