@@ -6,9 +6,18 @@
  * prepaid.ingest_batch(). The parameters are kept until the call succeeds,
  * so a batch lost with the connection is sent again as it was.
  *
+ * Poison items: a batch the database refuses with an error that would
+ * repeat (a constraint or trigger refusing one item) would otherwise be
+ * retried for ever with every later reading stuck behind it. So the batch
+ * keeps its items too, and such a batch is split in halves, each sent on
+ * its own (the first half first, so per-meter order holds), recursively;
+ * an item the database still refuses on its own is queued as a reject with
+ * the database's reason, logged and counted, and the rest lands as usual.
+ * Transient errors (serialization, resources, connection, a read-only or
+ * misconfigured database) are retried whole, as before.
+ *
  * Ownership: the jansson arrays belong to the ingest struct until a batch
- * is built from them (then they are dumped and released); PGresults belong
- * to pgconn.
+ * is built from them, then to the batch; PGresults belong to pgconn.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +35,8 @@
 /* Most readings accepted from one array payload. */
 #define INGEST_MAX_ITEMS 10000
 #define INGEST_NPARAMS 16
+/* Bytes of the database's message kept in a poison item's reject reason. */
+#define INGEST_POISON_REASON_BYTES 200
 
 struct ingest_reading {
 	struct reading r;
@@ -34,11 +45,15 @@ struct ingest_reading {
 
 struct ingest_batch {
 	char *params[INGEST_NPARAMS];
+	/* The items, in this order, kept so that a refused batch can be split. */
+	struct ingest_reading *rd;
 	size_t readings;
+	json_t *events, *acks, *rejects;
 	size_t items;
 	int attempts;
 	int64_t started_us;
 	bool in_pg;       /* queued or running on the connection now */
+	bool part;        /* a part of a batch the database refused */
 };
 
 struct ingest {
@@ -53,6 +68,9 @@ struct ingest {
 	int64_t oldest_us;         /* arrival of the oldest queued item */
 
 	struct ingest_batch *inflight;
+	/* Second halves of refused batches, to send after inflight (a stack). */
+	struct ingest_batch **parts;
+	size_t nparts, capparts;
 	bool ready;                /* PostgreSQL usable */
 	bool full;                 /* we asked the broker link to pause */
 	bool draining;
@@ -69,6 +87,7 @@ struct ingest {
 
 static void ingest_maybe_flush(struct ingest *in);
 static void ingest_send(struct ingest *in);
+static void ingest_next(struct ingest *in);
 
 static size_t
 ingest_queued(const struct ingest *in)
@@ -126,13 +145,34 @@ ingest_mark(struct ingest *in)
 
 /* ---------------------------------------------------------- decoding */
 
+/* Queue one reject row; hex is the payload as hex, received_at RFC 3339. */
+static void
+ingest_push_reject(struct ingest *in, const char *meter, const char *topic,
+    const char *reason, const char *hex, const char *received_at)
+{
+	json_t *o;
+
+	o = json_pack("{s:s?, s:s, s:s, s:s, s:s}", "meter", meter, "topic", topic,
+	    "reason", reason, "payload", hex, "received_at", received_at);
+	if (o == NULL) {
+		/* Not UTF-8 (only the database's message can be): say so plainly. */
+		o = json_pack("{s:s?, s:s, s:s, s:s, s:s}", "meter", meter, "topic", topic,
+		    "reason", "(reason not valid UTF-8)", "payload", hex, "received_at", received_at);
+		if (o == NULL)
+			return;
+	}
+	ingest_mark(in);
+	json_array_append_new(in->rejects, o);
+	metrics.rejects++;
+}
+
 static void
 ingest_add_reject(struct ingest *in, const char *meter, const char *reason)
 {
 	struct sbuf hex = { 0 };
 	char topic[256];
+	char ts[40];
 	size_t i;
-	json_t *o;
 
 	/* Topics are UTF-8 per MQTT; keep them printable ASCII all the same. */
 	for (i = 0; in->cur_topic[i] != '\0' && i + 1 < sizeof topic; i++) {
@@ -141,18 +181,9 @@ ingest_add_reject(struct ingest *in, const char *meter, const char *reason)
 	}
 	topic[i] = '\0';
 	sbuf_hex(&hex, in->cur_payload, in->cur_len, INGEST_REJECT_KEEP_BYTES);
-	o = json_pack("{s:s?, s:s, s:s, s:s, s:s}", "meter", meter, "topic", topic,
-	    "reason", reason, "payload", hex.p ? hex.p : "", "received_at", "");
+	payload_format_rfc3339(in->cur_us, ts, sizeof ts);
+	ingest_push_reject(in, meter, topic, reason, hex.p ? hex.p : "", ts);
 	free(hex.p);
-	{
-		char ts[40];
-
-		payload_format_rfc3339(in->cur_us, ts, sizeof ts);
-		json_object_set_new(o, "received_at", json_string(ts));
-	}
-	ingest_mark(in);
-	json_array_append_new(in->rejects, o);
-	metrics.rejects++;
 	log_ratelimited(LOG_LVL_WARN, meter ? meter : topic, in->conf->ingest_reject_log_interval,
 	    "meter %s: rejected message on %s: %s", meter ? meter : "(none)", topic, reason);
 }
@@ -268,6 +299,10 @@ ingest_batch_free(struct ingest_batch *b)
 		return;
 	for (i = 0; i < INGEST_NPARAMS; i++)
 		free(b->params[i]);
+	free(b->rd);
+	json_decref(b->events);
+	json_decref(b->acks);
+	json_decref(b->rejects);
 	free(b);
 }
 
@@ -287,31 +322,26 @@ ingest_elem(struct sbuf *b, const char *s, bool quote)
 }
 
 static char *
-ingest_take_json(json_t **arr)
+ingest_dump(const json_t *arr)
 {
-	char *s = json_dumps(*arr, JSON_COMPACT);
+	char *s = json_dumps(arr, JSON_COMPACT);
 
-	json_decref(*arr);
-	*arr = json_array();
 	return s ? s : xstrdup("[]");
 }
 
-/* Build a batch from the front of the queue. */
-static struct ingest_batch *
-ingest_build(struct ingest *in)
+/* The text parameters of prepaid.ingest_batch() for the batch's items. */
+static void
+ingest_params(struct ingest *in, struct ingest_batch *b)
 {
-	struct ingest_batch *b = xcalloc(1, sizeof *b);
 	struct sbuf p[9] = { { 0 } };
-	size_t n = in->nrd, i;
+	size_t i;
 	char num[40];
 	int k;
 
-	if (n > (size_t)in->conf->ingest_batch_size)
-		n = (size_t)in->conf->ingest_batch_size;
 	for (k = 0; k < 9; k++)
 		sbuf_adds(&p[k], "{");
-	for (i = 0; i < n; i++) {
-		const struct ingest_reading *ir = &in->rd[i];
+	for (i = 0; i < b->readings; i++) {
+		const struct ingest_reading *ir = &b->rd[i];
 		const struct reading *r = &ir->r;
 
 		ingest_elem(&p[0], r->meter_id, true);
@@ -334,21 +364,252 @@ ingest_build(struct ingest *in)
 		sbuf_adds(&p[k], "}");
 		b->params[k] = p[k].p;
 	}
-	b->items = n + json_array_size(in->events) + json_array_size(in->acks) +
-	    json_array_size(in->rejects);
-	b->readings = n;
-	b->params[9] = ingest_take_json(&in->events);
-	b->params[10] = ingest_take_json(&in->acks);
-	b->params[11] = ingest_take_json(&in->rejects);
+	b->items = b->readings + json_array_size(b->events) + json_array_size(b->acks) +
+	    json_array_size(b->rejects);
+	b->params[9] = ingest_dump(b->events);
+	b->params[10] = ingest_dump(b->acks);
+	b->params[11] = ingest_dump(b->rejects);
 	b->params[12] = xstrdup(in->conf->ingest_auto_register ? "t" : "f");
 	b->params[13] = xstrdup(in->conf->ingest_resend_on_gap ? "t" : "f");
 	xasprintf(&b->params[14], "%d", in->conf->ingest_rejects_keep);
 	b->params[15] = xstrdup(in->conf->mqtt_topic_prefix);
+}
+
+/* Build a batch from the front of the queue; it takes the items over. */
+static struct ingest_batch *
+ingest_build(struct ingest *in)
+{
+	struct ingest_batch *b = xcalloc(1, sizeof *b);
+	size_t n = in->nrd;
+
+	if (n > (size_t)in->conf->ingest_batch_size)
+		n = (size_t)in->conf->ingest_batch_size;
+	if (n > 0) {
+		b->rd = xreallocarray(NULL, n, sizeof *b->rd);
+		memcpy(b->rd, in->rd, n * sizeof *b->rd);
+	}
+	b->readings = n;
+	b->events = in->events;
+	b->acks = in->acks;
+	b->rejects = in->rejects;
+	in->events = json_array();
+	in->acks = json_array();
+	in->rejects = json_array();
+	ingest_params(in, b);
 
 	/* What stays queued keeps the older arrival time: it is flushed no later. */
 	in->nrd -= n;
 	memmove(in->rd, in->rd + n, in->nrd * sizeof *in->rd);
 	return b;
+}
+
+/* The elements [lo, hi) of arr, in a new array (lo, hi may exceed its size). */
+static json_t *
+ingest_slice(const json_t *arr, size_t lo, size_t hi)
+{
+	json_t *out = json_array();
+	size_t i, n = json_array_size(arr);
+
+	for (i = lo; i < hi && i < n; i++)
+		json_array_append(out, json_array_get(arr, i));
+	return out;
+}
+
+/*
+ * The items [lo, hi) of b as a batch of their own. Items count readings
+ * first, then events, acknowledgements and rejects, as ingest_batch()
+ * handles them, so the parts of a batch keep its order.
+ */
+static struct ingest_batch *
+ingest_part(struct ingest *in, const struct ingest_batch *b, size_t lo, size_t hi)
+{
+	struct ingest_batch *p = xcalloc(1, sizeof *p);
+	size_t ne = json_array_size(b->events), na = json_array_size(b->acks);
+	size_t base;
+
+	if (lo < b->readings) {
+		p->readings = (hi < b->readings ? hi : b->readings) - lo;
+		p->rd = xreallocarray(NULL, p->readings, sizeof *p->rd);
+		memcpy(p->rd, b->rd + lo, p->readings * sizeof *p->rd);
+	}
+	base = b->readings;
+	p->events = ingest_slice(b->events, lo > base ? lo - base : 0, hi > base ? hi - base : 0);
+	base += ne;
+	p->acks = ingest_slice(b->acks, lo > base ? lo - base : 0, hi > base ? hi - base : 0);
+	base += na;
+	p->rejects = ingest_slice(b->rejects, lo > base ? lo - base : 0, hi > base ? hi - base : 0);
+	p->part = true;
+	ingest_params(in, p);
+	return p;
+}
+
+/*
+ * Whether an SQLSTATE names a condition of the database rather than of the
+ * batch's data, so that the same batch may well pass later: serialization
+ * failures and deadlocks (40), connection (08), resources (53), operator
+ * intervention and timeouts (57), system (58); and, because every item
+ * would fail alike and splitting would turn a misconfiguration into a flood
+ * of rejects, an invalid transaction state such as a read-only standby
+ * (25), a wrong schema or missing grants (42), a lock timeout or object in
+ * use (55), configuration (F0) and internal errors (XX). An unknown or
+ * missing SQLSTATE is treated as retryable: retrying never loses anything.
+ */
+static bool
+ingest_sqlstate_retryable(const char *state)
+{
+	static const char *const classes[] = {
+		"08", "25", "40", "42", "53", "55", "57", "58", "F0", "XX"
+	};
+	size_t i;
+
+	if (state == NULL || strlen(state) != 5)
+		return true;
+	for (i = 0; i < ARRAY_SIZE(classes); i++)
+		if (strncmp(state, classes[i], 2) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The reason stored with a poison item: "database refused: <SQLSTATE>
+ * <message>", on one line, cut to INGEST_POISON_REASON_BYTES of message at
+ * a character boundary.
+ */
+static void
+ingest_poison_reason(const char *state, const char *msg, char *out, size_t outlen)
+{
+	char m[INGEST_POISON_REASON_BYTES + 4];
+	size_t i, n = 0;
+
+	for (i = 0; msg[i] != '\0' && n < INGEST_POISON_REASON_BYTES; i++) {
+		unsigned char c = (unsigned char)msg[i];
+
+		m[n++] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+	}
+	if (msg[i] != '\0') {
+		/* Do not leave half a UTF-8 sequence behind. */
+		while (n > 0 && ((unsigned char)m[n - 1] & 0xc0) == 0x80)
+			n--;
+		if (n > 0 && ((unsigned char)m[n - 1] & 0xc0) == 0xc0)
+			n--;
+		m[n++] = '.';
+		m[n++] = '.';
+		m[n++] = '.';
+	}
+	while (n > 0 && m[n - 1] == ' ')
+		n--;
+	m[n] = '\0';
+	snprintf(out, outlen, "database refused: %s %s", state, m);
+}
+
+/* A reading as JSON, as hex: what a poison reading's reject keeps of it. */
+static char *
+ingest_reading_hex(const struct reading *r)
+{
+	struct sbuf hex = { 0 };
+	json_t *o;
+	char *s;
+
+	o = json_pack("{s:I, s:s, s:I, s:s?}", "seq", (json_int_t)r->seq, "ts", r->ts,
+	    "energy_wh", (json_int_t)r->energy_wh, "relay", payload_relay_name(r->relay));
+	if (o != NULL) {
+		if (r->has_power)
+			json_object_set_new(o, "power_w", json_real(r->power_w));
+		if (r->has_voltage)
+			json_object_set_new(o, "voltage_v", json_real(r->voltage_v));
+		if (r->has_current)
+			json_object_set_new(o, "current_a", json_real(r->current_a));
+	}
+	s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	json_decref(o);
+	if (s != NULL)
+		sbuf_hex(&hex, s, strlen(s), INGEST_REJECT_KEEP_BYTES);
+	free(s);
+	return hex.p ? hex.p : xstrdup("");
+}
+
+/*
+ * One item the database refused on its own: it is not sent again as it is,
+ * but queued as a reject (sent with a later batch), logged and counted. A
+ * reject refused on its own has nowhere left to go: it is logged and dropped.
+ */
+static void
+ingest_poison(struct ingest *in, const struct ingest_batch *b, const char *state,
+    const char *msg)
+{
+	char reason[INGEST_POISON_REASON_BYTES + 64], topic[256], ts[40];
+	const char *meter, *kind, *hex, *rcv;
+	char *rhex = NULL;
+	json_t *o = NULL;
+
+	ingest_poison_reason(state, msg, reason, sizeof reason);
+	metrics.ingest_poison++;
+	if (b->readings == 1) {
+		meter = b->rd[0].r.meter_id;
+		kind = "reading";
+		rhex = ingest_reading_hex(&b->rd[0].r);
+		hex = rhex;
+		payload_format_rfc3339(b->rd[0].received_us, ts, sizeof ts);
+		rcv = ts;
+	} else {
+		if ((o = json_array_get(b->events, 0)) != NULL)
+			kind = "event";
+		else if ((o = json_array_get(b->acks, 0)) != NULL)
+			kind = "ack";
+		else {
+			o = json_array_get(b->rejects, 0);
+			meter = json_string_value(json_object_get(o, "meter"));
+			log_error("ingest: reject of meter %s (%s) refused by the database: %s; dropped",
+			    meter ? meter : "(none)",
+			    json_string_value(json_object_get(o, "reason")), reason);
+			return;
+		}
+		meter = json_string_value(json_object_get(o, "meter"));
+		hex = json_string_value(json_object_get(o, "payload"));
+		rcv = json_string_value(json_object_get(o, "received_at"));
+	}
+	snprintf(topic, sizeof topic, "%s/%s/%s", in->conf->mqtt_topic_prefix,
+	    meter ? meter : "", kind);
+	ingest_push_reject(in, meter, topic, reason, hex ? hex : "", rcv ? rcv : "");
+	free(rhex);
+	log_ratelimited(LOG_LVL_WARN, meter ? meter : topic, in->conf->ingest_reject_log_interval,
+	    "meter %s: %s refused by the database, stored as a reject: %s",
+	    meter ? meter : "(none)", kind, reason);
+}
+
+/*
+ * The database refused b (now in flight) with an error that would repeat:
+ * split it, send its first half and keep the second for after; or, for a
+ * single item, set it aside as poison.
+ */
+static void
+ingest_refused(struct ingest *in, struct ingest_batch *b, const char *state, const char *msg)
+{
+	size_t mid;
+
+	in->inflight = NULL;
+	if (b->items <= 1) {
+		if (b->items == 1)
+			ingest_poison(in, b, state, msg);
+		ingest_batch_free(b);
+		ingest_next(in);
+		return;
+	}
+	if (!b->part)
+		log_warn("ingest: batch of %zu items refused by the database (%s: %s); "
+		    "sending it in parts to set the refused items aside", b->items, state, msg);
+	else
+		log_debug("ingest: part of %zu items refused (%s); splitting it", b->items, state);
+	mid = b->items / 2;
+	if (in->nparts == in->capparts) {
+		in->capparts = in->capparts ? in->capparts * 2 : 16;
+		in->parts = xreallocarray(in->parts, in->capparts, sizeof *in->parts);
+	}
+	in->parts[in->nparts++] = ingest_part(in, b, mid, b->items);
+	in->inflight = ingest_part(in, b, 0, mid);
+	ingest_batch_free(b);
+	if (in->ready)
+		ingest_send(in);
 }
 
 static void
@@ -373,8 +634,15 @@ ingest_done(void *arg, PGresult *res, const char *err)
 		return; /* ingest_set_ready(true) resends in->inflight */
 	}
 	if (err != NULL) {
-		b->attempts++;
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
 		metrics.batch_errors++;
+		if (!ingest_sqlstate_retryable(state)) {
+			ingest_refused(in, b, state, msg ? msg : err);
+			return;
+		}
+		b->attempts++;
 		log_error("ingest: batch of %zu items failed (attempt %d): %s", b->items,
 		    b->attempts, err);
 		tv.tv_sec = b->attempts < 5 ? b->attempts : 5;
@@ -409,6 +677,19 @@ ingest_done(void *arg, PGresult *res, const char *err)
 	metrics.batch_us_sum += (uint64_t)took;
 	ingest_batch_free(b);
 	in->inflight = NULL;
+	ingest_next(in);
+}
+
+/* Nothing in flight: the next part of a refused batch, else the queue. */
+static void
+ingest_next(struct ingest *in)
+{
+	if (in->nparts > 0) {
+		in->inflight = in->parts[--in->nparts];
+		if (in->ready)
+			ingest_send(in); /* else ingest_set_ready(true) sends it */
+		return;
+	}
 	ingest_pressure(in);
 	ingest_maybe_flush(in);
 }
@@ -516,6 +797,9 @@ ingest_free(struct ingest *in)
 	event_free(in->window_timer);
 	event_free(in->retry_timer);
 	ingest_batch_free(in->inflight);
+	while (in->nparts > 0)
+		ingest_batch_free(in->parts[--in->nparts]);
+	free(in->parts);
 	json_decref(in->events);
 	json_decref(in->acks);
 	json_decref(in->rejects);

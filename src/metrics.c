@@ -118,6 +118,7 @@ metrics_render(void)
 	C("events_received_total", "Meter events stored.", m->events_received);
 	C("acks_received_total", "Command acknowledgements matched to a command.", m->acks_received);
 	C("rejects_total", "Bad input stored in prepaid.rejects.", m->rejects);
+	C("ingest_poison_total", "Items the database refused on their own, set aside as rejects.", m->ingest_poison);
 	C("batches_total", "Batches written to PostgreSQL.", m->batches);
 	C("batch_errors_total", "Batches that failed and were retried.", m->batch_errors);
 	G("batch_last_items", "Items in the last batch.", "%llu", (unsigned long long)m->batch_items_last);

@@ -22,6 +22,7 @@ struct metrics {
 	uint64_t events_received;
 	uint64_t acks_received;
 	uint64_t rejects;               /* bad input stored in prepaid.rejects */
+	uint64_t ingest_poison;         /* items the database refused on their own */
 	uint64_t batches;
 	uint64_t batch_errors;
 	uint64_t batch_items_last;

@@ -139,6 +139,99 @@ assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id LIKE
 assert_eq 2 "$(psql_q "SELECT last_seq FROM prepaid.meters WHERE meter_id = 'GOOD01'")" \
     "GOOD01 last_seq"
 
+note "an item the database refuses is set aside as a reject; the rest of its batch lands"
+# Test-only SQL, not a migration: a trigger that refuses every reading of
+# one meter, as a constraint or an operator's trigger might.
+psql_q "CREATE FUNCTION public.test_poison() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+	RAISE EXCEPTION 'test poison: meter % refused', NEW.meter_id;
+END \$\$;
+CREATE TRIGGER test_poison BEFORE INSERT ON prepaid.readings
+    FOR EACH ROW WHEN (NEW.meter_id = 'PSN0017') EXECUTE FUNCTION public.test_poison();
+CREATE TRIGGER test_poison BEFORE INSERT ON prepaid.events
+    FOR EACH ROW WHEN (NEW.meter_id = 'PSN0017') EXECUTE FUNCTION public.test_poison()" >/dev/null
+from=$(daemon_log_lines)
+poison0=$(daemon_metric ingest_poison_total)
+# 50 meters publish at once, twice: each burst is one or two batches.
+sim -i PSN -n 50 -c 2 -r 500 --ts-step >"$LIB_TMP/poison.out"
+grep -q 'published=100 acked=100' "$LIB_TMP/poison.out" ||
+    fail "simulator did not publish 100 readings: $(tail -n 1 "$LIB_TMP/poison.out")"
+wait_until "SELECT count(*) = 98 FROM prepaid.readings WHERE meter_id LIKE 'PSN%'" 20 \
+    "the 49 good meters' 98 readings written"
+wait_until "SELECT count(*) = 2 FROM prepaid.rejects WHERE meter_id = 'PSN0017'" 20 \
+    "the refused meter's 2 readings stored as rejects"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id = 'PSN0017'")" \
+    "nothing of the refused meter written"
+assert_eq 49 "$(psql_q "SELECT count(*) FROM prepaid.meters WHERE meter_id LIKE 'PSN%'
+    AND last_seq = 2 AND readings = 2")" "good meters complete"
+assert_eq 2 "$(psql_q "SELECT count(*) FROM prepaid.rejects WHERE meter_id = 'PSN0017'
+    AND topic = 'meters/PSN0017/reading'
+    AND reason = 'database refused: P0001 test poison: meter PSN0017 refused'")" \
+    "rejects carry the database's SQLSTATE and message"
+assert_eq '1,2' "$(psql_q "SELECT string_agg((convert_from(payload, 'UTF8')::jsonb->>'seq'), ','
+    ORDER BY id) FROM prepaid.rejects WHERE meter_id = 'PSN0017'")" \
+    "rejects keep the readings (re-serialised as JSON)"
+v=$(daemon_metric ingest_poison_total)
+assert_eq 2 "$((v - ${poison0:-0}))" "/metrics ingest_poison_total counted the refused items"
+wait_log 'meter PSN0017: reading refused by the database, stored as a reject: database refused: P0001' \
+    "$from" 10
+n=$(tail -n "+$from" "$DAEMON_LOG" | grep -c 'meter PSN0017: reading refused' || true)
+assert_eq 1 "$n" "the refused meter logged once (rate-limited)"
+tail -n "+$from" "$DAEMON_LOG" | grep -qE 'batch of ([2-9]|[1-9][0-9]+) items refused by the database' ||
+    fail "no batch of several items was split (the burst went in batches of one?)"
+echo "ok - a batch of several items was split"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.rejects
+    WHERE meter_id LIKE 'PSN%' AND meter_id <> 'PSN0017'")" "no good meter rejected"
+
+note "ingest keeps flowing after a refused item"
+pub meters/PSN0017/reading "{\"seq\":3,\"ts\":\"$(date -u +%FT%TZ)\",\"energy_wh\":7,\"relay\":\"closed\"}"
+pub meters/FLOW01/reading "{\"seq\":1,\"ts\":\"$(date -u +%FT%TZ)\",\"energy_wh\":7,\"relay\":\"closed\"}"
+wait_until "SELECT count(*) = 1 FROM prepaid.readings WHERE meter_id = 'FLOW01'" 5 \
+    "a new reading stored within seconds"
+wait_until "SELECT count(*) = 3 FROM prepaid.rejects WHERE meter_id = 'PSN0017'" 5 \
+    "the refused meter's next reading set aside too"
+ev="{\"ts\":\"$(date -u +%FT%TZ)\",\"type\":\"tamper\"}"
+pub meters/PSN0017/event "$ev"
+wait_until "SELECT count(*) = 1 FROM prepaid.recent_rejects WHERE meter_id = 'PSN0017'
+    AND topic = 'meters/PSN0017/event' AND reason LIKE 'database refused: P0001 %'" 5 \
+    "a refused event set aside too"
+assert_eq "$ev" "$(psql_q "SELECT payload_text FROM prepaid.recent_rejects
+    WHERE topic = 'meters/PSN0017/event'")" "the refused event's payload kept as received"
+psql_q "DROP TRIGGER test_poison ON prepaid.readings; DROP TRIGGER test_poison ON prepaid.events;
+    DROP FUNCTION public.test_poison()" >/dev/null
+
+note "a batch refused once with a retryable error (40001) is sent again whole"
+# A sequence, not a table, is the flag: its nextval survives the rollback of
+# the refused batch.
+psql_q "CREATE SEQUENCE public.test_flaky_seq;
+CREATE FUNCTION public.test_flaky() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+	IF nextval('public.test_flaky_seq') = 1 THEN
+		RAISE EXCEPTION 'test: could not serialize access' USING ERRCODE = '40001';
+	END IF;
+	RETURN NEW;
+END \$\$;
+CREATE TRIGGER test_flaky BEFORE INSERT ON prepaid.readings
+    FOR EACH ROW WHEN (NEW.meter_id LIKE 'FLK%') EXECUTE FUNCTION public.test_flaky()" >/dev/null
+from=$(daemon_log_lines)
+poison0=$(daemon_metric ingest_poison_total)
+sim -i FLK -n 20 -c 2 -r 500 --ts-step >"$LIB_TMP/flaky.out"
+grep -q 'published=40 acked=40' "$LIB_TMP/flaky.out" ||
+    fail "simulator did not publish 40 readings: $(tail -n 1 "$LIB_TMP/flaky.out")"
+wait_until "SELECT count(*) = 40 FROM prepaid.readings WHERE meter_id LIKE 'FLK%'" 20 \
+    "all 40 readings written after the retry"
+wait_log 'items failed \(attempt 1\): .*could not serialize access' "$from" 5
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.rejects WHERE meter_id LIKE 'FLK%'")" \
+    "nothing rejected"
+! tail -n "+$from" "$DAEMON_LOG" | grep -q 'refused by the database' ||
+    fail "a retryable error split a batch"
+echo "ok - the batch was not split"
+assert_eq "${poison0:-0}" "$(daemon_metric ingest_poison_total)" "ingest_poison_total unchanged"
+assert_eq 20 "$(psql_q "SELECT count(*) FROM prepaid.meters WHERE meter_id LIKE 'FLK%'
+    AND last_seq = 2 AND readings = 2")" "retried meters complete"
+psql_q "DROP TRIGGER test_flaky ON prepaid.readings; DROP FUNCTION public.test_flaky();
+    DROP SEQUENCE public.test_flaky_seq" >/dev/null
+
 note "an unknown meter is rejected when auto_register is off (SIGHUP)"
 from=$(daemon_log_lines)
 daemon_config ingest.max_payload_bytes=1024 ingest.auto_register=false
