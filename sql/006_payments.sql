@@ -93,6 +93,120 @@ CREATE UNIQUE INDEX restores_open ON prepaid.restores (meter_id)
 	WHERE state IN ('pending', 'armed');
 CREATE INDEX restores_command ON prepaid.restores (command_id);
 
+-- ------------------------------------------------------- notifications
+
+-- A NOTIFY makes its transaction's commit wait in line behind every other
+-- notifying commit (PostgreSQL holds a lock on the notification queue
+-- until the commit is flushed). The daemon recording a payment wakes its
+-- own command outbox and message dispatcher right after the commit, so its
+-- transactions ask for no NOTIFY (prepaid.notify = off, for the
+-- transaction only); other daemons find such rows at their next poll.
+CREATE OR REPLACE FUNCTION prepaid.commands_notify_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	IF current_setting('prepaid.notify', true) IS DISTINCT FROM 'off' THEN
+		PERFORM pg_notify('prepaid_commands', '');
+	END IF;
+	RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION prepaid.messages_notify_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	IF current_setting('prepaid.notify', true) IS DISTINCT FROM 'off' THEN
+		PERFORM pg_notify('prepaid_messages', '');
+	END IF;
+	RETURN NULL;
+END $$;
+
+-- ------------------------------------------------------ command claims
+
+-- The outbox claim of 004, with index conditions: its due and expiry tests
+-- compared with clock_timestamp(), which an index scan cannot use, so each
+-- claim read every command still in flight (all the unacknowledged arms of
+-- a busy hour, say) -- milliseconds per claim, growing with the backlog.
+-- They compare with now() (the claim is a transaction of its own, so now()
+-- is when it started), and expiry has an index of its own. The rows to
+-- update are chosen once, in a materialised CTE: joined as a subquery, a
+-- planner that believed the table empty (a fresh database, statistics not
+-- yet gathered) re-ran it for every row of the table.
+CREATE INDEX commands_expiry ON prepaid.commands (valid_until)
+	WHERE state IN ('queued', 'sent');
+
+CREATE OR REPLACE FUNCTION prepaid.claim_commands(p_limit integer, p_retry_initial interval,
+    p_retry_max interval)
+RETURNS TABLE (id text, meter_id text, action text, from_seq bigint,
+    valid_until timestamptz, attempts integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+	t record;
+	g record;
+BEGIN
+	WITH e AS MATERIALIZED (
+		SELECT x.id FROM prepaid.commands x
+		WHERE x.state IN ('queued', 'sent') AND x.valid_until <= now()
+		FOR UPDATE SKIP LOCKED)
+	UPDATE prepaid.commands c
+	SET state = CASE WHEN c.action = 'trip' AND c.state = 'sent' THEN 'unknown' ELSE 'expired' END,
+	    detail = CASE WHEN c.action = 'trip' AND c.state = 'sent'
+	                  THEN 'not confirmed within its validity: check the meter'
+	                  ELSE 'valid_until passed before an acknowledgement' END
+	FROM e
+	WHERE c.id = e.id;
+
+	-- Trips about to be sent for the first time pass the guards first.
+	FOR t IN SELECT x.id, x.valid_until - x.next_attempt_at AS validity FROM prepaid.commands x
+	         WHERE x.action = 'trip' AND x.state = 'queued'
+	           AND x.next_attempt_at <= now()
+	         ORDER BY x.next_attempt_at LIMIT p_limit
+	         FOR UPDATE SKIP LOCKED LOOP
+		g := prepaid.trip_guard(t.id);
+		IF g.verdict IS NULL THEN
+			-- passed: counts for the breaker of the next trips of this batch
+			UPDATE prepaid.commands c SET sent_at = clock_timestamp() WHERE c.id = t.id;
+			CONTINUE;
+		END IF;
+		UPDATE prepaid.commands c SET
+			state = CASE g.verdict WHEN 'cancel' THEN 'cancelled'
+			                       WHEN 'quarantine' THEN 'quarantined' ELSE 'queued' END,
+			next_attempt_at = CASE WHEN g.verdict = 'defer'
+			                       THEN g.until - (prepaid.now() - clock_timestamp())
+			                       ELSE c.next_attempt_at END,
+			valid_until = CASE WHEN g.verdict = 'defer'
+			                   THEN g.until - (prepaid.now() - clock_timestamp()) + greatest(t.validity, interval '1 minute')
+			                   ELSE c.valid_until END,
+			attempts = c.attempts,
+			detail = g.verdict || ': ' || g.reason
+		WHERE c.id = t.id;
+		-- a deferral is a state change only in its detail: audit it
+		IF g.verdict = 'defer' THEN
+			INSERT INTO prepaid.command_audit (command_id, actor, application, old_state,
+			    new_state, attempt, detail)
+			VALUES (t.id, session_user, current_setting('application_name', true), 'queued',
+			    'queued', 0, 'deferred: ' || g.reason);
+		END IF;
+		UPDATE prepaid.arrears_episodes SET trip_state = CASE g.verdict WHEN 'cancel' THEN 'cancelled'
+		    ELSE trip_state END, trip_note = g.verdict || ': ' || g.reason
+		WHERE trip_command = t.id;
+	END LOOP;
+
+	RETURN QUERY
+	WITH d AS MATERIALIZED (
+		SELECT x.id FROM prepaid.commands x
+		WHERE x.state IN ('queued', 'sent') AND x.next_attempt_at <= now()
+		  AND x.valid_until > clock_timestamp() + interval '1 second'
+		ORDER BY x.next_attempt_at
+		LIMIT p_limit
+		FOR UPDATE SKIP LOCKED)
+	UPDATE prepaid.commands c
+	SET state = 'sent', attempts = c.attempts + 1, sent_at = clock_timestamp(),
+	    next_attempt_at = clock_timestamp()
+	        + least(p_retry_max, p_retry_initial * power(2, least(c.attempts, 20)))
+	FROM d
+	WHERE c.id = d.id
+	RETURNING c.id, c.meter_id, c.action, c.from_seq, c.valid_until, c.attempts;
+END $$;
+
 -- ------------------------------------------------------------- crediting
 
 -- Re-arm a meter whose balance is back to the restore level: a queued or
@@ -205,10 +319,12 @@ END $$;
 --                expired, or it was already paid by another transaction:
 --                held, not credited
 -- The daemon answers success to the provider for all four: the payment is
--- durably recorded, and retrying would not change the outcome.
+-- durably recorded, and retrying would not change the outcome. With
+-- p_wake_self the commands and messages queued here send no NOTIFY: the
+-- caller wakes its own outbox and dispatcher after the commit.
 CREATE FUNCTION prepaid.record_payment(p_provider text, p_txn text, p_out_trade_no text,
     p_amount_fen bigint, p_trade_status text, p_notify_id text, p_paid_at timestamptz,
-    p_received_at timestamptz, p_notify_occupant boolean,
+    p_received_at timestamptz, p_notify_occupant boolean, p_wake_self boolean,
     OUT outcome text, OUT payment_id bigint, OUT meter_id text, OUT command_id text,
     OUT balance numeric)
 LANGUAGE plpgsql AS $$
@@ -220,6 +336,9 @@ BEGIN
 	-- A payment is money: its commit waits for the WAL flush whatever the
 	-- session's setting (this lasts until the end of the transaction).
 	PERFORM set_config('synchronous_commit', 'on', true);
+	IF p_wake_self THEN
+		PERFORM set_config('prepaid.notify', 'off', true);
+	END IF;
 	SELECT * INTO o FROM prepaid.orders x WHERE x.out_trade_no = p_out_trade_no;
 	IF FOUND THEN
 		-- Every change to a meter's money holds its row lock (ingest,

@@ -301,6 +301,23 @@ commands_notified(void *arg, const char *channel, const char *payload)
 		outbox_kick(d->outbox);
 }
 
+/* A payment's commit queued an arm or a message without a NOTIFY. */
+static void
+payments_woke_outbox(void *arg)
+{
+	struct daemon *d = arg;
+
+	outbox_kick(d->outbox);
+}
+
+static void
+payments_woke_notify(void *arg)
+{
+	struct daemon *d = arg;
+
+	notify_kick(d->notify);
+}
+
 static void
 control_notified(void *arg, const char *channel, const char *payload)
 {
@@ -580,6 +597,11 @@ daemon_run(struct conf *conf)
 	mqtt_pause(d->mqtt, true);
 	d->outbox = outbox_new(d->base, d->pg_commands, d->mqtt, conf);
 	d->notify = notify_new(d->base, d->pg_control, conf);
+	{
+		struct payments_hooks pk = { payments_woke_outbox, payments_woke_notify, d };
+
+		payments_set_hooks(d->payments, &pk);
+	}
 	d->ladder = ladder_new(d->base, d->pg_control);
 
 	{

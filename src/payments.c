@@ -62,6 +62,7 @@ struct payments {
 	struct pay_req *pending;
 	int npending;
 	bool stopping;
+	struct payments_hooks hooks;
 };
 
 /* One callback between its arrival and its answer. */
@@ -404,8 +405,13 @@ pay_recorded(void *arg, PGresult *res, const char *err)
 		bal = PQgetisnull(res, 0, 4) ? "-" : PQgetvalue(res, 0, 4);
 		if (strcmp(outcome, "credited") == 0) {
 			metrics.pay_credited++;
-			if (cmd != NULL)
+			if (cmd != NULL) {
 				metrics.pay_rearmed++;
+				if (r->p->hooks.on_command != NULL)
+					r->p->hooks.on_command(r->p->hooks.arg);
+			}
+			if (r->p->conf->pay_notify_occupant && r->p->hooks.on_message != NULL)
+				r->p->hooks.on_message(r->p->hooks.arg);
 			log_info("payments: %s out_trade_no=%s transaction=%s %s yuan credited to "
 			    "meter %s (balance %s)%s%s%s", pay_provider_names[r->provider],
 			    r->out_trade_no, r->txn, yuan, meter, bal, cmd != NULL ? "; " : "",
@@ -462,7 +468,7 @@ pay_submit(struct pay_req *r, const char *sql, int n, const char *const *params)
 static const char pay_record_sql[] =
     "SELECT outcome, payment_id, meter_id, command_id, round(balance, 2) "
     "FROM prepaid.record_payment($1, $2, $3, $4::bigint, $5, $6, $7::timestamptz, "
-    "$8::timestamptz, $9::boolean)";
+    "$8::timestamptz, $9::boolean, $10::boolean)";
 static const char pay_notice_sql[] =
     "SELECT prepaid.record_payment_notice($1, $2, $3, $4, $5, $6, $7::bigint, $8::timestamptz)";
 
@@ -470,7 +476,7 @@ static void
 pay_record(struct pay_req *r, const char *status, const char *notify_id, const char *paid_at)
 {
 	char fen[24], at[40];
-	const char *params[9];
+	const char *params[10];
 
 	snprintf(fen, sizeof fen, "%" PRId64, r->fen);
 	pay_format_utc(r->t0_us, at, sizeof at);
@@ -483,7 +489,8 @@ pay_record(struct pay_req *r, const char *status, const char *notify_id, const c
 	params[6] = pay_time_ok(paid_at) ? paid_at : NULL;
 	params[7] = at;
 	params[8] = r->p->conf->pay_notify_occupant ? "true" : "false";
-	pay_submit(r, pay_record_sql, 9, params);
+	params[9] = r->p->hooks.on_command != NULL ? "true" : "false";
+	pay_submit(r, pay_record_sql, 10, params);
 }
 
 static void
@@ -818,6 +825,12 @@ payments_reconfigure(struct payments *p, const struct conf *conf)
 	p->conf = conf;
 	for (i = 0; i < p->npg; i++)
 		pgconn_set_conninfo(p->pg[i], conf->db_conninfo);
+}
+
+void
+payments_set_hooks(struct payments *p, const struct payments_hooks *h)
+{
+	p->hooks = *h;
 }
 
 void

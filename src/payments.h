@@ -30,6 +30,16 @@ int payments_check(const struct conf *conf, char *err, size_t errlen);
  * paths on httpd. Returns a valid object even when no provider is set up. */
 struct payments *payments_new(struct event_base *base, struct httpd *httpd,
     const struct conf *conf, char *err, size_t errlen);
+/* Called after a payment's commit queued a command (arm, close) or a
+ * message: the daemon wakes its outbox or dispatcher at once (the
+ * transaction sent no NOTIFY, which would have made its commit wait). */
+struct payments_hooks {
+	void (*on_command)(void *arg);
+	void (*on_message)(void *arg);
+	void *arg;
+};
+void payments_set_hooks(struct payments *p, const struct payments_hooks *h);
+
 /* SIGHUP: new keys and merchant ids (the old ones stay if the new keys
  * cannot be loaded), new conninfo. conf must outlive the payments. */
 void payments_reconfigure(struct payments *p, const struct conf *conf);
