@@ -7,6 +7,7 @@
 # valid WeChat and a valid Alipay payment credit the right meter to the fen
 # and re-arm a tripped meter, whose occupant then presses the button: the
 # meter is back to normal and the time from payment to restore is recorded;
+# that a meter set to automatic restore is closed remotely instead;
 # that the same notification 5 times and 50 at once credits once; that
 # TRADE_FINISHED after TRADE_SUCCESS credits once; that refund notices
 # credit nothing; that a bad signature, an unknown key serial, a stale
@@ -126,6 +127,21 @@ echo "$out" | grep -q 'body=success' || fail "Alipay not answered success: $out"
 assert_eq "58.5500000" "$(balance SIM0002)" "SIM0002 balance after 88.80 on -30.25"
 wait_until "SELECT state = 'restored' AND cause = 'button' FROM prepaid.restore_times
     WHERE meter_id = 'SIM0002'" 15 "SIM0002 re-armed and restored by the button"
+
+note "a meter set to automatic restore gets a close, not an arm"
+psql_q "UPDATE prepaid.meters SET restore_mode = 'close' WHERE meter_id = 'SIM0004'" >/dev/null
+psql_q "SELECT prepaid.adjust('SIM0004', -5.00, 'test: arrears')" >/dev/null
+t=$(psql_q "SELECT prepaid.trip('SIM0004', 'test: arrears')")
+wait_until "SELECT state = 'acked' FROM prepaid.commands WHERE id = '$t'" 15 "SIM0004 tripped"
+oc=$(order SIM0004 30.00 wechat)
+wx --out-trade-no "$oc" --transaction-id 4200000020 --total 3000 --expect 204 >/dev/null ||
+    fail "payment for SIM0004 not answered 204"
+wait_until "SELECT action = 'close' AND state = 'restored' AND cause = 'remote'
+    FROM prepaid.restore_times WHERE meter_id = 'SIM0004'" 15 "SIM0004 closed remotely"
+wait_until "SELECT relay = 'closed' FROM prepaid.meter_status WHERE meter_id = 'SIM0004'" 10 \
+    "SIM0004 relay closed without a button press"
+assert_eq "25.0000000" "$(balance SIM0004)" "SIM0004 balance -5.00 + 30.00"
+psql_q "SELECT prepaid.adjust('SIM0004', -25.00, 'test: back to zero')" >/dev/null
 
 note "the same notification 5 times, then 50 at once: one credit each"
 o3=$(order SIM0003 10.00 wechat)
