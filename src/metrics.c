@@ -44,27 +44,36 @@ metrics_add(struct metrics_buf *b, const char *name, const char *type,
 static const int64_t metrics_lag_bounds[] = METRICS_LAG_BUCKETS;
 
 void
-metrics_lag(int64_t lag_us)
+metrics_observe(struct metrics_hist *h, int64_t us)
 {
 	size_t i;
 
+	if (us < 0)
+		us = 0;
+	for (i = 0; i < ARRAY_SIZE(metrics_lag_bounds); i++)
+		if (us <= metrics_lag_bounds[i])
+			break;
+	if (i < ARRAY_SIZE(metrics_lag_bounds))
+		h->bucket[i]++;
+	h->count++;
+	h->sum_us += (uint64_t)us;
+}
+
+void
+metrics_lag(int64_t lag_us)
+{
 	if (lag_us < 0)
 		lag_us = 0;
 	metrics.loop_lag_us_last = lag_us;
 	if (lag_us > metrics.loop_lag_us_max)
 		metrics.loop_lag_us_max = lag_us;
-	for (i = 0; i < ARRAY_SIZE(metrics_lag_bounds); i++)
-		if (lag_us <= metrics_lag_bounds[i])
-			break;
-	if (i < ARRAY_SIZE(metrics_lag_bounds))
-		metrics.loop_lag_bucket[i]++;
-	metrics.loop_lag_count++;
-	metrics.loop_lag_sum_us += (uint64_t)lag_us;
+	metrics_observe(&metrics.loop_lag, lag_us);
 }
 
-/* The loop-lag histogram in the Prometheus format (cumulative buckets). */
+/* A histogram in the Prometheus format (cumulative buckets, seconds). */
 static void
-metrics_lag_histogram(struct metrics_buf *b)
+metrics_histogram(struct metrics_buf *b, const char *name, const char *help,
+    const struct metrics_hist *h)
 {
 	uint64_t cum = 0;
 	size_t i;
@@ -78,23 +87,19 @@ metrics_lag_histogram(struct metrics_buf *b)
 		b->cap *= 2;
 		b->p = xrealloc(b->p, b->cap);
 	}
-	n = snprintf(b->p + b->len, b->cap - b->len,
-	    "# HELP prepaidd_loop_lag_histogram_seconds Lateness of a 10 ms timer on the event loop.\n"
-	    "# TYPE prepaidd_loop_lag_histogram_seconds histogram\n");
+	n = snprintf(b->p + b->len, b->cap - b->len, "# HELP %s %s\n# TYPE %s histogram\n",
+	    name, help, name);
 	b->len += (size_t)n;
 	for (i = 0; i < ARRAY_SIZE(metrics_lag_bounds); i++) {
-		cum += metrics.loop_lag_bucket[i];
-		n = snprintf(b->p + b->len, b->cap - b->len,
-		    "prepaidd_loop_lag_histogram_seconds_bucket{le=\"%g\"} %llu\n",
+		cum += h->bucket[i];
+		n = snprintf(b->p + b->len, b->cap - b->len, "%s_bucket{le=\"%g\"} %llu\n", name,
 		    (double)metrics_lag_bounds[i] / 1e6, (unsigned long long)cum);
 		b->len += (size_t)n;
 	}
 	n = snprintf(b->p + b->len, b->cap - b->len,
-	    "prepaidd_loop_lag_histogram_seconds_bucket{le=\"+Inf\"} %llu\n"
-	    "prepaidd_loop_lag_histogram_seconds_sum %.6f\n"
-	    "prepaidd_loop_lag_histogram_seconds_count %llu\n",
-	    (unsigned long long)metrics.loop_lag_count, (double)metrics.loop_lag_sum_us / 1e6,
-	    (unsigned long long)metrics.loop_lag_count);
+	    "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n",
+	    name, (unsigned long long)h->count, name, (double)h->sum_us / 1e6, name,
+	    (unsigned long long)h->count);
 	b->len += (size_t)n;
 }
 
@@ -155,7 +160,11 @@ metrics_render(void)
 	C("mqtt_reconnects_total", "Broker connections (re)established.", m->mqtt_reconnects);
 	G("loop_lag_seconds", "Lateness of the last run of a 10 ms timer on the event loop.", "%.6f", (double)m->loop_lag_us_last / 1e6);
 	G("loop_lag_max_seconds", "Largest event-loop lag seen.", "%.6f", (double)m->loop_lag_us_max / 1e6);
-	metrics_lag_histogram(&b);
+	metrics_histogram(&b, "prepaidd_loop_lag_histogram_seconds",
+	    "Lateness of a 10 ms timer on the event loop.", &m->loop_lag);
+	metrics_histogram(&b, "prepaidd_payment_callback_seconds",
+	    "Payment callbacks from arrival to answer (after the commit, or a refusal).",
+	    &m->pay_answer);
 	G("start_time_seconds", "Start time of the daemon since the Unix epoch.", "%lld",
 	    (long long)(m->started_wall_us / 1000000));
 	return b.p;

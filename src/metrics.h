@@ -10,6 +10,13 @@
 
 #include "common.h"
 
+/* A histogram over METRICS_LAG_BUCKETS (microseconds). */
+struct metrics_hist {
+	uint64_t bucket[10];
+	uint64_t count;
+	uint64_t sum_us;
+};
+
 struct metrics {
 	/* ingest */
 	uint64_t messages_received;     /* MQTT messages on our topics */
@@ -66,9 +73,9 @@ struct metrics {
 	int64_t loop_lag_us_last;
 	int64_t loop_lag_us_max;
 	/* lag of a 10 ms probe timer, as a histogram (METRICS_LAG_BUCKETS) */
-	uint64_t loop_lag_bucket[10];
-	uint64_t loop_lag_count;
-	uint64_t loop_lag_sum_us;
+	struct metrics_hist loop_lag;
+	/* payment callbacks: arrival to answer (METRICS_LAG_BUCKETS too) */
+	struct metrics_hist pay_answer;
 	int64_t started_wall_us;
 };
 
@@ -79,6 +86,8 @@ extern struct metrics metrics;
 
 /* Count one loop-lag sample. */
 void metrics_lag(int64_t lag_us);
+/* Count one sample of h, in microseconds. */
+void metrics_observe(struct metrics_hist *h, int64_t us);
 
 /* Render all metrics; the caller frees the string. */
 char *metrics_render(void);

@@ -71,7 +71,8 @@ struct pay_req {
 	struct evhttp_request *req;   /* NULL once answered */
 	struct event *timer;
 	enum pay_provider provider;
-	int64_t t0_us;
+	int64_t t0_us;        /* wall clock: received_at */
+	int64_t t0_mono_us;   /* for the answer-time histogram */
 	bool in_db;
 	char out_trade_no[64];
 	char txn[64];
@@ -269,6 +270,7 @@ pay_answer(struct pay_req *r, int code, const char *message)
 	r->req = NULL;
 	if (r->timer != NULL)
 		event_del(r->timer);
+	metrics_observe(&metrics.pay_answer, now_mono_us() - r->t0_mono_us);
 	if (r->provider == PAY_ALIPAY) {
 		/* Alipay looks at the body only: exactly "success", or not. */
 		httpd_reply(req, code, reason, "text/plain; charset=utf-8",
@@ -711,6 +713,7 @@ pay_route(struct evhttp_request *req, struct payments *p, enum pay_provider prov
 	r->req = req;
 	r->provider = prov;
 	r->t0_us = now_wall_us();
+	r->t0_mono_us = now_mono_us();
 	r->fen = -1;
 	r->next = p->pending;
 	if (p->pending != NULL)

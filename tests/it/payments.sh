@@ -343,6 +343,10 @@ assert_eq "" "$(psql_q "SELECT * FROM prepaid.verify_ledger()")" "verify_ledger(
 assert_eq 0 "$(psql_q "SELECT count(*) FROM (SELECT reference FROM prepaid.ledger
     WHERE kind = 'payment' GROUP BY reference HAVING count(*) > 1) d")" "no payment twice"
 [ "$(daemon_metric payments_credited_total)" -ge 8 ] || fail "payments_credited_total too low"
+[ "$(daemon_metric payment_callback_seconds_count)" -ge 100 ] ||
+    fail "the answer-time histogram did not count the callbacks"
+echo "ok - callbacks answered: $(daemon_metric payment_callback_seconds_count), $(daemon_metric \
+    payment_callback_seconds_sum) s in all"
 # The APIv3 key itself, and no private key, ever appear in the log.
 if grep -qF "$(cat "$KEYS/apiv3.key")" "$DAEMON_LOG" || grep -q "PRIVATE KEY" "$DAEMON_LOG"; then
 	fail "a secret reached the log"
