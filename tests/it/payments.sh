@@ -9,7 +9,8 @@
 # meter is back to normal and the time from payment to restore is recorded;
 # that a meter set to automatic restore is closed remotely instead;
 # that the same notification 5 times and 50 at once credits once; that
-# TRADE_FINISHED after TRADE_SUCCESS credits once; that refund notices
+# TRADE_FINISHED after TRADE_SUCCESS credits once, and so does the same
+# notification sent to two daemons on one database at once; that refund notices
 # credit nothing; that a bad signature, an unknown key serial, a stale
 # timestamp, a tampered ciphertext, another merchant's mchid/appid/app_id
 # are refused and audited, and a wrong amount or an unknown order is held
@@ -155,6 +156,21 @@ ali --out-trade-no "$o5" --trade-no 2026112722005 --total 5.00 -P 50 --expect 20
     fail "one of 50 concurrent Alipay repeats was not answered 200"
 assert_eq 3 "$(credits SIM0003)" "three payments credited to SIM0003"
 assert_eq "35.0000000" "$(balance SIM0003)" "SIM0003 balance 10 + 20 + 5"
+
+note "two daemons on one database: the same notification to both at once credits once"
+daemon2_config mqtt.client_id=prepaidd-test-2 "${PAY_CONF[@]}"
+daemon2_start
+WX2=http://127.0.0.1:$HTTP2_PORT/pay/wechat
+o13=$(order SIM0003 7.77 wechat)
+"$PAYSIGN" wechat "$WX" --keys "$KEYS" --serial "$WX_SERIAL" --out-trade-no "$o13" \
+    --transaction-id 4200000030 --total 777 -P 20 --expect 204 >"$LIB_TMP/d1.out" &
+d1=$!
+"$PAYSIGN" wechat "$WX2" --keys "$KEYS" --serial "$WX_SERIAL" --out-trade-no "$o13" \
+    --transaction-id 4200000030 --total 777 -P 20 --expect 204 >"$LIB_TMP/d2.out" ||
+    fail "the second daemon did not answer 204 to every copy: $(sort "$LIB_TMP/d2.out" | uniq -c)"
+wait "$d1" || fail "the first daemon did not answer 204 to every copy"
+assert_eq "42.7700000" "$(balance SIM0003)" "SIM0003 credited 7.77 once"
+daemon2_stop
 
 note "TRADE_FINISHED after TRADE_SUCCESS credits once"
 o6=$(order SIM0004 12.34 alipay)
