@@ -319,25 +319,15 @@ pay_pick(struct payments *p)
  * the database is there to take it (a flood of forgeries while it is away
  * is logged only). verified: the fields are a provider's, not a forger's.
  */
+/* Write the audit row of a refused or failed callback, when the database
+ * is there to take it. */
 static void
-pay_refuse(struct pay_req *r, int code, const char *reason, bool verified)
+pay_audit(struct pay_req *r, const char *peer, int code, const char *reason, bool verified)
 {
-	struct payments *p = r->p;
-	struct pgconn *pc;
-	char peer[80] = "?", at[40], fen[24], status[8], key[64];
+	struct pgconn *pc = pay_pick(r->p);
+	char at[40], fen[24], status[8];
 	const char *params[9];
 
-	metrics.pay_refused++;
-	if (r->req != NULL)
-		httpd_peer(r->req, peer, sizeof peer);
-	snprintf(key, sizeof key, "pay-%s-%d", pay_provider_names[r->provider], code);
-	log_ratelimited(verified ? LOG_LVL_ERROR : LOG_LVL_WARN, key, 10,
-	    "payments: %s callback from %s refused (%d): %s%s%s%s%s",
-	    pay_provider_names[r->provider], peer, code, reason,
-	    verified ? " out_trade_no=" : "", verified ? r->out_trade_no : "",
-	    verified ? " transaction=" : "", verified ? r->txn : "");
-	pay_answer(r, code, reason);
-	pc = pay_pick(p);
 	if (pc == NULL || pgconn_pending(pc) > 1000)
 		return;
 	pay_format_utc(r->t0_us, at, sizeof at);
@@ -357,6 +347,24 @@ pay_refuse(struct pay_req *r, int code, const char *reason, bool verified)
 	    "peer, verified, out_trade_no, provider_txn, amount_fen) "
 	    "VALUES ($1, $2, $3, $4::int, $5, $6::boolean, $7, $8, $9::bigint)",
 	    9, params, pay_audit_done, NULL);
+}
+
+static void
+pay_refuse(struct pay_req *r, int code, const char *reason, bool verified)
+{
+	char peer[80] = "?", key[64];
+
+	metrics.pay_refused++;
+	if (r->req != NULL)
+		httpd_peer(r->req, peer, sizeof peer);
+	snprintf(key, sizeof key, "pay-%s-%d", pay_provider_names[r->provider], code);
+	log_ratelimited(verified ? LOG_LVL_ERROR : LOG_LVL_WARN, key, 10,
+	    "payments: %s callback from %s refused (%d): %s%s%s%s%s",
+	    pay_provider_names[r->provider], peer, code, reason,
+	    verified ? " out_trade_no=" : "", verified ? r->out_trade_no : "",
+	    verified ? " transaction=" : "", verified ? r->txn : "");
+	pay_answer(r, code, reason);
+	pay_audit(r, peer, code, reason, verified);
 }
 
 /* ----------------------------------------------------------- database */
@@ -395,6 +403,14 @@ pay_recorded(void *arg, PGresult *res, const char *err)
 		if (!late) {
 			metrics.pay_unavailable++;
 			pay_answer(r, res == NULL ? 503 : 500, "database error, retry");
+		}
+		if (res != NULL) {
+			/* The database refused a verified payment: keep it for the
+			 * operator while the provider retries. */
+			char why[300];
+
+			snprintf(why, sizeof why, "recording failed: %s", err != NULL ? err : "?");
+			pay_audit(r, "-", 500, why, true);
 		}
 		pay_req_free(r);
 		return;

@@ -17,7 +17,9 @@
 # for reconciliation, never credited; that an oversize body, too many
 # headers, a trickling client, a GET and a query string are refused
 # without harm; that with PostgreSQL stopped the answer is 503 and the
-# retried notification credits once after it returns; that the public-key
+# retried notification credits once after it returns; that a payment the
+# database refuses is answered 500 and kept in payment_rejects, and
+# credited on the retry once the fault is gone; that the public-key
 # mode of WeChat Pay verifies; that a platform certificate added on SIGHUP
 # verifies and a reload naming a bad key keeps the keys in use; and that
 # the operator can apply a held payment by hand.
@@ -337,6 +339,20 @@ done
 echo "ok - connections past the cap closed ($(daemon_metric http_refused_cap_total))"
 assert_eq 200 "$(daemon_healthz)" "daemon healthy after the abuse"
 
+note "a payment the database refuses: 500, kept in payment_rejects, credited on the retry"
+psql_q "CREATE FUNCTION public.test_refuse() RETURNS trigger LANGUAGE plpgsql AS \$\$
+    BEGIN RAISE EXCEPTION 'test: refused by a trigger'; END \$\$;
+    CREATE TRIGGER test_refuse BEFORE INSERT ON prepaid.payments
+    FOR EACH ROW WHEN (NEW.provider_txn = '4200000040') EXECUTE FUNCTION public.test_refuse()" >/dev/null
+o14=$(order SIM0006 3.00 wechat)
+refused 500 wx --out-trade-no "$o14" --transaction-id 4200000040 --total 300
+wait_until "SELECT count(*) = 1 FROM prepaid.payment_rejects WHERE provider_txn = '4200000040'
+    AND verified AND http_status = 500 AND reason LIKE 'recording failed:%refused by a trigger%'
+    AND out_trade_no = '$o14' AND amount_fen = 300" 5 "the refused payment kept for the operator"
+psql_q "DROP TRIGGER test_refuse ON prepaid.payments" >/dev/null
+wx --out-trade-no "$o14" --transaction-id 4200000040 --total 300 --expect 204 >/dev/null ||
+    fail "the retry after the fix was not answered 204"
+
 note "PostgreSQL stopped: 503; after it returns the retried notification credits once"
 o10=$(order SIM0006 2.00 wechat)
 pg_stop
@@ -352,7 +368,7 @@ until wx --out-trade-no "$o10" --transaction-id 4200000012 --total 200 --expect 
 	sleep 0.5
 done
 wx --out-trade-no "$o10" --transaction-id 4200000012 --total 200 --expect 204 >/dev/null
-assert_eq "13.7400000" "$(balance SIM0006)" "credited once after PostgreSQL returned"
+assert_eq "16.7400000" "$(balance SIM0006)" "credited once after PostgreSQL returned"
 
 note "the ledger is consistent"
 assert_eq "" "$(psql_q "SELECT * FROM prepaid.verify_ledger()")" "verify_ledger() is empty"
