@@ -538,6 +538,14 @@ FROM prepaid.payments p;
 CREATE VIEW prepaid.payments_unreconciled AS
 SELECT * FROM prepaid.payment_status WHERE state IN ('unmatched', 'disputed');
 
+-- Payments per day, provider and state, for reconciliation against the
+-- providers' daily statements (which are kept in Beijing time: so is day).
+CREATE VIEW prepaid.payments_daily AS
+SELECT (p.received_at AT TIME ZONE 'Asia/Shanghai')::date AS day, p.provider, p.state,
+       count(*) AS payments, round(sum(p.amount_fen) / 100.0, 2) AS amount
+FROM prepaid.payments p
+GROUP BY 1, 2, 3;
+
 -- Time from payment (the callback) to power restored at the meter.
 CREATE VIEW prepaid.restore_times AS
 SELECT r.restore_id, r.meter_id, r.payment_id, r.action, r.state, r.cause, r.paid_at,

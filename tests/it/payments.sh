@@ -370,6 +370,15 @@ done
 wx --out-trade-no "$o10" --transaction-id 4200000012 --total 200 --expect 204 >/dev/null
 assert_eq "16.7400000" "$(balance SIM0006)" "credited once after PostgreSQL returned"
 
+note "the daily reconciliation view adds up to the payments"
+assert_eq "$(psql_q "SELECT round(sum(amount_fen) / 100.0, 2) FROM prepaid.payments
+    WHERE state IN ('credited', 'applied')")" "$(psql_q "SELECT sum(amount)
+    FROM prepaid.payments_daily WHERE state IN ('credited', 'applied')")" \
+    "payments_daily sums the credited and applied payments"
+assert_eq "$(psql_q "SELECT round(sum(amount), 2) FROM prepaid.ledger WHERE kind = 'payment'")" \
+    "$(psql_q "SELECT sum(amount) FROM prepaid.payments_daily
+    WHERE state IN ('credited', 'applied')")" "and they are what the ledger credited"
+
 note "the ledger is consistent"
 assert_eq "" "$(psql_q "SELECT * FROM prepaid.verify_ledger()")" "verify_ledger() is empty"
 assert_eq 0 "$(psql_q "SELECT count(*) FROM (SELECT reference FROM prepaid.ledger
