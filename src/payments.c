@@ -17,7 +17,9 @@
  *   400 malformed or undecryptable, 401 signature, key serial or timestamp,
  *   403 another merchant's (mchid, appid, app_id, seller_id), 415 not a
  *     form: refused, audited, nothing recorded as a payment;
- *   500 an SQL error, 503 the database away or slow: the provider retries.
+ *   500 an SQL error (the verified payment is also kept in payment_rejects),
+ *   503 the database away or slow, or the daemon stopping: the provider
+ *     retries.
  */
 #include <ctype.h>
 #include <inttypes.h>
