@@ -369,6 +369,8 @@ BEGIN
 		    round(o.amount * 100));
 	ELSIF o.state = 'paid' THEN
 		v_reason := 'the order was already paid by another transaction';
+	ELSIF o.state = 'disputed' THEN
+		v_reason := 'the order is disputed already (see prepaid.payments_unreconciled)';
 	ELSIF o.state <> 'pending' OR o.expires_at <= p_received_at THEN
 		v_reason := format('the order expired at %s', o.expires_at);
 	END IF;

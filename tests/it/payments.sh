@@ -13,8 +13,8 @@
 # notification sent to two daemons on one database at once; that refund notices
 # credit nothing; that a bad signature, an unknown key serial, a stale
 # timestamp, a tampered ciphertext, another merchant's mchid/appid/app_id
-# are refused and audited, and a wrong amount or an unknown order is held
-# for reconciliation, never credited; that an oversize body, too many
+# are refused and audited, and a wrong amount, an expired order or an
+# unknown order is held for reconciliation, never credited; that an oversize body, too many
 # headers, a trickling client, a GET and a query string are refused
 # without harm; that with PostgreSQL stopped the answer is 503 and the
 # retried notification credits once after it returns; that a payment the
@@ -239,13 +239,23 @@ assert_eq "disputed|SIM0005" "$(psql_q "SELECT state || '|' || meter_id FROM pre
     WHERE provider_txn = '4200000009'")" "wrong amount disputed"
 assert_eq "unmatched" "$(psql_q "SELECT state FROM prepaid.payments
     WHERE provider_txn = '2026112722010'")" "unknown order unmatched"
+oe=$(psql_q "SELECT prepaid.create_order('SIM0005', 1.00, 'alipay', '1 second')")
+sleep 1.2
+ali --out-trade-no "$oe" --trade-no 2026112722011 --total 1.00 --expect 200 >/dev/null ||
+    fail "a verified payment of an expired order was not acknowledged"
+assert_eq "disputed|the order expired" "$(psql_q "SELECT state || '|' || left(reason, 17)
+    FROM prepaid.payments WHERE provider_txn = '2026112722011'")" "a late payment disputed"
+assert_eq "0.0000000" "$(balance SIM0005)" "nothing credited for the expired order"
+pid=$(psql_q "SELECT payment_id FROM prepaid.payments WHERE provider_txn = '2026112722011'")
+psql_q "SELECT prepaid.apply_payment($pid, NULL, 'paid a little late: fine')" >/dev/null
+assert_eq "1.0000000" "$(balance SIM0005)" "applied to the order's meter by hand"
 assert_eq 2 "$(psql_q "SELECT count(*) FROM prepaid.payments_unreconciled")" \
     "two payments to reconcile"
 note "the operator applies the unmatched payment by hand"
 pid=$(psql_q "SELECT payment_id FROM prepaid.payments WHERE provider_txn = '2026112722010'")
 psql_q "SELECT prepaid.apply_payment($pid, 'SIM0006', 'occupant sent the receipt')" >/dev/null
 assert_eq "9.9900000" "$(balance SIM0006)" "applied to SIM0006"
-assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.operator_audit WHERE action = 'apply_payment'")" \
+assert_eq 2 "$(psql_q "SELECT count(*) FROM prepaid.operator_audit WHERE action = 'apply_payment'")" \
     "apply_payment audited"
 pid=$(psql_q "SELECT payment_id FROM prepaid.payments WHERE provider_txn = '4200000009'")
 assert_eq t "$(psql_q "SELECT prepaid.reject_payment($pid, 'refunded at WeChat Pay')")" \
