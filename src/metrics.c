@@ -152,6 +152,7 @@ metrics_render(void)
 	C("payments_held_total", "Verified payments held as unmatched or disputed.", m->pay_held);
 	C("payment_notices_total", "Verified notifications that do not credit (refund, close).", m->pay_notices);
 	C("payment_callbacks_refused_total", "Payment callbacks refused (signature, key, timestamp, merchant, format).", m->pay_refused);
+	C("payment_rejects_unaudited_total", "Refused callbacks not written to prepaid.payment_rejects (database away, or more than 100 unverified a second).", m->pay_unaudited);
 	C("payment_callbacks_unavailable_total", "Payment callbacks answered 503 (database away or slow).", m->pay_unavailable);
 	C("payment_rearms_total", "Arm or close commands queued by a payment.", m->pay_rearmed);
 	G("postgres_up", "1 when connected to PostgreSQL with the expected schema.", "%d", m->pg_up);

@@ -62,6 +62,7 @@ struct metrics {
 	uint64_t pay_held;              /* unmatched or disputed */
 	uint64_t pay_notices;           /* refunds, closes: recorded, not credited */
 	uint64_t pay_refused;           /* signature, key, timestamp, merchant, format */
+	uint64_t pay_unaudited;         /* refusals not written to payment_rejects */
 	uint64_t pay_unavailable;       /* 503: database away or slow */
 	uint64_t pay_rearmed;           /* arm or close commands queued by a payment */
 	/* links */

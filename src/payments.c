@@ -65,6 +65,8 @@ struct payments {
 	int npending;
 	bool stopping;
 	struct payments_hooks hooks;
+	int64_t audit_second;   /* the second audit_count counts in */
+	int audit_count;
 };
 
 /* One callback between its arrival and its answer. */
@@ -81,6 +83,10 @@ struct pay_req {
 	int64_t fen;
 	struct pay_req *prev, *next;
 };
+
+/* Refusals of unverified callbacks audited per second at most: a flood of
+ * forgeries is counted and logged, not written row by row. */
+#define PAY_AUDIT_PER_S 100
 
 /* The longest id we store; providers use 32 (WeChat) and 64 (Alipay). */
 #define PAY_ID_MAX 63
@@ -326,12 +332,26 @@ pay_pick(struct payments *p)
 static void
 pay_audit(struct pay_req *r, const char *peer, int code, const char *reason, bool verified)
 {
-	struct pgconn *pc = pay_pick(r->p);
+	struct payments *p = r->p;
+	struct pgconn *pc = pay_pick(p);
 	char at[40], fen[24], status[8];
 	const char *params[9];
+	int64_t sec = now_mono_us() / 1000000;
 
-	if (pc == NULL || pgconn_pending(pc) > 1000)
+	if (!verified) {
+		if (sec != p->audit_second) {
+			p->audit_second = sec;
+			p->audit_count = 0;
+		}
+		if (++p->audit_count > PAY_AUDIT_PER_S) {
+			metrics.pay_unaudited++;
+			return;
+		}
+	}
+	if (pc == NULL || pgconn_pending(pc) > 1000) {
+		metrics.pay_unaudited++;
 		return;
+	}
 	pay_format_utc(r->t0_us, at, sizeof at);
 	snprintf(status, sizeof status, "%d", code);
 	snprintf(fen, sizeof fen, "%" PRId64, r->fen);

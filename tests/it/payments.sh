@@ -363,6 +363,17 @@ psql_q "DROP TRIGGER test_refuse ON prepaid.payments" >/dev/null
 wx --out-trade-no "$o14" --transaction-id 4200000040 --total 300 --expect 204 >/dev/null ||
     fail "the retry after the fix was not answered 204"
 
+note "a flood of forgeries is refused, counted and only partly written row by row"
+r0=$(psql_q "SELECT count(*) FROM prepaid.payment_rejects")
+wx --out-trade-no "$o7" --transaction-id 4200000050 --total 5000 --bad-sig -n 400 -P 50 \
+    --expect 401 >/dev/null || fail "a forged notification in the flood was not refused"
+sleep 0.5
+r1=$(psql_q "SELECT count(*) FROM prepaid.payment_rejects")
+[ $((r1 - r0)) -lt 400 ] && [ "$(daemon_metric payment_rejects_unaudited_total)" -ge 1 ] ||
+    fail "400 forgeries wrote $((r1 - r0)) audit rows"
+echo "ok - 400 forgeries: $((r1 - r0)) audit rows, $(daemon_metric payment_rejects_unaudited_total) counted only"
+assert_eq 200 "$(daemon_healthz)" "healthy after the flood"
+
 note "PostgreSQL stopped: 503; after it returns the retried notification credits once"
 o10=$(order SIM0006 2.00 wechat)
 pg_stop
