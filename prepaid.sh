@@ -228,9 +228,11 @@ EOF
 		    count(*) FILTER (WHERE relay = 'open'),
 		    count(*) FILTER (WHERE relay = 'armed'),
 		    (SELECT coalesce(round(-sum(amount), 2), 0) FROM prepaid.ledger
-		     WHERE kind IN ('charge', 'standing'))
-		    FROM prepaid.meter_status" 2>/dev/null) || row="?|?|?|?|?|?"
-		IFS='|' read -r n meters closed open armed charged <<<"$row"
+		     WHERE kind IN ('charge', 'standing')),
+		    (SELECT coalesce(round(sum(amount), 2), 0) FROM prepaid.ledger
+		     WHERE kind = 'payment')
+		    FROM prepaid.meter_status" 2>/dev/null) || row="?|?|?|?|?|?|?"
+		IFS='|' read -r n meters closed open armed charged paid <<<"$row"
 		t=$(lib_now_ms)
 		rate="-"
 		if [ "$n" != "?" ]; then
@@ -240,8 +242,8 @@ EOF
 		fi
 		prev_t=$t
 		now=$(date +%T)
-		printf '%s  readings/s %5s  readings %8s  meters %4s  relay closed %4s open %4s armed %4s  charged %8s yuan  health %s\n' \
-		    "$now" "$rate" "$n" "$meters" "$closed" "$open" "$armed" "$charged" "$(daemon_healthz)"
+		printf '%s  readings/s %5s  readings %8s  meters %4s  relay closed %4s open %4s armed %4s  charged %8s paid %8s yuan  health %s\n' \
+		    "$now" "$rate" "$n" "$meters" "$closed" "$open" "$armed" "$charged" "$paid" "$(daemon_healthz)"
 	done
 }
 
