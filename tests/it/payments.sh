@@ -7,7 +7,8 @@
 # valid WeChat and a valid Alipay payment credit the right meter to the fen
 # and re-arm a tripped meter, whose occupant then presses the button: the
 # meter is back to normal and the time from payment to restore is recorded;
-# that a meter set to automatic restore is closed remotely instead;
+# that an IC card restores power as the button does; that a meter set to
+# automatic restore is closed remotely instead;
 # that the same notification 5 times and 50 at once credits once; that
 # TRADE_FINISHED after TRADE_SUCCESS credits once, and so does the same
 # notification sent to two daemons on one database at once; that refund notices
@@ -145,6 +146,22 @@ wait_until "SELECT relay = 'closed' FROM prepaid.meter_status WHERE meter_id = '
     "SIM0004 relay closed without a button press"
 assert_eq "25.0000000" "$(balance SIM0004)" "SIM0004 balance -5.00 + 30.00"
 psql_q "SELECT prepaid.adjust('SIM0004', -25.00, 'test: back to zero')" >/dev/null
+
+note "an IC card and the button restore power too (a meter without a simulator)"
+psql_q "SELECT prepaid.register_meter('CARD0001')" >/dev/null
+psql_q "UPDATE prepaid.meters SET relay = 'open' WHERE meter_id = 'CARD0001'" >/dev/null
+oca=$(order CARD0001 40.00 alipay)
+ali --out-trade-no "$oca" --trade-no 2026112722030 --total 40.00 --expect 200 >/dev/null ||
+    fail "payment for CARD0001 not answered"
+assert_eq "arm|pending" "$(psql_q "SELECT action || '|' || state FROM prepaid.restore_times
+    WHERE meter_id = 'CARD0001'")" "CARD0001 re-armed, waiting"
+assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.awaiting_restore WHERE meter_id = 'CARD0001'")" \
+    "CARD0001 listed as awaiting its occupant"
+pub meters/CARD0001/event "{\"ts\":\"$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)\",\"type\":\"relay\",\"relay\":\"closed\",\"cause\":\"card\"}"
+wait_until "SELECT state = 'restored' AND cause = 'card' FROM prepaid.restore_times
+    WHERE meter_id = 'CARD0001'" 10 "CARD0001 restored with the card"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.awaiting_restore WHERE meter_id = 'CARD0001'")" \
+    "CARD0001 no longer awaiting"
 
 note "the same notification 5 times, then 50 at once: one credit each"
 o3=$(order SIM0003 10.00 wechat)
