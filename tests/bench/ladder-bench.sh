@@ -9,10 +9,14 @@
 # the limit (src/ladder.c), opening an episode and queueing a low-balance
 # SMS for each meter that fell. Prints the database time of finding and
 # doing that work (all calls, and the longest one: how long a sweep holds
-# its meters locked), and of an idle sweep (nothing due). A measurement,
-# not a test: exits 0 unless something broke. Environment: BUILD (default
-# _build), LADDER_METERS, LADDER_LIMIT (default 200, what src/ladder.c
-# passes).
+# its meters locked), and of an idle sweep (nothing due). Then meters in
+# arrears keep using power: 5% of the fleet in open episodes each have their
+# balance lowered a little, crossing no bound of the ladder (sql/007), in
+# one UPDATE, and the sweep runs again; once without the bounds (as before
+# 007: every such meter is due and goes through ladder_step) and once with
+# the bounds ladder_step wrote on that sweep. A measurement, not a test:
+# exits 0 unless something broke. Environment: BUILD (default _build),
+# LADDER_METERS, LADDER_LIMIT (default 200, what src/ladder.c passes).
 set -e
 
 top_srcdir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -24,6 +28,7 @@ export top_srcdir top_builddir
 
 N=${LADDER_METERS:-1000000}
 CHANGED=$((N / 100))
+ARREARS=$((N / 20))
 LIMIT=${LADDER_LIMIT:-200}
 
 skip_unless_tools
@@ -118,4 +123,50 @@ printf '%-44s %s\n' "sweep doing the due work" "$sweep_ms ms: $episodes episodes
 printf '%-44s %s\n' "  in calls of ladder_sweep($LIMIT)" "$sweep_calls calls, $sweep_meters meters, longest $sweep_max_ms ms"
 printf '%-44s %s\n' "idle sweep (nothing due)" "$ms_idle ms"
 printf '%-44s %s\n' "target: due work found and done" "< 1000 ms: $(awk -v t="$sweep_ms" 'BEGIN { print (t < 1000) ? "PASS" : "MISS" }')"
+
+note "$ARREARS meters in arrears use a little more"
+# Meters M1, M21, M41...: none changed above. Each is in an open community
+# episode at step 1 (15 yuan), its first SMS sent an hour ago, its repeat
+# due in 23 hours: what ladder_step leaves for such a meter, without the
+# bounds (written set-based, as rows written before 007 are).
+psql_q "WITH a AS (SELECT 'M' || (20 * k + 1) AS meter_id
+                   FROM generate_series(0, $ARREARS - 1) k),
+    e AS (INSERT INTO prepaid.arrears_episodes (meter_id, policy_id, started_at,
+              start_balance, step_no)
+          SELECT meter_id, 'community', prepaid.now() - interval '1 hour', 15, 1 FROM a
+          RETURNING episode_id, started_at),
+    s AS (INSERT INTO prepaid.episode_steps (episode_id, step_no, reached_at)
+          SELECT episode_id, 1, started_at FROM e)
+    INSERT INTO prepaid.episode_sends (episode_id, step_no, repeat_no, channel, at, note)
+    SELECT episode_id, 1, 0, 'sms', started_at, 'bench' FROM e" >/dev/null
+psql_q "UPDATE prepaid.meters SET balance = 15
+    WHERE meter_id IN (SELECT 'M' || (20 * k + 1) FROM generate_series(0, $ARREARS - 1) k)" >/dev/null
+psql_q "UPDATE prepaid.meters SET ladder_watch = 20, ladder_rearmed = false,
+        ladder_due_at = prepaid.now() + interval '23 hours',
+        ladder_low = NULL, ladder_trip = NULL, ladder_high = NULL
+    WHERE meter_id IN (SELECT 'M' || (20 * k + 1) FROM generate_series(0, $ARREARS - 1) k)" >/dev/null
+psql_q "VACUUM ANALYZE" >/dev/null
+
+# One reading's charge for each, in one UPDATE; then the sweep. $1: label.
+arrears_round()
+{
+	local ms_use due_use
+
+	ms_use=$(timed "UPDATE prepaid.meters SET balance = balance - 0.01
+	    WHERE meter_id IN (SELECT 'M' || (20 * k + 1) FROM generate_series(0, $ARREARS - 1) k)")
+	due_use=$(psql_q "SELECT count(*) FROM prepaid.meters WHERE ladder_due_at <= prepaid.now()")
+	sweep
+	printf '%-44s %s\n' "$1: charge, one UPDATE" "$ms_use ms, $due_use meters made due"
+	printf '%-44s %s\n' "$1: sweep" "$sweep_ms ms: $sweep_calls calls, $sweep_meters meters, longest $sweep_max_ms ms"
+}
+arrears_round "no bounds (before 007)"
+bounded=$(psql_q "SELECT count(*) FROM prepaid.meters WHERE ladder_high IS NOT NULL
+    AND meter_id IN (SELECT 'M' || (20 * k + 1) FROM generate_series(0, $ARREARS - 1) k)")
+printf '%-44s %s\n' "  bounds written by that sweep" "$bounded of $ARREARS meters"
+arrears_round "bounds (007)"
+sent=$(psql_q "SELECT count(*) FROM prepaid.episode_sends WHERE note IS DISTINCT FROM 'bench'
+    AND episode_id IN (SELECT episode_id FROM prepaid.arrears_episodes e
+                       WHERE e.meter_id IN (SELECT 'M' || (20 * k + 1)
+                                            FROM generate_series(0, $ARREARS - 1) k))")
+printf '%-44s %s\n' "  sent for the meters in arrears" "$sent (nothing was due)"
 exit 0

@@ -544,5 +544,53 @@ assert_eq "pending" "$(psql_q "SELECT state FROM prepaid.order_status
     WHERE out_trade_no = '$order'")" "the order is pending"
 psql_q "SELECT prepaid.cancel_command('$po', 'test over')" >/dev/null
 
+##########################################################################
+note "7. in arrears, a balance change wakes the ladder only across a bound"
+
+# A meter in an open episode keeps using power: each reading lowers its
+# balance. Only crossing what the ladder would act on makes it due: the
+# threshold of a step not reached yet, the trip level, the restore level.
+# Whether a change made the meter due is read inside the transaction that
+# made it (the trigger sets ladder_due_at to now()), before a sweep can
+# look at it and put back the same due time.
+XB=X0001 # community, no simulator: only this script moves its balance
+woken()
+{
+	psql_q "BEGIN;
+	    SELECT prepaid.adjust(meter_id, $2 - balance, 'ladder test')
+	    FROM prepaid.meters WHERE meter_id = '$1';
+	    SELECT coalesce(ladder_due_at = now(), false) FROM prepaid.meters
+	    WHERE meter_id = '$1';
+	    COMMIT" | tail -n 1
+}
+xb_due()
+{
+	psql_q "SELECT ladder_due_at FROM prepaid.meters WHERE meter_id = '$XB'"
+}
+new_meter $XB comm
+set_balance 15.00 $XB
+wait_until "SELECT step_no = 1 AND (SELECT ladder_due_at > prepaid.now() FROM prepaid.meters
+    WHERE meter_id = '$XB') FROM prepaid.arrears WHERE meter_id = '$XB'" 10 \
+    "XB: episode at step 1, due again for the repeat"
+xb=$(xb_due)
+assert_eq f "$(woken $XB 5.00)" "XB: 15 -> 5 crosses no bound: not due"
+assert_eq "$xb" "$(xb_due)" "XB: due time of the repeat unchanged"
+assert_eq t "$(woken $XB -1.00)" "XB: 5 -> -1 crosses step 2's threshold (0): due"
+wait_until "SELECT step_no = 2 FROM prepaid.arrears WHERE meter_id = '$XB'" 10 \
+    "XB: step 2 reached"
+assert_eq f "$(woken $XB -40.00)" "XB: -1 -> -40, above the trip level: not due"
+assert_eq t "$(woken $XB -50.00)" "XB: -40 -> -50 reaches the trip level: due"
+wait_until "SELECT trip_level_at IS NOT NULL FROM prepaid.arrears WHERE meter_id = '$XB'" 10 \
+    "XB: trip level reached, the grace starts"
+assert_eq f "$(woken $XB -55.00)" "XB: deeper within the grace: not due"
+assert_eq f "$(woken $XB 19.00)" "XB: up to 19, below the restore level: not due"
+assert_eq t "$(woken $XB 20.00)" "XB: up to the restore level (20): due"
+wait_until "SELECT end_reason = 'paid' FROM prepaid.arrears_episodes
+    WHERE episode_id = $(episode $XB)" 10 "XB: the episode ends, paid"
+assert_eq "low_balance/sms arrears/sms arrears/email" "$(msgs $XB)" \
+    "XB: each step's messages once, nothing for the changes in between"
+assert_eq 3 "$(psql_q "SELECT num_nulls(ladder_low, ladder_trip, ladder_high)
+    FROM prepaid.meters WHERE meter_id = '$XB'")" "XB: no bounds without an episode"
+
 daemon_stop
 echo "PASS: ladder"
