@@ -450,7 +450,9 @@ pay_recorded(void *arg, PGresult *res, const char *err)
 				if (r->p->hooks.on_command != NULL)
 					r->p->hooks.on_command(r->p->hooks.arg);
 			}
-			if (r->p->conf->pay_notify_occupant && r->p->hooks.on_message != NULL)
+			/* The occupant's message, or one the ladder queued in
+			 * the same transaction. */
+			if (r->p->hooks.on_message != NULL)
 				r->p->hooks.on_message(r->p->hooks.arg);
 			log_info("payments: %s out_trade_no=%s transaction=%s %s yuan credited to "
 			    "meter %s (balance %s)%s%s%s", pay_provider_names[r->provider],
