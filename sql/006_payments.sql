@@ -503,6 +503,22 @@ CREATE TRIGGER commands_restore_ack AFTER UPDATE OF state ON prepaid.commands
 	FOR EACH ROW WHEN (NEW.action IN ('arm', 'close') AND OLD.state IS DISTINCT FROM NEW.state)
 	EXECUTE FUNCTION prepaid.restore_ack_trigger();
 
+-- A trip the meter executes after a re-arm (an operator's, or a new
+-- episode's) supersedes the restore still waiting: the next payment arms
+-- the meter again instead of pointing at the old arm.
+CREATE FUNCTION prepaid.restore_trip_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	UPDATE prepaid.restores r SET state = 'superseded'
+	WHERE r.meter_id = NEW.meter_id AND r.state IN ('pending', 'armed')
+	  AND r.paid_at < coalesce(NEW.acked_at, now());
+	RETURN NULL;
+END $$;
+CREATE TRIGGER commands_restore_trip AFTER UPDATE OF state ON prepaid.commands
+	FOR EACH ROW WHEN (NEW.action = 'trip' AND NEW.state = 'acked'
+	                   AND OLD.state IS DISTINCT FROM NEW.state)
+	EXECUTE FUNCTION prepaid.restore_trip_trigger();
+
 -- The meter reports its relay closed by the button or the card: the
 -- occupant restored power; the meter is back to normal.
 CREATE FUNCTION prepaid.restore_event_trigger() RETURNS trigger

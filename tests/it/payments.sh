@@ -157,9 +157,22 @@ assert_eq "arm|pending" "$(psql_q "SELECT action || '|' || state FROM prepaid.re
     WHERE meter_id = 'CARD0001'")" "CARD0001 re-armed, waiting"
 assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.awaiting_restore WHERE meter_id = 'CARD0001'")" \
     "CARD0001 listed as awaiting its occupant"
+# Tripped again before anyone came: the waiting restore is superseded and
+# the next payment arms the meter again.
+tc=$(psql_q "SELECT prepaid.trip('CARD0001', 'test: tripped again')")
+psql_q "UPDATE prepaid.commands SET state = 'acked', acked_at = now(), result = 'ok',
+    relay_after = 'open' WHERE id = '$tc'" >/dev/null
+assert_eq superseded "$(psql_q "SELECT state FROM prepaid.restore_times WHERE meter_id = 'CARD0001'")" \
+    "the waiting restore superseded by the trip"
+oca2=$(order CARD0001 1.00 alipay)
+ali --out-trade-no "$oca2" --trade-no 2026112722031 --total 1.00 --expect 200 >/dev/null ||
+    fail "second payment for CARD0001 not answered"
+assert_eq "superseded,pending" "$(psql_q "SELECT string_agg(state, ',' ORDER BY restore_id)
+    FROM prepaid.restore_times WHERE meter_id = 'CARD0001'")" "a new arm for the second payment"
 pub meters/CARD0001/event "{\"ts\":\"$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)\",\"type\":\"relay\",\"relay\":\"closed\",\"cause\":\"card\"}"
 wait_until "SELECT state = 'restored' AND cause = 'card' FROM prepaid.restore_times
-    WHERE meter_id = 'CARD0001'" 10 "CARD0001 restored with the card"
+    WHERE meter_id = 'CARD0001' ORDER BY restore_id DESC LIMIT 1" 10 \
+    "CARD0001 restored with the card"
 assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.awaiting_restore WHERE meter_id = 'CARD0001'")" \
     "CARD0001 no longer awaiting"
 
