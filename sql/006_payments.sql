@@ -497,6 +497,12 @@ BEGIN
 	    cause = CASE WHEN NEW.state = 'acked' AND NEW.relay_after = 'closed'
 	                 THEN 'remote' ELSE r.cause END
 	WHERE r.command_id = NEW.id AND r.state IN ('pending', 'armed');
+	IF FOUND AND NEW.state IN ('rejected', 'unsupported', 'expired', 'unknown', 'cancelled') THEN
+		-- A paid meter that stays off: somebody must look at it.
+		PERFORM pg_notify('prepaid_alerts', format('meter %s paid but its %s command %s '
+		    'ended %s: the meter may still be off (prepaid.%s(%L, ...) sends it again)',
+		    NEW.meter_id, NEW.action, NEW.id, NEW.state, NEW.action, NEW.meter_id));
+	END IF;
 	RETURN NULL;
 END $$;
 CREATE TRIGGER commands_restore_ack AFTER UPDATE OF state ON prepaid.commands
