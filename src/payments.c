@@ -569,6 +569,37 @@ pay_status_of(int rc)
 	}
 }
 
+/*
+ * A decrypted resource that is not a transaction (a refund: mchid,
+ * out_trade_no, transaction_id, amount.refund in fen): what the notice
+ * row keeps. Another merchant's is refused; 0 to record it.
+ */
+static int
+pay_wechat_other(struct pay_req *r, const char *plain, size_t plen)
+{
+	json_t *j = json_loadb(plain, plen, JSON_REJECT_DUPLICATES, NULL);
+	const char *mchid, *otn, *txn;
+	json_t *refund;
+
+	r->fen = -1;
+	mchid = json_string_value(json_object_get(j, "mchid"));
+	otn = json_string_value(json_object_get(j, "out_trade_no"));
+	txn = json_string_value(json_object_get(j, "transaction_id"));
+	refund = json_object_get(json_object_get(j, "amount"), "refund");
+	snprintf(r->out_trade_no, sizeof r->out_trade_no, "%s", pay_id_ok(otn) ? otn : "");
+	snprintf(r->txn, sizeof r->txn, "%s", pay_id_ok(txn) ? txn : "");
+	if (json_is_integer(refund) && json_integer_value(refund) >= 0)
+		r->fen = (int64_t)json_integer_value(refund);
+	if (mchid != NULL && (r->p->conf->wx_mchid == NULL ||
+	    strcmp(mchid, r->p->conf->wx_mchid) != 0)) {
+		json_decref(j);
+		pay_refuse(r, 403, "mchid is not ours", true);
+		return -1;
+	}
+	json_decref(j);
+	return 0;
+}
+
 static void
 pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 {
@@ -617,10 +648,9 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 		goto out;
 	}
 	if (env.original_type != NULL && strcmp(env.original_type, "transaction") != 0) {
-		/* refunds and other resources: recorded, never credited */
-		snprintf(r->txn, sizeof r->txn, "%s", pay_id_ok(env.id) ? env.id : "");
-		r->fen = -1;
-		pay_notice(r, env.original_type, env.event_type, env.id);
+		/* Refunds and other resources: recorded, never credited. */
+		if (pay_wechat_other(r, plain, plen) == 0)
+			pay_notice(r, env.original_type, env.event_type, env.id);
 		goto out;
 	}
 	if ((rc = pay_wechat_txn_parse(plain, plen, &txn, why, sizeof why)) != PAY_OK) {

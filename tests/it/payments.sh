@@ -222,6 +222,8 @@ ali --out-trade-no "$o6" --trade-no 2026112722006 --total 12.34 --trade-status T
 assert_eq "12.3400000" "$(balance SIM0004)" "SIM0004 unchanged by the refund"
 assert_eq "69.8200000" "$(balance SIM0001)" "SIM0001 unchanged by the refund"
 assert_eq 3 "$(psql_q "SELECT count(*) FROM prepaid.payment_notices")" "3 notices recorded"
+assert_eq "refund|$o1|4200000001" "$(psql_q "SELECT kind || '|' || out_trade_no || '|' || provider_txn
+    FROM prepaid.payment_notices WHERE provider = 'wechat'")" "the WeChat refund notice names its order"
 
 note "forged and misdirected notifications are refused and audited"
 o7=$(order SIM0005 50.00 wechat)
