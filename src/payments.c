@@ -726,11 +726,10 @@ pay_alipay_handle(struct pay_req *r, const char *body, size_t len)
 	if (amount == NULL || pay_money_parse(amount, strlen(amount), &fen) != PAY_OK)
 		fen = -1;
 	r->fen = fen;
-	if ((v = pay_form_get(&f, "charset")) != NULL && strcasecmp(v, "utf-8") != 0 &&
-	    strcasecmp(v, "utf8") != 0) {
-		pay_refuse(r, 400, "charset is not utf-8 (set the app's charset to utf-8)", true);
-		goto out;
-	}
+	/*
+	 * Any charset (utf-8, gbk): the signature covers the decoded bytes as
+	 * they came, and every field used here is ASCII.
+	 */
 	if ((v = pay_form_get(&f, "app_id")) == NULL || strcmp(v, c->ali_app_id) != 0) {
 		pay_refuse(r, 403, "app_id is not ours", true);
 		goto out;

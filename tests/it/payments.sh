@@ -212,6 +212,13 @@ ali --out-trade-no "$o6" --trade-no 2026112722006 --total 12.34 --trade-status T
     --expect 200 >/dev/null || fail "TRADE_FINISHED refused"
 assert_eq "12.3400000" "$(balance SIM0004)" "SIM0004 credited once"
 
+note "an Alipay app set to GBK: the subject in GBK bytes, verified and credited"
+og=$(order SIM0004 2.00 alipay)
+ali --out-trade-no "$og" --trade-no 2026112722007 --total 2.00 --field charset=gbk \
+    --subject "$(printf '\xb5\xe7\xb7\xd1 & \xb3\xe4\xd6\xb5')" --expect 200 >/dev/null ||
+    fail "a GBK notification was not acknowledged"
+assert_eq "14.3400000" "$(balance SIM0004)" "SIM0004 credited the GBK payment"
+
 note "refund notifications credit nothing"
 ali --out-trade-no "$o6" --trade-no 2026112722006 --total 12.34 --trade-status TRADE_SUCCESS \
     --refund-fee 2.00 --expect 200 >/dev/null || fail "partial refund notice not answered"
@@ -219,7 +226,7 @@ wx --out-trade-no "$o1" --transaction-id 4200000001 --total 10007 --event-type R
     --original-type refund --expect 204 >/dev/null || fail "WeChat refund notice not answered 204"
 ali --out-trade-no "$o6" --trade-no 2026112722006 --total 12.34 --trade-status TRADE_CLOSED \
     --expect 200 >/dev/null || fail "TRADE_CLOSED not answered"
-assert_eq "12.3400000" "$(balance SIM0004)" "SIM0004 unchanged by the refund"
+assert_eq "14.3400000" "$(balance SIM0004)" "SIM0004 unchanged by the refund"
 assert_eq "69.8200000" "$(balance SIM0001)" "SIM0001 unchanged by the refund"
 assert_eq 3 "$(psql_q "SELECT count(*) FROM prepaid.payment_notices")" "3 notices recorded"
 assert_eq "refund|$o1|4200000001" "$(psql_q "SELECT kind || '|' || out_trade_no || '|' || provider_txn
