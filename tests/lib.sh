@@ -507,6 +507,30 @@ daemon_check_alive()
 	fail "prepaidd exited unexpectedly with status $rc"
 }
 
+# The 99th percentile of a /metrics histogram (name, without _bucket)
+# between two snapshots saved in files: the upper bound of the bucket that
+# holds it, in ms (">1000" past the last bound, "?" when nothing was counted).
+hist_p99_ms()
+{
+	awk -v name="$1_bucket" '
+	    FNR == 1 { f++ }
+	    index($0, name "{") == 1 {
+		match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+		if (f == 1) b[le] = $2; else { a[le] = $2; order[++n] = le }
+	    }
+	    END {
+		total = a["+Inf"] - b["+Inf"]
+		for (i = 1; i <= n; i++) {
+			c = a[order[i]] - b[order[i]]
+			if (total > 0 && c >= 0.99 * total) {
+				if (order[i] == "+Inf") print ">1000"; else print order[i] * 1000
+				exit
+			}
+		}
+		print "?"
+	    }' "$2" "$3"
+}
+
 # Poll SQL (which returns t or f) every 0.2 s until it returns t.
 wait_until()
 {

@@ -376,29 +376,6 @@ daemon_stop >/dev/null
 
 # --- 7. notification dispatch while readings keep arriving
 
-# The loop-lag histogram's p99 between two /metrics snapshots (the upper
-# bound of the bucket holding the 99th percentile), in ms.
-bench_lag_p99()
-{
-	awk '
-	    FNR == 1 { f++ }
-	    /^prepaidd_loop_lag_histogram_seconds_bucket/ {
-		match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
-		if (f == 1) b[le] = $2; else { a[le] = $2; order[++n] = le }
-	    }
-	    END {
-		total = a["+Inf"] - b["+Inf"]
-		for (i = 1; i <= n; i++) {
-			c = a[order[i]] - b[order[i]]
-			if (total > 0 && c >= 0.99 * total) {
-				if (order[i] == "+Inf") print ">1000"; else print order[i] * 1000
-				exit
-			}
-		}
-		print "?"
-	    }' "$1" "$2"
-}
-
 MSG_N=${BENCH_MSG_N:-10000}
 note "7/7 notification dispatch: $MSG_N messages to a loopback gateway, while readings arrive"
 FAKEGW_PORT=$(free_port)
@@ -450,7 +427,8 @@ kill "$FAKEGW_PID" 2>/dev/null || true
 sent=$(bench_psql "SELECT count(*) FROM prepaid.messages WHERE state = 'sent'")
 [ "$sent" = "$MSG_N" ] || fail "only $sent of $MSG_N messages were sent"
 MSG_RATE=$(bench_calc 'sprintf("%.0f", n / (t1 - t0))' -v n="$MSG_N" -v t0="$t0" -v t1="$t1")
-LAG_P99=$(bench_lag_p99 "$LIB_TMP/metrics-before" "$LIB_TMP/metrics-after")
+LAG_P99=$(hist_p99_ms prepaidd_loop_lag_histogram_seconds "$LIB_TMP/metrics-before" \
+    "$LIB_TMP/metrics-after")
 bench_line "messages sent (queued -> gateway answered)" "$MSG_RATE messages/s ($MSG_N, gateway concurrency 16)"
 bench_line "  event-loop lag p99 meanwhile" "<= $LAG_P99 ms (readings at $HALF/s at the same time)"
 daemon_stop >/dev/null

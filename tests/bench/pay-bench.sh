@@ -120,11 +120,17 @@ sim_bg -n 2000 --load $((READ_RATE * (LAT_SECONDS + 10))) --rate "$READ_RATE" -q
 READ_PID=$SIM_PID
 sleep 3
 r0=$(daemon_metric readings_inserted_total)
+curl -s -m 2 "http://127.0.0.1:$HTTP_PORT/metrics" >"$LIB_TMP/metrics-before"
 "$PAYSIGN" load "http://127.0.0.1:$HTTP_PORT/pay/wechat" "http://127.0.0.1:$HTTP_PORT/pay/alipay" \
     --keys "$KEYS" --serial "$WX_SERIAL" --orders "$LIB_TMP/orders-l" --rate 100 \
     --concurrency 16 --mqtt "127.0.0.1:$BROKER_PORT" --prefix meters \
     >"$LIB_TMP/lat.out" 2>&1 || { cat "$LIB_TMP/lat.out"; fail "latency load failed"; }
 r1=$(daemon_metric readings_inserted_total)
+curl -s -m 2 "http://127.0.0.1:$HTTP_PORT/metrics" >"$LIB_TMP/metrics-after"
+lag99=$(hist_p99_ms prepaidd_loop_lag_histogram_seconds "$LIB_TMP/metrics-before" \
+    "$LIB_TMP/metrics-after")
+ans99=$(hist_p99_ms prepaidd_payment_callback_seconds "$LIB_TMP/metrics-before" \
+    "$LIB_TMP/metrics-after")
 kill "$READ_PID" 2>/dev/null || true
 cat "$LIB_TMP/lat.out"
 p99=$(sed -n 's/^arm_ms.* p99=\([0-9.]*\).*/\1/p' "$LIB_TMP/lat.out")
@@ -136,11 +142,13 @@ lag=$(daemon_metric loop_lag_max_seconds)
 echo
 echo "=== payment callbacks (PostgreSQL fsync on, synchronous commit)"
 awk -v b="$base" -v t="$tput" -v n="$N" -v c="$CONC" -v p50="$p50" -v p99="$p99" \
-    -v r="$(( (r1 - r0) ))" -v s="$LAT_SECONDS" -v lag="$lag" 'BEGIN {
+    -v r="$(( (r1 - r0) ))" -v s="$LAT_SECONDS" -v lag="$lag" -v lag99="$lag99" \
+    -v ans99="$ans99" 'BEGIN {
 	printf "baseline: client + HTTP, no verification    %8.0f callbacks/s\n", b
 	printf "prepaidd: verified + credited (%d, conc %d) %8.0f callbacks/s  (target >= 1000) %s\n", n, c, t, (t >= 1000 ? "PASS" : "MISS")
 	printf "prepaidd / baseline                          %8.2f\n", t / b
 	printf "callback -> arm on MQTT at 100/s            p50 %.1f ms  p99 %.1f ms  (target <= 20) %s\n", p50, p99, (p99 <= 20 ? "PASS" : "MISS")
 	printf "  readings ingested meanwhile               %8.0f readings/s\n", r / (s + 0.0)
-	printf "  event-loop lag, max over the run          %8.1f ms\n", lag * 1000
+	printf "  callback arrival -> answer, in prepaidd   p99 <= %s ms\n", ans99
+	printf "  event-loop lag meanwhile                  p99 <= %s ms, max over the run %.1f ms\n", lag99, lag * 1000
 }'
