@@ -11,6 +11,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -182,6 +183,38 @@ out:
  * that a platform certificate also yields its serial (*serial, upper-case
  * hex, caller frees with free()) when serial is not NULL.
  */
+/*
+ * A public key as the Alipay console shows it: the base64 of the DER
+ * SubjectPublicKeyInfo on one line, without the PEM armour. Blanks and
+ * line breaks are allowed around and inside it.
+ */
+static EVP_PKEY *
+pay_bare_pubkey(const char *buf, size_t len)
+{
+	char *b64 = xmalloc(len + 1);
+	unsigned char *der = NULL;
+	const unsigned char *p;
+	size_t i, n = 0, derlen = 0;
+	EVP_PKEY *pkey = NULL;
+
+	for (i = 0; i < len; i++)
+		if (!isspace((unsigned char)buf[i]))
+			b64[n++] = buf[i];
+	if (n > 0 && pay_base64_decode(b64, n, &der, &derlen) == 0 && derlen <= LONG_MAX) {
+		p = der;
+		pkey = d2i_PUBKEY(NULL, &p, (long)derlen);
+		if (pkey != NULL && p != der + derlen) {
+			/* trailing bytes: not one key */
+			EVP_PKEY_free(pkey);
+			pkey = NULL;
+		}
+	}
+	free(der);
+	free(b64);
+	ERR_clear_error();
+	return pkey;
+}
+
 static EVP_PKEY *
 pay_pem_load(const char *path, char **serial, char *err, size_t errlen)
 {
@@ -220,10 +253,13 @@ pay_pem_load(const char *path, char **serial, char *err, size_t errlen)
 		bio = BIO_new_mem_buf(buf, (int)len);
 		pkey = bio != NULL ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
 		BIO_free(bio);
+		if (pkey == NULL)
+			pkey = pay_bare_pubkey(buf, len);
 	}
 	free(buf);
 	if (pkey == NULL) {
-		pay_fail(err, errlen, PAY_EKEY, "%s: no PEM certificate or public key", path);
+		pay_fail(err, errlen, PAY_EKEY,
+		    "%s: no PEM certificate or public key (nor a bare base64 public key)", path);
 		return NULL;
 	}
 	/* Both providers sign with RSA; anything else is a configuration slip. */

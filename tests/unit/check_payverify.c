@@ -9,6 +9,7 @@
  * tests/data/pay/README.md for the exact commands), so that a verifier and
  * a signer sharing one mistake cannot pass together.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -849,6 +850,56 @@ START_TEST(alipay_known_answer_verifies)
 }
 END_TEST
 
+/* The Alipay console shows its public key as one line of base64, without
+ * the PEM armour: that loads too, and verifies the same notification. */
+START_TEST(alipay_bare_base64_public_key)
+{
+	size_t len, flen, i, n = 0;
+	char *pem = slurp(DATA("rsa_public.pem"), &len), *bare = xmalloc(len + 1);
+	char *body = slurp(DATA("alipay_notify.form"), &flen), *b = exact(body, flen);
+	char path[] = "/tmp/check_payverify_b.XXXXXX", err[256];
+	struct pay_form f;
+	EVP_PKEY *key;
+	const char *line;
+	int fd;
+
+	/* Keep the lines between the BEGIN and END lines, joined. */
+	for (line = pem; *line != '\0';) {
+		const char *end = strchr(line, '\n');
+		size_t l = end != NULL ? (size_t)(end - line) : strlen(line);
+
+		if (line[0] != '-')
+			for (i = 0; i < l; i++)
+				bare[n++] = line[i];
+		line += l + (end != NULL);
+	}
+	bare[n] = '\0';
+	fd = mkstemp(path);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, bare, n), (ssize_t)n);
+	ck_assert_int_eq(write(fd, "\n", 1), 1);
+	close(fd);
+	key = pay_pubkey_load(path, err, sizeof err);
+	ck_assert_msg(key != NULL, "%s", err);
+	ck_assert_int_eq(pay_form_parse(b, flen, &f, err, sizeof err), PAY_OK);
+	ck_assert_msg(pay_alipay_verify(&f, key, err, sizeof err) == PAY_OK, "%s", err);
+	pay_form_free(&f);
+	EVP_PKEY_free(key);
+
+	/* One character less is no key at all. */
+	fd = open(path, O_WRONLY | O_TRUNC);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, bare + 4, n - 4), (ssize_t)(n - 4));
+	close(fd);
+	ck_assert_ptr_null(pay_pubkey_load(path, err, sizeof err));
+	unlink(path);
+	free(bare);
+	free(pem);
+	free(b);
+	free(body);
+}
+END_TEST
+
 START_TEST(alipay_signed_here_verifies_and_tampering_fails)
 {
 	char *body = ali_build(key_a, ali_pairs, ARRAY_SIZE(ali_pairs), "RSA2");
@@ -1106,6 +1157,7 @@ payverify_suite(void)
 
 	tc = tcase_create("alipay");
 	tcase_add_test(tc, alipay_known_answer_verifies);
+	tcase_add_test(tc, alipay_bare_base64_public_key);
 	tcase_add_test(tc, alipay_signed_here_verifies_and_tampering_fails);
 	tcase_add_test(tc, alipay_sign_field_must_be_base64);
 	tcase_add_test(tc, alipay_signing_string_rules);
