@@ -154,16 +154,8 @@ cmd_demo()
 	skip_unless_tools
 	pg_start
 	broker_start
-	KEYS=$LIB_TMP/keys
-	mkdir -p "$KEYS"
-	"$TOP/_build/tests/paysign" keys "$KEYS" >/dev/null
-	daemon_config mqtt.client_id=prepaidd-demo ingest.batch_window_ms=50 \
-	    payments.wechat_path=/pay/wechat payments.wechat_mchid=1900000001 \
-	    payments.wechat_appids=wxd678efh567hg6787 \
-	    payments.wechat_apiv3_key_file="$KEYS/apiv3.key" \
-	    payments.wechat_platform_certs="$KEYS/wx_platform.pem" \
-	    payments.alipay_path=/pay/alipay payments.alipay_app_id=2021000000000001 \
-	    payments.alipay_public_key_file="$KEYS/alipay.pub"
+	pay_keys
+	daemon_config mqtt.client_id=prepaidd-demo ingest.batch_window_ms=50 "${PAY_KEYS_CONF[@]}"
 	daemon_migrate
 	# A residential tariff (time of use, a tier above 200 kWh a month, a
 	# standing charge) as the default of the meters' site, so that money moves.
@@ -206,7 +198,7 @@ then, in a shell, create the order and pay it; the meter is re-armed and
 its occupant restores power 2 s later:
 
     no=\$($PG_BINDIR/psql -h 127.0.0.1 -p $PG_PORT -U postgres prepaid -Atc "SELECT prepaid.create_order('SIM0002', 30.00, 'wechat')")
-    $TOP/_build/tests/paysign wechat http://127.0.0.1:$HTTP_PORT/pay/wechat --keys $KEYS --out-trade-no "\$no" --total 3000
+    $PAYSIGN wechat http://127.0.0.1:$HTTP_PORT/pay/wechat --keys $KEYS --out-trade-no "\$no" --total 3000
 
 and see it in psql:
 

@@ -531,6 +531,33 @@ hist_p99_ms()
 	    }' "$2" "$3"
 }
 
+# Keys for the tests' payment gateway (tests/paysign) in $LIB_TMP/keys.
+# Sets PAYSIGN, KEYS, WX_SERIAL (the platform certificate's serial),
+# WX_PUBID (the public key's id) and PAY_KEYS_CONF: the [payments] keys of
+# a daemon that takes WeChat Pay (/pay/wechat) and Alipay (/pay/alipay)
+# callbacks signed with them, for daemon_config.
+pay_keys()
+{
+	PAYSIGN=$top_builddir/tests/paysign
+	[ -x "$PAYSIGN" ] || fail "tests/paysign is not built (make check builds it)"
+	KEYS=$LIB_TMP/keys
+	mkdir -p "$KEYS"
+	"$PAYSIGN" keys "$KEYS" >"$LIB_TMP/keys.out" || fail "paysign keys failed"
+	WX_SERIAL=$(sed -n 's/^wx_serial=//p' "$LIB_TMP/keys.out")
+	WX_PUBID=$(sed -n 's/^wx_pubkey_id=//p' "$LIB_TMP/keys.out")
+	[ -n "$WX_SERIAL" ] && [ -n "$WX_PUBID" ] || fail "paysign keys printed no serial or id"
+	PAY_KEYS_CONF=(
+		payments.wechat_path=/pay/wechat
+		payments.wechat_mchid=1900000001
+		payments.wechat_appids=wxd678efh567hg6787
+		payments.wechat_apiv3_key_file="$KEYS/apiv3.key"
+		payments.wechat_platform_certs="$KEYS/wx_platform.pem"
+		payments.alipay_path=/pay/alipay
+		payments.alipay_app_id=2021000000000001
+		payments.alipay_public_key_file="$KEYS/alipay.pub"
+	)
+}
+
 # Poll SQL (which returns t or f) every 0.2 s until it returns t.
 wait_until()
 {

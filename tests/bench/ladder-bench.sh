@@ -11,9 +11,9 @@
 # doing that work (all calls, and the longest one: how long a sweep holds
 # its meters locked), and of an idle sweep (nothing due). Then meters in
 # arrears keep using power: 5% of the fleet in open episodes each have their
-# balance lowered a little, crossing no bound of the ladder (sql/007), in
-# one UPDATE, and the sweep runs again; once without the bounds (as before
-# 007: every such meter is due and goes through ladder_step) and once with
+# balance lowered a little, crossing no bound of the ladder (sql/005), in
+# one UPDATE, and the sweep runs again; once without the bounds (as in
+# 004: every such meter is due and goes through ladder_step) and once with
 # the bounds ladder_step wrote on that sweep. A measurement, not a test:
 # exits 0 unless something broke. Environment: BUILD (default _build),
 # LADDER_METERS, LADDER_LIMIT (default 200, what src/ladder.c passes).
@@ -128,7 +128,7 @@ note "$ARREARS meters in arrears use a little more"
 # Meters M1, M21, M41...: none changed above. Each is in an open community
 # episode at step 1 (15 yuan), its first SMS sent an hour ago, its repeat
 # due in 23 hours: what ladder_step leaves for such a meter, without the
-# bounds (written set-based, as rows written before 007 are).
+# bounds (written set-based, as rows written before 005 are).
 psql_q "WITH a AS (SELECT 'M' || (20 * k + 1) AS meter_id
                    FROM generate_series(0, $ARREARS - 1) k),
     e AS (INSERT INTO prepaid.arrears_episodes (meter_id, policy_id, started_at,
@@ -159,11 +159,11 @@ arrears_round()
 	printf '%-44s %s\n' "$1: charge, one UPDATE" "$ms_use ms, $due_use meters made due"
 	printf '%-44s %s\n' "$1: sweep" "$sweep_ms ms: $sweep_calls calls, $sweep_meters meters, longest $sweep_max_ms ms"
 }
-arrears_round "no bounds (before 007)"
+arrears_round "no bounds (as in 004)"
 bounded=$(psql_q "SELECT count(*) FROM prepaid.meters WHERE ladder_high IS NOT NULL
     AND meter_id IN (SELECT 'M' || (20 * k + 1) FROM generate_series(0, $ARREARS - 1) k)")
 printf '%-44s %s\n' "  bounds written by that sweep" "$bounded of $ARREARS meters"
-arrears_round "bounds (007)"
+arrears_round "bounds (005)"
 sent=$(psql_q "SELECT count(*) FROM prepaid.episode_sends WHERE note IS DISTINCT FROM 'bench'
     AND episode_id IN (SELECT episode_id FROM prepaid.arrears_episodes e
                        WHERE e.meter_id IN (SELECT 'M' || (20 * k + 1)

@@ -34,14 +34,10 @@ CONC=${PAY_CONC:-32}
 LAT_SECONDS=${LAT_SECONDS:-20}
 LAT_N=$((LAT_SECONDS * 100))
 READ_RATE=${READ_RATE:-5000}
-PAYSIGN=$top_builddir/tests/paysign
 
 skip_unless_tools
 note "setting up: keys, PostgreSQL (fsync on), broker, prepaidd"
-KEYS=$LIB_TMP/keys
-mkdir -p "$KEYS"
-"$PAYSIGN" keys "$KEYS" >"$LIB_TMP/keys.out"
-WX_SERIAL=$(sed -n 's/^wx_serial=//p' "$LIB_TMP/keys.out")
+pay_keys
 pg_start
 for s in "fsync = on" "full_page_writes = on" "synchronous_commit = on" \
     "shared_buffers = '128MB'" "max_connections = 60"; do
@@ -54,14 +50,7 @@ daemon_config \
 	commands.retry_initial_ms=30000 \
 	commands.retry_max_ms=60000 \
 	http.max_connections=512 \
-	payments.wechat_path=/pay/wechat \
-	payments.wechat_mchid=1900000001 \
-	payments.wechat_appids=wxd678efh567hg6787 \
-	payments.wechat_apiv3_key_file="$KEYS/apiv3.key" \
-	payments.wechat_platform_certs="$KEYS/wx_platform.pem" \
-	payments.alipay_path=/pay/alipay \
-	payments.alipay_app_id=2021000000000001 \
-	payments.alipay_public_key_file="$KEYS/alipay.pub" \
+	"${PAY_KEYS_CONF[@]}" \
 	payments.notify_occupant=false \
 	payments.connections=${PAY_CONNS:-4}
 daemon_migrate

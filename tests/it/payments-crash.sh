@@ -12,27 +12,14 @@ set -euo pipefail
 . "${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/lib.sh"
 
 skip_unless_tools
-PAYSIGN=$top_builddir/tests/paysign
-[ -x "$PAYSIGN" ] || fail "tests/paysign is not built (make check builds it)"
-KEYS=$LIB_TMP/keys
-mkdir -p "$KEYS"
-"$PAYSIGN" keys "$KEYS" >"$LIB_TMP/keys.out"
-WX_SERIAL=$(sed -n 's/^wx_serial=//p' "$LIB_TMP/keys.out")
+pay_keys
 METERS=${CRASH_METERS:-100}
 ORDERS=${CRASH_ORDERS:-1500}
 KILLS=${CRASH_KILLS:-8}
 
 pg_start
 broker_start
-daemon_config \
-	payments.wechat_path=/pay/wechat \
-	payments.wechat_mchid=1900000001 \
-	payments.wechat_appids=wxd678efh567hg6787 \
-	payments.wechat_apiv3_key_file="$KEYS/apiv3.key" \
-	payments.wechat_platform_certs="$KEYS/wx_platform.pem" \
-	payments.alipay_path=/pay/alipay \
-	payments.alipay_app_id=2021000000000001 \
-	payments.alipay_public_key_file="$KEYS/alipay.pub"
+daemon_config "${PAY_KEYS_CONF[@]}"
 daemon_migrate
 daemon_start
 

@@ -29,14 +29,7 @@ set -euo pipefail
 . "${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/lib.sh"
 
 skip_unless_tools
-PAYSIGN=$top_builddir/tests/paysign
-[ -x "$PAYSIGN" ] || fail "tests/paysign is not built (make check builds it)"
-KEYS=$LIB_TMP/keys
-mkdir -p "$KEYS"
-"$PAYSIGN" keys "$KEYS" >"$LIB_TMP/keys.out"
-WX_SERIAL=$(sed -n 's/^wx_serial=//p' "$LIB_TMP/keys.out")
-WX_PUBID=$(sed -n 's/^wx_pubkey_id=//p' "$LIB_TMP/keys.out")
-[ -n "$WX_SERIAL" ] && [ -n "$WX_PUBID" ] || fail "paysign keys printed no serial or id"
+pay_keys
 
 pg_start
 broker_start
@@ -44,17 +37,11 @@ PAY_CONF=(
 	http.deadline_ms=1500
 	http.max_connections=120
 	http.max_headers=40
-	payments.wechat_path=/pay/wechat
-	payments.wechat_mchid=1900000001
+	"${PAY_KEYS_CONF[@]}"
 	payments.wechat_appids="wxd678efh567hg6787 wx0000000000000002"
-	payments.wechat_apiv3_key_file="$KEYS/apiv3.key"
-	payments.wechat_platform_certs="$KEYS/wx_platform.pem"
 	payments.wechat_public_key_id="$WX_PUBID"
 	payments.wechat_public_key_file="$KEYS/wx_pub.pub"
-	payments.alipay_path=/pay/alipay
-	payments.alipay_app_id=2021000000000001
 	payments.alipay_seller_id=2088000000000001
-	payments.alipay_public_key_file="$KEYS/alipay.pub"
 	payments.answer_within_ms=2000
 )
 daemon_config "${PAY_CONF[@]}"
