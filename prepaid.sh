@@ -21,7 +21,8 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 PACKAGES="build-essential autoconf automake pkg-config libevent-dev libpq-dev
 libcurl4-openssl-dev libjansson-dev libmosquitto-dev mosquitto mosquitto-clients
-check libssl-dev libsystemd-dev postgresql postgresql-common curl mandoc clang"
+check libssl-dev libsystemd-dev postgresql postgresql-common curl mandoc clang
+clang-format"
 
 say()
 {
@@ -111,10 +112,12 @@ suite()
 
 cmd_test()
 {
-	local plain=0 asan=0
+	local plain=0 asan=0 format=0
 
 	deps
 	build _build
+	say "format check (clang-format, .clang-format)"
+	make -C _build -s format-check || format=$?
 	suite _build || plain=$?
 
 	build _build-asan --enable-asan
@@ -125,11 +128,12 @@ cmd_test()
 	suite _build-asan || asan=$?
 
 	say "summary"
+	printf '  %-28s %s\n' "format check" "$([ $format = 0 ] && echo ok || echo FAILED)"
 	printf '  %-28s %s %s\n' "make check" "$([ $plain = 0 ] && echo ok || echo FAILED)" \
 	    "($(suite_counts _build))"
 	printf '  %-28s %s %s\n' "make check (ASan+UBSan)" \
 	    "$([ $asan = 0 ] && echo ok || echo FAILED)" "($(suite_counts _build-asan))"
-	[ "$plain" = 0 ] && [ "$asan" = 0 ]
+	[ "$plain" = 0 ] && [ "$asan" = 0 ] && [ "$format" = 0 ]
 }
 
 # --- ./prepaid.sh demo

@@ -39,130 +39,129 @@
 #define O(field) offsetof(struct conf, field)
 
 static const struct conf_key conf_key_table[] = {
-	/* section, name, type, default, min, max, reloadable, field, help,
-	   choices, repeat */
-	{ "database", "conninfo", CONF_STRING, "dbname=prepaid", 0, 0, true,
-	  O(db_conninfo), "libpq connection string or URI", NULL, 0 },
-	{ "database", "reconnect_max_ms", CONF_INT, "30000", 1000, 600000, true,
-	  O(db_reconnect_max_ms), "cap of the reconnect backoff, milliseconds", NULL, 0 },
+    /* section, name, type, default, min, max, reloadable, field, help,
+       choices, repeat */
+    {"database", "conninfo", CONF_STRING, "dbname=prepaid", 0, 0, true, O(db_conninfo),
+        "libpq connection string or URI", NULL, 0},
+    {"database", "reconnect_max_ms", CONF_INT, "30000", 1000, 600000, true, O(db_reconnect_max_ms),
+        "cap of the reconnect backoff, milliseconds", NULL, 0},
 
-	{ "mqtt", "host", CONF_STRING, "localhost", 0, 0, false,
-	  O(mqtt_host), "broker host name or address", NULL, 0 },
-	{ "mqtt", "port", CONF_INT, "1883", 1, 65535, false,
-	  O(mqtt_port), "broker TCP port", NULL, 0 },
-	{ "mqtt", "client_id", CONF_STRING, "prepaidd", 0, 0, false,
-	  O(mqtt_client_id), "stable client id, unique per instance", NULL, 0 },
-	{ "mqtt", "username", CONF_STRING, NULL, 0, 0, false,
-	  O(mqtt_username), "user name for the broker (unset: none)", NULL, 0 },
-	{ "mqtt", "password_file", CONF_FILE, NULL, 0, 0, false,
-	  O(mqtt_password_file), "file holding the broker password", NULL, 0 },
-	{ "mqtt", "tls_ca", CONF_FILE, NULL, 0, 0, false,
-	  O(mqtt_tls_ca), "CA certificate file; TLS is on when set", NULL, 0 },
-	{ "mqtt", "tls_cert", CONF_FILE, NULL, 0, 0, false,
-	  O(mqtt_tls_cert), "client certificate file (with tls_key)", NULL, 0 },
-	{ "mqtt", "tls_key", CONF_FILE, NULL, 0, 0, false,
-	  O(mqtt_tls_key), "client private key file (with tls_cert)", NULL, 0 },
-	{ "mqtt", "topic_prefix", CONF_STRING, "meters", 0, 0, false,
-	  O(mqtt_topic_prefix), "first topic levels before <meter id>", NULL, 0 },
-	{ "mqtt", "qos", CONF_INT, "1", 0, 2, false,
-	  O(mqtt_qos), "QoS of subscriptions and commands", NULL, 0 },
-	{ "mqtt", "keepalive", CONF_INT, "30", 5, 3600, false,
-	  O(mqtt_keepalive), "MQTT keepalive, seconds", NULL, 0 },
-	{ "mqtt", "shared_group", CONF_STRING, NULL, 0, 0, false,
-	  O(mqtt_shared_group), "share readings via $share/<group>/ (unset: off)", NULL, 0 },
-	{ "mqtt", "reconnect_max_ms", CONF_INT, "30000", 1000, 600000, true,
-	  O(mqtt_reconnect_max_ms), "cap of the reconnect backoff, milliseconds", NULL, 0 },
+    {"mqtt", "host", CONF_STRING, "localhost", 0, 0, false, O(mqtt_host),
+        "broker host name or address", NULL, 0},
+    {"mqtt", "port", CONF_INT, "1883", 1, 65535, false, O(mqtt_port), "broker TCP port", NULL, 0},
+    {"mqtt", "client_id", CONF_STRING, "prepaidd", 0, 0, false, O(mqtt_client_id),
+        "stable client id, unique per instance", NULL, 0},
+    {"mqtt", "username", CONF_STRING, NULL, 0, 0, false, O(mqtt_username),
+        "user name for the broker (unset: none)", NULL, 0},
+    {"mqtt", "password_file", CONF_FILE, NULL, 0, 0, false, O(mqtt_password_file),
+        "file holding the broker password", NULL, 0},
+    {"mqtt", "tls_ca", CONF_FILE, NULL, 0, 0, false, O(mqtt_tls_ca),
+        "CA certificate file; TLS is on when set", NULL, 0},
+    {"mqtt", "tls_cert", CONF_FILE, NULL, 0, 0, false, O(mqtt_tls_cert),
+        "client certificate file (with tls_key)", NULL, 0},
+    {"mqtt", "tls_key", CONF_FILE, NULL, 0, 0, false, O(mqtt_tls_key),
+        "client private key file (with tls_cert)", NULL, 0},
+    {"mqtt", "topic_prefix", CONF_STRING, "meters", 0, 0, false, O(mqtt_topic_prefix),
+        "first topic levels before <meter id>", NULL, 0},
+    {"mqtt", "qos", CONF_INT, "1", 0, 2, false, O(mqtt_qos), "QoS of subscriptions and commands",
+        NULL, 0},
+    {"mqtt", "keepalive", CONF_INT, "30", 5, 3600, false, O(mqtt_keepalive),
+        "MQTT keepalive, seconds", NULL, 0},
+    {"mqtt", "shared_group", CONF_STRING, NULL, 0, 0, false, O(mqtt_shared_group),
+        "share readings via $share/<group>/ (unset: off)", NULL, 0},
+    {"mqtt", "reconnect_max_ms", CONF_INT, "30000", 1000, 600000, true, O(mqtt_reconnect_max_ms),
+        "cap of the reconnect backoff, milliseconds", NULL, 0},
 
-	{ "ingest", "batch_size", CONF_INT, "1000", 1, 50000, true,
-	  O(ingest_batch_size), "readings written per database round trip", NULL, 0 },
-	{ "ingest", "batch_window_ms", CONF_INT, "50", 1, 10000, true,
-	  O(ingest_batch_window_ms), "flush a partial batch after, milliseconds", NULL, 0 },
-	{ "ingest", "queue_bound", CONF_INT, "20000", 100, 10000000, false,
-	  O(ingest_queue_bound), "items held before reading from MQTT stops", NULL, 0 },
-	{ "ingest", "max_payload_bytes", CONF_INT, "65536", 256, 16777216, true,
-	  O(ingest_max_payload), "larger payloads are rejected, bytes", NULL, 0 },
-	{ "ingest", "auto_register", CONF_BOOL, "true", 0, 0, true,
-	  O(ingest_auto_register), "register unknown meters instead of rejecting", NULL, 0 },
-	{ "ingest", "resend_on_gap", CONF_BOOL, "true", 0, 0, true,
-	  O(ingest_resend_on_gap), "ask a meter to resend after a sequence gap", NULL, 0 },
-	{ "ingest", "reject_log_interval", CONF_INT, "60", 1, 86400, true,
-	  O(ingest_reject_log_interval), "seconds between reject log lines per meter", NULL, 0 },
-	{ "ingest", "rejects_keep", CONF_INT, "10000", 100, 10000000, true,
-	  O(ingest_rejects_keep), "rows kept in prepaid.rejects", NULL, 0 },
-	{ "ingest", "partitions_ahead", CONF_INT, "3", 1, 24, true,
-	  O(ingest_partitions_ahead), "months of reading partitions made ahead", NULL, 0 },
+    {"ingest", "batch_size", CONF_INT, "1000", 1, 50000, true, O(ingest_batch_size),
+        "readings written per database round trip", NULL, 0},
+    {"ingest", "batch_window_ms", CONF_INT, "50", 1, 10000, true, O(ingest_batch_window_ms),
+        "flush a partial batch after, milliseconds", NULL, 0},
+    {"ingest", "queue_bound", CONF_INT, "20000", 100, 10000000, false, O(ingest_queue_bound),
+        "items held before reading from MQTT stops", NULL, 0},
+    {"ingest", "max_payload_bytes", CONF_INT, "65536", 256, 16777216, true, O(ingest_max_payload),
+        "larger payloads are rejected, bytes", NULL, 0},
+    {"ingest", "auto_register", CONF_BOOL, "true", 0, 0, true, O(ingest_auto_register),
+        "register unknown meters instead of rejecting", NULL, 0},
+    {"ingest", "resend_on_gap", CONF_BOOL, "true", 0, 0, true, O(ingest_resend_on_gap),
+        "ask a meter to resend after a sequence gap", NULL, 0},
+    {"ingest", "reject_log_interval", CONF_INT, "60", 1, 86400, true, O(ingest_reject_log_interval),
+        "seconds between reject log lines per meter", NULL, 0},
+    {"ingest", "rejects_keep", CONF_INT, "10000", 100, 10000000, true, O(ingest_rejects_keep),
+        "rows kept in prepaid.rejects", NULL, 0},
+    {"ingest", "partitions_ahead", CONF_INT, "3", 1, 24, true, O(ingest_partitions_ahead),
+        "months of reading partitions made ahead", NULL, 0},
 
-	{ "commands", "retry_initial_ms", CONF_INT, "5000", 100, 3600000, true,
-	  O(cmd_retry_initial_ms), "first resend of an unacknowledged command", NULL, 0 },
-	{ "commands", "retry_max_ms", CONF_INT, "60000", 100, 3600000, true,
-	  O(cmd_retry_max_ms), "cap of the resend backoff, milliseconds", NULL, 0 },
-	{ "commands", "poll_interval_ms", CONF_INT, "1000", 50, 60000, true,
-	  O(cmd_poll_interval_ms), "outbox poll behind NOTIFY, milliseconds", NULL, 0 },
-	{ "commands", "claim_batch", CONF_INT, "100", 1, 10000, true,
-	  O(cmd_claim_batch), "commands claimed per round trip", NULL, 0 },
+    {"commands", "retry_initial_ms", CONF_INT, "5000", 100, 3600000, true, O(cmd_retry_initial_ms),
+        "first resend of an unacknowledged command", NULL, 0},
+    {"commands", "retry_max_ms", CONF_INT, "60000", 100, 3600000, true, O(cmd_retry_max_ms),
+        "cap of the resend backoff, milliseconds", NULL, 0},
+    {"commands", "poll_interval_ms", CONF_INT, "1000", 50, 60000, true, O(cmd_poll_interval_ms),
+        "outbox poll behind NOTIFY, milliseconds", NULL, 0},
+    {"commands", "claim_batch", CONF_INT, "100", 1, 10000, true, O(cmd_claim_batch),
+        "commands claimed per round trip", NULL, 0},
 
-	{ "http", "enabled", CONF_BOOL, "true", 0, 0, false,
-	  O(http_enabled), "serve /metrics and /healthz", NULL, 0 },
-	{ "http", "listen", CONF_STRING, "127.0.0.1", 0, 0, false,
-	  O(http_listen), "address the HTTP endpoint listens on", NULL, 0 },
-	{ "http", "port", CONF_INT, "9187", 1, 65535, false,
-	  O(http_port), "port the HTTP endpoint listens on", NULL, 0 },
+    {"http", "enabled", CONF_BOOL, "true", 0, 0, false, O(http_enabled),
+        "serve /metrics and /healthz", NULL, 0},
+    {"http", "listen", CONF_STRING, "127.0.0.1", 0, 0, false, O(http_listen),
+        "address the HTTP endpoint listens on", NULL, 0},
+    {"http", "port", CONF_INT, "9187", 1, 65535, false, O(http_port),
+        "port the HTTP endpoint listens on", NULL, 0},
 
-	{ "http", "max_connections", CONF_INT, "256", 1, 100000, false,
-	  O(http_max_connections), "connections served at once; more are closed", NULL, 0 },
-	{ "http", "deadline_ms", CONF_INT, "10000", 100, 600000, true,
-	  O(http_deadline_ms), "a request must arrive whole within, milliseconds", NULL, 0 },
-	{ "http", "max_body_bytes", CONF_INT, "65536", 1024, 16777216, false,
-	  O(http_max_body), "largest request body, bytes (413 past it)", NULL, 0 },
-	{ "http", "max_headers", CONF_INT, "64", 8, 1000, true,
-	  O(http_max_headers), "most request header lines (431 past it)", NULL, 0 },
+    {"http", "max_connections", CONF_INT, "256", 1, 100000, false, O(http_max_connections),
+        "connections served at once; more are closed", NULL, 0},
+    {"http", "deadline_ms", CONF_INT, "10000", 100, 600000, true, O(http_deadline_ms),
+        "a request must arrive whole within, milliseconds", NULL, 0},
+    {"http", "max_body_bytes", CONF_INT, "65536", 1024, 16777216, false, O(http_max_body),
+        "largest request body, bytes (413 past it)", NULL, 0},
+    {"http", "max_headers", CONF_INT, "64", 8, 1000, true, O(http_max_headers),
+        "most request header lines (431 past it)", NULL, 0},
 
-	{ "payments", "connections", CONF_INT, "4", 1, 16, false,
-	  O(pay_connections), "PostgreSQL connections for payment callbacks", NULL, 0 },
-	{ "payments", "answer_within_ms", CONF_INT, "4000", 100, 60000, true,
-	  O(pay_answer_ms), "answer 503 if the database takes longer, milliseconds", NULL, 0 },
-	{ "payments", "notify_occupant", CONF_BOOL, "true", 0, 0, true,
-	  O(pay_notify_occupant), "queue a \"payment received\" SMS and e-mail", NULL, 0 },
-	{ "payments", "wechat_path", CONF_STRING, NULL, 0, 0, false,
-	  O(wx_path), "WeChat Pay v3 callback path (unset: off)", NULL, 0 },
-	{ "payments", "wechat_mchid", CONF_STRING, NULL, 0, 0, true,
-	  O(wx_mchid), "our WeChat Pay merchant id", NULL, 0 },
-	{ "payments", "wechat_appids", CONF_STRING, NULL, 0, 0, true,
-	  O(wx_appids), "accepted appids, separated by spaces", NULL, 0 },
-	{ "payments", "wechat_apiv3_key_file", CONF_FILE, NULL, 0, 0, true,
-	  O(wx_apiv3_key_file), "file holding the 32-character APIv3 key", NULL, 0 },
-	{ "payments", "wechat_platform_certs", CONF_STRING, NULL, 0, 0, true,
-	  O(wx_platform_certs), "platform certificate files (PEM), separated by spaces", NULL, 0 },
-	{ "payments", "wechat_public_key_id", CONF_STRING, NULL, 0, 0, true,
-	  O(wx_public_key_id), "PUB_KEY_ID_... of wechat_public_key_file", NULL, 0 },
-	{ "payments", "wechat_public_key_file", CONF_FILE, NULL, 0, 0, true,
-	  O(wx_public_key_file), "WeChat Pay public key file (PEM)", NULL, 0 },
-	{ "payments", "wechat_max_skew", CONF_INT, "300", 10, 3600, true,
-	  O(wx_max_skew), "seconds a Wechatpay-Timestamp may be off", NULL, 0 },
-	{ "payments", "alipay_path", CONF_STRING, NULL, 0, 0, false,
-	  O(ali_path), "Alipay notification path (unset: off)", NULL, 0 },
-	{ "payments", "alipay_app_id", CONF_STRING, NULL, 0, 0, true,
-	  O(ali_app_id), "our Alipay app_id", NULL, 0 },
-	{ "payments", "alipay_seller_id", CONF_STRING, NULL, 0, 0, true,
-	  O(ali_seller_id), "our seller_id (2088...); unset: not checked", NULL, 0 },
-	{ "payments", "alipay_public_key_file", CONF_FILE, NULL, 0, 0, true,
-	  O(ali_public_key_file), "the Alipay public key file (PEM)", NULL, 0 },
+    {"payments", "connections", CONF_INT, "4", 1, 16, false, O(pay_connections),
+        "PostgreSQL connections for payment callbacks", NULL, 0},
+    {"payments", "answer_within_ms", CONF_INT, "4000", 100, 60000, true, O(pay_answer_ms),
+        "answer 503 if the database takes longer, milliseconds", NULL, 0},
+    {"payments", "notify_occupant", CONF_BOOL, "true", 0, 0, true, O(pay_notify_occupant),
+        "queue a \"payment received\" SMS and e-mail", NULL, 0},
+    {"payments", "wechat_path", CONF_STRING, NULL, 0, 0, false, O(wx_path),
+        "WeChat Pay v3 callback path (unset: off)", NULL, 0},
+    {"payments", "wechat_mchid", CONF_STRING, NULL, 0, 0, true, O(wx_mchid),
+        "our WeChat Pay merchant id", NULL, 0},
+    {"payments", "wechat_appids", CONF_STRING, NULL, 0, 0, true, O(wx_appids),
+        "accepted appids, separated by spaces", NULL, 0},
+    {"payments", "wechat_apiv3_key_file", CONF_FILE, NULL, 0, 0, true, O(wx_apiv3_key_file),
+        "file holding the 32-character APIv3 key", NULL, 0},
+    {"payments", "wechat_platform_certs", CONF_STRING, NULL, 0, 0, true, O(wx_platform_certs),
+        "platform certificate files (PEM), separated by spaces", NULL, 0},
+    {"payments", "wechat_public_key_id", CONF_STRING, NULL, 0, 0, true, O(wx_public_key_id),
+        "PUB_KEY_ID_... of wechat_public_key_file", NULL, 0},
+    {"payments", "wechat_public_key_file", CONF_FILE, NULL, 0, 0, true, O(wx_public_key_file),
+        "WeChat Pay public key file (PEM)", NULL, 0},
+    {"payments", "wechat_max_skew", CONF_INT, "300", 10, 3600, true, O(wx_max_skew),
+        "seconds a Wechatpay-Timestamp may be off", NULL, 0},
+    {"payments", "alipay_path", CONF_STRING, NULL, 0, 0, false, O(ali_path),
+        "Alipay notification path (unset: off)", NULL, 0},
+    {"payments", "alipay_app_id", CONF_STRING, NULL, 0, 0, true, O(ali_app_id), "our Alipay app_id",
+        NULL, 0},
+    {"payments", "alipay_seller_id", CONF_STRING, NULL, 0, 0, true, O(ali_seller_id),
+        "our seller_id (2088...); unset: not checked", NULL, 0},
+    {"payments", "alipay_public_key_file", CONF_FILE, NULL, 0, 0, true, O(ali_public_key_file),
+        "the Alipay public key file (PEM)", NULL, 0},
 
-	{ "log", "level", CONF_STRING, "info", 0, 0, true,
-	  O(log_level), "error, warning, info or debug", NULL, 0 },
+    {"log", "level", CONF_STRING, "info", 0, 0, true, O(log_level), "error, warning, info or debug",
+        NULL, 0},
 };
 
-static const char *conf_log_levels[] = { "error", "warning", "info", "debug" };
+static const char *conf_log_levels[] = {"error", "warning", "info", "debug"};
 
 #define G(field) offsetof(struct conf_gateway, field)
 
 /* In the order of the enums in conf.h: the stored value is the index. */
-static const char *const conf_gw_channels[] = { "sms", "email", NULL };
-static const char *const conf_gw_types[] = { "http", "smtp", NULL };
-static const char *const conf_gw_methods[] = { "POST", "GET", "PUT", NULL };
-static const char *const conf_gw_escapes[] = { "json", "form", "raw", NULL };
-static const char *const conf_gw_auths[] = { "none", "basic", "bearer", "header", NULL };
-static const char *const conf_gw_signers[] = { "none", "aliyun", "tencent", NULL };
+static const char *const conf_gw_channels[] = {"sms", "email", NULL};
+static const char *const conf_gw_types[] = {"http", "smtp", NULL};
+static const char *const conf_gw_methods[] = {"POST", "GET", "PUT", NULL};
+static const char *const conf_gw_escapes[] = {"json", "form", "raw", NULL};
+static const char *const conf_gw_auths[] = {"none", "basic", "bearer", "header", NULL};
+static const char *const conf_gw_signers[] = {"none", "aliyun", "tencent", NULL};
 
 /*
  * The keys of a [gateway NAME] section. All are reloadable: a SIGHUP
@@ -171,72 +170,68 @@ static const char *const conf_gw_signers[] = { "none", "aliyun", "tencent", NULL
  * filled in by conf_gw_finish.
  */
 static const struct conf_key conf_gateway_table[] = {
-	{ "gateway", "channel", CONF_ENUM, NULL, 0, 0, true, G(channel),
-	  "sms or email (required)", conf_gw_channels, 0 },
-	{ "gateway", "type", CONF_ENUM, "http", 0, 0, true, G(type),
-	  "http or smtp", conf_gw_types, 0 },
-	{ "gateway", "url", CONF_TEMPLATE, NULL, 0, 0, true, G(url),
-	  "request URL template, http(s):// or smtp(s):// (required)", NULL, 0 },
-	{ "gateway", "method", CONF_ENUM, "POST", 0, 0, true, G(method),
-	  "POST, GET or PUT", conf_gw_methods, 0 },
-	{ "gateway", "header", CONF_TEMPLATE, NULL, 0, 0, true, G(header_value),
-	  "\"Name: value\" request header, value a template; repeatable", NULL,
-	  CONF_GW_HEADERS_MAX },
-	{ "gateway", "body", CONF_TEMPLATE, NULL, 0, 0, true, G(body),
-	  "body template, one line", NULL, 0 },
-	{ "gateway", "body_file", CONF_FILE, NULL, 0, 0, true, G(body_file),
-	  "file holding the body template, read at load", NULL, 0 },
-	{ "gateway", "escape", CONF_ENUM, "json", 0, 0, true, G(escape),
-	  "json, form or raw: how body placeholders are escaped", conf_gw_escapes, 0 },
-	{ "gateway", "content_type", CONF_STRING, NULL, 0, 0, true, G(content_type),
-	  "Content-Type of the body (default from escape)", NULL, 0 },
-	{ "gateway", "auth", CONF_ENUM, "none", 0, 0, true, G(auth),
-	  "none, basic, bearer or header", conf_gw_auths, 0 },
-	{ "gateway", "username", CONF_STRING, NULL, 0, 0, true, G(username),
-	  "user name for basic auth or the SMTP login", NULL, 0 },
-	{ "gateway", "secret_file", CONF_FILE, NULL, 0, 0, true, G(secret_file),
-	  "file holding the password, token or key", NULL, 0 },
-	{ "gateway", "auth_header", CONF_STRING, NULL, 0, 0, true, G(auth_header),
-	  "header that carries the secret for auth = header", NULL, 0 },
-	{ "gateway", "signer", CONF_ENUM, "none", 0, 0, true, G(signer),
-	  "none, aliyun or tencent: built-in request signature", conf_gw_signers, 0 },
-	{ "gateway", "access_key_id", CONF_STRING, NULL, 0, 0, true, G(access_key_id),
-	  "AccessKeyId (aliyun) or SecretId (tencent)", NULL, 0 },
-	{ "gateway", "region", CONF_STRING, NULL, 0, 0, true, G(region),
-	  "region (aliyun default cn-hangzhou, tencent required)", NULL, 0 },
-	{ "gateway", "action", CONF_STRING, NULL, 0, 0, true, G(action),
-	  "API action for a signer (default SendSms)", NULL, 0 },
-	{ "gateway", "api_version", CONF_STRING, NULL, 0, 0, true, G(api_version),
-	  "API version for a signer", NULL, 0 },
-	{ "gateway", "service", CONF_STRING, NULL, 0, 0, true, G(service),
-	  "tencent service name (default sms)", NULL, 0 },
-	{ "gateway", "success_status", CONF_STRING, "200,201,202", 0, 0, true,
-	  G(success_status), "HTTP codes that mean sent, comma-separated", NULL, 0 },
-	{ "gateway", "success_field", CONF_STRING, NULL, 0, 0, true, G(success_field),
-	  "dot path into the JSON answer that must equal success_value", NULL, 0 },
-	{ "gateway", "success_value", CONF_STRING, NULL, 0, 0, true, G(success_value),
-	  "value success_field must have", NULL, 0 },
-	{ "gateway", "message_id_field", CONF_STRING, NULL, 0, 0, true,
-	  G(message_id_field), "dot path or header:Name of the provider's id", NULL, 0 },
-	{ "gateway", "mail_from", CONF_STRING, NULL, 0, 0, true, G(mail_from),
-	  "sender address of an smtp gateway", NULL, 0 },
-	{ "gateway", "timeout_ms", CONF_INT, "10000", 100, 120000, true, G(timeout_ms),
-	  "whole-request timeout, milliseconds", NULL, 0 },
-	{ "gateway", "concurrency", CONF_INT, "4", 1, 64, true, G(concurrency),
-	  "requests in flight at once", NULL, 0 },
-	{ "gateway", "max_attempts", CONF_INT, "5", 1, 20, true, G(max_attempts),
-	  "attempts per message, the first included", NULL, 0 },
-	{ "gateway", "retry_initial_ms", CONF_INT, "2000", 100, 3600000, true,
-	  G(retry_initial_ms), "first retry delay, milliseconds", NULL, 0 },
-	{ "gateway", "retry_max_ms", CONF_INT, "300000", 100, 3600000, true,
-	  G(retry_max_ms), "cap of the retry delay, milliseconds", NULL, 0 },
+    {"gateway", "channel", CONF_ENUM, NULL, 0, 0, true, G(channel), "sms or email (required)",
+        conf_gw_channels, 0},
+    {"gateway", "type", CONF_ENUM, "http", 0, 0, true, G(type), "http or smtp", conf_gw_types, 0},
+    {"gateway", "url", CONF_TEMPLATE, NULL, 0, 0, true, G(url),
+        "request URL template, http(s):// or smtp(s):// (required)", NULL, 0},
+    {"gateway", "method", CONF_ENUM, "POST", 0, 0, true, G(method), "POST, GET or PUT",
+        conf_gw_methods, 0},
+    {"gateway", "header", CONF_TEMPLATE, NULL, 0, 0, true, G(header_value),
+        "\"Name: value\" request header, value a template; repeatable", NULL, CONF_GW_HEADERS_MAX},
+    {"gateway", "body", CONF_TEMPLATE, NULL, 0, 0, true, G(body), "body template, one line", NULL,
+        0},
+    {"gateway", "body_file", CONF_FILE, NULL, 0, 0, true, G(body_file),
+        "file holding the body template, read at load", NULL, 0},
+    {"gateway", "escape", CONF_ENUM, "json", 0, 0, true, G(escape),
+        "json, form or raw: how body placeholders are escaped", conf_gw_escapes, 0},
+    {"gateway", "content_type", CONF_STRING, NULL, 0, 0, true, G(content_type),
+        "Content-Type of the body (default from escape)", NULL, 0},
+    {"gateway", "auth", CONF_ENUM, "none", 0, 0, true, G(auth), "none, basic, bearer or header",
+        conf_gw_auths, 0},
+    {"gateway", "username", CONF_STRING, NULL, 0, 0, true, G(username),
+        "user name for basic auth or the SMTP login", NULL, 0},
+    {"gateway", "secret_file", CONF_FILE, NULL, 0, 0, true, G(secret_file),
+        "file holding the password, token or key", NULL, 0},
+    {"gateway", "auth_header", CONF_STRING, NULL, 0, 0, true, G(auth_header),
+        "header that carries the secret for auth = header", NULL, 0},
+    {"gateway", "signer", CONF_ENUM, "none", 0, 0, true, G(signer),
+        "none, aliyun or tencent: built-in request signature", conf_gw_signers, 0},
+    {"gateway", "access_key_id", CONF_STRING, NULL, 0, 0, true, G(access_key_id),
+        "AccessKeyId (aliyun) or SecretId (tencent)", NULL, 0},
+    {"gateway", "region", CONF_STRING, NULL, 0, 0, true, G(region),
+        "region (aliyun default cn-hangzhou, tencent required)", NULL, 0},
+    {"gateway", "action", CONF_STRING, NULL, 0, 0, true, G(action),
+        "API action for a signer (default SendSms)", NULL, 0},
+    {"gateway", "api_version", CONF_STRING, NULL, 0, 0, true, G(api_version),
+        "API version for a signer", NULL, 0},
+    {"gateway", "service", CONF_STRING, NULL, 0, 0, true, G(service),
+        "tencent service name (default sms)", NULL, 0},
+    {"gateway", "success_status", CONF_STRING, "200,201,202", 0, 0, true, G(success_status),
+        "HTTP codes that mean sent, comma-separated", NULL, 0},
+    {"gateway", "success_field", CONF_STRING, NULL, 0, 0, true, G(success_field),
+        "dot path into the JSON answer that must equal success_value", NULL, 0},
+    {"gateway", "success_value", CONF_STRING, NULL, 0, 0, true, G(success_value),
+        "value success_field must have", NULL, 0},
+    {"gateway", "message_id_field", CONF_STRING, NULL, 0, 0, true, G(message_id_field),
+        "dot path or header:Name of the provider's id", NULL, 0},
+    {"gateway", "mail_from", CONF_STRING, NULL, 0, 0, true, G(mail_from),
+        "sender address of an smtp gateway", NULL, 0},
+    {"gateway", "timeout_ms", CONF_INT, "10000", 100, 120000, true, G(timeout_ms),
+        "whole-request timeout, milliseconds", NULL, 0},
+    {"gateway", "concurrency", CONF_INT, "4", 1, 64, true, G(concurrency),
+        "requests in flight at once", NULL, 0},
+    {"gateway", "max_attempts", CONF_INT, "5", 1, 20, true, G(max_attempts),
+        "attempts per message, the first included", NULL, 0},
+    {"gateway", "retry_initial_ms", CONF_INT, "2000", 100, 3600000, true, G(retry_initial_ms),
+        "first retry delay, milliseconds", NULL, 0},
+    {"gateway", "retry_max_ms", CONF_INT, "300000", 100, 3600000, true, G(retry_max_ms),
+        "cap of the retry delay, milliseconds", NULL, 0},
 };
 
 /* What the notification dispatcher supplies to every gateway template. */
-static const char *const conf_gw_placeholders[] = {
-	"to", "text", "subject", "name", "meter", "balance", "amount_due", "link",
-	"language", "message_id", "params_json", "timestamp", NULL
-};
+static const char *const conf_gw_placeholders[] = {"to", "text", "subject", "name", "meter",
+    "balance", "amount_due", "link", "language", "message_id", "params_json", "timestamp", NULL};
 
 /* A body template is a request, not a document. */
 #define CONF_BODY_MAX 65536
@@ -291,7 +286,7 @@ conf_is_string(const struct conf_key *k)
  * (or a section or bare key when that is all there is).
  */
 static void PRINTFLIKE(4, 5)
-conf_error(struct conf_parse *p, int line, const char *subject, const char *fmt, ...)
+    conf_error(struct conf_parse *p, int line, const char *subject, const char *fmt, ...)
 {
 	char msg[512], where[32] = "";
 	va_list ap;
@@ -303,8 +298,8 @@ conf_error(struct conf_parse *p, int line, const char *subject, const char *fmt,
 	va_end(ap);
 	if (line > 0)
 		snprintf(where, sizeof where, ":%d", line);
-	snprintf(p->err, p->errlen, "%s%s: %s%s%s", p->path, where,
-	    subject != NULL ? subject : "", subject != NULL ? ": " : "", msg);
+	snprintf(p->err, p->errlen, "%s%s: %s%s%s", p->path, where, subject != NULL ? subject : "",
+	    subject != NULL ? ": " : "", msg);
 }
 
 static void
@@ -406,8 +401,8 @@ conf_parse_int(const char *v, long *out)
 static bool
 conf_parse_bool(const char *v, bool *out)
 {
-	static const char *yes[] = { "true", "yes", "on", "1" };
-	static const char *no[] = { "false", "no", "off", "0" };
+	static const char *yes[] = {"true", "yes", "on", "1"};
+	static const char *no[] = {"false", "no", "off", "0"};
 	size_t i;
 
 	for (i = 0; i < ARRAY_SIZE(yes); i++) {
@@ -557,8 +552,7 @@ conf_open_file(const char *path, int *fd, char *why, size_t len)
  * handshake.
  */
 static const char *
-conf_check_file(struct conf *c, const struct conf_key *k, const char *path,
-    char *why, size_t len)
+conf_check_file(struct conf *c, const struct conf_key *k, const char *path, char *why, size_t len)
 {
 	const char *bad;
 	int fd;
@@ -587,8 +581,8 @@ conf_set(struct conf_parse *p, const struct conf_key *k, const char *value, int 
 			snprintf(why, sizeof why, "\"%s\" is not a decimal integer", value);
 			bad = why;
 		} else if (lv < k->min || lv > k->max) {
-			snprintf(why, sizeof why, "%s is out of range (%ld..%ld)", value,
-			    k->min, k->max);
+			snprintf(why, sizeof why, "%s is out of range (%ld..%ld)", value, k->min,
+			    k->max);
 			bad = why;
 		} else
 			*(int *)conf_field(p->c, k) = (int)lv;
@@ -596,8 +590,7 @@ conf_set(struct conf_parse *p, const struct conf_key *k, const char *value, int 
 	case CONF_BOOL:
 		if (!conf_parse_bool(value, &bv)) {
 			snprintf(why, sizeof why,
-			    "\"%s\" is not a boolean (true/false, yes/no, on/off, 1/0)",
-			    value);
+			    "\"%s\" is not a boolean (true/false, yes/no, on/off, 1/0)", value);
 			bad = why;
 		} else
 			*(bool *)conf_field(p->c, k) = bv;
@@ -686,9 +679,8 @@ conf_gateway_find(const struct conf *c, const char *name)
 }
 
 /* "FILE:LINE: gateway.NAME.key: ..."; line 0 means the section's header. */
-static void PRINTFLIKE(5, 6)
-conf_gw_error(struct conf_parse *p, const struct conf_gateway *gw, int line,
-    const char *key, const char *fmt, ...)
+static void PRINTFLIKE(5, 6) conf_gw_error(struct conf_parse *p, const struct conf_gateway *gw,
+    int line, const char *key, const char *fmt, ...)
 {
 	char msg[512], subject[96];
 	va_list ap;
@@ -802,8 +794,7 @@ conf_gw_dot_path(const char *s)
 			seg = 0;
 			continue;
 		}
-		if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-' && *s != '$' &&
-		    *s != '@')
+		if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-' && *s != '$' && *s != '@')
 			return false;
 		seg++;
 	}
@@ -899,8 +890,8 @@ conf_gw_header(struct conf_gateway *gw, const char *v, char *why, size_t len)
 	size_t nlen;
 	int i;
 
-	static const char *const daemon_set[] = { "Host", "Content-Length",
-		"Transfer-Encoding", "Connection", "Expect" };
+	static const char *const daemon_set[] = {
+	    "Host", "Content-Length", "Transfer-Encoding", "Connection", "Expect"};
 
 	if (gw->nheaders == CONF_GW_HEADERS_MAX) {
 		snprintf(why, len, "more than %d headers", CONF_GW_HEADERS_MAX);
@@ -913,7 +904,7 @@ conf_gw_header(struct conf_gateway *gw, const char *v, char *why, size_t len)
 		nlen--;
 	if (!conf_gw_token(v, nlen))
 		return "the header name must be 1 to 64 token characters (A-Z a-z 0-9 "
-		    "and !#$%&'*+-.^_`|~)";
+		       "and !#$%&'*+-.^_`|~)";
 	for (i = 0; i < (int)ARRAY_SIZE(daemon_set); i++) {
 		if (strlen(daemon_set[i]) == nlen && strncasecmp(v, daemon_set[i], nlen) == 0) {
 			snprintf(why, len, "%s is set by the daemon", daemon_set[i]);
@@ -943,8 +934,8 @@ conf_gw_header(struct conf_gateway *gw, const char *v, char *why, size_t len)
 
 /* Rules for particular gateway string keys; NULL if v is acceptable. */
 static const char *
-conf_gw_check_string(struct conf_gateway *gw, const struct conf_key *k, const char *v,
-    char *why, size_t len)
+conf_gw_check_string(
+    struct conf_gateway *gw, const struct conf_key *k, const char *v, char *why, size_t len)
 {
 	switch (k->offset) {
 	case G(content_type):
@@ -996,8 +987,8 @@ conf_gw_check_string(struct conf_gateway *gw, const struct conf_key *k, const ch
 
 /* Read secret_file or body_file. */
 static const char *
-conf_gw_read(struct conf_gateway *gw, const struct conf_key *k, const char *path, char *why,
-    size_t len)
+conf_gw_read(
+    struct conf_gateway *gw, const struct conf_key *k, const char *path, char *why, size_t len)
 {
 	const char *bad;
 	int fd;
@@ -1037,8 +1028,8 @@ conf_gw_set(struct conf_parse *p, struct conf_gateway *gw, const struct conf_key
 			snprintf(why, sizeof why, "\"%s\" is not a decimal integer", value);
 			bad = why;
 		} else if (lv < k->min || lv > k->max) {
-			snprintf(why, sizeof why, "%s is out of range (%ld..%ld)", value,
-			    k->min, k->max);
+			snprintf(why, sizeof why, "%s is out of range (%ld..%ld)", value, k->min,
+			    k->max);
 			bad = why;
 		} else
 			*ip = (int)lv;
@@ -1105,8 +1096,8 @@ conf_gw_name_ok(const char *name)
 {
 	size_t n = strlen(name);
 
-	return n >= 1 && n <= CONF_GW_NAME_MAX && strspn(name,
-	    "abcdefghijklmnopqrstuvwxyz0123456789_-") == n;
+	return n >= 1 && n <= CONF_GW_NAME_MAX &&
+	       strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_-") == n;
 }
 
 /* A "[gateway NAME]" header: start a new gateway with the table's defaults. */
@@ -1120,13 +1111,16 @@ conf_gw_open(struct conf_parse *p, const char *name, int lineno)
 
 	snprintf(subject, sizeof subject, "[gateway %.40s]", name);
 	if (*name == '\0') {
-		conf_error(p, lineno, "[gateway]", "a gateway section needs a name: "
+		conf_error(p, lineno, "[gateway]",
+		    "a gateway section needs a name: "
 		    "[gateway NAME]");
 		return -1;
 	}
 	if (!conf_gw_name_ok(name)) {
-		conf_error(p, lineno, subject, "bad gateway name (1 to %d characters of "
-		    "a-z, 0-9, '_' and '-')", CONF_GW_NAME_MAX);
+		conf_error(p, lineno, subject,
+		    "bad gateway name (1 to %d characters of "
+		    "a-z, 0-9, '_' and '-')",
+		    CONF_GW_NAME_MAX);
 		return -1;
 	}
 	for (n = 0; n < p->c->ngateways; n++) {
@@ -1170,8 +1164,8 @@ conf_gw_key(struct conf_parse *p, const char *key, char *value, int lineno)
 	}
 	idx = (size_t)(k - conf_gateway_table);
 	if (k->repeat <= 1 && lines[idx] != 0) {
-		conf_gw_error(p, gw, lineno, k->name, "duplicate key (first set on line %d)",
-		    lines[idx]);
+		conf_gw_error(
+		    p, gw, lineno, k->name, "duplicate key (first set on line %d)", lines[idx]);
 		return -1;
 	}
 	/* body and body_file both fill gw->body: refuse the second at once. */
@@ -1181,8 +1175,10 @@ conf_gw_key(struct conf_parse *p, const char *key, char *value, int lineno)
 	else if (k->offset == G(body_file))
 		other = conf_gw_line(p, gw, G(body));
 	if (other != 0) {
-		conf_gw_error(p, gw, lineno, k->name, "%s is set too (line %d): give one of "
-		    "body and body_file", k->offset == G(body) ? "body_file" : "body", other);
+		conf_gw_error(p, gw, lineno, k->name,
+		    "%s is set too (line %d): give one of "
+		    "body and body_file",
+		    k->offset == G(body) ? "body_file" : "body", other);
 		return -1;
 	}
 	if (*value == '"' && (bad = conf_unquote(value)) != NULL) {
@@ -1199,16 +1195,13 @@ conf_gw_key(struct conf_parse *p, const char *key, char *value, int lineno)
 }
 
 /* Keys that mean nothing to an SMTP gateway. */
-static const size_t conf_gw_http_only[] = {
-	G(method), G(header_value), G(escape), G(content_type), G(auth), G(auth_header),
-	G(signer), G(access_key_id), G(region), G(action), G(api_version), G(service),
-	G(success_status), G(success_field), G(success_value), G(message_id_field)
-};
+static const size_t conf_gw_http_only[] = {G(method), G(header_value), G(escape), G(content_type),
+    G(auth), G(auth_header), G(signer), G(access_key_id), G(region), G(action), G(api_version),
+    G(service), G(success_status), G(success_field), G(success_value), G(message_id_field)};
 
 /* Keys that only a signer uses. */
 static const size_t conf_gw_signer_only[] = {
-	G(access_key_id), G(region), G(action), G(api_version), G(service)
-};
+    G(access_key_id), G(region), G(action), G(api_version), G(service)};
 
 static void
 conf_gw_default(char **sp, const char *def)
@@ -1233,8 +1226,8 @@ conf_gw_finish_smtp(struct conf_parse *p, struct conf_gateway *gw)
 		return -1;
 	}
 	if (gw->channel != CONF_GW_EMAIL) {
-		conf_gw_error(p, gw, conf_gw_line(p, gw, G(type)), "type",
-		    "smtp needs channel email");
+		conf_gw_error(
+		    p, gw, conf_gw_line(p, gw, G(type)), "type", "smtp needs channel email");
 		return -1;
 	}
 	if (gw->mail_from == NULL) {
@@ -1281,7 +1274,8 @@ conf_gw_finish_auth(struct conf_parse *p, struct conf_gateway *gw)
 	switch (gw->auth) {
 	case CONF_GW_AUTH_NONE:
 		if (gw->secret_file != NULL && gw->signer == CONF_GW_SIGNER_NONE) {
-			conf_gw_error(p, gw, ls, "secret_file", "set, but auth is none and "
+			conf_gw_error(p, gw, ls, "secret_file",
+			    "set, but auth is none and "
 			    "there is no signer");
 			return -1;
 		}
@@ -1292,7 +1286,8 @@ conf_gw_finish_auth(struct conf_parse *p, struct conf_gateway *gw)
 			return -1;
 		}
 		if (strchr(gw->username, ':') != NULL) {
-			conf_gw_error(p, gw, lu, "username", "must not contain ':' with auth "
+			conf_gw_error(p, gw, lu, "username",
+			    "must not contain ':' with auth "
 			    "basic");
 			return -1;
 		}
@@ -1316,21 +1311,26 @@ conf_gw_finish_auth(struct conf_parse *p, struct conf_gateway *gw)
 
 		if (strcasecmp(h, "Authorization") == 0 &&
 		    (gw->auth == CONF_GW_AUTH_BASIC || gw->auth == CONF_GW_AUTH_BEARER ||
-		    gw->signer != CONF_GW_SIGNER_NONE)) {
-			conf_gw_error(p, gw, p->gwhdrlines[gi][i], "header", "Authorization "
-			    "is set by %s %s", gw->signer != CONF_GW_SIGNER_NONE ? "signer" :
-			    "auth", gw->signer != CONF_GW_SIGNER_NONE ?
-			    conf_gw_signers[gw->signer] : auth);
+		        gw->signer != CONF_GW_SIGNER_NONE)) {
+			conf_gw_error(p, gw, p->gwhdrlines[gi][i], "header",
+			    "Authorization "
+			    "is set by %s %s",
+			    gw->signer != CONF_GW_SIGNER_NONE ? "signer" : "auth",
+			    gw->signer != CONF_GW_SIGNER_NONE ? conf_gw_signers[gw->signer] : auth);
 			return -1;
 		}
 		if (gw->auth == CONF_GW_AUTH_HEADER && strcasecmp(h, gw->auth_header) == 0) {
-			conf_gw_error(p, gw, p->gwhdrlines[gi][i], "header", "%s is set by "
-			    "auth header", h);
+			conf_gw_error(p, gw, p->gwhdrlines[gi][i], "header",
+			    "%s is set by "
+			    "auth header",
+			    h);
 			return -1;
 		}
 		if (gw->signer == CONF_GW_SIGNER_TENCENT && strncasecmp(h, "X-TC-", 5) == 0) {
-			conf_gw_error(p, gw, p->gwhdrlines[gi][i], "header", "%s is set by "
-			    "signer tencent", h);
+			conf_gw_error(p, gw, p->gwhdrlines[gi][i], "header",
+			    "%s is set by "
+			    "signer tencent",
+			    h);
 			return -1;
 		}
 	}
@@ -1356,8 +1356,10 @@ conf_gw_finish_signer(struct conf_parse *p, struct conf_gateway *gw)
 		return 0;
 	}
 	if (gw->auth != CONF_GW_AUTH_NONE) {
-		conf_gw_error(p, gw, conf_gw_line(p, gw, G(auth)), "auth", "must be none "
-		    "with signer %s (the signature authenticates the request)", name);
+		conf_gw_error(p, gw, conf_gw_line(p, gw, G(auth)), "auth",
+		    "must be none "
+		    "with signer %s (the signature authenticates the request)",
+		    name);
 		return -1;
 	}
 	if (gw->access_key_id == NULL) {
@@ -1365,13 +1367,17 @@ conf_gw_finish_signer(struct conf_parse *p, struct conf_gateway *gw)
 		return -1;
 	}
 	if (gw->secret_file == NULL) {
-		conf_gw_error(p, gw, lsig, "secret_file", "required with signer %s "
-		    "(it holds the secret key)", name);
+		conf_gw_error(p, gw, lsig, "secret_file",
+		    "required with signer %s "
+		    "(it holds the secret key)",
+		    name);
 		return -1;
 	}
 	if (gw->method != CONF_GW_POST) {
-		conf_gw_error(p, gw, conf_gw_line(p, gw, G(method)), "method", "must be POST "
-		    "with signer %s", name);
+		conf_gw_error(p, gw, conf_gw_line(p, gw, G(method)), "method",
+		    "must be POST "
+		    "with signer %s",
+		    name);
 		return -1;
 	}
 	if (gw->signer == CONF_GW_SIGNER_ALIYUN) {
@@ -1395,7 +1401,8 @@ conf_gw_finish_signer(struct conf_parse *p, struct conf_gateway *gw)
 			return -1;
 		}
 		if (gw->region == NULL) {
-			conf_gw_error(p, gw, lsig, "region", "required with signer tencent "
+			conf_gw_error(p, gw, lsig, "region",
+			    "required with signer tencent "
 			    "(e.g. ap-guangzhou)");
 			return -1;
 		}
@@ -1412,25 +1419,28 @@ conf_gw_finish_http(struct conf_parse *p, struct conf_gateway *gw)
 {
 	int lm = conf_gw_line(p, gw, G(method)), le = conf_gw_line(p, gw, G(escape));
 	int lc = conf_gw_line(p, gw, G(content_type)), line;
-	static const enum template_mode modes[] = { TEMPLATE_JSON, TEMPLATE_FORM, TEMPLATE_RAW };
+	static const enum template_mode modes[] = {TEMPLATE_JSON, TEMPLATE_FORM, TEMPLATE_RAW};
 
 	if ((line = conf_gw_line(p, gw, G(mail_from))) != 0) {
-		conf_gw_error(p, gw, line, "mail_from", "only used with type smtp (an HTTP "
+		conf_gw_error(p, gw, line, "mail_from",
+		    "only used with type smtp (an HTTP "
 		    "gateway takes the sender in its body)");
 		return -1;
 	}
 	gw->body_mode = modes[gw->escape];
 	if (gw->method == CONF_GW_GET) {
-		line = conf_gw_later(conf_gw_line(p, gw, G(body)),
-		    conf_gw_line(p, gw, G(body_file)));
+		line =
+		    conf_gw_later(conf_gw_line(p, gw, G(body)), conf_gw_line(p, gw, G(body_file)));
 		if (line != 0) {
-			conf_gw_error(p, gw, line, line == conf_gw_line(p, gw, G(body)) ?
-			    "body" : "body_file", "no body with method GET");
+			conf_gw_error(p, gw, line,
+			    line == conf_gw_line(p, gw, G(body)) ? "body" : "body_file",
+			    "no body with method GET");
 			return -1;
 		}
 		if (le != 0 || lc != 0) {
-			conf_gw_error(p, gw, conf_gw_later(le, lc), le > lc ? "escape" :
-			    "content_type", "not used with method GET (there is no body)");
+			conf_gw_error(p, gw, conf_gw_later(le, lc),
+			    le > lc ? "escape" : "content_type",
+			    "not used with method GET (there is no body)");
 			return -1;
 		}
 	} else {
@@ -1441,13 +1451,13 @@ conf_gw_finish_http(struct conf_parse *p, struct conf_gateway *gw)
 		}
 		if (gw->content_type == NULL) {
 			if (gw->escape == CONF_GW_ESC_RAW) {
-				conf_gw_error(p, gw, le, "content_type",
-				    "required with escape raw");
+				conf_gw_error(
+				    p, gw, le, "content_type", "required with escape raw");
 				return -1;
 			}
-			gw->content_type = xstrdup(gw->escape == CONF_GW_ESC_JSON ?
-			    "application/json; charset=utf-8" :
-			    "application/x-www-form-urlencoded");
+			gw->content_type = xstrdup(gw->escape == CONF_GW_ESC_JSON
+			                               ? "application/json; charset=utf-8"
+			                               : "application/x-www-form-urlencoded");
 		}
 	}
 	if (conf_gw_finish_signer(p, gw) != 0 || conf_gw_finish_auth(p, gw) != 0)
@@ -1473,8 +1483,8 @@ conf_gw_finish_http(struct conf_parse *p, struct conf_gateway *gw)
 static int
 conf_gw_finish_url(struct conf_parse *p, struct conf_gateway *gw)
 {
-	static const char *const http[] = { "http://", "https://", NULL };
-	static const char *const smtp[] = { "smtp://", "smtps://", NULL };
+	static const char *const http[] = {"http://", "https://", NULL};
+	static const char *const smtp[] = {"smtp://", "smtps://", NULL};
 	const char *const *schemes = gw->type == CONF_GW_SMTP ? smtp : http;
 	const char *host = NULL;
 	int line = conf_gw_line(p, gw, G(url));
@@ -1495,13 +1505,15 @@ conf_gw_finish_url(struct conf_parse *p, struct conf_gateway *gw)
 		return -1;
 	}
 	if (memchr(host, '@', n) != NULL) {
-		conf_gw_error(p, gw, line, "url", "must not hold credentials: use username "
+		conf_gw_error(p, gw, line, "url",
+		    "must not hold credentials: use username "
 		    "and secret_file");
 		return -1;
 	}
 	for (i = 0; i + 1 < n; i++) {
 		if (host[i] == '{' && host[i + 1] == '{') {
-			conf_gw_error(p, gw, line, "url", "the host must not contain a "
+			conf_gw_error(p, gw, line, "url",
+			    "the host must not contain a "
 			    "placeholder");
 			return -1;
 		}
@@ -1535,11 +1547,15 @@ conf_gw_finish(struct conf_parse *p, struct conf_gateway *gw)
 	lm = conf_gw_line(p, gw, G(retry_max_ms));
 	if (gw->retry_max_ms < gw->retry_initial_ms) {
 		if (lm > li)
-			conf_gw_error(p, gw, lm, "retry_max_ms", "%d is less than "
-			    "retry_initial_ms (%d)", gw->retry_max_ms, gw->retry_initial_ms);
+			conf_gw_error(p, gw, lm, "retry_max_ms",
+			    "%d is less than "
+			    "retry_initial_ms (%d)",
+			    gw->retry_max_ms, gw->retry_initial_ms);
 		else
-			conf_gw_error(p, gw, li, "retry_initial_ms", "%d is greater than "
-			    "retry_max_ms (%d)", gw->retry_initial_ms, gw->retry_max_ms);
+			conf_gw_error(p, gw, li, "retry_initial_ms",
+			    "%d is greater than "
+			    "retry_max_ms (%d)",
+			    gw->retry_initial_ms, gw->retry_max_ms);
 		return -1;
 	}
 	return 0;
@@ -1584,8 +1600,7 @@ conf_line_subject(char *buf, size_t len, const char *section, const char *s)
 }
 
 static int
-conf_parse_line(struct conf_parse *p, char *line, size_t len, int lineno,
-    const char **section)
+conf_parse_line(struct conf_parse *p, char *line, size_t len, int lineno, const char **section)
 {
 	const struct conf_key *k;
 	char subject[128], list[128];
@@ -1601,8 +1616,7 @@ conf_parse_line(struct conf_parse *p, char *line, size_t len, int lineno,
 	if (len > CONF_LINE_MAX) {
 		s = conf_trim(line);
 		conf_line_subject(subject, sizeof subject, label, s);
-		conf_error(p, lineno, subject, "line too long (more than %d bytes)",
-		    CONF_LINE_MAX);
+		conf_error(p, lineno, subject, "line too long (more than %d bytes)", CONF_LINE_MAX);
 		return -1;
 	}
 	if (strlen(line) != len) {
@@ -1669,8 +1683,8 @@ conf_parse_line(struct conf_parse *p, char *line, size_t len, int lineno,
 	idx = (size_t)(k - conf_key_table);
 	if (p->lines[idx] != 0) {
 		conf_subject(subject, sizeof subject, k);
-		conf_error(p, lineno, subject, "duplicate key (first set on line %d)",
-		    p->lines[idx]);
+		conf_error(
+		    p, lineno, subject, "duplicate key (first set on line %d)", p->lines[idx]);
 		return -1;
 	}
 	if (*value == '"' && (bad = conf_unquote(value)) != NULL) {
@@ -1739,32 +1753,39 @@ conf_check_payments(struct conf_parse *p)
 	    conf_check_pay_path(p, O(ali_path), c->ali_path, c->wx_path) != 0)
 		return -1;
 	if ((c->wx_public_key_id == NULL) != (c->wx_public_key_file == NULL)) {
-		size_t off = c->wx_public_key_id != NULL ? O(wx_public_key_id) : O(wx_public_key_file);
+		size_t off =
+		    c->wx_public_key_id != NULL ? O(wx_public_key_id) : O(wx_public_key_file);
 
 		conf_key_error(p, conf_line_of(p, off), conf_key_at(off),
-		    "give both payments.wechat_public_key_id and wechat_public_key_file, or neither");
+		    "give both payments.wechat_public_key_id and wechat_public_key_file, or "
+		    "neither");
 		return -1;
 	}
 	if (c->wx_path != NULL) {
-		const char *missing = c->wx_mchid == NULL ? "wechat_mchid"
-		    : c->wx_appids == NULL ? "wechat_appids"
+		const char *missing =
+		    c->wx_mchid == NULL            ? "wechat_mchid"
+		    : c->wx_appids == NULL         ? "wechat_appids"
 		    : c->wx_apiv3_key_file == NULL ? "wechat_apiv3_key_file"
 		    : c->wx_platform_certs == NULL && c->wx_public_key_file == NULL
-		    ? "wechat_platform_certs or wechat_public_key_file" : NULL;
+		        ? "wechat_platform_certs or wechat_public_key_file"
+		        : NULL;
 
 		if (missing != NULL) {
 			snprintf(why, sizeof why, "WeChat Pay callbacks need payments.%s", missing);
-			conf_key_error(p, conf_line_of(p, O(wx_path)), conf_key_at(O(wx_path)), why);
+			conf_key_error(
+			    p, conf_line_of(p, O(wx_path)), conf_key_at(O(wx_path)), why);
 			return -1;
 		}
 	}
 	if (c->ali_path != NULL) {
-		const char *missing = c->ali_app_id == NULL ? "alipay_app_id"
-		    : c->ali_public_key_file == NULL ? "alipay_public_key_file" : NULL;
+		const char *missing = c->ali_app_id == NULL            ? "alipay_app_id"
+		                      : c->ali_public_key_file == NULL ? "alipay_public_key_file"
+		                                                       : NULL;
 
 		if (missing != NULL) {
 			snprintf(why, sizeof why, "Alipay notifications need payments.%s", missing);
-			conf_key_error(p, conf_line_of(p, O(ali_path)), conf_key_at(O(ali_path)), why);
+			conf_key_error(
+			    p, conf_line_of(p, O(ali_path)), conf_key_at(O(ali_path)), why);
 			return -1;
 		}
 	}
@@ -1801,8 +1822,8 @@ conf_check_cross(struct conf_parse *p)
 			conf_key_error(p, lc, conf_key_at(O(mqtt_tls_cert)),
 			    "client certificate without mqtt.tls_ca");
 		else
-			conf_key_error(p, lk, conf_key_at(O(mqtt_tls_key)),
-			    "client key without mqtt.tls_ca");
+			conf_key_error(
+			    p, lk, conf_key_at(O(mqtt_tls_key)), "client key without mqtt.tls_ca");
 		return -1;
 	}
 	if (c->mqtt_password_file != NULL && c->mqtt_username == NULL) {
@@ -1816,13 +1837,11 @@ conf_check_cross(struct conf_parse *p)
 	lm = conf_line_of(p, O(cmd_retry_max_ms));
 	if (c->cmd_retry_max_ms < c->cmd_retry_initial_ms) {
 		if (lm > li) {
-			snprintf(why, sizeof why,
-			    "%d is less than commands.retry_initial_ms (%d)",
+			snprintf(why, sizeof why, "%d is less than commands.retry_initial_ms (%d)",
 			    c->cmd_retry_max_ms, c->cmd_retry_initial_ms);
 			conf_key_error(p, lm, conf_key_at(O(cmd_retry_max_ms)), why);
 		} else {
-			snprintf(why, sizeof why,
-			    "%d is greater than commands.retry_max_ms (%d)",
+			snprintf(why, sizeof why, "%d is greater than commands.retry_max_ms (%d)",
 			    c->cmd_retry_initial_ms, c->cmd_retry_max_ms);
 			conf_key_error(p, li, conf_key_at(O(cmd_retry_initial_ms)), why);
 		}
@@ -1943,8 +1962,7 @@ conf_str_equal(const char *a, const char *b)
 }
 
 bool
-conf_needs_restart(const struct conf *old, const struct conf *new_conf,
-    char *out, size_t outlen)
+conf_needs_restart(const struct conf *old, const struct conf *new_conf, char *out, size_t outlen)
 {
 	const struct conf_key *k;
 	bool same = true;
@@ -1958,11 +1976,11 @@ conf_needs_restart(const struct conf *old, const struct conf *new_conf,
 		case CONF_INT:
 		case CONF_ENUM:
 			same = *(const int *)conf_cfield(old, k) ==
-			    *(const int *)conf_cfield(new_conf, k);
+			       *(const int *)conf_cfield(new_conf, k);
 			break;
 		case CONF_BOOL:
 			same = *(const bool *)conf_cfield(old, k) ==
-			    *(const bool *)conf_cfield(new_conf, k);
+			       *(const bool *)conf_cfield(new_conf, k);
 			break;
 		case CONF_STRING:
 		case CONF_FILE:
@@ -2009,8 +2027,9 @@ conf_keep_fixed(struct conf *new_conf, const struct conf *old)
 		case CONF_TEMPLATE:
 			dst = conf_field(new_conf, k);
 			free(*dst);
-			*dst = *(char *const *)conf_cfield(old, k) ?
-			    xstrdup(*(char *const *)conf_cfield(old, k)) : NULL;
+			*dst = *(char *const *)conf_cfield(old, k)
+			           ? xstrdup(*(char *const *)conf_cfield(old, k))
+			           : NULL;
 			break;
 		}
 	}

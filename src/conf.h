@@ -29,27 +29,31 @@
  * Cross-key defaults are already applied: content_type, region, action,
  * api_version and service hold what will be used, or NULL when unused.
  */
-#define CONF_GATEWAYS_MAX 16     /* [gateway NAME] sections per file */
-#define CONF_GW_NAME_MAX 32      /* NAME: 1..32 of [a-z0-9_-] */
-#define CONF_GW_HEADERS_MAX 16   /* header = lines per gateway */
-#define CONF_GW_STATUS_MAX 16    /* codes in success_status */
+#define CONF_GATEWAYS_MAX 16 /* [gateway NAME] sections per file */
+#define CONF_GW_NAME_MAX 32 /* NAME: 1..32 of [a-z0-9_-] */
+#define CONF_GW_HEADERS_MAX 16 /* header = lines per gateway */
+#define CONF_GW_STATUS_MAX 16 /* codes in success_status */
 
 enum conf_gw_channel { CONF_GW_SMS, CONF_GW_EMAIL };
 enum conf_gw_type { CONF_GW_HTTP, CONF_GW_SMTP };
 enum conf_gw_method { CONF_GW_POST, CONF_GW_GET, CONF_GW_PUT };
 enum conf_gw_escape { CONF_GW_ESC_JSON, CONF_GW_ESC_FORM, CONF_GW_ESC_RAW };
-enum conf_gw_auth { CONF_GW_AUTH_NONE, CONF_GW_AUTH_BASIC, CONF_GW_AUTH_BEARER,
-	CONF_GW_AUTH_HEADER };
+enum conf_gw_auth {
+	CONF_GW_AUTH_NONE,
+	CONF_GW_AUTH_BASIC,
+	CONF_GW_AUTH_BEARER,
+	CONF_GW_AUTH_HEADER
+};
 enum conf_gw_signer { CONF_GW_SIGNER_NONE, CONF_GW_SIGNER_ALIYUN, CONF_GW_SIGNER_TENCENT };
 
 struct conf_gateway {
 	char name[CONF_GW_NAME_MAX + 1];
-	int line;                   /* line of its [gateway NAME] header */
+	int line; /* line of its [gateway NAME] header */
 
-	int channel;                /* enum conf_gw_channel */
-	int type;                   /* enum conf_gw_type */
-	char *url;                  /* template, placeholders escaped as TEMPLATE_URL */
-	int method;                 /* enum conf_gw_method (http only) */
+	int channel; /* enum conf_gw_channel */
+	int type; /* enum conf_gw_type */
+	char *url; /* template, placeholders escaped as TEMPLATE_URL */
+	int method; /* enum conf_gw_method (http only) */
 
 	/* header = "Name: value" lines in file order; name is an HTTP token,
 	 * value a template (TEMPLATE_HEADER), possibly empty. */
@@ -57,38 +61,38 @@ struct conf_gateway {
 	char *header_value[CONF_GW_HEADERS_MAX];
 	int nheaders;
 
-	char *body;                 /* template: the body key's value, or the
-				       contents of body_file; NULL: no body */
-	char *body_file;            /* path, when the body came from a file */
-	int escape;                 /* enum conf_gw_escape */
+	char *body; /* template: the body key's value, or the
+	               contents of body_file; NULL: no body */
+	char *body_file; /* path, when the body came from a file */
+	int escape; /* enum conf_gw_escape */
 	enum template_mode body_mode; /* the same as a template mode */
-	char *content_type;         /* NULL for GET and smtp */
+	char *content_type; /* NULL for GET and smtp */
 
-	int auth;                   /* enum conf_gw_auth */
-	char *username;             /* basic auth, or the SMTP login */
+	int auth; /* enum conf_gw_auth */
+	char *username; /* basic auth, or the SMTP login */
 	char *secret_file;
-	char *secret;               /* password, token or key: never log it */
-	char *auth_header;          /* header name for auth = header */
+	char *secret; /* password, token or key: never log it */
+	char *auth_header; /* header name for auth = header */
 
-	int signer;                 /* enum conf_gw_signer */
-	char *access_key_id;        /* with a signer */
-	char *region;               /* aliyun: RegionId; tencent: X-TC-Region */
-	char *action;               /* with a signer: "SendSms" */
-	char *api_version;          /* aliyun 2017-05-25, tencent 2021-01-11 */
-	char *service;              /* tencent only: "sms" */
+	int signer; /* enum conf_gw_signer */
+	char *access_key_id; /* with a signer */
+	char *region; /* aliyun: RegionId; tencent: X-TC-Region */
+	char *action; /* with a signer: "SendSms" */
+	char *api_version; /* aliyun 2017-05-25, tencent 2021-01-11 */
+	char *service; /* tencent only: "sms" */
 
-	char *success_status;       /* as written: "200,201,202" */
+	char *success_status; /* as written: "200,201,202" */
 	int status[CONF_GW_STATUS_MAX]; /* the same, parsed */
 	int nstatus;
-	char *success_field;        /* dot path into the JSON answer, or NULL */
-	char *success_value;        /* required with success_field */
-	char *message_id_field;     /* dot path or "header:Name", or NULL */
-	char *mail_from;            /* smtp: the envelope and From address */
+	char *success_field; /* dot path into the JSON answer, or NULL */
+	char *success_value; /* required with success_field */
+	char *message_id_field; /* dot path or "header:Name", or NULL */
+	char *mail_from; /* smtp: the envelope and From address */
 
 	int timeout_ms;
-	int concurrency;            /* requests in flight at once */
-	int max_attempts;           /* including the first */
-	int retry_initial_ms;       /* first backoff; doubles up to retry_max_ms */
+	int concurrency; /* requests in flight at once */
+	int max_attempts; /* including the first */
+	int retry_initial_ms; /* first backoff; doubles up to retry_max_ms */
 	int retry_max_ms;
 };
 
@@ -97,70 +101,70 @@ struct conf {
 	int *key_lines; /* line of each key of the table; 0: the default */
 
 	/* [database] */
-	char *db_conninfo;          /* libpq conninfo string or URI */
-	int db_reconnect_max_ms;    /* cap of the reconnect backoff */
+	char *db_conninfo; /* libpq conninfo string or URI */
+	int db_reconnect_max_ms; /* cap of the reconnect backoff */
 
 	/* [mqtt] */
 	char *mqtt_host;
 	int mqtt_port;
-	char *mqtt_client_id;       /* stable id: the broker keeps our session */
-	char *mqtt_username;        /* optional */
-	char *mqtt_password_file;   /* optional; file holds the password */
-	char *mqtt_password;        /* read from mqtt_password_file, never logged */
-	char *mqtt_tls_ca;          /* optional CA file: TLS on when set */
-	char *mqtt_tls_cert;        /* optional client certificate */
-	char *mqtt_tls_key;         /* optional client key */
-	char *mqtt_topic_prefix;    /* default "meters" */
-	int mqtt_qos;               /* 0..2, default 1 */
-	int mqtt_keepalive;         /* seconds */
-	char *mqtt_shared_group;    /* optional: subscribe via $share/<group>/... */
+	char *mqtt_client_id; /* stable id: the broker keeps our session */
+	char *mqtt_username; /* optional */
+	char *mqtt_password_file; /* optional; file holds the password */
+	char *mqtt_password; /* read from mqtt_password_file, never logged */
+	char *mqtt_tls_ca; /* optional CA file: TLS on when set */
+	char *mqtt_tls_cert; /* optional client certificate */
+	char *mqtt_tls_key; /* optional client key */
+	char *mqtt_topic_prefix; /* default "meters" */
+	int mqtt_qos; /* 0..2, default 1 */
+	int mqtt_keepalive; /* seconds */
+	char *mqtt_shared_group; /* optional: subscribe via $share/<group>/... */
 	int mqtt_reconnect_max_ms;
 
 	/* [ingest] */
-	int ingest_batch_size;      /* readings per database round trip */
+	int ingest_batch_size; /* readings per database round trip */
 	int ingest_batch_window_ms; /* flush a partial batch after this long */
-	int ingest_queue_bound;     /* items held in memory before reading stops */
-	int ingest_max_payload;     /* bytes; larger payloads are rejected */
-	bool ingest_auto_register;  /* unknown meters: register (true) or reject */
-	bool ingest_resend_on_gap;  /* enqueue a resend command for a seq gap */
+	int ingest_queue_bound; /* items held in memory before reading stops */
+	int ingest_max_payload; /* bytes; larger payloads are rejected */
+	bool ingest_auto_register; /* unknown meters: register (true) or reject */
+	bool ingest_resend_on_gap; /* enqueue a resend command for a seq gap */
 	int ingest_reject_log_interval; /* seconds between log lines per meter */
-	int ingest_rejects_keep;    /* rows kept in prepaid.rejects */
+	int ingest_rejects_keep; /* rows kept in prepaid.rejects */
 	int ingest_partitions_ahead; /* months of reading partitions kept ready */
 
 	/* [commands] */
-	int cmd_retry_initial_ms;   /* first resend of an unacknowledged command */
-	int cmd_retry_max_ms;       /* backoff cap */
-	int cmd_poll_interval_ms;   /* outbox poll, a safety net behind NOTIFY */
-	int cmd_claim_batch;        /* commands claimed per round trip */
+	int cmd_retry_initial_ms; /* first resend of an unacknowledged command */
+	int cmd_retry_max_ms; /* backoff cap */
+	int cmd_poll_interval_ms; /* outbox poll, a safety net behind NOTIFY */
+	int cmd_claim_batch; /* commands claimed per round trip */
 
 	/* [http] */
 	bool http_enabled;
-	char *http_listen;          /* address, default 127.0.0.1 */
+	char *http_listen; /* address, default 127.0.0.1 */
 	int http_port;
-	int http_max_connections;   /* connections served at once; more are closed */
-	int http_deadline_ms;       /* a request must arrive whole within this */
-	int http_max_body;          /* bytes of a request body */
-	int http_max_headers;       /* request header lines */
+	int http_max_connections; /* connections served at once; more are closed */
+	int http_deadline_ms; /* a request must arrive whole within this */
+	int http_max_body; /* bytes of a request body */
+	int http_max_headers; /* request header lines */
 
 	/* [payments] */
-	int pay_connections;        /* PostgreSQL connections for callbacks */
-	int pay_answer_ms;          /* answer a callback within this (WeChat: 5 s) */
-	bool pay_notify_occupant;   /* "payment received" SMS/e-mail */
-	char *wx_path;              /* WeChat Pay callback path; unset: off */
+	int pay_connections; /* PostgreSQL connections for callbacks */
+	int pay_answer_ms; /* answer a callback within this (WeChat: 5 s) */
+	bool pay_notify_occupant; /* "payment received" SMS/e-mail */
+	char *wx_path; /* WeChat Pay callback path; unset: off */
 	char *wx_mchid;
-	char *wx_appids;            /* accepted appids, separated by spaces */
+	char *wx_appids; /* accepted appids, separated by spaces */
 	char *wx_apiv3_key_file;
-	char *wx_platform_certs;    /* platform certificate files, separated by spaces */
-	char *wx_public_key_id;     /* PUB_KEY_ID_... of wx_public_key_file */
+	char *wx_platform_certs; /* platform certificate files, separated by spaces */
+	char *wx_public_key_id; /* PUB_KEY_ID_... of wx_public_key_file */
 	char *wx_public_key_file;
-	int wx_max_skew;            /* seconds between Wechatpay-Timestamp and now */
-	char *ali_path;             /* Alipay callback path; unset: off */
+	int wx_max_skew; /* seconds between Wechatpay-Timestamp and now */
+	char *ali_path; /* Alipay callback path; unset: off */
 	char *ali_app_id;
-	char *ali_seller_id;        /* optional */
+	char *ali_seller_id; /* optional */
 	char *ali_public_key_file;
 
 	/* [log] */
-	char *log_level;            /* error, warning, info, debug */
+	char *log_level; /* error, warning, info, debug */
 
 	/* [gateway NAME] sections, in file order; reloadable as a whole. */
 	struct conf_gateway gateways[CONF_GATEWAYS_MAX];
@@ -178,14 +182,14 @@ struct conf_key {
 	const char *section;
 	const char *name;
 	enum conf_type type;
-	const char *def;        /* default as text; NULL = unset */
-	long min, max;          /* for CONF_INT */
-	bool reloadable;        /* may change on SIGHUP without a restart */
-	size_t offset;          /* offsetof(struct conf, field), or of struct
-				   conf_gateway for gateway keys */
-	const char *help;       /* one line, used in docs and -n output */
+	const char *def; /* default as text; NULL = unset */
+	long min, max; /* for CONF_INT */
+	bool reloadable; /* may change on SIGHUP without a restart */
+	size_t offset; /* offsetof(struct conf, field), or of struct
+	                  conf_gateway for gateway keys */
+	const char *help; /* one line, used in docs and -n output */
 	const char *const *choices; /* CONF_ENUM: the words, NULL-terminated */
-	int repeat;             /* > 1: may appear up to this many times */
+	int repeat; /* > 1: may appear up to this many times */
 };
 
 /* The line of the key stored at field (a member of c), 0 if defaulted. */
@@ -221,8 +225,8 @@ void conf_free(struct conf *c);
  * between old and new and may not change on reload ("mqtt.host"), return
  * true if there is one. Reloadable keys may differ freely.
  */
-bool conf_needs_restart(const struct conf *old, const struct conf *new_conf,
-    char *out, size_t outlen);
+bool conf_needs_restart(
+    const struct conf *old, const struct conf *new_conf, char *out, size_t outlen);
 
 /*
  * For SIGHUP: copy every key that may not change on reload from the running

@@ -46,7 +46,7 @@ struct httpc_req {
 	bool completing; /* its callback is running */
 	bool smtp;
 	struct curl_slist *rcpt;
-	char *upload;      /* SMTP: the message, and how much of it is sent */
+	char *upload; /* SMTP: the message, and how much of it is sent */
 	size_t upload_len, upload_off;
 	int64_t start_us;
 	char errbuf[CURL_ERROR_SIZE];

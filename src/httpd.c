@@ -32,8 +32,8 @@
 
 struct httpd_conn {
 	struct bufferevent *bev;
-	int64_t deadline_us;     /* 0: a handler owns the request */
-	bool refuse;             /* past the connection cap */
+	int64_t deadline_us; /* 0: a handler owns the request */
+	bool refuse; /* past the connection cap */
 	struct httpd_conn *next;
 };
 
@@ -60,8 +60,8 @@ struct httpd {
 };
 
 void
-httpd_reply(struct evhttp_request *req, int code, const char *reason, const char *type,
-    const char *body)
+httpd_reply(
+    struct evhttp_request *req, int code, const char *reason, const char *type, const char *body)
 {
 	struct evbuffer *buf = evbuffer_new();
 
@@ -139,7 +139,7 @@ httpd_bevcb(struct event_base *base, void *arg)
 	hc->bev = bufferevent_socket_new(base, -1, 0);
 	if (hc->bev == NULL) {
 		free(hc);
-		return NULL;   /* evhttp makes its own; it is then not tracked */
+		return NULL; /* evhttp makes its own; it is then not tracked */
 	}
 	bufferevent_incref(hc->bev);
 	hc->deadline_us = now_mono_us() + h->deadline_us;
@@ -183,7 +183,8 @@ httpd_sweep(evutil_socket_t fd, short what, void *arg)
 			if (!hc->refuse) {
 				metrics.http_refused_deadline++;
 				log_ratelimited(LOG_LVL_WARN, "http-deadline", 60,
-				    "http: a request did not arrive whole within %lld ms: connection closed",
+				    "http: a request did not arrive whole within %lld ms: "
+				    "connection closed",
 				    (long long)(h->deadline_us / 1000));
 			}
 			/* evhttp sees end of file and frees the connection. */
@@ -318,11 +319,11 @@ httpd_reconfigure(struct httpd *h, const struct conf *conf)
 }
 
 struct httpd *
-httpd_new(struct event_base *base, const struct conf *conf, httpd_health_fn health,
-    void *arg, char *err, size_t errlen)
+httpd_new(struct event_base *base, const struct conf *conf, httpd_health_fn health, void *arg,
+    char *err, size_t errlen)
 {
 	struct httpd *h = xcalloc(1, sizeof *h);
-	struct timeval sweep = { 0, HTTPD_SWEEP_MS * 1000 };
+	struct timeval sweep = {0, HTTPD_SWEEP_MS * 1000};
 
 	h->base = base;
 	h->health = health;
@@ -347,8 +348,8 @@ httpd_new(struct event_base *base, const struct conf *conf, httpd_health_fn heal
 		httpd_free(h);
 		return NULL;
 	}
-	log_info("http: listening on %s:%d (/healthz, /metrics)", conf->http_listen,
-	    conf->http_port);
+	log_info(
+	    "http: listening on %s:%d (/healthz, /metrics)", conf->http_listen, conf->http_port);
 	return h;
 }
 

@@ -29,15 +29,15 @@ typedef bool (*httpd_health_fn)(void *arg, char *why, size_t whylen);
  * The handler must answer, now or later, with evhttp_send_reply. */
 typedef void (*httpd_post_fn)(struct evhttp_request *req, void *arg);
 
-struct httpd *httpd_new(struct event_base *base, const struct conf *conf,
-    httpd_health_fn health, void *arg, char *err, size_t errlen);
+struct httpd *httpd_new(struct event_base *base, const struct conf *conf, httpd_health_fn health,
+    void *arg, char *err, size_t errlen);
 /* Route POSTs to path (exact, no query string) to fn. */
 void httpd_route_post(struct httpd *h, const char *path, httpd_post_fn fn, void *arg);
 /* Reloadable limits (deadline, header count) from a new configuration. */
 void httpd_reconfigure(struct httpd *h, const struct conf *conf);
 /* Reply with a body (type, body NUL-terminated; body may be NULL). */
-void httpd_reply(struct evhttp_request *req, int code, const char *reason, const char *type,
-    const char *body);
+void httpd_reply(
+    struct evhttp_request *req, int code, const char *reason, const char *type, const char *body);
 /* The peer's address as "a.b.c.d:port" (for audit rows). */
 void httpd_peer(struct evhttp_request *req, char *buf, size_t len);
 void httpd_free(struct httpd *h);

@@ -52,8 +52,8 @@ struct ingest_batch {
 	size_t items;
 	int attempts;
 	int64_t started_us;
-	bool in_pg;       /* queued or running on the connection now */
-	bool part;        /* a part of a batch the database refused */
+	bool in_pg; /* queued or running on the connection now */
+	bool part; /* a part of a batch the database refused */
 };
 
 struct ingest {
@@ -65,14 +65,14 @@ struct ingest {
 	struct ingest_reading *rd; /* queued readings */
 	size_t nrd, caprd;
 	json_t *events, *acks, *rejects;
-	int64_t oldest_us;         /* arrival of the oldest queued item */
+	int64_t oldest_us; /* arrival of the oldest queued item */
 
 	struct ingest_batch *inflight;
 	/* Second halves of refused batches, to send after inflight (a stack). */
 	struct ingest_batch **parts;
 	size_t nparts, capparts;
-	bool ready;                /* PostgreSQL usable */
-	bool full;                 /* we asked the broker link to pause */
+	bool ready; /* PostgreSQL usable */
+	bool full; /* we asked the broker link to pause */
 	bool draining;
 
 	struct event *window_timer;
@@ -82,7 +82,7 @@ struct ingest {
 	const void *cur_payload;
 	size_t cur_len;
 	int64_t cur_us;
-	const char *rd_meter;      /* meter of the message being decoded */
+	const char *rd_meter; /* meter of the message being decoded */
 };
 
 static void ingest_maybe_flush(struct ingest *in);
@@ -93,7 +93,7 @@ static size_t
 ingest_queued(const struct ingest *in)
 {
 	return in->nrd + json_array_size(in->events) + json_array_size(in->acks) +
-	    json_array_size(in->rejects);
+	       json_array_size(in->rejects);
 }
 
 size_t
@@ -147,17 +147,18 @@ ingest_mark(struct ingest *in)
 
 /* Queue one reject row; hex is the payload as hex, received_at RFC 3339. */
 static void
-ingest_push_reject(struct ingest *in, const char *meter, const char *topic,
-    const char *reason, const char *hex, const char *received_at)
+ingest_push_reject(struct ingest *in, const char *meter, const char *topic, const char *reason,
+    const char *hex, const char *received_at)
 {
 	json_t *o;
 
-	o = json_pack("{s:s?, s:s, s:s, s:s, s:s}", "meter", meter, "topic", topic,
-	    "reason", reason, "payload", hex, "received_at", received_at);
+	o = json_pack("{s:s?, s:s, s:s, s:s, s:s}", "meter", meter, "topic", topic, "reason",
+	    reason, "payload", hex, "received_at", received_at);
 	if (o == NULL) {
 		/* Not UTF-8 (only the database's message can be): say so plainly. */
 		o = json_pack("{s:s?, s:s, s:s, s:s, s:s}", "meter", meter, "topic", topic,
-		    "reason", "(reason not valid UTF-8)", "payload", hex, "received_at", received_at);
+		    "reason", "(reason not valid UTF-8)", "payload", hex, "received_at",
+		    received_at);
 		if (o == NULL)
 			return;
 	}
@@ -169,7 +170,7 @@ ingest_push_reject(struct ingest *in, const char *meter, const char *topic,
 static void
 ingest_add_reject(struct ingest *in, const char *meter, const char *reason)
 {
-	struct sbuf hex = { 0 };
+	struct sbuf hex = {0};
 	char topic[256];
 	char ts[40];
 	size_t i;
@@ -225,7 +226,7 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 	const char *why = NULL;
 	char reason[256];
 	enum topic_kind kind;
-	struct payload_sink sink = { ingest_on_reading, ingest_on_item_reject, in };
+	struct payload_sink sink = {ingest_on_reading, ingest_on_item_reject, in};
 	size_t maxb = (size_t)in->conf->ingest_max_payload;
 
 	metrics.messages_received++;
@@ -242,7 +243,7 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 		break;
 	case TOPIC_EVENT: {
 		struct meter_event ev;
-		struct sbuf hex = { 0 };
+		struct sbuf hex = {0};
 		char ts[40];
 
 		if (!payload_decode_event(meter, payload, len, maxb, &ev, reason, sizeof reason)) {
@@ -252,17 +253,18 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 		sbuf_hex(&hex, payload, len, INGEST_REJECT_KEEP_BYTES);
 		payload_format_rfc3339(in->cur_us, ts, sizeof ts);
 		ingest_mark(in);
-		json_array_append_new(in->events, json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s, s:s}",
-		    "meter", meter, "ts", ev.ts, "type", ev.type,
-		    "relay", payload_relay_name(ev.relay), "cause", ev.cause[0] ? ev.cause : NULL,
-		    "received_at", ts, "payload", hex.p ? hex.p : ""));
+		json_array_append_new(in->events,
+		    json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s, s:s}", "meter", meter, "ts", ev.ts,
+		        "type", ev.type, "relay", payload_relay_name(ev.relay), "cause",
+		        ev.cause[0] ? ev.cause : NULL, "received_at", ts, "payload",
+		        hex.p ? hex.p : ""));
 		free(hex.p);
 		metrics.events_received++;
 		break;
 	}
 	case TOPIC_ACK: {
 		struct meter_ack ack;
-		struct sbuf hex = { 0 };
+		struct sbuf hex = {0};
 		char ts[40];
 
 		if (!payload_decode_ack(meter, payload, len, maxb, &ack, reason, sizeof reason)) {
@@ -272,10 +274,10 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 		sbuf_hex(&hex, payload, len, INGEST_REJECT_KEEP_BYTES);
 		payload_format_rfc3339(in->cur_us, ts, sizeof ts);
 		ingest_mark(in);
-		json_array_append_new(in->acks, json_pack("{s:s, s:s, s:s, s:s?, s:s, s:s, s:s}",
-		    "meter", meter, "id", ack.id, "result", ack.result,
-		    "relay", payload_relay_name(ack.relay), "detail", ack.detail,
-		    "received_at", ts, "payload", hex.p ? hex.p : ""));
+		json_array_append_new(in->acks,
+		    json_pack("{s:s, s:s, s:s, s:s?, s:s, s:s, s:s}", "meter", meter, "id", ack.id,
+		        "result", ack.result, "relay", payload_relay_name(ack.relay), "detail",
+		        ack.detail, "received_at", ts, "payload", hex.p ? hex.p : ""));
 		free(hex.p);
 		break;
 	}
@@ -333,7 +335,7 @@ ingest_dump(const json_t *arr)
 static void
 ingest_params(struct ingest *in, struct ingest_batch *b)
 {
-	struct sbuf p[9] = { { 0 } };
+	struct sbuf p[9] = {{0}};
 	size_t i;
 	char num[40];
 	int k;
@@ -365,7 +367,7 @@ ingest_params(struct ingest *in, struct ingest_batch *b)
 		b->params[k] = p[k].p;
 	}
 	b->items = b->readings + json_array_size(b->events) + json_array_size(b->acks) +
-	    json_array_size(b->rejects);
+	           json_array_size(b->rejects);
 	b->params[9] = ingest_dump(b->events);
 	b->params[10] = ingest_dump(b->acks);
 	b->params[11] = ingest_dump(b->rejects);
@@ -458,8 +460,7 @@ static bool
 ingest_sqlstate_retryable(const char *state)
 {
 	static const char *const classes[] = {
-		"08", "25", "40", "42", "53", "55", "57", "58", "F0", "XX"
-	};
+	    "08", "25", "40", "42", "53", "55", "57", "58", "F0", "XX"};
 	size_t i;
 
 	if (state == NULL || strlen(state) != 5)
@@ -506,12 +507,12 @@ ingest_poison_reason(const char *state, const char *msg, char *out, size_t outle
 static char *
 ingest_reading_hex(const struct reading *r)
 {
-	struct sbuf hex = { 0 };
+	struct sbuf hex = {0};
 	json_t *o;
 	char *s;
 
-	o = json_pack("{s:I, s:s, s:I, s:s?}", "seq", (json_int_t)r->seq, "ts", r->ts,
-	    "energy_wh", (json_int_t)r->energy_wh, "relay", payload_relay_name(r->relay));
+	o = json_pack("{s:I, s:s, s:I, s:s?}", "seq", (json_int_t)r->seq, "ts", r->ts, "energy_wh",
+	    (json_int_t)r->energy_wh, "relay", payload_relay_name(r->relay));
 	if (o != NULL) {
 		if (r->has_power)
 			json_object_set_new(o, "power_w", json_real(r->power_w));
@@ -534,8 +535,7 @@ ingest_reading_hex(const struct reading *r)
  * reject refused on its own has nowhere left to go: it is logged and dropped.
  */
 static void
-ingest_poison(struct ingest *in, const struct ingest_batch *b, const char *state,
-    const char *msg)
+ingest_poison(struct ingest *in, const struct ingest_batch *b, const char *state, const char *msg)
 {
 	char reason[INGEST_POISON_REASON_BYTES + 64], topic[256], ts[40];
 	const char *meter, *kind, *hex, *rcv;
@@ -559,7 +559,8 @@ ingest_poison(struct ingest *in, const struct ingest_batch *b, const char *state
 		else {
 			o = json_array_get(b->rejects, 0);
 			meter = json_string_value(json_object_get(o, "meter"));
-			log_error("ingest: reject of meter %s (%s) refused by the database: %s; dropped",
+			log_error(
+			    "ingest: reject of meter %s (%s) refused by the database: %s; dropped",
 			    meter ? meter : "(none)",
 			    json_string_value(json_object_get(o, "reason")), reason);
 			return;
@@ -568,8 +569,8 @@ ingest_poison(struct ingest *in, const struct ingest_batch *b, const char *state
 		hex = json_string_value(json_object_get(o, "payload"));
 		rcv = json_string_value(json_object_get(o, "received_at"));
 	}
-	snprintf(topic, sizeof topic, "%s/%s/%s", in->conf->mqtt_topic_prefix,
-	    meter ? meter : "", kind);
+	snprintf(
+	    topic, sizeof topic, "%s/%s/%s", in->conf->mqtt_topic_prefix, meter ? meter : "", kind);
 	ingest_push_reject(in, meter, topic, reason, hex ? hex : "", rcv ? rcv : "");
 	free(rhex);
 	log_ratelimited(LOG_LVL_WARN, meter ? meter : topic, in->conf->ingest_reject_log_interval,
@@ -597,7 +598,8 @@ ingest_refused(struct ingest *in, struct ingest_batch *b, const char *state, con
 	}
 	if (!b->part)
 		log_warn("ingest: batch of %zu items refused by the database (%s: %s); "
-		    "sending it in parts to set the refused items aside", b->items, state, msg);
+		         "sending it in parts to set the refused items aside",
+		    b->items, state, msg);
 	else
 		log_debug("ingest: part of %zu items refused (%s); splitting it", b->items, state);
 	mid = b->items / 2;
@@ -665,8 +667,10 @@ ingest_done(void *arg, PGresult *res, const char *err)
 		if (v[2] > 0)
 			log_info("ingest: %llu sequence gap(s) recorded", (unsigned long long)v[2]);
 		if (v[3] > 0)
-			log_ratelimited(LOG_LVL_WARN, "ingest-unknown", in->conf->ingest_reject_log_interval,
-			    "ingest: %llu reading(s) from unregistered meters rejected (auto_register is off)",
+			log_ratelimited(LOG_LVL_WARN, "ingest-unknown",
+			    in->conf->ingest_reject_log_interval,
+			    "ingest: %llu reading(s) from unregistered meters rejected "
+			    "(auto_register is off)",
 			    (unsigned long long)v[3]);
 		log_debug("ingest: batch %zu items: %llu new, %llu duplicate, %.1f ms", b->items,
 		    (unsigned long long)v[0], (unsigned long long)v[1], (double)took / 1000);
@@ -709,8 +713,8 @@ ingest_send(struct ingest *in)
 		return; /* already on its way */
 	b->in_pg = true;
 	b->started_us = now_mono_us();
-	pgconn_query(in->pc, ingest_sql, INGEST_NPARAMS, (const char *const *)b->params,
-	    ingest_done, in);
+	pgconn_query(
+	    in->pc, ingest_sql, INGEST_NPARAMS, (const char *const *)b->params, ingest_done, in);
 }
 
 static void

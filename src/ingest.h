@@ -31,8 +31,8 @@ struct ingest_hooks {
 	void *arg;
 };
 
-struct ingest *ingest_new(struct event_base *base, struct pgconn *pc,
-    const struct conf *conf, const struct ingest_hooks *h);
+struct ingest *ingest_new(struct event_base *base, struct pgconn *pc, const struct conf *conf,
+    const struct ingest_hooks *h);
 void ingest_free(struct ingest *in);
 
 /* A new configuration after SIGHUP (the pointer must stay valid). */

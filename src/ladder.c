@@ -45,7 +45,7 @@ ladder_swept(void *arg, PGresult *res, const char *err)
 static void
 ladder_sweep(struct ladder *l)
 {
-	const char *params[1] = { LADDER_PAGE_TEXT };
+	const char *params[1] = {LADDER_PAGE_TEXT};
 
 	if (!l->ready || l->sweeping)
 		return;
@@ -66,7 +66,7 @@ struct ladder *
 ladder_new(struct event_base *base, struct pgconn *pc)
 {
 	struct ladder *l = xcalloc(1, sizeof *l);
-	struct timeval tv = { LADDER_EVERY_MS / 1000, (LADDER_EVERY_MS % 1000) * 1000 };
+	struct timeval tv = {LADDER_EVERY_MS / 1000, (LADDER_EVERY_MS % 1000) * 1000};
 
 	l->pc = pc;
 	l->timer = event_new(base, -1, EV_PERSIST, ladder_timer_cb, l);

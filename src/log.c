@@ -45,8 +45,8 @@ log_set_timestamps(bool on)
 static void
 log_vmsg(enum log_level level, const char *suffix, const char *fmt, va_list ap)
 {
-	static const char *names[] = { "error", "warning", "info", "debug" };
-	static const int syslog_prio[] = { 3, 4, 6, 7 };
+	static const char *names[] = {"error", "warning", "info", "debug"};
+	static const int syslog_prio[] = {3, 4, 6, 7};
 	char line[2048];
 	char stamp[40] = "";
 	int n;

@@ -27,8 +27,8 @@ void log_msg(enum log_level level, const char *fmt, ...) PRINTFLIKE(2, 3);
  * reported with the next line that gets through. Bounded memory: keys share
  * a fixed table of slots by hash.
  */
-void log_ratelimited(enum log_level level, const char *key, int interval_s,
-    const char *fmt, ...) PRINTFLIKE(4, 5);
+void log_ratelimited(enum log_level level, const char *key, int interval_s, const char *fmt, ...)
+    PRINTFLIKE(4, 5);
 
 /* Mask all but the last 4 characters of a secret-ish string (phone, token). */
 void log_mask(const char *in, char *out, size_t outlen);

@@ -76,13 +76,12 @@ struct daemon {
 static void
 usage(FILE *f)
 {
-	fprintf(f,
-	    "usage: prepaidd [-nv] [-c file] [--migrate] [--version]\n"
-	    "  -c file     configuration file (default " DEFAULT_CONF ")\n"
-	    "  -n          check the configuration, print \"configuration OK\" and exit\n"
-	    "  -v          more logging (debug)\n"
-	    "  --migrate   apply pending database migrations and exit\n"
-	    "  --version   print the versions of prepaidd and its libraries\n");
+	fprintf(f, "usage: prepaidd [-nv] [-c file] [--migrate] [--version]\n"
+	           "  -c file     configuration file (default " DEFAULT_CONF ")\n"
+	           "  -n          check the configuration, print \"configuration OK\" and exit\n"
+	           "  -v          more logging (debug)\n"
+	           "  --migrate   apply pending database migrations and exit\n"
+	           "  --version   print the versions of prepaidd and its libraries\n");
 }
 
 static void
@@ -174,7 +173,7 @@ static void
 partitions_upkeep(struct daemon *d)
 {
 	char ahead[16];
-	const char *params[1] = { ahead };
+	const char *params[1] = {ahead};
 
 	snprintf(ahead, sizeof ahead, "%d", d->conf->ingest_partitions_ahead);
 	pgconn_query(d->pg_control, "SELECT prepaid.ensure_partitions($1::int)", 1, params,
@@ -219,12 +218,14 @@ schema_checked(void *arg, PGresult *res, const char *err)
 		have = atoi(PQgetvalue(res, 0, 0));
 	if (have < want) {
 		log_error("database: schema version %d is older than this prepaidd needs (%d): "
-		    "run `prepaidd -c %s --migrate` first", have, want, d->conf->path);
+		          "run `prepaidd -c %s --migrate` first",
+		    have, want, d->conf->path);
 		daemon_fatal_stop(d, 1);
 		return;
 	}
 	if (have > want)
-		log_warn("database: schema version %d is newer than this prepaidd (%d)", have, want);
+		log_warn(
+		    "database: schema version %d is newer than this prepaidd (%d)", have, want);
 	if (!d->schema_ok)
 		log_info("database: schema version %d", have);
 	d->schema_ok = true;
@@ -444,7 +445,7 @@ stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	UNUSED(fd);
 	UNUSED(what);
 	log_error("stop: PostgreSQL did not take the last %zu queued items within %d s; "
-	    "exiting without them (the meters' next readings carry the registers)",
+	          "exiting without them (the meters' next readings carry the registers)",
 	    ingest_depth(d->ingest), STOP_GRACE_S);
 	d->exit_code = 1;
 	event_base_loopexit(d->base, NULL);
@@ -455,7 +456,7 @@ stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
 static void
 daemon_stop(struct daemon *d)
 {
-	struct timeval tv = { STOP_GRACE_S, 0 };
+	struct timeval tv = {STOP_GRACE_S, 0};
 
 	if (d->stopping) {
 		log_warn("second stop signal: exiting now");
@@ -490,7 +491,8 @@ daemon_reload(struct daemon *d)
 	}
 	if (conf_needs_restart(d->conf, nc, what, sizeof what))
 		log_warn("reload: %s (and possibly other keys) changed; such keys take effect "
-		    "only after a restart", what);
+		         "only after a restart",
+		    what);
 	conf_keep_fixed(nc, d->conf);
 	if (d->httpd != NULL)
 		httpd_reconfigure(d->httpd, nc);
@@ -529,7 +531,7 @@ daemon_run(struct conf *conf)
 	struct pgconn_handlers ph;
 	struct mqtt_handlers mh;
 	struct ingest_hooks ih;
-	struct timeval one = { 1, 0 }, part = { PARTITIONS_EVERY_S, 0 };
+	struct timeval one = {1, 0}, part = {PARTITIONS_EVERY_S, 0};
 	char err[512];
 	uint64_t wd;
 
@@ -567,16 +569,18 @@ daemon_run(struct conf *conf)
 	ph.on_connect = ingest_connected;
 	ph.on_disconnect = ingest_lost;
 	ph.arg = d;
-	d->pg_ingest = pgconn_new(d->base, "ingest", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_ingest =
+	    pgconn_new(d->base, "ingest", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
 	ph.on_connect = control_connected;
 	ph.on_disconnect = control_lost;
 	ph.on_notify = control_notified;
-	d->pg_control = pgconn_new(d->base, "control", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_control =
+	    pgconn_new(d->base, "control", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
 	ph.on_connect = commands_connected;
 	ph.on_disconnect = commands_lost;
 	ph.on_notify = commands_notified;
-	d->pg_commands = pgconn_new(d->base, "commands", conf->db_conninfo,
-	    conf->db_reconnect_max_ms, &ph);
+	d->pg_commands =
+	    pgconn_new(d->base, "commands", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
 
 	memset(&ih, 0, sizeof ih);
 	ih.on_pressure = ingest_pressure_cb;
@@ -598,14 +602,14 @@ daemon_run(struct conf *conf)
 	d->outbox = outbox_new(d->base, d->pg_commands, d->mqtt, conf);
 	d->notify = notify_new(d->base, d->pg_control, conf);
 	{
-		struct payments_hooks pk = { payments_woke_outbox, payments_woke_notify, d };
+		struct payments_hooks pk = {payments_woke_outbox, payments_woke_notify, d};
 
 		payments_set_hooks(d->payments, &pk);
 	}
 	d->ladder = ladder_new(d->base, d->pg_control);
 
 	{
-		struct timeval ten = { 0, 10000 };
+		struct timeval ten = {0, 10000};
 
 		d->lag_probe = event_new(d->base, -1, EV_PERSIST, lag_probe_cb, d);
 		d->lag_expected_us = now_mono_us() + 10000;
@@ -617,7 +621,7 @@ daemon_run(struct conf *conf)
 	event_add(d->partitions, &part);
 	d->stop_timer = evtimer_new(d->base, stop_timeout_cb, d);
 	if ((wd = sdnotify_watchdog_usec()) > 0) {
-		struct timeval half = { (time_t)(wd / 2000000), (suseconds_t)(wd / 2 % 1000000) };
+		struct timeval half = {(time_t)(wd / 2000000), (suseconds_t)(wd / 2 % 1000000)};
 
 		d->watchdog = event_new(d->base, -1, EV_PERSIST, watchdog_cb, d);
 		event_add(d->watchdog, &half);
@@ -658,10 +662,10 @@ int
 main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{ "migrate", no_argument, NULL, 'M' },
-		{ "version", no_argument, NULL, 'V' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"migrate", no_argument, NULL, 'M'},
+	    {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *path = DEFAULT_CONF;
 	bool check = false, migrate = false;

@@ -16,12 +16,12 @@ struct metrics_buf {
 	size_t len, cap;
 };
 
-static void metrics_add(struct metrics_buf *b, const char *name, const char *type,
-    const char *help, const char *fmt, ...) PRINTFLIKE(5, 6);
+static void metrics_add(struct metrics_buf *b, const char *name, const char *type, const char *help,
+    const char *fmt, ...) PRINTFLIKE(5, 6);
 
 static void
-metrics_add(struct metrics_buf *b, const char *name, const char *type,
-    const char *help, const char *fmt, ...)
+metrics_add(struct metrics_buf *b, const char *name, const char *type, const char *help,
+    const char *fmt, ...)
 {
 	char value[64];
 	va_list ap;
@@ -31,8 +31,8 @@ metrics_add(struct metrics_buf *b, const char *name, const char *type,
 	vsnprintf(value, sizeof value, fmt, ap);
 	va_end(ap);
 	for (;;) {
-		n = snprintf(b->p + b->len, b->cap - b->len,
-		    "# HELP %s %s\n# TYPE %s %s\n%s %s\n", name, help, name, type, name, value);
+		n = snprintf(b->p + b->len, b->cap - b->len, "# HELP %s %s\n# TYPE %s %s\n%s %s\n",
+		    name, help, name, type, name, value);
 		if (n >= 0 && (size_t)n < b->cap - b->len)
 			break;
 		b->cap *= 2;
@@ -72,8 +72,8 @@ metrics_lag(int64_t lag_us)
 
 /* A histogram in the Prometheus format (cumulative buckets, seconds). */
 static void
-metrics_histogram(struct metrics_buf *b, const char *name, const char *help,
-    const struct metrics_hist *h)
+metrics_histogram(
+    struct metrics_buf *b, const char *name, const char *help, const struct metrics_hist *h)
 {
 	uint64_t cum = 0;
 	size_t i;
@@ -87,8 +87,8 @@ metrics_histogram(struct metrics_buf *b, const char *name, const char *help,
 		b->cap *= 2;
 		b->p = xrealloc(b->p, b->cap);
 	}
-	n = snprintf(b->p + b->len, b->cap - b->len, "# HELP %s %s\n# TYPE %s histogram\n",
-	    name, help, name);
+	n = snprintf(b->p + b->len, b->cap - b->len, "# HELP %s %s\n# TYPE %s histogram\n", name,
+	    help, name);
 	b->len += (size_t)n;
 	for (i = 0; i < ARRAY_SIZE(metrics_lag_bounds); i++) {
 		cum += h->bucket[i];
@@ -97,43 +97,55 @@ metrics_histogram(struct metrics_buf *b, const char *name, const char *help,
 		b->len += (size_t)n;
 	}
 	n = snprintf(b->p + b->len, b->cap - b->len,
-	    "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n",
-	    name, (unsigned long long)h->count, name, (double)h->sum_us / 1e6, name,
+	    "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
+	    (unsigned long long)h->count, name, (double)h->sum_us / 1e6, name,
 	    (unsigned long long)h->count);
 	b->len += (size_t)n;
 }
 
-#define C(name, help, v) metrics_add(&b, "prepaidd_" name, "counter", help, "%llu", (unsigned long long)(v))
+#define C(name, help, v)                                                                           \
+	metrics_add(&b, "prepaidd_" name, "counter", help, "%llu", (unsigned long long)(v))
 #define G(name, help, fmt, v) metrics_add(&b, "prepaidd_" name, "gauge", help, fmt, v)
 
 char *
 metrics_render(void)
 {
-	struct metrics_buf b = { xmalloc(4096), 0, 4096 };
+	struct metrics_buf b = {xmalloc(4096), 0, 4096};
 	const struct metrics *m = &metrics;
 
 	b.p[0] = '\0';
-	C("messages_received_total", "MQTT messages received on the meter topics.", m->messages_received);
+	C("messages_received_total", "MQTT messages received on the meter topics.",
+	    m->messages_received);
 	C("readings_received_total", "Valid readings decoded.", m->readings_received);
 	C("readings_inserted_total", "New readings written to PostgreSQL.", m->readings_inserted);
-	C("readings_duplicate_total", "Readings ignored as repeats of (meter, seq).", m->readings_duplicate);
-	C("readings_unknown_meter_total", "Readings refused because the meter is not registered.", m->readings_unknown_meter);
+	C("readings_duplicate_total", "Readings ignored as repeats of (meter, seq).",
+	    m->readings_duplicate);
+	C("readings_unknown_meter_total", "Readings refused because the meter is not registered.",
+	    m->readings_unknown_meter);
 	C("gaps_detected_total", "Sequence gaps recorded.", m->gaps_detected);
 	C("gaps_filled_total", "Readings that filled an open gap.", m->gaps_filled);
 	C("events_received_total", "Meter events stored.", m->events_received);
-	C("acks_received_total", "Command acknowledgements matched to a command.", m->acks_received);
+	C("acks_received_total", "Command acknowledgements matched to a command.",
+	    m->acks_received);
 	C("rejects_total", "Bad input stored in prepaid.rejects.", m->rejects);
-	C("ingest_poison_total", "Items the database refused on their own, set aside as rejects.", m->ingest_poison);
+	C("ingest_poison_total", "Items the database refused on their own, set aside as rejects.",
+	    m->ingest_poison);
 	C("batches_total", "Batches written to PostgreSQL.", m->batches);
 	C("batch_errors_total", "Batches that failed and were retried.", m->batch_errors);
-	G("batch_last_items", "Items in the last batch.", "%llu", (unsigned long long)m->batch_items_last);
-	G("batch_last_seconds", "Round trip of the last batch.", "%.6f", (double)m->batch_us_last / 1e6);
-	C("batch_seconds_total", "Time spent in batch round trips, microsecond resolution (as seconds).",
+	G("batch_last_items", "Items in the last batch.", "%llu",
+	    (unsigned long long)m->batch_items_last);
+	G("batch_last_seconds", "Round trip of the last batch.", "%.6f",
+	    (double)m->batch_us_last / 1e6);
+	C("batch_seconds_total",
+	    "Time spent in batch round trips, microsecond resolution (as seconds).",
 	    m->batch_us_sum / 1000000);
 	G("queue_depth", "Items waiting to be written.", "%lld", (long long)m->queue_depth);
-	G("queue_bound", "Items held before reading from the broker pauses.", "%lld", (long long)m->queue_bound);
-	C("ingest_pauses_total", "Times reading from the broker was paused (backpressure).", m->paused_total);
-	C("commands_published_total", "Commands published to meters (including re-sends).", m->commands_published);
+	G("queue_bound", "Items held before reading from the broker pauses.", "%lld",
+	    (long long)m->queue_bound);
+	C("ingest_pauses_total", "Times reading from the broker was paused (backpressure).",
+	    m->paused_total);
+	C("commands_published_total", "Commands published to meters (including re-sends).",
+	    m->commands_published);
 	C("command_claims_total", "Outbox claim round trips.", m->command_claims);
 	C("messages_sent_total", "Messages a gateway accepted.", m->messages_sent);
 	C("messages_retried_total", "Message attempts to be tried again.", m->messages_retried);
@@ -144,23 +156,38 @@ metrics_render(void)
 	C("http_connections_total", "HTTP connections accepted.", m->http_connections_total);
 	G("http_connections", "HTTP connections open.", "%lld", (long long)m->http_connections);
 	C("http_requests_total", "HTTP requests received whole.", m->http_requests);
-	C("http_refused_cap_total", "HTTP connections closed past [http] max_connections.", m->http_refused_cap);
-	C("http_refused_deadline_total", "HTTP connections cut off: no whole request within [http] deadline_ms.", m->http_refused_deadline);
-	C("http_refused_request_total", "HTTP requests refused (404, 405, 431).", m->http_refused_request);
+	C("http_refused_cap_total", "HTTP connections closed past [http] max_connections.",
+	    m->http_refused_cap);
+	C("http_refused_deadline_total",
+	    "HTTP connections cut off: no whole request within [http] deadline_ms.",
+	    m->http_refused_deadline);
+	C("http_refused_request_total", "HTTP requests refused (404, 405, 431).",
+	    m->http_refused_request);
 	C("payments_credited_total", "Payments credited from a callback.", m->pay_credited);
-	C("payments_duplicate_total", "Payment callbacks for a transaction already recorded.", m->pay_duplicate);
+	C("payments_duplicate_total", "Payment callbacks for a transaction already recorded.",
+	    m->pay_duplicate);
 	C("payments_held_total", "Verified payments held as unmatched or disputed.", m->pay_held);
-	C("payment_notices_total", "Verified notifications that do not credit (refund, close).", m->pay_notices);
-	C("payment_callbacks_refused_total", "Payment callbacks refused (signature, key, timestamp, merchant, format).", m->pay_refused);
-	C("payment_rejects_unaudited_total", "Refused callbacks not written to prepaid.payment_rejects (database away, or more than 100 unverified a second).", m->pay_unaudited);
-	C("payment_callbacks_unavailable_total", "Payment callbacks answered 503 (database away or slow).", m->pay_unavailable);
+	C("payment_notices_total", "Verified notifications that do not credit (refund, close).",
+	    m->pay_notices);
+	C("payment_callbacks_refused_total",
+	    "Payment callbacks refused (signature, key, timestamp, merchant, format).",
+	    m->pay_refused);
+	C("payment_rejects_unaudited_total",
+	    "Refused callbacks not written to prepaid.payment_rejects (database away, or more than "
+	    "100 unverified a second).",
+	    m->pay_unaudited);
+	C("payment_callbacks_unavailable_total",
+	    "Payment callbacks answered 503 (database away or slow).", m->pay_unavailable);
 	C("payment_rearms_total", "Arm or close commands queued by a payment.", m->pay_rearmed);
-	G("postgres_up", "1 when connected to PostgreSQL with the expected schema.", "%d", m->pg_up);
+	G("postgres_up", "1 when connected to PostgreSQL with the expected schema.", "%d",
+	    m->pg_up);
 	G("mqtt_up", "1 when connected to the broker.", "%d", m->mqtt_up);
 	C("postgres_reconnects_total", "PostgreSQL connections (re)established.", m->pg_reconnects);
 	C("mqtt_reconnects_total", "Broker connections (re)established.", m->mqtt_reconnects);
-	G("loop_lag_seconds", "Lateness of the last run of a 10 ms timer on the event loop.", "%.6f", (double)m->loop_lag_us_last / 1e6);
-	G("loop_lag_max_seconds", "Largest event-loop lag seen.", "%.6f", (double)m->loop_lag_us_max / 1e6);
+	G("loop_lag_seconds", "Lateness of the last run of a 10 ms timer on the event loop.",
+	    "%.6f", (double)m->loop_lag_us_last / 1e6);
+	G("loop_lag_max_seconds", "Largest event-loop lag seen.", "%.6f",
+	    (double)m->loop_lag_us_max / 1e6);
 	metrics_histogram(&b, "prepaidd_loop_lag_histogram_seconds",
 	    "Lateness of a 10 ms timer on the event loop.", &m->loop_lag);
 	metrics_histogram(&b, "prepaidd_payment_callback_seconds",

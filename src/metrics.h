@@ -19,25 +19,25 @@ struct metrics_hist {
 
 struct metrics {
 	/* ingest */
-	uint64_t messages_received;     /* MQTT messages on our topics */
-	uint64_t readings_received;     /* valid readings decoded */
-	uint64_t readings_inserted;     /* new readings written */
-	uint64_t readings_duplicate;    /* repeats ignored */
+	uint64_t messages_received; /* MQTT messages on our topics */
+	uint64_t readings_received; /* valid readings decoded */
+	uint64_t readings_inserted; /* new readings written */
+	uint64_t readings_duplicate; /* repeats ignored */
 	uint64_t readings_unknown_meter;
 	uint64_t gaps_detected;
 	uint64_t gaps_filled;
 	uint64_t events_received;
 	uint64_t acks_received;
-	uint64_t rejects;               /* bad input stored in prepaid.rejects */
-	uint64_t ingest_poison;         /* items the database refused on their own */
+	uint64_t rejects; /* bad input stored in prepaid.rejects */
+	uint64_t ingest_poison; /* items the database refused on their own */
 	uint64_t batches;
 	uint64_t batch_errors;
 	uint64_t batch_items_last;
 	int64_t batch_us_last;
 	uint64_t batch_us_sum;
-	int64_t queue_depth;            /* items waiting, not yet sent */
+	int64_t queue_depth; /* items waiting, not yet sent */
 	int64_t queue_bound;
-	uint64_t paused_total;          /* times reading was paused */
+	uint64_t paused_total; /* times reading was paused */
 	/* commands */
 	uint64_t commands_published;
 	uint64_t command_claims;
@@ -45,26 +45,26 @@ struct metrics {
 	uint64_t messages_sent;
 	uint64_t messages_retried;
 	uint64_t messages_failed;
-	uint64_t alerts;                /* NOTIFY prepaid_alerts received */
+	uint64_t alerts; /* NOTIFY prepaid_alerts received */
 	/* ladder */
 	uint64_t ladder_sweeps;
 	uint64_t ladder_meters;
 	/* http */
 	uint64_t http_connections_total;
-	int64_t http_connections;       /* open now */
+	int64_t http_connections; /* open now */
 	uint64_t http_requests;
-	uint64_t http_refused_cap;      /* closed past the connection cap */
+	uint64_t http_refused_cap; /* closed past the connection cap */
 	uint64_t http_refused_deadline; /* cut off: request not whole in time */
-	uint64_t http_refused_request;  /* 404, 405, 431 */
+	uint64_t http_refused_request; /* 404, 405, 431 */
 	/* payments */
 	uint64_t pay_credited;
 	uint64_t pay_duplicate;
-	uint64_t pay_held;              /* unmatched or disputed */
-	uint64_t pay_notices;           /* refunds, closes: recorded, not credited */
-	uint64_t pay_refused;           /* signature, key, timestamp, merchant, format */
-	uint64_t pay_unaudited;         /* refusals not written to payment_rejects */
-	uint64_t pay_unavailable;       /* 503: database away or slow */
-	uint64_t pay_rearmed;           /* arm or close commands queued by a payment */
+	uint64_t pay_held; /* unmatched or disputed */
+	uint64_t pay_notices; /* refunds, closes: recorded, not credited */
+	uint64_t pay_refused; /* signature, key, timestamp, merchant, format */
+	uint64_t pay_unaudited; /* refusals not written to payment_rejects */
+	uint64_t pay_unavailable; /* 503: database away or slow */
+	uint64_t pay_rearmed; /* arm or close commands queued by a payment */
 	/* links */
 	int pg_up;
 	int mqtt_up;
@@ -83,7 +83,10 @@ struct metrics {
 extern struct metrics metrics;
 
 /* Upper bounds of the loop-lag histogram buckets, in microseconds. */
-#define METRICS_LAG_BUCKETS { 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000 }
+#define METRICS_LAG_BUCKETS                                                                        \
+	{                                                                                          \
+		1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000             \
+	}
 
 /* Count one loop-lag sample. */
 void metrics_lag(int64_t lag_us);

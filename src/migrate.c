@@ -20,13 +20,12 @@
 const char migrate_version_sql[] =
     "SELECT coalesce(max(version), 0) FROM prepaid.schema_migrations";
 
-static const char migrate_bootstrap_sql[] =
-    "CREATE SCHEMA IF NOT EXISTS prepaid;"
-    "CREATE TABLE IF NOT EXISTS prepaid.schema_migrations ("
-    " version integer PRIMARY KEY,"
-    " name text NOT NULL,"
-    " applied_at timestamptz NOT NULL DEFAULT now(),"
-    " applied_by text NOT NULL DEFAULT session_user)";
+static const char migrate_bootstrap_sql[] = "CREATE SCHEMA IF NOT EXISTS prepaid;"
+                                            "CREATE TABLE IF NOT EXISTS prepaid.schema_migrations ("
+                                            " version integer PRIMARY KEY,"
+                                            " name text NOT NULL,"
+                                            " applied_at timestamptz NOT NULL DEFAULT now(),"
+                                            " applied_by text NOT NULL DEFAULT session_user)";
 
 int
 migrate_latest(void)
@@ -74,7 +73,7 @@ static int
 migrate_apply(PGconn *conn, const struct migration *m)
 {
 	char ver[16];
-	const char *params[2] = { ver, m->name };
+	const char *params[2] = {ver, m->name};
 	PGresult *res;
 
 	if (migrate_exec(conn, "BEGIN", "begin") != 0)
@@ -83,8 +82,8 @@ migrate_apply(PGconn *conn, const struct migration *m)
 		goto fail;
 	snprintf(ver, sizeof ver, "%d", m->version);
 	res = PQexecParams(conn,
-	    "INSERT INTO prepaid.schema_migrations (version, name) VALUES ($1, $2)",
-	    2, NULL, params, NULL, NULL, 0);
+	    "INSERT INTO prepaid.schema_migrations (version, name) VALUES ($1, $2)", 2, NULL,
+	    params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
 		fprintf(stderr, "prepaidd: migrate: recording %s: %s", m->name,
 		    PQresultErrorMessage(res));
@@ -115,14 +114,16 @@ migrate_run(const char *conninfo)
 	/* Quiet the NOTICEs of IF NOT EXISTS. */
 	if (migrate_exec(conn, "SET client_min_messages = warning", "settings") != 0 ||
 	    migrate_exec(conn, "SELECT pg_advisory_lock(hashtext('prepaidd.migrate'))",
-		"taking the migration lock") != 0 ||
+	        "taking the migration lock") != 0 ||
 	    migrate_exec(conn, migrate_bootstrap_sql, "creating prepaid.schema_migrations") != 0)
 		goto out;
 	if ((current = migrate_current(conn)) < 0)
 		goto out;
 	if (current > migrate_latest()) {
-		fprintf(stderr, "prepaidd: migrate: the database schema (version %d) is newer "
-		    "than this prepaidd (version %d); upgrade prepaidd\n", current, migrate_latest());
+		fprintf(stderr,
+		    "prepaidd: migrate: the database schema (version %d) is newer "
+		    "than this prepaidd (version %d); upgrade prepaidd\n",
+		    current, migrate_latest());
 		goto out;
 	}
 	for (i = 0; i < migrations_count; i++) {

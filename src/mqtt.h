@@ -51,8 +51,8 @@ void mqtt_pause(struct mqtt *m, bool pause);
  * interval. Returns 0 and the message id in *mid, or -1 if not connected or
  * the library refused (then nothing was queued).
  */
-int mqtt_publish(struct mqtt *m, const char *topic, const void *payload,
-    size_t len, int qos, unsigned expiry_s, int *mid);
+int mqtt_publish(struct mqtt *m, const char *topic, const void *payload, size_t len, int qos,
+    unsigned expiry_s, int *mid);
 
 /* Disconnect cleanly (on shutdown), flushing what can be written. */
 void mqtt_disconnect(struct mqtt *m);

@@ -52,8 +52,8 @@ struct notify {
 	int inflight;
 	int gw_inflight[CONF_GATEWAYS_MAX];
 	struct notify_msg *sending; /* in flight, to free them if we stop first */
-	json_t *outcomes;           /* finished attempts not yet recorded */
-	bool finishing;             /* a finish_messages() round trip in flight */
+	json_t *outcomes; /* finished attempts not yet recorded */
+	bool finishing; /* a finish_messages() round trip in flight */
 	struct event *finish_timer;
 };
 
@@ -61,14 +61,14 @@ struct notify {
 struct notify_msg {
 	struct notify *n;
 	struct notify_msg *next, *prev;
-	int gw;                 /* index into conf->gateways at send time */
+	int gw; /* index into conf->gateways at send time */
 	char gw_name[CONF_GW_NAME_MAX + 1];
 	int max_attempts, retry_initial_ms, retry_max_ms;
 	long long id;
 	int attempt;
 	char to_masked[256];
-	json_t *params;         /* owned */
-	char *text, *subject;   /* rendered */
+	json_t *params; /* owned */
+	char *text, *subject; /* rendered */
 	char *params_json;
 	char *to, *meter, *language;
 	char id_text[24], stamp[32];
@@ -123,7 +123,8 @@ notify_finished(void *arg, PGresult *res, const char *err)
 	n->finishing = false;
 	if (err != NULL)
 		log_warn("notify: recording attempts failed: %s (their leases will return the "
-		    "messages to the queue)", err);
+		         "messages to the queue)",
+		    err);
 	if (json_array_size(n->outcomes) > 0)
 		notify_flush(n);
 	notify_claim(n);
@@ -142,8 +143,8 @@ notify_flush(struct notify *n)
 	json_array_clear(n->outcomes);
 	params[0] = body;
 	n->finishing = true;
-	pgconn_query(n->pc, "SELECT prepaid.finish_messages($1::jsonb)", 1, params,
-	    notify_finished, n);
+	pgconn_query(
+	    n->pc, "SELECT prepaid.finish_messages($1::jsonb)", 1, params, notify_finished, n);
 	free(body);
 }
 
@@ -160,13 +161,13 @@ notify_finish(struct notify_msg *m, const char *outcome, long status, const char
     const char *provider_id, const char *error, int64_t duration_us, int retry_after_ms)
 {
 	struct notify *n = m->n;
-	struct timeval tv = { 0, 20000 };
+	struct timeval tv = {0, 20000};
 
 	if (strcmp(outcome, "sent") == 0) {
 		metrics.messages_sent++;
 		log_info("message %lld: sent to %s through %s (attempt %d%s%s)", m->id,
-		    m->to_masked, m->gw_name, m->attempt, provider_id && *provider_id ? ", id " : "",
-		    provider_id ? provider_id : "");
+		    m->to_masked, m->gw_name, m->attempt,
+		    provider_id && *provider_id ? ", id " : "", provider_id ? provider_id : "");
 	} else if (strcmp(outcome, "retry") == 0) {
 		metrics.messages_retried++;
 		log_warn("message %lld to %s through %s: attempt %d: %s; again in %d ms", m->id,
@@ -176,12 +177,12 @@ notify_finish(struct notify_msg *m, const char *outcome, long status, const char
 		log_error("message %lld to %s through %s: failed for good after attempt %d: %s",
 		    m->id, m->to_masked, m->gw_name, m->attempt, error ? error : "?");
 	}
-	json_array_append_new(n->outcomes, json_pack("{s:I, s:i, s:s, s:s, s:o, s:s?, s:s?, s:s?, s:I, s:i}",
-	    "id", (json_int_t)m->id, "attempt", m->attempt, "gateway", m->gw_name,
-	    "outcome", outcome, "status", status ? json_integer(status) : json_null(),
-	    "answer", answer, "provider_id", provider_id && provider_id[0] ? provider_id : NULL,
-	    "error", error, "duration_ms", (json_int_t)(duration_us / 1000),
-	    "retry_after_ms", retry_after_ms));
+	json_array_append_new(n->outcomes,
+	    json_pack("{s:I, s:i, s:s, s:s, s:o, s:s?, s:s?, s:s?, s:I, s:i}", "id",
+	        (json_int_t)m->id, "attempt", m->attempt, "gateway", m->gw_name, "outcome", outcome,
+	        "status", status ? json_integer(status) : json_null(), "answer", answer,
+	        "provider_id", provider_id && provider_id[0] ? provider_id : NULL, "error", error,
+	        "duration_ms", (json_int_t)(duration_us / 1000), "retry_after_ms", retry_after_ms));
 	/* A batch goes when the previous one is recorded, or after 20 ms. */
 	if (!n->finishing)
 		notify_flush(n);
@@ -199,7 +200,7 @@ notify_json_path(json_t *root, const char *path)
 	json_t *v = root;
 
 	for (seg = strtok_r(copy, ".", &save); seg != NULL && v != NULL;
-	    seg = strtok_r(NULL, ".", &save)) {
+	     seg = strtok_r(NULL, ".", &save)) {
 		if (json_is_array(v)) {
 			char *end;
 			long i = strtol(seg, &end, 10);
@@ -262,7 +263,8 @@ notify_answered(void *arg, const struct httpc_result *res)
 	if (res->body_len > 0)
 		answer = json_loadb(res->body, res->body_len, 0, NULL);
 	if (m->success_field != NULL && answer != NULL) {
-		code_p = notify_json_text(notify_json_path(answer, m->success_field), code, sizeof code);
+		code_p =
+		    notify_json_text(notify_json_path(answer, m->success_field), code, sizeof code);
 	}
 	if (m->message_id_field != NULL) {
 		if (strncmp(m->message_id_field, "header:", 7) == 0) {
@@ -285,14 +287,15 @@ notify_answered(void *arg, const struct httpc_result *res)
 		notify_finish(m, m->attempt < m->max_attempts ? "retry" : "failed", res->status,
 		    NULL, NULL, error, res->total_us, retry_ms);
 	} else if (!status_ok && res->smtp) {
-		snprintf(error, sizeof error, "the SMTP server refused it (reply %ld): %s", res->status,
-		    res->error);
+		snprintf(error, sizeof error, "the SMTP server refused it (reply %ld): %s",
+		    res->status, res->error);
 		notify_finish(m, "failed", res->status, NULL, NULL, error, res->total_us, 0);
 	} else if (!status_ok) {
-		snprintf(error, sizeof error, "HTTP %ld is not a success for this gateway", res->status);
+		snprintf(
+		    error, sizeof error, "HTTP %ld is not a success for this gateway", res->status);
 		notify_finish(m, "failed", res->status, code_p, provider, error, res->total_us, 0);
 	} else if (m->success_field != NULL &&
-	    (code_p == NULL || strcmp(code_p, m->success_value) != 0)) {
+	           (code_p == NULL || strcmp(code_p, m->success_value) != 0)) {
 		snprintf(error, sizeof error, "%s is %s%s%s, not %s", m->success_field,
 		    code_p ? "\"" : "", code_p ? code_p : "missing", code_p ? "\"" : "",
 		    m->success_value);
@@ -356,7 +359,7 @@ notify_form_pairs(char *body, struct signer_param *p, size_t max)
 	char *pair, *save = NULL, *r, *w;
 
 	for (pair = strtok_r(body, "&", &save); pair != NULL && n < max;
-	    pair = strtok_r(NULL, "&", &save)) {
+	     pair = strtok_r(NULL, "&", &save)) {
 		char *eq = strchr(pair, '=');
 
 		if (eq == NULL)
@@ -368,7 +371,7 @@ notify_form_pairs(char *body, struct signer_param *p, size_t max)
 			if (*r == '+')
 				*w = ' ';
 			else if (*r == '%' && r[1] && r[2]) {
-				char hex[3] = { r[1], r[2], '\0' };
+				char hex[3] = {r[1], r[2], '\0'};
 
 				*w = (char)strtol(hex, NULL, 16);
 				r += 2;
@@ -391,8 +394,8 @@ notify_uuid(char *out, size_t len)
 	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
 	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
 	snprintf(out, len, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-	    b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-	    b[13], b[14], b[15]);
+	    b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+	    b[14], b[15]);
 }
 
 /* Base64 of len bytes, wrapped at 76 characters with CRLF when wrap is set. */
@@ -421,7 +424,7 @@ notify_base64(struct sbuf *out, const void *data, size_t len, bool wrap)
 static char *
 notify_mail(const struct notify_msg *m, const char *from, const char *text, char **cause)
 {
-	struct sbuf b = { 0 };
+	struct sbuf b = {0};
 	char date[64];
 	time_t now = time(NULL);
 	struct tm tm;
@@ -435,10 +438,11 @@ notify_mail(const struct notify_msg *m, const char *from, const char *text, char
 	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
 	sbuf_printf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: =?UTF-8?B?", from, m->to);
 	notify_base64(&b, m->subject ? m->subject : "", m->subject ? strlen(m->subject) : 0, false);
-	sbuf_printf(&b, "?=\r\nDate: %s\r\nMessage-ID: <prepaidd.%lld.%d@%s>\r\n"
+	sbuf_printf(&b,
+	    "?=\r\nDate: %s\r\nMessage-ID: <prepaidd.%lld.%d@%s>\r\n"
 	    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\n"
-	    "Content-Transfer-Encoding: base64\r\n\r\n", date, m->id, m->attempt,
-	    strchr(from, '@') + 1);
+	    "Content-Transfer-Encoding: base64\r\n\r\n",
+	    date, m->id, m->attempt, strchr(from, '@') + 1);
 	notify_base64(&b, text, strlen(text), true);
 	return b.p;
 }
@@ -456,7 +460,7 @@ notify_find_gateway(const struct conf *c, const char *name, const char *channel)
 	return -1;
 }
 
-static const char *const notify_methods[] = { "POST", "GET", "PUT" };
+static const char *const notify_methods[] = {"POST", "GET", "PUT"};
 
 /*
  * Build and send one claimed message. On any error before the request
@@ -502,7 +506,8 @@ notify_send(struct notify *n, PGresult *res, int row)
 	}
 	/* params_json: every param as a string, for provider-side templates */
 	pj = json_object();
-	json_object_foreach(m->params, k, v) {
+	json_object_foreach(m->params, k, v)
+	{
 		if (json_is_string(v))
 			json_object_set(pj, k, v);
 	}
@@ -512,7 +517,8 @@ notify_send(struct notify *n, PGresult *res, int row)
 	i = notify_find_gateway(n->conf, PQgetisnull(res, row, 4) ? NULL : PQgetvalue(res, row, 4),
 	    PQgetvalue(res, row, 3));
 	snprintf(m->gw_name, sizeof m->gw_name, "%s",
-	    i >= 0 ? n->conf->gateways[i].name : (PQgetisnull(res, row, 4) ? "none" : PQgetvalue(res, row, 4)));
+	    i >= 0 ? n->conf->gateways[i].name
+	           : (PQgetisnull(res, row, 4) ? "none" : PQgetvalue(res, row, 4)));
 	m->gw = i;
 	if (i < 0) {
 		notify_finish(m, "failed", 0, NULL, NULL, "no such gateway configured", 0, 0);
@@ -542,8 +548,8 @@ notify_send(struct notify *n, PGresult *res, int row)
 
 		if (gw->body != NULL && mailtext == NULL)
 			goto bad;
-		body = notify_mail(m, gw->mail_from ? gw->mail_from : "", mailtext ? mailtext : m->text,
-		    &cause);
+		body = notify_mail(
+		    m, gw->mail_from ? gw->mail_from : "", mailtext ? mailtext : m->text, &cause);
 		free(mailtext);
 		if (body == NULL)
 			goto bad;
@@ -562,8 +568,8 @@ notify_send(struct notify *n, PGresult *res, int row)
 		goto send;
 	}
 	for (i = 0; i < gw->nheaders; i++) {
-		char *val = notify_render(m, gw->header_value[i] ? gw->header_value[i] : "",
-		    TEMPLATE_HEADER, &cause);
+		char *val = notify_render(
+		    m, gw->header_value[i] ? gw->header_value[i] : "", TEMPLATE_HEADER, &cause);
 
 		if (val == NULL)
 			goto bad;
@@ -795,7 +801,8 @@ notify_claim(struct notify *n)
 		pgconn_query(n->pc,
 		    "SELECT message_id, attempt, meter_id, channel, gateway, to_address, language, "
 		    "subject, body, params FROM prepaid.claim_messages($1::text[], $2::text[], "
-		    "$3::bool[], $4::int[], $5::interval)", 5, params, notify_claimed, n);
+		    "$3::bool[], $4::int[], $5::interval)",
+		    5, params, notify_claimed, n);
 	} /* else: a completion claims again */
 	free(a.names.p);
 	free(a.channels.p);
@@ -827,7 +834,7 @@ notify_new(struct event_base *base, struct pgconn *pc, const struct conf *conf)
 {
 	struct notify *n = xcalloc(1, sizeof *n);
 	struct httpc_config hc;
-	struct timeval tv = { NOTIFY_POLL_MS / 1000, (NOTIFY_POLL_MS % 1000) * 1000 };
+	struct timeval tv = {NOTIFY_POLL_MS / 1000, (NOTIFY_POLL_MS % 1000) * 1000};
 
 	memset(&hc, 0, sizeof hc);
 	n->base = base;

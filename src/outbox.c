@@ -47,23 +47,25 @@ outbox_publish(struct outbox *ob, PGresult *res, int row)
 	char *body, *topic;
 	int mid;
 
-	o = json_pack("{s:s, s:s, s:s}", "id", id, "action", action,
-	    "valid_until", PQgetvalue(res, row, 4));
+	o = json_pack(
+	    "{s:s, s:s, s:s}", "id", id, "action", action, "valid_until", PQgetvalue(res, row, 4));
 	if (!PQgetisnull(res, row, 3))
-		json_object_set_new(o, "from_seq",
-		    json_integer(strtoll(PQgetvalue(res, row, 3), NULL, 10)));
+		json_object_set_new(
+		    o, "from_seq", json_integer(strtoll(PQgetvalue(res, row, 3), NULL, 10)));
 	body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	xasprintf(&topic, "%s/%s/cmd", ob->conf->mqtt_topic_prefix, meter);
 	if (left < 1)
 		left = 1;
-	if (body && mqtt_publish(ob->mqtt, topic, body, strlen(body), 1, (unsigned)left, &mid) == 0) {
+	if (body &&
+	    mqtt_publish(ob->mqtt, topic, body, strlen(body), 1, (unsigned)left, &mid) == 0) {
 		metrics.commands_published++;
 		log_info("command %s: %s sent to meter %s (attempt %s, valid %llds more)", id,
 		    action, meter, PQgetvalue(res, row, 6), left);
 	} else
 		log_warn("command %s: %s for meter %s not published (broker away); "
-		    "it will be re-sent", id, action, meter);
+		         "it will be re-sent",
+		    id, action, meter);
 	free(body);
 	free(topic);
 }
@@ -93,7 +95,7 @@ static void
 outbox_claim(struct outbox *ob)
 {
 	char limit[16], initial[32], max[32];
-	const char *params[3] = { limit, initial, max };
+	const char *params[3] = {limit, initial, max};
 
 	if (!ob->ready || !mqtt_connected(ob->mqtt))
 		return;
@@ -129,8 +131,7 @@ outbox_arm_poll(struct outbox *ob)
 }
 
 struct outbox *
-outbox_new(struct event_base *base, struct pgconn *pc, struct mqtt *mqtt,
-    const struct conf *conf)
+outbox_new(struct event_base *base, struct pgconn *pc, struct mqtt *mqtt, const struct conf *conf)
 {
 	struct outbox *ob = xcalloc(1, sizeof *ob);
 

@@ -21,8 +21,8 @@
 
 struct outbox;
 
-struct outbox *outbox_new(struct event_base *base, struct pgconn *pc, struct mqtt *mqtt,
-    const struct conf *conf);
+struct outbox *outbox_new(
+    struct event_base *base, struct pgconn *pc, struct mqtt *mqtt, const struct conf *conf);
 void outbox_free(struct outbox *ob);
 void outbox_set_conf(struct outbox *ob, const struct conf *conf);
 

@@ -20,13 +20,12 @@
 /* Room for the longest reason built here ("malformed JSON: ..."). */
 #define PAYLOAD_WHY_MAX 160
 
-static const char *payload_relay_names[] = { NULL, "closed", "open", "armed" };
+static const char *payload_relay_names[] = {NULL, "closed", "open", "armed"};
 
 static const char *payload_causes[] = {
-	"remote", "button", "card", "overload", "tamper", "power_up"
-};
+    "remote", "button", "card", "overload", "tamper", "power_up"};
 
-static const char *payload_results[] = { "ok", "rejected", "expired", "unsupported" };
+static const char *payload_results[] = {"ok", "rejected", "expired", "unsupported"};
 
 #define PAYLOAD_TS_BAD "ts: not RFC 3339 with offset"
 #define PAYLOAD_RELAY_BAD "relay: not closed, open or armed"
@@ -97,16 +96,16 @@ payload_meter_id_valid(const char *id, size_t len)
 }
 
 enum topic_kind
-payload_parse_topic(const char *topic, const char *prefix,
-    char meter_id[METER_ID_MAX + 1], const char **why)
+payload_parse_topic(
+    const char *topic, const char *prefix, char meter_id[METER_ID_MAX + 1], const char **why)
 {
 	static const struct {
 		const char *name;
 		enum topic_kind kind;
 	} kinds[] = {
-		{ "reading", TOPIC_READING },
-		{ "event", TOPIC_EVENT },
-		{ "ack", TOPIC_ACK },
+	    {"reading", TOPIC_READING},
+	    {"event", TOPIC_EVENT},
+	    {"ack", TOPIC_ACK},
 	};
 	const char *rest, *slash, *reason = "unknown topic";
 	enum topic_kind kind = TOPIC_UNKNOWN;
@@ -176,7 +175,7 @@ payload_leap(int y)
 static int
 payload_days_in_month(int y, int m)
 {
-	static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
 
 	return m == 2 && payload_leap(y) ? 29 : days[m - 1];
 }
@@ -258,8 +257,8 @@ payload_parse_rfc3339(const char *s, int64_t *us)
 	if (*p != '\0')
 		return false;
 
-	if (mo < 1 || mo > 12 || d < 1 || d > payload_days_in_month(y, mo) || h > 23 ||
-	    mi > 59 || sec > 60 || oh > 23 || om > 59)
+	if (mo < 1 || mo > 12 || d < 1 || d > payload_days_in_month(y, mo) || h > 23 || mi > 59 ||
+	    sec > 60 || oh > 23 || om > 59)
 		return false;
 
 	t = payload_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
@@ -421,14 +420,14 @@ payload_reading_item(json_t *o, const char *meter_id, struct reading *r)
 
 	if ((reason = payload_get_relay(o, false, &r->relay)) != NULL)
 		return reason;
-	if ((reason = payload_get_number(o, "power_w", "power_w: not a number", &r->has_power,
-		 &r->power_w)) != NULL)
+	if ((reason = payload_get_number(
+	         o, "power_w", "power_w: not a number", &r->has_power, &r->power_w)) != NULL)
 		return reason;
-	if ((reason = payload_get_number(o, "voltage_v", "voltage_v: not a number",
-		 &r->has_voltage, &r->voltage_v)) != NULL)
+	if ((reason = payload_get_number(o, "voltage_v", "voltage_v: not a number", &r->has_voltage,
+	         &r->voltage_v)) != NULL)
 		return reason;
-	return payload_get_number(o, "current_a", "current_a: not a number", &r->has_current,
-	    &r->current_a);
+	return payload_get_number(
+	    o, "current_a", "current_a: not a number", &r->has_current, &r->current_a);
 }
 
 static void
@@ -447,8 +446,7 @@ payload_sink_reject(const struct payload_sink *sink, int item_index, const char 
 
 /* One item; a single object payload is item 0. Returns 1 if it was good. */
 static int
-payload_reading_one(json_t *item, int index, const char *meter_id,
-    const struct payload_sink *sink)
+payload_reading_one(json_t *item, int index, const char *meter_id, const struct payload_sink *sink)
 {
 	struct reading r;
 	const char *reason;
@@ -466,8 +464,8 @@ payload_reading_one(json_t *item, int index, const char *meter_id,
 }
 
 int
-payload_decode_readings(const char *meter_id, const char *buf, size_t len,
-    size_t max_bytes, size_t max_items, const struct payload_sink *sink)
+payload_decode_readings(const char *meter_id, const char *buf, size_t len, size_t max_bytes,
+    size_t max_items, const struct payload_sink *sink)
 {
 	char why[PAYLOAD_WHY_MAX];
 	json_t *root;
@@ -489,8 +487,8 @@ payload_decode_readings(const char *meter_id, const char *buf, size_t len,
 			payload_sink_reject(sink, -1, why);
 		} else {
 			for (i = 0; i < n; i++) {
-				good += payload_reading_one(json_array_get(root, i), (int)i,
-				    meter_id, sink);
+				good += payload_reading_one(
+				    json_array_get(root, i), (int)i, meter_id, sink);
 			}
 		}
 	} else
@@ -510,9 +508,8 @@ payload_event_fields(json_t *o, struct meter_event *ev)
 
 	if ((v = json_object_get(o, "type")) == NULL)
 		return "type: missing";
-	if (!json_is_string(v) ||
-	    !payload_chars_in(json_string_value(v), json_string_length(v), sizeof ev->type - 1,
-		"_", false))
+	if (!json_is_string(v) || !payload_chars_in(json_string_value(v), json_string_length(v),
+	                              sizeof ev->type - 1, "_", false))
 		return "type: not 1-23 of [a-z_]";
 	memcpy(ev->type, json_string_value(v), json_string_length(v) + 1);
 
@@ -522,9 +519,8 @@ payload_event_fields(json_t *o, struct meter_event *ev)
 		return reason;
 
 	if ((v = json_object_get(o, "cause")) != NULL) {
-		if (!json_is_string(v) ||
-		    !payload_in_list((s = json_string_value(v)), payload_causes,
-			ARRAY_SIZE(payload_causes)))
+		if (!json_is_string(v) || !payload_in_list((s = json_string_value(v)),
+		                              payload_causes, ARRAY_SIZE(payload_causes)))
 			return "cause: unknown";
 		snprintf(ev->cause, sizeof ev->cause, "%s", s);
 	}
@@ -532,8 +528,8 @@ payload_event_fields(json_t *o, struct meter_event *ev)
 }
 
 bool
-payload_decode_event(const char *meter_id, const char *buf, size_t len,
-    size_t max_bytes, struct meter_event *ev, char *why, size_t whylen)
+payload_decode_event(const char *meter_id, const char *buf, size_t len, size_t max_bytes,
+    struct meter_event *ev, char *why, size_t whylen)
 {
 	char jwhy[PAYLOAD_WHY_MAX];
 	const char *reason;
@@ -564,17 +560,15 @@ payload_ack_fields(json_t *o, struct meter_ack *ack)
 
 	if ((v = json_object_get(o, "id")) == NULL)
 		return "id: missing";
-	if (!json_is_string(v) ||
-	    !payload_chars_in(json_string_value(v), json_string_length(v), PAYLOAD_CMD_ID_MAX,
-		"_.:-", true))
+	if (!json_is_string(v) || !payload_chars_in(json_string_value(v), json_string_length(v),
+	                              PAYLOAD_CMD_ID_MAX, "_.:-", true))
 		return "id: not 1-64 of [A-Za-z0-9_.:-]";
 	memcpy(ack->id, json_string_value(v), json_string_length(v) + 1);
 
 	if ((v = json_object_get(o, "result")) == NULL)
 		return "result: missing";
-	if (!json_is_string(v) ||
-	    !payload_in_list((s = json_string_value(v)), payload_results,
-		ARRAY_SIZE(payload_results)))
+	if (!json_is_string(v) || !payload_in_list((s = json_string_value(v)), payload_results,
+	                              ARRAY_SIZE(payload_results)))
 		return "result: not ok, rejected, expired or unsupported";
 	snprintf(ack->result, sizeof ack->result, "%s", s);
 
@@ -602,8 +596,8 @@ payload_ack_fields(json_t *o, struct meter_ack *ack)
 }
 
 bool
-payload_decode_ack(const char *meter_id, const char *buf, size_t len,
-    size_t max_bytes, struct meter_ack *ack, char *why, size_t whylen)
+payload_decode_ack(const char *meter_id, const char *buf, size_t len, size_t max_bytes,
+    struct meter_ack *ack, char *why, size_t whylen)
 {
 	char jwhy[PAYLOAD_WHY_MAX];
 	const char *reason;

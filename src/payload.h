@@ -32,8 +32,8 @@ bool payload_meter_id_valid(const char *id, size_t len);
  * id is invalid; then *why says why ("bad meter id", "unknown topic").
  * A "$share/<group>/" prefix is never part of a received topic.
  */
-enum topic_kind payload_parse_topic(const char *topic, const char *prefix,
-    char meter_id[METER_ID_MAX + 1], const char **why);
+enum topic_kind payload_parse_topic(
+    const char *topic, const char *prefix, char meter_id[METER_ID_MAX + 1], const char **why);
 
 /*
  * RFC 3339 date-time with a mandatory offset ("Z" or "+hh:mm"/"-hh:mm"),
@@ -51,11 +51,11 @@ void payload_format_rfc3339(int64_t us, char *out, size_t outlen);
 
 struct reading {
 	char meter_id[METER_ID_MAX + 1];
-	int64_t seq;              /* >= 0 */
-	int64_t ts_us;            /* parsed ts */
-	char ts[PAYLOAD_TS_MAX];  /* ts as received (validated), for PostgreSQL */
-	int64_t energy_wh;        /* >= 0, cumulative import register */
-	enum relay_state relay;   /* RELAY_NONE if absent */
+	int64_t seq; /* >= 0 */
+	int64_t ts_us; /* parsed ts */
+	char ts[PAYLOAD_TS_MAX]; /* ts as received (validated), for PostgreSQL */
+	int64_t energy_wh; /* >= 0, cumulative import register */
+	enum relay_state relay; /* RELAY_NONE if absent */
 	bool has_power, has_voltage, has_current;
 	double power_w, voltage_v, current_a; /* measurements, not money */
 };
@@ -64,9 +64,9 @@ struct meter_event {
 	char meter_id[METER_ID_MAX + 1];
 	int64_t ts_us;
 	char ts[PAYLOAD_TS_MAX];
-	char type[24];            /* relay, tamper, power_down, power_up, clock, ... */
-	enum relay_state relay;   /* for type "relay"; RELAY_NONE otherwise */
-	char cause[16];           /* remote, button, card, overload, tamper, power_up, or "" */
+	char type[24]; /* relay, tamper, power_down, power_up, clock, ... */
+	enum relay_state relay; /* for type "relay"; RELAY_NONE otherwise */
+	char cause[16]; /* remote, button, card, overload, tamper, power_up, or "" */
 };
 
 #define PAYLOAD_CMD_ID_MAX 64
@@ -74,9 +74,9 @@ struct meter_event {
 
 struct meter_ack {
 	char meter_id[METER_ID_MAX + 1];
-	char id[PAYLOAD_CMD_ID_MAX + 1];   /* command id */
-	char result[16];                    /* ok, rejected, expired, unsupported */
-	enum relay_state relay;             /* RELAY_NONE if absent */
+	char id[PAYLOAD_CMD_ID_MAX + 1]; /* command id */
+	char result[16]; /* ok, rejected, expired, unsupported */
+	enum relay_state relay; /* RELAY_NONE if absent */
 	char detail[PAYLOAD_DETAIL_MAX + 1]; /* truncated */
 };
 
@@ -94,13 +94,13 @@ struct payload_sink {
 	void (*on_reject)(void *arg, int item_index, const char *reason);
 	void *arg;
 };
-int payload_decode_readings(const char *meter_id, const char *buf, size_t len,
-    size_t max_bytes, size_t max_items, const struct payload_sink *sink);
+int payload_decode_readings(const char *meter_id, const char *buf, size_t len, size_t max_bytes,
+    size_t max_items, const struct payload_sink *sink);
 
 /* Decode one event / ack object. Returns false with a reason in why. */
-bool payload_decode_event(const char *meter_id, const char *buf, size_t len,
-    size_t max_bytes, struct meter_event *ev, char *why, size_t whylen);
-bool payload_decode_ack(const char *meter_id, const char *buf, size_t len,
-    size_t max_bytes, struct meter_ack *ack, char *why, size_t whylen);
+bool payload_decode_event(const char *meter_id, const char *buf, size_t len, size_t max_bytes,
+    struct meter_event *ev, char *why, size_t whylen);
+bool payload_decode_ack(const char *meter_id, const char *buf, size_t len, size_t max_bytes,
+    struct meter_ack *ack, char *why, size_t whylen);
 
 #endif

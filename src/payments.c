@@ -43,7 +43,7 @@
 
 enum pay_provider { PAY_WECHAT, PAY_ALIPAY };
 
-static const char *const pay_provider_names[] = { "wechat", "alipay" };
+static const char *const pay_provider_names[] = {"wechat", "alipay"};
 
 /* Keys of one configuration, swapped whole on reload. */
 struct pay_keys {
@@ -65,18 +65,18 @@ struct payments {
 	int npending;
 	bool stopping;
 	struct payments_hooks hooks;
-	int64_t audit_second;   /* the second audit_count counts in */
+	int64_t audit_second; /* the second audit_count counts in */
 	int audit_count;
 };
 
 /* One callback between its arrival and its answer. */
 struct pay_req {
 	struct payments *p;
-	struct evhttp_request *req;   /* NULL once answered */
+	struct evhttp_request *req; /* NULL once answered */
 	struct event *timer;
 	enum pay_provider provider;
-	int64_t t0_us;        /* wall clock: received_at */
-	int64_t t0_mono_us;   /* for the answer-time histogram */
+	int64_t t0_us; /* wall clock: received_at */
+	int64_t t0_mono_us; /* for the answer-time histogram */
 	bool in_db;
 	char out_trade_no[64];
 	char txn[64];
@@ -103,8 +103,8 @@ pay_keys_free(struct pay_keys *k)
 }
 
 static int
-pay_key_error(const struct conf *c, const void *field, const char *key, const char *why,
-    char *err, size_t errlen)
+pay_key_error(const struct conf *c, const void *field, const char *key, const char *why, char *err,
+    size_t errlen)
 {
 	snprintf(err, errlen, "%s:%d: payments.%s: %s", c->path, conf_line(c, field), key, why);
 	return -1;
@@ -121,12 +121,12 @@ pay_keys_load(const struct conf *c, struct pay_keys *k, char *err, size_t errlen
 	if (c->wx_path != NULL) {
 		k->wx = pay_keyring_new();
 		if (pay_secret_load(c->wx_apiv3_key_file, k->apiv3, why, sizeof why) != 0)
-			return pay_key_error(c, &c->wx_apiv3_key_file, "wechat_apiv3_key_file", why,
-			    err, errlen);
+			return pay_key_error(
+			    c, &c->wx_apiv3_key_file, "wechat_apiv3_key_file", why, err, errlen);
 		if (c->wx_platform_certs != NULL) {
 			list = xstrdup(c->wx_platform_certs);
 			for (f = strtok_r(list, " \t", &save); f != NULL && rc == 0;
-			    f = strtok_r(NULL, " \t", &save)) {
+			     f = strtok_r(NULL, " \t", &save)) {
 				if (pay_keyring_add_file(k->wx, NULL, f, why, sizeof why) != 0)
 					rc = pay_key_error(c, &c->wx_platform_certs,
 					    "wechat_platform_certs", why, err, errlen);
@@ -136,16 +136,16 @@ pay_keys_load(const struct conf *c, struct pay_keys *k, char *err, size_t errlen
 				return rc;
 		}
 		if (c->wx_public_key_file != NULL &&
-		    pay_keyring_add_file(k->wx, c->wx_public_key_id, c->wx_public_key_file, why,
-		    sizeof why) != 0)
-			return pay_key_error(c, &c->wx_public_key_file, "wechat_public_key_file", why,
-			    err, errlen);
+		    pay_keyring_add_file(
+		        k->wx, c->wx_public_key_id, c->wx_public_key_file, why, sizeof why) != 0)
+			return pay_key_error(
+			    c, &c->wx_public_key_file, "wechat_public_key_file", why, err, errlen);
 	}
 	if (c->ali_path != NULL) {
 		k->ali = pay_pubkey_load(c->ali_public_key_file, why, sizeof why);
 		if (k->ali == NULL)
-			return pay_key_error(c, &c->ali_public_key_file, "alipay_public_key_file", why,
-			    err, errlen);
+			return pay_key_error(
+			    c, &c->ali_public_key_file, "alipay_public_key_file", why, err, errlen);
 	}
 	return 0;
 }
@@ -266,10 +266,14 @@ static void
 pay_answer(struct pay_req *r, int code, const char *message)
 {
 	struct evhttp_request *req = r->req;
-	const char *reason = code == 200 ? "OK" : code == 204 ? "No Content"
-	    : code == 400 ? "Bad Request" : code == 401 ? "Unauthorized"
-	    : code == 403 ? "Forbidden" : code == 415 ? "Unsupported Media Type"
-	    : code == 500 ? "Internal Server Error" : "Service Unavailable";
+	const char *reason = code == 200   ? "OK"
+	                     : code == 204 ? "No Content"
+	                     : code == 400 ? "Bad Request"
+	                     : code == 401 ? "Unauthorized"
+	                     : code == 403 ? "Forbidden"
+	                     : code == 415 ? "Unsupported Media Type"
+	                     : code == 500 ? "Internal Server Error"
+	                                   : "Service Unavailable";
 	json_t *j;
 	char *s;
 
@@ -382,9 +386,9 @@ pay_refuse(struct pay_req *r, int code, const char *reason, bool verified)
 	snprintf(key, sizeof key, "pay-%s-%d", pay_provider_names[r->provider], code);
 	log_ratelimited(verified ? LOG_LVL_ERROR : LOG_LVL_WARN, key, 10,
 	    "payments: %s callback from %s refused (%d): %s%s%s%s%s",
-	    pay_provider_names[r->provider], peer, code, reason,
-	    verified ? " out_trade_no=" : "", verified ? r->out_trade_no : "",
-	    verified ? " transaction=" : "", verified ? r->txn : "");
+	    pay_provider_names[r->provider], peer, code, reason, verified ? " out_trade_no=" : "",
+	    verified ? r->out_trade_no : "", verified ? " transaction=" : "",
+	    verified ? r->txn : "");
 	pay_answer(r, code, reason);
 	pay_audit(r, peer, code, reason, verified);
 }
@@ -401,8 +405,8 @@ pay_timeout(evutil_socket_t fd, short what, void *arg)
 	metrics.pay_unavailable++;
 	log_ratelimited(LOG_LVL_WARN, "pay-slow", 10,
 	    "payments: %s out_trade_no=%s transaction=%s: no answer from PostgreSQL within "
-	    "%d ms: 503 (the provider retries)", pay_provider_names[r->provider],
-	    r->out_trade_no, r->txn, r->p->conf->pay_answer_ms);
+	    "%d ms: 503 (the provider retries)",
+	    pay_provider_names[r->provider], r->out_trade_no, r->txn, r->p->conf->pay_answer_ms);
 	pay_answer(r, 503, "database busy, retry");
 }
 
@@ -455,9 +459,10 @@ pay_recorded(void *arg, PGresult *res, const char *err)
 			if (r->p->hooks.on_message != NULL)
 				r->p->hooks.on_message(r->p->hooks.arg);
 			log_info("payments: %s out_trade_no=%s transaction=%s %s yuan credited to "
-			    "meter %s (balance %s)%s%s%s", pay_provider_names[r->provider],
-			    r->out_trade_no, r->txn, yuan, meter, bal, cmd != NULL ? "; " : "",
-			    cmd != NULL ? "restore command " : "", cmd != NULL ? cmd : "");
+			         "meter %s (balance %s)%s%s%s",
+			    pay_provider_names[r->provider], r->out_trade_no, r->txn, yuan, meter,
+			    bal, cmd != NULL ? "; " : "", cmd != NULL ? "restore command " : "",
+			    cmd != NULL ? cmd : "");
 		} else if (strcmp(outcome, "duplicate") == 0) {
 			metrics.pay_duplicate++;
 			log_debug("payments: %s transaction=%s repeated: already recorded",
@@ -465,18 +470,21 @@ pay_recorded(void *arg, PGresult *res, const char *err)
 		} else {
 			metrics.pay_held++;
 			log_warn("payments: %s out_trade_no=%s transaction=%s %s yuan held as %s "
-			    "(see prepaid.payments_unreconciled)", pay_provider_names[r->provider],
-			    r->out_trade_no, r->txn, yuan, outcome);
+			         "(see prepaid.payments_unreconciled)",
+			    pay_provider_names[r->provider], r->out_trade_no, r->txn, yuan,
+			    outcome);
 		}
 	} else {
 		/* a notice (refund, close): recorded, never credited */
 		metrics.pay_notices++;
 		log_info("payments: %s out_trade_no=%s transaction=%s: notice recorded, nothing "
-		    "credited", pay_provider_names[r->provider], r->out_trade_no, r->txn);
+		         "credited",
+		    pay_provider_names[r->provider], r->out_trade_no, r->txn);
 	}
 	if (late)
 		log_info("payments: %s transaction=%s committed after its 503; the retry will be "
-		    "answered success", pay_provider_names[r->provider], r->txn);
+		         "answered success",
+		    pay_provider_names[r->provider], r->txn);
 	else
 		pay_answer(r, r->provider == PAY_WECHAT ? 204 : 200, "OK");
 	pay_req_free(r);
@@ -494,8 +502,8 @@ pay_submit(struct pay_req *r, const char *sql, int n, const char *const *params)
 		metrics.pay_unavailable++;
 		log_ratelimited(LOG_LVL_WARN, "pay-down", 10,
 		    "payments: %s out_trade_no=%s transaction=%s: PostgreSQL is not connected: "
-		    "503 (the provider retries)", pay_provider_names[r->provider], r->out_trade_no,
-		    r->txn);
+		    "503 (the provider retries)",
+		    pay_provider_names[r->provider], r->out_trade_no, r->txn);
 		pay_answer(r, 503, "database unavailable, retry");
 		return;
 	}
@@ -590,8 +598,8 @@ pay_wechat_other(struct pay_req *r, const char *plain, size_t plen)
 	snprintf(r->txn, sizeof r->txn, "%s", pay_id_ok(txn) ? txn : "");
 	if (json_is_integer(refund) && json_integer_value(refund) >= 0)
 		r->fen = (int64_t)json_integer_value(refund);
-	if (mchid != NULL && (r->p->conf->wx_mchid == NULL ||
-	    strcmp(mchid, r->p->conf->wx_mchid) != 0)) {
+	if (mchid != NULL &&
+	    (r->p->conf->wx_mchid == NULL || strcmp(mchid, r->p->conf->wx_mchid) != 0)) {
 		json_decref(j);
 		pay_refuse(r, 403, "mchid is not ours", true);
 		return -1;
@@ -627,11 +635,13 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 	    evhttp_find_header(h, "Wechatpay-Timestamp"), evhttp_find_header(h, "Wechatpay-Nonce"),
 	    evhttp_find_header(h, "Wechatpay-Signature"), body, len, now_wall_us() / 1000000,
 	    c->wx_max_skew, why, sizeof why);
-	if (rc == PAY_ESERIAL && pay_serial_printable(v = evhttp_find_header(h,
-	    "Wechatpay-Serial"))) {
+	if (rc == PAY_ESERIAL &&
+	    pay_serial_printable(v = evhttp_find_header(h, "Wechatpay-Serial"))) {
 		/* Rotation: name the key WeChat Pay now signs with. */
-		snprintf(msg, sizeof msg, "Wechatpay-Serial %s names no configured key (add its "
-		    "certificate to wechat_platform_certs, or its public key)", v);
+		snprintf(msg, sizeof msg,
+		    "Wechatpay-Serial %s names no configured key (add its "
+		    "certificate to wechat_platform_certs, or its public key)",
+		    v);
 		pay_refuse(r, 401, msg, false);
 		goto out;
 	}
@@ -640,9 +650,12 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 		goto out;
 	}
 	if ((rc = pay_wechat_envelope_parse(body, len, &env, why, sizeof why)) != PAY_OK ||
-	    (rc = pay_wechat_decrypt(p->keys.apiv3, &env, &plain, &plen, why, sizeof why)) != PAY_OK) {
-		snprintf(msg, sizeof msg, "%s%s", rc == PAY_EDECRYPT ?
-		    "signed by WeChat Pay but not decryptable (check wechat_apiv3_key_file): " : "",
+	    (rc = pay_wechat_decrypt(p->keys.apiv3, &env, &plain, &plen, why, sizeof why)) !=
+	        PAY_OK) {
+		snprintf(msg, sizeof msg, "%s%s",
+		    rc == PAY_EDECRYPT
+		        ? "signed by WeChat Pay but not decryptable (check wechat_apiv3_key_file): "
+		        : "",
 		    why);
 		pay_refuse(r, 400, msg, false);
 		goto out;
@@ -753,7 +766,8 @@ pay_alipay_handle(struct pay_req *r, const char *body, size_t len)
 		goto out;
 	}
 	if (strcmp(status, "TRADE_SUCCESS") != 0 && strcmp(status, "TRADE_FINISHED") != 0) {
-		pay_notice(r, strcmp(status, "TRADE_CLOSED") == 0 ? "closed" : "not_paid", status, v);
+		pay_notice(
+		    r, strcmp(status, "TRADE_CLOSED") == 0 ? "closed" : "not_paid", status, v);
 		goto out;
 	}
 	if (fen <= 0) {
@@ -835,8 +849,8 @@ pay_lost(void *arg, struct pgconn *pc, const char *why)
 }
 
 struct payments *
-payments_new(struct event_base *base, struct httpd *httpd, const struct conf *conf,
-    char *err, size_t errlen)
+payments_new(
+    struct event_base *base, struct httpd *httpd, const struct conf *conf, char *err, size_t errlen)
 {
 	struct payments *p = xcalloc(1, sizeof *p);
 	struct pgconn_handlers ph;
@@ -852,8 +866,10 @@ payments_new(struct event_base *base, struct httpd *httpd, const struct conf *co
 	if (conf->wx_path == NULL && conf->ali_path == NULL)
 		return p;
 	if (httpd == NULL) {
-		snprintf(err, errlen, "%s: payment callbacks need the HTTP listener "
-		    "([http] enabled = true)", conf->path);
+		snprintf(err, errlen,
+		    "%s: payment callbacks need the HTTP listener "
+		    "([http] enabled = true)",
+		    conf->path);
 		pay_keys_free(&p->keys);
 		free(p);
 		return NULL;
@@ -865,8 +881,8 @@ payments_new(struct event_base *base, struct httpd *httpd, const struct conf *co
 	p->npg = conf->pay_connections;
 	p->pg = xcalloc((size_t)p->npg, sizeof *p->pg);
 	for (i = 0; i < p->npg; i++)
-		p->pg[i] = pgconn_new(base, "payments", conf->db_conninfo, conf->db_reconnect_max_ms,
-		    &ph);
+		p->pg[i] =
+		    pgconn_new(base, "payments", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
 	if (conf->wx_path != NULL) {
 		httpd_route_post(httpd, conf->wx_path, pay_wechat_cb, p);
 		log_info("payments: WeChat Pay callbacks on %s (merchant %s, %zu key(s))",

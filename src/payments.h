@@ -28,8 +28,8 @@ int payments_check(const struct conf *conf, char *err, size_t errlen);
 
 /* NULL with err set if the keys cannot be loaded. Registers the configured
  * paths on httpd. Returns a valid object even when no provider is set up. */
-struct payments *payments_new(struct event_base *base, struct httpd *httpd,
-    const struct conf *conf, char *err, size_t errlen);
+struct payments *payments_new(struct event_base *base, struct httpd *httpd, const struct conf *conf,
+    char *err, size_t errlen);
 /* Called after a payment's commit queued a command (arm, close) or a
  * message: the daemon wakes its outbox or dispatcher at once (the
  * transaction sent no NOTIFY, which would have made its commit wait). */

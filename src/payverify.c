@@ -290,8 +290,8 @@ pay_keyring_new(void)
 }
 
 int
-pay_keyring_add_file(struct pay_keyring *kr, const char *id, const char *path, char *err,
-    size_t errlen)
+pay_keyring_add_file(
+    struct pay_keyring *kr, const char *id, const char *path, char *err, size_t errlen)
 {
 	EVP_PKEY *pkey;
 	char *serial;
@@ -373,8 +373,8 @@ pay_secret_load(const char *path, unsigned char key[32], char *err, size_t errle
 		free(buf);
 		/* The length is safe to tell; the bytes are not. */
 		return pay_fail(err, errlen, PAY_EKEY,
-		    "%s: the APIv3 key must be 32 bytes (with one optional newline), not %zu",
-		    path, len);
+		    "%s: the APIv3 key must be 32 bytes (with one optional newline), not %zu", path,
+		    len);
 	}
 	memcpy(key, buf, 32);
 	OPENSSL_cleanse(buf, len);
@@ -495,14 +495,15 @@ pay_form_parse(const char *body, size_t len, struct pay_form *f, char *err, size
 		}
 		if (f->n == PAY_MAX_PAIRS) {
 			pay_form_free(f);
-			return pay_fail(err, errlen, PAY_EFORMAT, "more than %d form fields",
-			    PAY_MAX_PAIRS);
+			return pay_fail(
+			    err, errlen, PAY_EFORMAT, "more than %d form fields", PAY_MAX_PAIRS);
 		}
 		eq = memchr(p, '=', n);
 		if (eq == NULL)
 			eq = amp;
 		key = pay_form_decode(p, (size_t)(eq - p));
-		val = pay_form_decode(eq < amp ? eq + 1 : amp, eq < amp ? (size_t)(amp - eq - 1) : 0);
+		val =
+		    pay_form_decode(eq < amp ? eq + 1 : amp, eq < amp ? (size_t)(amp - eq - 1) : 0);
 		if (key == NULL || val == NULL || *key == '\0' || pay_form_get(f, key) != NULL) {
 			const char *why = "repeated name of";
 			size_t field = f->n + 1;
@@ -569,7 +570,7 @@ pay_kv_cmp(const void *a, const void *b)
 char *
 pay_alipay_signing_string(const struct pay_form *f)
 {
-	struct sbuf b = { 0 };
+	struct sbuf b = {0};
 	const struct pay_kv **v;
 	size_t i, n = 0;
 
@@ -688,7 +689,8 @@ pay_wechat_verify(const struct pay_keyring *kr, const char *serial, const char *
 		    "Wechatpay-Timestamp is %s by %llu s (limit %lld s)",
 		    ts >= now ? "ahead" : "behind", (unsigned long long)skew, (long long)max_skew);
 	if ((key = pay_keyring_find(kr, serial)) == NULL)
-		return pay_fail(err, errlen, PAY_ESERIAL, "Wechatpay-Serial names no configured key");
+		return pay_fail(
+		    err, errlen, PAY_ESERIAL, "Wechatpay-Serial names no configured key");
 	if (pay_base64_decode(signature, strlen(signature), &sig, &siglen) != 0)
 		return pay_fail(err, errlen, PAY_EFORMAT, "Wechatpay-Signature is not base64");
 
@@ -766,8 +768,8 @@ pay_json_load(const char *buf, size_t len, const char *what, char *err, size_t e
 }
 
 int
-pay_wechat_envelope_parse(const char *body, size_t len, struct pay_wechat_envelope *e,
-    char *err, size_t errlen)
+pay_wechat_envelope_parse(
+    const char *body, size_t len, struct pay_wechat_envelope *e, char *err, size_t errlen)
 {
 	json_t *root, *res;
 	const char *bad = NULL;
@@ -797,8 +799,8 @@ pay_wechat_envelope_parse(const char *body, size_t len, struct pay_wechat_envelo
 	json_decref(root);
 	if (bad != NULL) {
 		pay_wechat_envelope_free(e);
-		return pay_fail(err, errlen, PAY_EFORMAT, "notification: %s missing or not a string",
-		    bad);
+		return pay_fail(
+		    err, errlen, PAY_EFORMAT, "notification: %s missing or not a string", bad);
 	}
 	/* The documents say it may be empty; absent is read the same way. */
 	if (e->associated_data == NULL)
@@ -824,8 +826,8 @@ pay_wechat_envelope_free(struct pay_wechat_envelope *e)
 }
 
 int
-pay_wechat_decrypt(const unsigned char key[32], const struct pay_wechat_envelope *e,
-    char **plain, size_t *plen, char *err, size_t errlen)
+pay_wechat_decrypt(const unsigned char key[32], const struct pay_wechat_envelope *e, char **plain,
+    size_t *plen, char *err, size_t errlen)
 {
 	EVP_CIPHER_CTX *ctx = NULL;
 	unsigned char *ct = NULL, *out = NULL;
@@ -838,15 +840,16 @@ pay_wechat_decrypt(const unsigned char key[32], const struct pay_wechat_envelope
 	if (e == NULL || e->ciphertext == NULL || e->nonce == NULL)
 		return pay_fail(err, errlen, PAY_EFORMAT, "no resource to decrypt");
 	if (e->algorithm == NULL || strcmp(e->algorithm, "AEAD_AES_256_GCM") != 0)
-		return pay_fail(err, errlen, PAY_EFORMAT, "resource algorithm is not AEAD_AES_256_GCM");
+		return pay_fail(
+		    err, errlen, PAY_EFORMAT, "resource algorithm is not AEAD_AES_256_GCM");
 	if (strlen(e->ciphertext) > PAY_MAX_BODY)
 		return pay_fail(err, errlen, PAY_EFORMAT, "ciphertext over %d bytes", PAY_MAX_BODY);
 	if (pay_base64_decode(e->ciphertext, strlen(e->ciphertext), &ct, &ctlen) != 0)
 		return pay_fail(err, errlen, PAY_EFORMAT, "ciphertext is not base64");
 	if (ctlen <= PAY_GCM_TAG) {
 		free(ct);
-		return pay_fail(err, errlen, PAY_EFORMAT, "ciphertext of %zu bytes holds no data",
-		    ctlen);
+		return pay_fail(
+		    err, errlen, PAY_EFORMAT, "ciphertext of %zu bytes holds no data", ctlen);
 	}
 	if (strlen(e->nonce) != PAY_GCM_NONCE) {
 		free(ct);
@@ -890,7 +893,8 @@ out:
 	free(ct);
 	if (rc != PAY_OK)
 		return pay_fail(err, errlen, rc,
-		    "AES-GCM tag mismatch (wrong APIv3 key, altered ciphertext or wrong associated_data)");
+		    "AES-GCM tag mismatch (wrong APIv3 key, altered ciphertext or wrong "
+		    "associated_data)");
 	ERR_clear_error();
 	pay_ok(err, errlen);
 	return PAY_OK;
@@ -912,8 +916,8 @@ pay_json_fen(json_t *obj, const char *name, int64_t *out)
 }
 
 int
-pay_wechat_txn_parse(const char *plain, size_t len, struct pay_wechat_txn *t, char *err,
-    size_t errlen)
+pay_wechat_txn_parse(
+    const char *plain, size_t len, struct pay_wechat_txn *t, char *err, size_t errlen)
 {
 	json_t *root, *amount;
 	const char *bad = NULL;
@@ -947,7 +951,8 @@ pay_wechat_txn_parse(const char *plain, size_t len, struct pay_wechat_txn *t, ch
 	json_decref(root);
 	if (bad != NULL) {
 		pay_wechat_txn_free(t);
-		return pay_fail(err, errlen, PAY_EFORMAT, "transaction: %s missing or mistyped", bad);
+		return pay_fail(
+		    err, errlen, PAY_EFORMAT, "transaction: %s missing or mistyped", bad);
 	}
 	pay_ok(err, errlen);
 	return PAY_OK;

@@ -20,12 +20,12 @@
 
 enum {
 	PAY_OK = 0,
-	PAY_EFORMAT = 1,  /* malformed input (form, JSON, base64, header) */
-	PAY_ESERIAL = 2,  /* Wechatpay-Serial names no configured key */
-	PAY_ESIG = 3,     /* signature does not verify */
-	PAY_ESTALE = 4,   /* timestamp too far from now */
+	PAY_EFORMAT = 1, /* malformed input (form, JSON, base64, header) */
+	PAY_ESERIAL = 2, /* Wechatpay-Serial names no configured key */
+	PAY_ESIG = 3, /* signature does not verify */
+	PAY_ESTALE = 4, /* timestamp too far from now */
 	PAY_EDECRYPT = 5, /* AES-GCM tag mismatch, bad nonce, bad key */
-	PAY_EKEY = 6,     /* a key file could not be read or used */
+	PAY_EKEY = 6, /* a key file could not be read or used */
 };
 
 /* --- keys */
@@ -38,8 +38,8 @@ struct pay_keyring *pay_keyring_new(void);
 /* Add a key from a PEM file: "PUBLIC KEY" (then id is required) or an X.509
  * "CERTIFICATE" (id NULL: the certificate's serial number, upper-case hex,
  * no leading zero stripping beyond what the serial has). */
-int pay_keyring_add_file(struct pay_keyring *kr, const char *id, const char *path, char *err,
-    size_t errlen);
+int pay_keyring_add_file(
+    struct pay_keyring *kr, const char *id, const char *path, char *err, size_t errlen);
 /* The key of id, or NULL. Id comparison is case-insensitive. */
 EVP_PKEY *pay_keyring_find(const struct pay_keyring *kr, const char *id);
 size_t pay_keyring_count(const struct pay_keyring *kr);
@@ -98,22 +98,22 @@ int pay_wechat_verify(const struct pay_keyring *kr, const char *serial, const ch
     int64_t max_skew, char *err, size_t errlen);
 
 struct pay_wechat_envelope {
-	char *id;             /* notification id */
-	char *event_type;     /* TRANSACTION.SUCCESS, REFUND.SUCCESS, ... */
-	char *resource_type;  /* encrypt-resource */
-	char *original_type;  /* transaction, refund */
-	char *algorithm;      /* AEAD_AES_256_GCM */
-	char *ciphertext;     /* base64 */
+	char *id; /* notification id */
+	char *event_type; /* TRANSACTION.SUCCESS, REFUND.SUCCESS, ... */
+	char *resource_type; /* encrypt-resource */
+	char *original_type; /* transaction, refund */
+	char *algorithm; /* AEAD_AES_256_GCM */
+	char *ciphertext; /* base64 */
 	char *associated_data; /* may be "" */
-	char *nonce;          /* 12 bytes */
+	char *nonce; /* 12 bytes */
 };
 
 /* Required strings: id, event_type, resource.{algorithm,ciphertext,nonce};
  * resource_type, original_type and associated_data are optional (absent
  * associated_data reads as ""), but a present one must be a string. A
  * repeated JSON key is refused. On failure *e is left empty. */
-int pay_wechat_envelope_parse(const char *body, size_t len, struct pay_wechat_envelope *e,
-    char *err, size_t errlen);
+int pay_wechat_envelope_parse(
+    const char *body, size_t len, struct pay_wechat_envelope *e, char *err, size_t errlen);
 void pay_wechat_envelope_free(struct pay_wechat_envelope *e);
 /* Decrypt e's resource with the APIv3 key; *plain is NUL-terminated, caller
  * frees (NULL on failure: unauthenticated plaintext is never handed out).
@@ -124,17 +124,16 @@ int pay_wechat_decrypt(const unsigned char key[32], const struct pay_wechat_enve
     char **plain, size_t *plen, char *err, size_t errlen);
 
 struct pay_wechat_txn {
-	char *appid, *mchid, *out_trade_no, *transaction_id, *trade_state, *currency,
-	    *success_time;
-	int64_t total;       /* fen; -1 if absent */
+	char *appid, *mchid, *out_trade_no, *transaction_id, *trade_state, *currency, *success_time;
+	int64_t total; /* fen; -1 if absent */
 	int64_t payer_total; /* fen; -1 if absent */
 };
 
 /* Required strings: out_trade_no, transaction_id, trade_state; appid, mchid,
  * success_time and amount.currency are strings when present; amount.total
  * and amount.payer_total are non-negative JSON integers when present. */
-int pay_wechat_txn_parse(const char *plain, size_t len, struct pay_wechat_txn *t, char *err,
-    size_t errlen);
+int pay_wechat_txn_parse(
+    const char *plain, size_t len, struct pay_wechat_txn *t, char *err, size_t errlen);
 void pay_wechat_txn_free(struct pay_wechat_txn *t);
 
 #endif

@@ -41,8 +41,8 @@ struct pgconn_handlers {
 };
 
 /* name is used in log lines ("ingest", "control"). Starts connecting at once. */
-struct pgconn *pgconn_new(struct event_base *base, const char *name,
-    const char *conninfo, int reconnect_max_ms, const struct pgconn_handlers *h);
+struct pgconn *pgconn_new(struct event_base *base, const char *name, const char *conninfo,
+    int reconnect_max_ms, const struct pgconn_handlers *h);
 void pgconn_free(struct pgconn *pc);
 
 /* New conninfo (SIGHUP): reconnects if it differs. */
@@ -58,10 +58,10 @@ int pgconn_pending(const struct pgconn *pc);
  * (used from on_connect). Queries queued while disconnected wait for the
  * next connection. cb may be NULL.
  */
-void pgconn_query(struct pgconn *pc, const char *sql, int nparams,
-    const char *const *params, pgconn_cb cb, void *arg);
-void pgconn_query_front(struct pgconn *pc, const char *sql, int nparams,
-    const char *const *params, pgconn_cb cb, void *arg);
+void pgconn_query(struct pgconn *pc, const char *sql, int nparams, const char *const *params,
+    pgconn_cb cb, void *arg);
+void pgconn_query_front(struct pgconn *pc, const char *sql, int nparams, const char *const *params,
+    pgconn_cb cb, void *arg);
 
 /* Drop the connection now and reconnect after backoff (e.g. on a fatal error). */
 void pgconn_reset(struct pgconn *pc);

@@ -24,9 +24,16 @@
 
 /* The parameters signer_aliyun_form adds itself; a caller may not set them. */
 static const char *const signer_aliyun_reserved[] = {
-	"AccessKeyId", "Action", "Format", "RegionId", "Signature",
-	"SignatureMethod", "SignatureNonce", "SignatureVersion", "Timestamp",
-	"Version",
+    "AccessKeyId",
+    "Action",
+    "Format",
+    "RegionId",
+    "Signature",
+    "SignatureMethod",
+    "SignatureNonce",
+    "SignatureVersion",
+    "Timestamp",
+    "Version",
 };
 
 /* Hand over an sbuf's string; an sbuf that never grew has no buffer yet. */
@@ -70,9 +77,8 @@ signer_utc(int64_t t, struct tm *tm)
 static bool
 signer_unreserved(unsigned char c)
 {
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-	    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' ||
-	    c == '~';
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+	       c == '-' || c == '_' || c == '.' || c == '~';
 }
 
 static void
@@ -97,7 +103,7 @@ signer_encode_into(struct sbuf *b, const char *s)
 char *
 signer_percent_encode(const char *s)
 {
-	struct sbuf b = { 0 };
+	struct sbuf b = {0};
 
 	signer_encode_into(&b, s);
 	return signer_take(&b);
@@ -114,11 +120,10 @@ signer_param_cmp(const void *a, const void *b)
 }
 
 char *
-signer_aliyun_canonical(const struct signer_param *params, size_t n,
-    const char **why)
+signer_aliyun_canonical(const struct signer_param *params, size_t n, const char **why)
 {
 	const struct signer_param **sorted;
-	struct sbuf b = { 0 };
+	struct sbuf b = {0};
 	size_t i;
 
 	for (i = 0; i < n; i++) {
@@ -155,7 +160,7 @@ signer_aliyun_canonical(const struct signer_param *params, size_t n,
 char *
 signer_aliyun_string_to_sign(const char *method, const char *canonical)
 {
-	struct sbuf b = { 0 };
+	struct sbuf b = {0};
 
 	sbuf_adds(&b, method);
 	sbuf_adds(&b, "&%2F&");
@@ -180,9 +185,8 @@ signer_aliyun_signature(const char *secret, const char *string_to_sign)
 	memcpy(key, secret, keylen - 1);
 	key[keylen - 1] = '&';
 	key[keylen] = '\0';
-	ok = HMAC(EVP_sha1(), key, (int)keylen,
-	    (const unsigned char *)string_to_sign, strlen(string_to_sign),
-	    md, &mdlen) != NULL;
+	ok = HMAC(EVP_sha1(), key, (int)keylen, (const unsigned char *)string_to_sign,
+	         strlen(string_to_sign), md, &mdlen) != NULL;
 	OPENSSL_cleanse(key, keylen);
 	free(key);
 	if (!ok)
@@ -217,19 +221,18 @@ signer_method_valid(const char *m)
 }
 
 char *
-signer_aliyun_form(const struct signer_aliyun_req *req,
-    const struct signer_param *biz, size_t nbiz, const char **why)
+signer_aliyun_form(const struct signer_aliyun_req *req, const struct signer_param *biz, size_t nbiz,
+    const char **why)
 {
 	struct signer_param *all;
-	struct sbuf b = { 0 };
+	struct sbuf b = {0};
 	const char *method = req->method != NULL ? req->method : "POST";
 	char stamp[32];
 	char *canonical, *sts, *sig;
 	struct tm tm;
 	size_t i, n = 0;
 
-	if (signer_empty(req->access_key_id) ||
-	    signer_empty(req->access_key_secret)) {
+	if (signer_empty(req->access_key_id) || signer_empty(req->access_key_secret)) {
 		*why = "missing access key";
 		return NULL;
 	}
@@ -258,17 +261,16 @@ signer_aliyun_form(const struct signer_aliyun_req *req,
 	}
 
 	all = xreallocarray(NULL, nbiz + 9, sizeof *all);
-	all[n++] = (struct signer_param){ "AccessKeyId", req->access_key_id };
-	all[n++] = (struct signer_param){ "Action", req->action };
-	all[n++] = (struct signer_param){ "Format",
-	    req->format != NULL ? req->format : "JSON" };
+	all[n++] = (struct signer_param){"AccessKeyId", req->access_key_id};
+	all[n++] = (struct signer_param){"Action", req->action};
+	all[n++] = (struct signer_param){"Format", req->format != NULL ? req->format : "JSON"};
 	if (req->region_id != NULL)
-		all[n++] = (struct signer_param){ "RegionId", req->region_id };
-	all[n++] = (struct signer_param){ "SignatureMethod", "HMAC-SHA1" };
-	all[n++] = (struct signer_param){ "SignatureNonce", req->nonce };
-	all[n++] = (struct signer_param){ "SignatureVersion", "1.0" };
-	all[n++] = (struct signer_param){ "Timestamp", stamp };
-	all[n++] = (struct signer_param){ "Version", req->version };
+		all[n++] = (struct signer_param){"RegionId", req->region_id};
+	all[n++] = (struct signer_param){"SignatureMethod", "HMAC-SHA1"};
+	all[n++] = (struct signer_param){"SignatureNonce", req->nonce};
+	all[n++] = (struct signer_param){"SignatureVersion", "1.0"};
+	all[n++] = (struct signer_param){"Timestamp", stamp};
+	all[n++] = (struct signer_param){"Version", req->version};
 	for (i = 0; i < nbiz; i++)
 		all[n++] = biz[i];
 
@@ -309,15 +311,15 @@ signer_sha256_hex(struct sbuf *b, const void *data, size_t len)
 
 /* HMAC-SHA256(key, msg) into out (32 bytes). */
 static bool
-signer_hmac256(const unsigned char *key, size_t keylen, const char *msg,
-    unsigned char out[32])
+signer_hmac256(const unsigned char *key, size_t keylen, const char *msg, unsigned char out[32])
 {
 	unsigned int outlen = 0;
 
 	if (keylen > INT_MAX)
 		return false;
-	return HMAC(EVP_sha256(), key, (int)keylen, (const unsigned char *)msg,
-	    strlen(msg), out, &outlen) != NULL && outlen == 32;
+	return HMAC(EVP_sha256(), key, (int)keylen, (const unsigned char *)msg, strlen(msg), out,
+	           &outlen) != NULL &&
+	       outlen == 32;
 }
 
 /* The canonical header value: lower case, no surrounding blanks. */
@@ -345,8 +347,8 @@ signer_canonical_value(struct sbuf *b, const char *s)
  * service, then "tc3_request", then the string to sign. Hex into b.
  */
 static bool
-signer_tc3_signature(struct sbuf *b, const char *secret_key, const char *date,
-    const char *service, const char *string_to_sign)
+signer_tc3_signature(struct sbuf *b, const char *secret_key, const char *date, const char *service,
+    const char *string_to_sign)
 {
 	unsigned char k1[32], k2[32], k3[32], sig[32];
 	size_t keylen = strlen(secret_key) + 3;
@@ -355,10 +357,9 @@ signer_tc3_signature(struct sbuf *b, const char *secret_key, const char *date,
 
 	memcpy(key, "TC3", 3);
 	memcpy(key + 3, secret_key, keylen - 3);
-	ok = signer_hmac256(key, keylen, date, k1) &&
-	    signer_hmac256(k1, sizeof k1, service, k2) &&
-	    signer_hmac256(k2, sizeof k2, "tc3_request", k3) &&
-	    signer_hmac256(k3, sizeof k3, string_to_sign, sig);
+	ok = signer_hmac256(key, keylen, date, k1) && signer_hmac256(k1, sizeof k1, service, k2) &&
+	     signer_hmac256(k2, sizeof k2, "tc3_request", k3) &&
+	     signer_hmac256(k3, sizeof k3, string_to_sign, sig);
 	if (ok)
 		sbuf_hex(b, sig, sizeof sig, sizeof sig);
 	OPENSSL_cleanse(key, keylen);
@@ -386,8 +387,11 @@ static bool
 signer_tc3_check(const struct signer_tc3_req *req, const char **why)
 {
 	const char *const fields[] = {
-		req->secret_id, req->service, req->host, req->action,
-		req->version,
+	    req->secret_id,
+	    req->service,
+	    req->host,
+	    req->action,
+	    req->version,
 	};
 	size_t i;
 
@@ -418,14 +422,12 @@ signer_tc3_check(const struct signer_tc3_req *req, const char **why)
 }
 
 bool
-signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out,
-    const char **why)
+signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out, const char **why)
 {
-	const char *ct = req->content_type != NULL ? req->content_type :
-	    SIGNER_TC3_DEFAULT_CT;
-	const char *signed_headers = req->sign_action ?
-	    "content-type;host;x-tc-action" : "content-type;host";
-	struct sbuf creq = { 0 }, sts = { 0 }, sig = { 0 };
+	const char *ct = req->content_type != NULL ? req->content_type : SIGNER_TC3_DEFAULT_CT;
+	const char *signed_headers =
+	    req->sign_action ? "content-type;host;x-tc-action" : "content-type;host";
+	struct sbuf creq = {0}, sts = {0}, sig = {0};
 	struct tm tm;
 	size_t h = 0;
 
@@ -450,8 +452,7 @@ signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out,
 		sbuf_adds(&creq, "\n");
 	}
 	sbuf_printf(&creq, "\n%s\n", signed_headers);
-	if (!signer_sha256_hex(&creq, req->payload != NULL ? req->payload : "",
-	    req->payload_len))
+	if (!signer_sha256_hex(&creq, req->payload != NULL ? req->payload : "", req->payload_len))
 		goto fail;
 
 	sbuf_printf(&sts, "%s\n%lld\n%s/%s/tc3_request\n", SIGNER_TC3_ALGORITHM,
@@ -459,16 +460,14 @@ signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out,
 	if (!signer_sha256_hex(&sts, creq.p, creq.len))
 		goto fail;
 
-	if (!signer_tc3_signature(&sig, req->secret_key, out->date, req->service,
-	    sts.p))
+	if (!signer_tc3_signature(&sig, req->secret_key, out->date, req->service, sts.p))
 		goto fail;
 
 	out->canonical_request = creq.p;
 	out->string_to_sign = sts.p;
 	xasprintf(&out->authorization,
 	    "%s Credential=%s/%s/%s/tc3_request, SignedHeaders=%s, Signature=%s",
-	    SIGNER_TC3_ALGORITHM, req->secret_id, out->date, req->service,
-	    signed_headers, sig.p);
+	    SIGNER_TC3_ALGORITHM, req->secret_id, out->date, req->service, signed_headers, sig.p);
 	free(sig.p);
 
 	xasprintf(&out->headers[h++], "Authorization: %s", out->authorization);
@@ -476,8 +475,7 @@ signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out,
 	xasprintf(&out->headers[h++], "Host: %s", req->host);
 	xasprintf(&out->headers[h++], "X-TC-Action: %s", req->action);
 	xasprintf(&out->headers[h++], "X-TC-Version: %s", req->version);
-	xasprintf(&out->headers[h++], "X-TC-Timestamp: %lld",
-	    (long long)req->timestamp);
+	xasprintf(&out->headers[h++], "X-TC-Timestamp: %lld", (long long)req->timestamp);
 	if (!signer_empty(req->region))
 		xasprintf(&out->headers[h++], "X-TC-Region: %s", req->region);
 	return true;

@@ -38,8 +38,7 @@ char *signer_percent_encode(const char *s);
  * (the caller's array is not reordered), each as encode(name)=encode(value),
  * joined with &. NULL if a name is empty or appears twice.
  */
-char *signer_aliyun_canonical(const struct signer_param *params, size_t n,
-    const char **why);
+char *signer_aliyun_canonical(const struct signer_param *params, size_t n, const char **why);
 
 /* METHOD & %2F & encode(canonical). */
 char *signer_aliyun_string_to_sign(const char *method, const char *canonical);
@@ -52,13 +51,13 @@ char *signer_aliyun_signature(const char *secret, const char *string_to_sign);
 struct signer_aliyun_req {
 	const char *access_key_id;
 	const char *access_key_secret;
-	const char *method;    /* NULL: "POST" (the body is the form) */
-	const char *action;    /* "SendSms" */
-	const char *version;   /* "2017-05-25" */
-	const char *format;    /* NULL: "JSON" */
+	const char *method; /* NULL: "POST" (the body is the form) */
+	const char *action; /* "SendSms" */
+	const char *version; /* "2017-05-25" */
+	const char *format; /* NULL: "JSON" */
 	const char *region_id; /* NULL: no RegionId parameter */
-	const char *nonce;     /* SignatureNonce, unique per request (a UUID) */
-	int64_t timestamp;     /* Unix seconds, sent as YYYY-MM-DDThh:mm:ssZ */
+	const char *nonce; /* SignatureNonce, unique per request (a UUID) */
+	int64_t timestamp; /* Unix seconds, sent as YYYY-MM-DDThh:mm:ssZ */
 };
 
 /*
@@ -70,23 +69,23 @@ struct signer_aliyun_req {
  * a GET. NULL if a required field is missing, a business parameter repeats
  * a common one or "Signature", or the time stamp is out of range.
  */
-char *signer_aliyun_form(const struct signer_aliyun_req *req,
-    const struct signer_param *biz, size_t nbiz, const char **why);
+char *signer_aliyun_form(const struct signer_aliyun_req *req, const struct signer_param *biz,
+    size_t nbiz, const char **why);
 
 /* One Tencent Cloud API 3.0 call, signed with TC3-HMAC-SHA256. */
 struct signer_tc3_req {
 	const char *secret_id;
 	const char *secret_key;
-	const char *service;      /* "sms" */
-	const char *host;         /* "sms.tencentcloudapi.com" */
-	const char *action;       /* "SendSms" */
-	const char *version;      /* "2021-01-11" */
-	const char *region;       /* "ap-guangzhou"; NULL: no X-TC-Region */
-	int64_t timestamp;        /* Unix seconds; Date is its UTC day */
+	const char *service; /* "sms" */
+	const char *host; /* "sms.tencentcloudapi.com" */
+	const char *action; /* "SendSms" */
+	const char *version; /* "2021-01-11" */
+	const char *region; /* "ap-guangzhou"; NULL: no X-TC-Region */
+	int64_t timestamp; /* Unix seconds; Date is its UTC day */
 	const char *content_type; /* NULL: "application/json; charset=utf-8" */
-	const char *payload;      /* the exact body bytes that will be sent */
+	const char *payload; /* the exact body bytes that will be sent */
 	size_t payload_len;
-	bool sign_action;         /* also sign x-tc-action (newer documents) */
+	bool sign_action; /* also sign x-tc-action (newer documents) */
 };
 
 #define SIGNER_TC3_NHEADERS 7
@@ -107,8 +106,7 @@ struct signer_tc3 {
  * Sign req into *out. False (and *out empty) if a field is missing, a header
  * value holds a control character, or the time stamp is out of range.
  */
-bool signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out,
-    const char **why);
+bool signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out, const char **why);
 void signer_tc3_free(struct signer_tc3 *out);
 
 #endif

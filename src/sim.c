@@ -28,7 +28,7 @@
 #include "common.h"
 
 enum sim_relay { SIM_CLOSED = 0, SIM_OPEN, SIM_ARMED };
-static const char *sim_relay_names[] = { "closed", "open", "armed" };
+static const char *sim_relay_names[] = {"closed", "open", "armed"};
 
 /* A reading as produced: kept for batching and for resend. */
 struct sim_reading {
@@ -102,23 +102,23 @@ static struct {
 	int64_t rate;
 	bool verbose;
 } opt = {
-	.host = "127.0.0.1",
-	.port = 1883,
-	.prefix = "meters",
-	.n = 10,
-	.idprefix = "SIM",
-	.count = 0,
-	.interval_ms = 1000,
-	.watts = 1000,
-	.qos = 1,
-	.batch = 1,
-	.start_seq = 1,
-	.start_energy = 1000000,
-	.press_delay_ms = 2000,
-	.commands = true,
-	.hold = 1000,
-	.linger_ms = 0,
-	.inflight = 100,
+    .host = "127.0.0.1",
+    .port = 1883,
+    .prefix = "meters",
+    .n = 10,
+    .idprefix = "SIM",
+    .count = 0,
+    .interval_ms = 1000,
+    .watts = 1000,
+    .qos = 1,
+    .batch = 1,
+    .start_seq = 1,
+    .start_energy = 1000000,
+    .press_delay_ms = 2000,
+    .commands = true,
+    .hold = 1000,
+    .linger_ms = 0,
+    .inflight = 100,
 };
 
 static struct {
@@ -139,10 +139,10 @@ static struct {
 	/* per message id: how many readings it carries (0: not a reading) */
 	uint32_t mid_readings[65536];
 	uint8_t mid_tracked[65536];
-	int64_t outstanding;      /* QoS > 0 publishes awaiting their ack */
-	int64_t outstanding_rd;   /* of which reading messages */
-	int64_t published;        /* readings in reading messages sent */
-	int64_t acked;            /* readings in reading messages acknowledged */
+	int64_t outstanding; /* QoS > 0 publishes awaiting their ack */
+	int64_t outstanding_rd; /* of which reading messages */
+	int64_t published; /* readings in reading messages sent */
+	int64_t acked; /* readings in reading messages acknowledged */
 	int64_t status_last;
 
 	/* load mode */
@@ -151,9 +151,9 @@ static struct {
 	int64_t load_t0_us;
 	int64_t first_pub_us, last_ack_us;
 
-	int64_t t0_us;      /* monotonic start of the schedule */
-	int64_t wall0_us;   /* wall clock at start, for --ts-step */
-	int ts_frac;        /* digits of fraction in ts: 0, 3 or 6 */
+	int64_t t0_us; /* monotonic start of the schedule */
+	int64_t wall0_us; /* wall clock at start, for --ts-step */
+	int ts_frac; /* digits of fraction in ts: 0, 3 or 6 */
 
 	char *buf;
 	size_t buf_len, buf_cap;
@@ -163,8 +163,7 @@ static void sim_want_write(void);
 static void sim_check_done(void);
 static void sim_pump_load(void);
 
-static void PRINTFLIKE(1, 2)
-sim_warn(const char *fmt, ...)
+static void PRINTFLIKE(1, 2) sim_warn(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -175,8 +174,7 @@ sim_warn(const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
-static void PRINTFLIKE(1, 2)
-sim_debug(const char *fmt, ...)
+static void PRINTFLIKE(1, 2) sim_debug(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -189,8 +187,7 @@ sim_debug(const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
-NORETURN static void PRINTFLIKE(1, 2)
-sim_fatal(const char *fmt, ...)
+NORETURN static void PRINTFLIKE(1, 2) sim_fatal(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -203,8 +200,7 @@ sim_fatal(const char *fmt, ...)
 }
 
 /* The stdout lines are what tests grep: one line each, flushed at once. */
-static void PRINTFLIKE(1, 2)
-sim_out(const char *fmt, ...)
+static void PRINTFLIKE(1, 2) sim_out(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -228,8 +224,7 @@ sim_buf_reset(void)
 	sim.buf[0] = '\0';
 }
 
-static void PRINTFLIKE(1, 2)
-sim_buf_add(const char *fmt, ...)
+static void PRINTFLIKE(1, 2) sim_buf_add(const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -266,8 +261,8 @@ sim_format_ts(int64_t us, int frac, char *out, size_t outlen)
 		localtime_r(&sec, &tm);
 		strftime(head, sizeof head, "%Y-%m-%dT%H:%M:%S", &tm);
 		off = (int)(tm.tm_gmtoff / 60 % (24 * 60));
-		snprintf(zone, sizeof zone, "%c%02d:%02d", off < 0 ? '-' : '+',
-		    abs(off) / 60, abs(off) % 60);
+		snprintf(zone, sizeof zone, "%c%02d:%02d", off < 0 ? '-' : '+', abs(off) / 60,
+		    abs(off) % 60);
 		last_sec = sec;
 	}
 	if (frac == 6)
@@ -314,11 +309,11 @@ sim_parse_ts(const char *s, int64_t *us)
 	int64_t t;
 	const char *p;
 
-	if (strlen(s) < 20 || !sim_digits(s, 4, &y) || s[4] != '-' ||
-	    !sim_digits(s + 5, 2, &mo) || s[7] != '-' || !sim_digits(s + 8, 2, &d) ||
-	    (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
-	    !sim_digits(s + 11, 2, &h) || s[13] != ':' ||
-	    !sim_digits(s + 14, 2, &mi) || s[16] != ':' || !sim_digits(s + 17, 2, &se))
+	if (strlen(s) < 20 || !sim_digits(s, 4, &y) || s[4] != '-' || !sim_digits(s + 5, 2, &mo) ||
+	    s[7] != '-' || !sim_digits(s + 8, 2, &d) ||
+	    (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || !sim_digits(s + 11, 2, &h) ||
+	    s[13] != ':' || !sim_digits(s + 14, 2, &mi) || s[16] != ':' ||
+	    !sim_digits(s + 17, 2, &se))
 		return false;
 	if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60)
 		return false;
@@ -338,8 +333,8 @@ sim_parse_ts(const char *s, int64_t *us)
 	t = sim_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se;
 	if (*p == 'Z' || *p == 'z') {
 		p++;
-	} else if ((*p == '+' || *p == '-') && sim_digits(p + 1, 2, &oh) &&
-	    p[3] == ':' && sim_digits(p + 4, 2, &om)) {
+	} else if ((*p == '+' || *p == '-') && sim_digits(p + 1, 2, &oh) && p[3] == ':' &&
+	           sim_digits(p + 4, 2, &om)) {
 		t -= (*p == '+' ? 1 : -1) * (oh * 3600 + om * 60);
 		p += 6;
 	} else
@@ -359,8 +354,7 @@ sim_number(const char *s, int64_t min, int64_t max, const char *what)
 	errno = 0;
 	v = strtoll(s, &end, 10);
 	if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
-		sim_fatal("%s: %s is not a number from %" PRId64 " to %" PRId64,
-		    what, s, min, max);
+		sim_fatal("%s: %s is not a number from %" PRId64 " to %" PRId64, what, s, min, max);
 	return v;
 }
 
@@ -388,8 +382,7 @@ sim_parse_skip(const char *list)
 static bool
 sim_skipped(int64_t seq)
 {
-	return opt.nskip > 0 &&
-	    bsearch(&seq, opt.skip, opt.nskip, sizeof seq, sim_cmp64) != NULL;
+	return opt.nskip > 0 && bsearch(&seq, opt.skip, opt.nskip, sizeof seq, sim_cmp64) != NULL;
 }
 
 static void
@@ -464,8 +457,8 @@ sim_on_publish(struct mosquitto *mosq, void *arg, int mid)
 
 /* Publish readings of one meter; array forces a JSON array for one item. */
 static void
-sim_publish_readings(struct sim_meter *m, const struct sim_reading *r, size_t n,
-    bool array, bool skip_lost)
+sim_publish_readings(
+    struct sim_meter *m, const struct sim_reading *r, size_t n, bool array, bool skip_lost)
 {
 	size_t i, sent = 0;
 
@@ -476,8 +469,9 @@ sim_publish_readings(struct sim_meter *m, const struct sim_reading *r, size_t n,
 		if (skip_lost && sim_skipped(r[i].seq))
 			continue;
 		sim_buf_add("%s{\"seq\":%" PRId64 ",\"ts\":\"%s\",\"energy_wh\":%" PRId64
-		    ",\"relay\":\"%s\"}", sent > 0 ? "," : "", r[i].seq, r[i].ts,
-		    r[i].energy_wh, sim_relay_names[r[i].relay]);
+		            ",\"relay\":\"%s\"}",
+		    sent > 0 ? "," : "", r[i].seq, r[i].ts, r[i].energy_wh,
+		    sim_relay_names[r[i].relay]);
 		sent++;
 	}
 	if (array)
@@ -534,8 +528,7 @@ sim_produce(struct sim_meter *m, struct sim_reading *r)
 	r->relay = m->relay;
 	if (opt.ts_step)
 		sim_format_ts(sim.wall0_us + (r->seq - opt.start_seq) * opt.interval_ms * 1000,
-		    sim.ts_frac,
-		    r->ts, sizeof r->ts);
+		    sim.ts_frac, r->ts, sizeof r->ts);
 	else
 		sim_format_ts(now_wall_us(), sim.ts_frac, r->ts, sizeof r->ts);
 	m->produced++;
@@ -543,8 +536,8 @@ sim_produce(struct sim_meter *m, struct sim_reading *r)
 }
 
 static void
-sim_publish_ack(struct sim_meter *m, const char *id, const char *result, const char *detail,
-    bool remember)
+sim_publish_ack(
+    struct sim_meter *m, const char *id, const char *result, const char *detail, bool remember)
 {
 	json_t *o;
 	char *s;
@@ -704,8 +697,8 @@ sim_command(struct sim_meter *m, const char *payload, size_t len)
 	for (i = 0; m->memo != NULL && i < SIM_MEMO; i++) {
 		if (m->memo[i].id != NULL && strcmp(m->memo[i].id, id) == 0) {
 			sim_publish(m->t_ack, m->memo[i].ack, strlen(m->memo[i].ack), 1, 0);
-			sim_out("cmd meter=%s id=%s action=%s result=repeat relay=%s",
-			    m->id, pid, pact, sim_relay_names[m->relay]);
+			sim_out("cmd meter=%s id=%s action=%s result=repeat relay=%s", m->id, pid,
+			    pact, sim_relay_names[m->relay]);
 			json_decref(root);
 			return;
 		}
@@ -718,8 +711,8 @@ sim_command(struct sim_meter *m, const char *payload, size_t len)
 	} else if (until < now_wall_us()) {
 		/* Not executed, so not remembered: the contract says ignore it. */
 		sim_publish_ack(m, id, "expired", NULL, false);
-		sim_out("cmd meter=%s id=%s action=%s result=expired relay=%s",
-		    m->id, pid, pact, sim_relay_names[m->relay]);
+		sim_out("cmd meter=%s id=%s action=%s result=expired relay=%s", m->id, pid, pact,
+		    sim_relay_names[m->relay]);
 		json_decref(root);
 		return;
 	} else if (strcmp(action, "trip") == 0) {
@@ -760,8 +753,8 @@ sim_command(struct sim_meter *m, const char *payload, size_t len)
 		detail = "unknown action";
 	}
 	sim_publish_ack(m, id, result, detail, true);
-	sim_out("cmd meter=%s id=%s action=%s result=%s relay=%s",
-	    m->id, pid, pact, result, sim_relay_names[m->relay]);
+	sim_out("cmd meter=%s id=%s action=%s result=%s relay=%s", m->id, pid, pact, result,
+	    sim_relay_names[m->relay]);
 	/* The ack first: the head-end learns of the command before its effect. */
 	if (event_cause != NULL)
 		sim_publish_event(m, event_cause);
@@ -974,8 +967,8 @@ sim_tick(evutil_socket_t fd, short what, void *arg)
 		sim_meter_done();
 	} else {
 		/* Absolute schedule: a late tick does not push the later ones. */
-		sim_timer_add(m->tick, m->first_due_us + m->produced * opt.interval_ms * 1000 -
-		    now_mono_us());
+		sim_timer_add(m->tick,
+		    m->first_due_us + m->produced * opt.interval_ms * 1000 - now_mono_us());
 	}
 	sim_want_write();
 	sim_check_done();
@@ -1013,8 +1006,8 @@ sim_pump_load(void)
 			due = opt.load;
 	} else
 		due = opt.load;
-	while (sim.load_readings_sent < due &&
-	    (opt.rate > 0 || sim.outstanding_rd < opt.inflight)) {
+	while (
+	    sim.load_readings_sent < due && (opt.rate > 0 || sim.outstanding_rd < opt.inflight)) {
 		m = &sim.meters[sim.load_msgs_sent % opt.n];
 		for (k = 0; k < opt.batch && sim.load_readings_sent < opt.load; k++) {
 			sim_produce(m, &m->batch[m->batch_len++]);
@@ -1036,8 +1029,8 @@ sim_pump_load(void)
 	if (opt.rate > 0) {
 		/* the next reading is number load_readings_sent, due at its own time */
 		k = sim.load_readings_sent;
-		sim_timer_add(sim.ev_load, sim.load_t0_us +
-		    (k * 1000000 + opt.rate - 1) / opt.rate - now_mono_us());
+		sim_timer_add(sim.ev_load,
+		    sim.load_t0_us + (k * 1000000 + opt.rate - 1) / opt.rate - now_mono_us());
 	} else if (opt.qos == 0)
 		sim_timer_add(sim.ev_load, 0);
 }
@@ -1074,8 +1067,9 @@ sim_finish(void)
 		return;
 	sim.finished = true;
 	if (opt.load > 0) {
-		secs = sim.first_pub_us != 0 && sim.last_ack_us > sim.first_pub_us ?
-		    (double)(sim.last_ack_us - sim.first_pub_us) / 1e6 : 0.0;
+		secs = sim.first_pub_us != 0 && sim.last_ack_us > sim.first_pub_us
+		           ? (double)(sim.last_ack_us - sim.first_pub_us) / 1e6
+		           : 0.0;
 		rate = secs > 0 ? (double)sim.acked / secs : 0.0;
 		sim_out("RESULT published=%" PRId64 " acked=%" PRId64 " seconds=%.3f rate=%.0f",
 		    sim.published, sim.acked, secs, rate);
@@ -1162,15 +1156,22 @@ sim_second(evutil_socket_t fd, short what, void *arg)
 	if (opt.status) {
 		for (i = 0; i < opt.n; i++) {
 			switch (sim.meters[i].relay) {
-			case SIM_CLOSED: closed++; break;
-			case SIM_OPEN: open++; break;
-			case SIM_ARMED: armed++; break;
+			case SIM_CLOSED:
+				closed++;
+				break;
+			case SIM_OPEN:
+				open++;
+				break;
+			case SIM_ARMED:
+				armed++;
+				break;
 			}
 		}
-		fprintf(stderr, "sim: readings/s=%" PRId64 " published=%" PRId64
-		    " acked=%" PRId64 " closed=%d open=%d armed=%d%s\n",
-		    sim.published - sim.status_last, sim.published, sim.acked,
-		    closed, open, armed, sim.connected ? "" : " (disconnected)");
+		fprintf(stderr,
+		    "sim: readings/s=%" PRId64 " published=%" PRId64 " acked=%" PRId64
+		    " closed=%d open=%d armed=%d%s\n",
+		    sim.published - sim.status_last, sim.published, sim.acked, closed, open, armed,
+		    sim.connected ? "" : " (disconnected)");
 		sim.status_last = sim.published;
 	}
 	sim_want_write();
@@ -1190,30 +1191,36 @@ sim_usage(FILE *f)
 }
 
 enum {
-	OPT_START_SEQ = 256, OPT_START_ENERGY, OPT_SKIP_SEQ, OPT_DUPLICATE, OPT_TS_NOW,
-	OPT_TS_STEP, OPT_PRESS_DELAY, OPT_NO_COMMANDS, OPT_HOLD, OPT_LINGER, OPT_CLIENT_ID,
-	OPT_INFLIGHT, OPT_STATUS, OPT_LOAD, OPT_RATE, OPT_HELP
+	OPT_START_SEQ = 256,
+	OPT_START_ENERGY,
+	OPT_SKIP_SEQ,
+	OPT_DUPLICATE,
+	OPT_TS_NOW,
+	OPT_TS_STEP,
+	OPT_PRESS_DELAY,
+	OPT_NO_COMMANDS,
+	OPT_HOLD,
+	OPT_LINGER,
+	OPT_CLIENT_ID,
+	OPT_INFLIGHT,
+	OPT_STATUS,
+	OPT_LOAD,
+	OPT_RATE,
+	OPT_HELP
 };
 
-static const struct option sim_longopts[] = {
-	{ "start-seq", required_argument, NULL, OPT_START_SEQ },
-	{ "start-energy", required_argument, NULL, OPT_START_ENERGY },
-	{ "skip-seq", required_argument, NULL, OPT_SKIP_SEQ },
-	{ "duplicate", no_argument, NULL, OPT_DUPLICATE },
-	{ "ts-now", no_argument, NULL, OPT_TS_NOW },
-	{ "ts-step", no_argument, NULL, OPT_TS_STEP },
-	{ "press-delay", required_argument, NULL, OPT_PRESS_DELAY },
-	{ "no-commands", no_argument, NULL, OPT_NO_COMMANDS },
-	{ "hold", required_argument, NULL, OPT_HOLD },
-	{ "linger", required_argument, NULL, OPT_LINGER },
-	{ "client-id", required_argument, NULL, OPT_CLIENT_ID },
-	{ "inflight", required_argument, NULL, OPT_INFLIGHT },
-	{ "status", no_argument, NULL, OPT_STATUS },
-	{ "load", required_argument, NULL, OPT_LOAD },
-	{ "rate", required_argument, NULL, OPT_RATE },
-	{ "help", no_argument, NULL, OPT_HELP },
-	{ NULL, 0, NULL, 0 }
-};
+static const struct option sim_longopts[] = {{"start-seq", required_argument, NULL, OPT_START_SEQ},
+    {"start-energy", required_argument, NULL, OPT_START_ENERGY},
+    {"skip-seq", required_argument, NULL, OPT_SKIP_SEQ},
+    {"duplicate", no_argument, NULL, OPT_DUPLICATE}, {"ts-now", no_argument, NULL, OPT_TS_NOW},
+    {"ts-step", no_argument, NULL, OPT_TS_STEP},
+    {"press-delay", required_argument, NULL, OPT_PRESS_DELAY},
+    {"no-commands", no_argument, NULL, OPT_NO_COMMANDS},
+    {"hold", required_argument, NULL, OPT_HOLD}, {"linger", required_argument, NULL, OPT_LINGER},
+    {"client-id", required_argument, NULL, OPT_CLIENT_ID},
+    {"inflight", required_argument, NULL, OPT_INFLIGHT}, {"status", no_argument, NULL, OPT_STATUS},
+    {"load", required_argument, NULL, OPT_LOAD}, {"rate", required_argument, NULL, OPT_RATE},
+    {"help", no_argument, NULL, OPT_HELP}, {NULL, 0, NULL, 0}};
 
 static void
 sim_options(int argc, char **argv)
@@ -1222,40 +1229,90 @@ sim_options(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "b:c:h:i:n:P:p:q:r:vw:", sim_longopts, NULL)) != -1) {
 		switch (c) {
-		case 'b': opt.batch = (int)sim_number(optarg, 1, 100000, "-b"); break;
-		case 'c': opt.count = sim_number(optarg, 0, INT64_MAX / 2, "-c"); break;
-		case 'h': opt.host = optarg; break;
-		case 'i': opt.idprefix = optarg; break;
-		case 'n': opt.n = (int)sim_number(optarg, 1, 1000000, "-n"); break;
-		case 'P': opt.prefix = optarg; break;
-		case 'p': opt.port = (int)sim_number(optarg, 1, 65535, "-p"); break;
-		case 'q': opt.qos = (int)sim_number(optarg, 0, 2, "-q"); break;
-		case 'r': opt.interval_ms = sim_number(optarg, 1, 86400000, "-r"); break;
-		case 'v': opt.verbose = true; break;
-		case 'w': opt.watts = sim_number(optarg, 0, 10000000, "-w"); break;
+		case 'b':
+			opt.batch = (int)sim_number(optarg, 1, 100000, "-b");
+			break;
+		case 'c':
+			opt.count = sim_number(optarg, 0, INT64_MAX / 2, "-c");
+			break;
+		case 'h':
+			opt.host = optarg;
+			break;
+		case 'i':
+			opt.idprefix = optarg;
+			break;
+		case 'n':
+			opt.n = (int)sim_number(optarg, 1, 1000000, "-n");
+			break;
+		case 'P':
+			opt.prefix = optarg;
+			break;
+		case 'p':
+			opt.port = (int)sim_number(optarg, 1, 65535, "-p");
+			break;
+		case 'q':
+			opt.qos = (int)sim_number(optarg, 0, 2, "-q");
+			break;
+		case 'r':
+			opt.interval_ms = sim_number(optarg, 1, 86400000, "-r");
+			break;
+		case 'v':
+			opt.verbose = true;
+			break;
+		case 'w':
+			opt.watts = sim_number(optarg, 0, 10000000, "-w");
+			break;
 		case OPT_START_SEQ:
 			opt.start_seq = sim_number(optarg, 0, INT64_MAX / 2, "--start-seq");
 			break;
 		case OPT_START_ENERGY:
 			opt.start_energy = sim_number(optarg, 0, INT64_MAX / 2, "--start-energy");
 			break;
-		case OPT_SKIP_SEQ: sim_parse_skip(optarg); break;
-		case OPT_DUPLICATE: opt.duplicate = true; break;
-		case OPT_TS_NOW: opt.ts_step = false; break;
-		case OPT_TS_STEP: opt.ts_step = true; break;
+		case OPT_SKIP_SEQ:
+			sim_parse_skip(optarg);
+			break;
+		case OPT_DUPLICATE:
+			opt.duplicate = true;
+			break;
+		case OPT_TS_NOW:
+			opt.ts_step = false;
+			break;
+		case OPT_TS_STEP:
+			opt.ts_step = true;
+			break;
 		case OPT_PRESS_DELAY:
 			opt.press_delay_ms = sim_number(optarg, -1, 86400000, "--press-delay");
 			break;
-		case OPT_NO_COMMANDS: opt.commands = false; break;
-		case OPT_HOLD: opt.hold = (size_t)sim_number(optarg, 0, 10000000, "--hold"); break;
-		case OPT_LINGER: opt.linger_ms = sim_number(optarg, -1, INT64_MAX / 1000, "--linger"); break;
-		case OPT_CLIENT_ID: opt.client_id = optarg; break;
-		case OPT_INFLIGHT: opt.inflight = (int)sim_number(optarg, 1, 65535, "--inflight"); break;
-		case OPT_STATUS: opt.status = true; break;
-		case OPT_LOAD: opt.load = sim_number(optarg, 1, INT64_MAX / 2, "--load"); break;
-		case OPT_RATE: opt.rate = sim_number(optarg, 1, 100000000, "--rate"); break;
-		case OPT_HELP: sim_usage(stdout); exit(0);
-		default: sim_usage(stderr); exit(2);
+		case OPT_NO_COMMANDS:
+			opt.commands = false;
+			break;
+		case OPT_HOLD:
+			opt.hold = (size_t)sim_number(optarg, 0, 10000000, "--hold");
+			break;
+		case OPT_LINGER:
+			opt.linger_ms = sim_number(optarg, -1, INT64_MAX / 1000, "--linger");
+			break;
+		case OPT_CLIENT_ID:
+			opt.client_id = optarg;
+			break;
+		case OPT_INFLIGHT:
+			opt.inflight = (int)sim_number(optarg, 1, 65535, "--inflight");
+			break;
+		case OPT_STATUS:
+			opt.status = true;
+			break;
+		case OPT_LOAD:
+			opt.load = sim_number(optarg, 1, INT64_MAX / 2, "--load");
+			break;
+		case OPT_RATE:
+			opt.rate = sim_number(optarg, 1, 100000000, "--rate");
+			break;
+		case OPT_HELP:
+			sim_usage(stdout);
+			exit(0);
+		default:
+			sim_usage(stderr);
+			exit(2);
 		}
 	}
 	if (optind != argc) {
@@ -1276,8 +1333,8 @@ sim_id_valid(const char *s)
 	for (i = 0; i < len; i++) {
 		char c = s[i];
 
-		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-		    (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		        c == '_' || c == '.' || c == '-'))
 			return false;
 	}
 	return true;
@@ -1382,8 +1439,8 @@ main(int argc, char **argv)
 	evsignal_add(sim.ev_sigterm, NULL);
 	sim_timer_add(sim.ev_second, 1000000);
 
-	sim_debug("%d meters %s0001.. on %s:%d prefix %s, MQTT 3.1.1, libmosquitto %d",
-	    opt.n, opt.idprefix, opt.host, opt.port, opt.prefix, mosquitto_lib_version(NULL, NULL, NULL));
+	sim_debug("%d meters %s0001.. on %s:%d prefix %s, MQTT 3.1.1, libmosquitto %d", opt.n,
+	    opt.idprefix, opt.host, opt.port, opt.prefix, mosquitto_lib_version(NULL, NULL, NULL));
 	sim_reconnect(-1, 0, NULL);
 	if (sim.ev_read == NULL && !sim.ever_connected)
 		sim_warn("cannot connect to %s:%d yet, retrying every second", opt.host, opt.port);

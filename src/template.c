@@ -16,12 +16,13 @@
 #define TEMPLATE_QUOTE_MAX 40
 
 struct template_part {
-	size_t off;  /* literal: start in text; name: offset of its "{{" */
-	size_t len;  /* literal: length; name: unused */
-	int name;    /* index into names, or -1 for a literal */
+	size_t off; /* literal: start in text; name: offset of its "{{" */
+	size_t len; /* literal: length; name: unused */
+	int name; /* index into names, or -1 for a literal */
 };
 
-struct template {
+struct template
+{
 	char *text;
 	struct template_part *parts;
 	size_t nparts, partcap;
@@ -29,7 +30,7 @@ struct template {
 	size_t nnames;
 };
 
-static const char *template_mode_names[] = { "raw", "json", "form", "url", "header" };
+static const char *template_mode_names[] = {"raw", "json", "form", "url", "header"};
 
 bool
 template_mode_parse(const char *s, enum template_mode *mode)
@@ -53,8 +54,7 @@ template_mode_name(enum template_mode mode)
 	return template_mode_names[mode];
 }
 
-PRINTFLIKE(2, 3) static void
-template_cause(char **cause, const char *fmt, ...)
+PRINTFLIKE(2, 3) static void template_cause(char **cause, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -129,7 +129,7 @@ template_parse_name(struct template *t, size_t at, const char *const *known, cha
 	 * reader makes ("Hi {{name, pay {{amount}}"), not a strange name.
 	 */
 	while (s[i] != '\0' && s[i] != '\n' && !(s[i] == '}' && s[i + 1] == '}') &&
-	    !(s[i] == '{' && s[i + 1] == '{'))
+	       !(s[i] == '{' && s[i + 1] == '{'))
 		i++;
 	if (s[i] != '}') {
 		template_cause(cause, "unterminated '{{' at offset %zu", at);
@@ -272,7 +272,7 @@ static bool
 template_unreserved(unsigned char c)
 {
 	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-	    c == '-' || c == '.' || c == '_' || c == '~';
+	       c == '-' || c == '.' || c == '_' || c == '~';
 }
 
 static void
@@ -311,13 +311,13 @@ template_escape_json(struct sbuf *out, unsigned char c)
 }
 
 bool
-template_escape(struct sbuf *out, enum template_mode mode, const char *value, size_t len,
-    char **cause)
+template_escape(
+    struct sbuf *out, enum template_mode mode, const char *value, size_t len, char **cause)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	const unsigned char *p = (const unsigned char *)value;
 	size_t i = 0, n, k;
-	char pct[3] = { '%', 0, 0 };
+	char pct[3] = {'%', 0, 0};
 
 	if (mode == TEMPLATE_RAW) {
 		sbuf_add(out, value, len);
@@ -326,8 +326,8 @@ template_escape(struct sbuf *out, enum template_mode mode, const char *value, si
 	while (i < len) {
 		n = template_utf8_len(p + i, len - i);
 		if (n == 0) {
-			template_cause(cause, "value is not valid UTF-8 (byte 0x%02x at %zu)", p[i],
-			    i);
+			template_cause(
+			    cause, "value is not valid UTF-8 (byte 0x%02x at %zu)", p[i], i);
 			return false;
 		}
 		for (k = i; k < i + n; k++) {
@@ -378,7 +378,7 @@ char *
 template_render(const struct template *t, enum template_mode mode, template_lookup_fn lookup,
     void *arg, char **cause)
 {
-	struct sbuf b = { 0 };
+	struct sbuf b = {0};
 	const struct template_part *pt;
 	const char *name, *value;
 	char *why;
@@ -396,7 +396,8 @@ template_render(const struct template *t, enum template_mode mode, template_look
 		name = t->names[pt->name];
 		value = lookup(arg, name);
 		if (value == NULL) {
-			template_cause(cause, "unknown placeholder '%s' at offset %zu", name, pt->off);
+			template_cause(
+			    cause, "unknown placeholder '%s' at offset %zu", name, pt->off);
 			goto fail;
 		}
 		why = NULL;

@@ -36,16 +36,16 @@
  */
 enum template_mode {
 	TEMPLATE_RAW = 0, /* as is: message texts */
-	TEMPLATE_JSON,    /* inside a JSON string literal the template already
-			     quotes: " \ and control characters escaped,
-			     UTF-8 kept as is */
-	TEMPLATE_FORM,    /* application/x-www-form-urlencoded field: all but
-			     A-Z a-z 0-9 - . _ ~ percent-encoded, space as + */
-	TEMPLATE_URL,     /* one RFC 3986 component (query value or path
-			     segment): as FORM but space as %20; / is encoded */
-	TEMPLATE_HEADER   /* an HTTP header value: as is, but CR, LF and other
-			     control characters (except tab) are an error,
-			     so a value cannot inject a header */
+	TEMPLATE_JSON, /* inside a JSON string literal the template already
+	                  quotes: " \ and control characters escaped,
+	                  UTF-8 kept as is */
+	TEMPLATE_FORM, /* application/x-www-form-urlencoded field: all but
+	                  A-Z a-z 0-9 - . _ ~ percent-encoded, space as + */
+	TEMPLATE_URL, /* one RFC 3986 component (query value or path
+	                 segment): as FORM but space as %20; / is encoded */
+	TEMPLATE_HEADER /* an HTTP header value: as is, but CR, LF and other
+	                   control characters (except tab) are an error,
+	                   so a value cannot inject a header */
 };
 
 /* "raw", "json", "form", "url", "header"; false if s is none of them. */
@@ -93,8 +93,8 @@ typedef const char *(*template_lookup_fn)(void *arg, const char *name);
  * (an unknown name, or a value the mode rejects). Literal template text is
  * never escaped: it is the template author's JSON, form or URL.
  */
-char *template_render(const struct template *t, enum template_mode mode,
-    template_lookup_fn lookup, void *arg, char **cause);
+char *template_render(const struct template *t, enum template_mode mode, template_lookup_fn lookup,
+    void *arg, char **cause);
 
 /* A name/value pair; arrays of them end with { NULL, NULL }. */
 struct template_var {
@@ -111,8 +111,8 @@ char *template_render_vars(const struct template *t, enum template_mode mode,
  * Returns false and sets *cause (without naming a placeholder) if the mode
  * rejects the value; out then holds a partial result.
  */
-bool template_escape(struct sbuf *out, enum template_mode mode, const char *value, size_t len,
-    char **cause);
+bool template_escape(
+    struct sbuf *out, enum template_mode mode, const char *value, size_t len, char **cause);
 
 /*
  * Money for message texts. in is a plain decimal as PostgreSQL prints a

@@ -102,8 +102,8 @@ fakegw_seen_before(const char *path, const unsigned char *body, size_t len)
 
 /* Append one JSON line; one write() so that lines never interleave. */
 static void
-fakegw_log(struct evhttp_request *req, unsigned long n, const char *path,
-    const char *query, const unsigned char *body, size_t len)
+fakegw_log(struct evhttp_request *req, unsigned long n, const char *path, const char *query,
+    const unsigned char *body, size_t len)
 {
 	struct evkeyvalq *hdrs = evhttp_request_get_input_headers(req);
 	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
@@ -143,7 +143,8 @@ fakegw_log(struct evhttp_request *req, unsigned long n, const char *path,
 		snprintf(peer, sizeof peer, "%s:%u", addr != NULL ? addr : "?", port);
 	}
 	h = json_object();
-	TAILQ_FOREACH(kv, hdrs, next) {
+	TAILQ_FOREACH(kv, hdrs, next)
+	{
 		/* Repeated headers are joined as HTTP allows. */
 		if ((old = json_object_get(h, kv->key)) != NULL) {
 			char *joined;
@@ -154,11 +155,11 @@ fakegw_log(struct evhttp_request *req, unsigned long n, const char *path,
 		} else
 			json_object_set_new(h, kv->key, json_string(kv->value));
 	}
-	o = json_pack("{s:I, s:s, s:s, s:s, s:s?, s:o}", "n", (json_int_t)n, "peer", peer,
-	    "method", method, "path", path, "query", query, "headers", h);
+	o = json_pack("{s:I, s:s, s:s, s:s, s:s?, s:o}", "n", (json_int_t)n, "peer", peer, "method",
+	    method, "path", path, "query", query, "headers", h);
 	/* Bodies that are not UTF-8 cannot be a JSON string: log them as hex. */
 	if (json_object_set_new(o, "body", json_stringn((const char *)body, len)) != 0) {
-		struct sbuf b = { 0 };
+		struct sbuf b = {0};
 
 		sbuf_hex(&b, body, len, len);
 		json_object_set_new(o, "body_hex", json_string(b.p != NULL ? b.p : ""));
@@ -270,13 +271,15 @@ fakegw_request_cb(struct evhttp_request *req, void *arg)
 		fakegw_reply(req, 200, "OK", "{\"Code\":\"isv.MOBILE_NUMBER_ILLEGAL\"}");
 	} else if (strcmp(path, "/429") == 0) {
 		if (fakegw_seen_before(path, body, len) == 0) {
-			evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+			evhttp_add_header(
+			    evhttp_request_get_output_headers(req), "Retry-After", "1");
 			fakegw_reply(req, 429, "Too Many Requests", "{\"Code\":\"Throttling\"}");
 		} else
 			fakegw_reply_ok(req, n);
 	} else if (strcmp(path, "/500") == 0) {
 		if (fakegw_seen_before(path, body, len) < 2)
-			fakegw_reply(req, 500, "Internal Server Error", "{\"Code\":\"ServiceUnavailable\"}");
+			fakegw_reply(
+			    req, 500, "Internal Server Error", "{\"Code\":\"ServiceUnavailable\"}");
 		else
 			fakegw_reply_ok(req, n);
 	} else if (strcmp(path, "/400") == 0) {
@@ -288,7 +291,7 @@ fakegw_request_cb(struct evhttp_request *req, void *arg)
 		TAILQ_INSERT_TAIL(&fakegw_held, hd, entry);
 		if (strcmp(path, "/slow") == 0) {
 			long ms = fakegw_query_long(query, "ms", 100);
-			struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+			struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 
 			hd->timer = evtimer_new(fakegw_base, fakegw_slow_cb, hd);
 			evtimer_add(hd->timer, &tv);
@@ -377,8 +380,8 @@ fakegw_smtp_read_cb(struct bufferevent *bev, void *arg)
 		if (c->in_data) {
 			if (strcmp(line, ".") == 0) {
 				json_t *o = json_pack("{s:I, s:s, s:O, s:s}", "smtp",
-				    (json_int_t)++fakegw_n, "from", c->from ? c->from : "",
-				    "rcpt", c->rcpt, "data", c->data.p ? c->data.p : "");
+				    (json_int_t)++fakegw_n, "from", c->from ? c->from : "", "rcpt",
+				    c->rcpt, "data", c->data.p ? c->data.p : "");
 				char *js = json_dumps(o, JSON_COMPACT);
 
 				if (js != NULL) {
@@ -441,8 +444,8 @@ fakegw_smtp_event_cb(struct bufferevent *bev, short what, void *arg)
 }
 
 static void
-fakegw_smtp_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-    int socklen, void *arg)
+fakegw_smtp_accept_cb(
+    struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int socklen, void *arg)
 {
 	struct fakegw_smtp *c = xcalloc(1, sizeof *c);
 
@@ -471,8 +474,7 @@ fakegw_smtp_listen(long port)
 	sin.sin_addr.s_addr = htonl(0x7f000001);
 	sin.sin_port = htons((uint16_t)port);
 	return evconnlistener_new_bind(fakegw_base, fakegw_smtp_accept_cb, NULL,
-	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, -1, (struct sockaddr *)&sin,
-	    sizeof sin);
+	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, -1, (struct sockaddr *)&sin, sizeof sin);
 }
 
 int
@@ -528,7 +530,8 @@ main(int argc, char **argv)
 	}
 	http = evhttp_new(fakegw_base);
 	evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-	    EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH | EVHTTP_REQ_HEAD);
+	                                     EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
+	                                     EVHTTP_REQ_HEAD);
 	evhttp_set_gencb(http, fakegw_request_cb, NULL);
 	if (evhttp_bind_socket(http, "127.0.0.1", (ev_uint16_t)port) != 0) {
 		fprintf(stderr, "fakegw: cannot listen on 127.0.0.1:%ld\n", port);

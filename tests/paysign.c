@@ -112,8 +112,7 @@ static struct sbuf paysign_scratch;
 
 /* --- small helpers */
 
-static void PRINTFLIKE(1, 2) NORETURN
-paysign_fatal(const char *fmt, ...)
+static void PRINTFLIKE(1, 2) NORETURN paysign_fatal(const char *fmt, ...)
 {
 	va_list ap;
 	unsigned long e;
@@ -145,8 +144,7 @@ paysign_number(const char *s, long min, long max, const char *what)
 static void
 paysign_alnum(char *out, size_t n)
 {
-	static const char set[] =
-	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+	static const char set[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 	unsigned char b[64];
 	size_t i = 0, j;
 
@@ -278,15 +276,14 @@ paysign_cert(const char *dir, EVP_PKEY *k)
 
 	if (x == NULL || bn == NULL || BN_rand(bn, 159, BN_RAND_TOP_ONE, BN_RAND_BOTTOM_ANY) != 1 ||
 	    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) == NULL ||
-	    X509_set_version(x, 2) != 1 ||
-	    X509_gmtime_adj(X509_getm_notBefore(x), -3600) == NULL ||
+	    X509_set_version(x, 2) != 1 || X509_gmtime_adj(X509_getm_notBefore(x), -3600) == NULL ||
 	    X509_gmtime_adj(X509_getm_notAfter(x), 5L * 365 * 86400) == NULL ||
 	    X509_set_pubkey(x, k) != 1)
 		paysign_fatal("certificate set-up failed");
 	name = X509_get_subject_name(x);
 	X509_NAME_add_entry_by_txt(name, "C", MBSTRING_ASC, (const unsigned char *)"CN", -1, -1, 0);
-	X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC,
-	    (const unsigned char *)"Tenpay.com", -1, -1, 0);
+	X509_NAME_add_entry_by_txt(
+	    name, "O", MBSTRING_ASC, (const unsigned char *)"Tenpay.com", -1, -1, 0);
 	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
 	    (const unsigned char *)"paysign test platform certificate", -1, -1, 0);
 	if (X509_set_issuer_name(x, name) != 1 || X509_sign(x, k, EVP_sha256()) == 0)
@@ -387,8 +384,8 @@ paysign_resolve(const struct paysign_opts *o, bool wx, bool ali, struct paysign_
 		if (o->wx_key != NULL)
 			k->wx = paysign_load_key(o->wx_key);
 		else {
-			path = paysign_in_dir(o, o->wx_pubkey ? "wx_pub.key" : "wx_platform.key",
-			    "--key");
+			path = paysign_in_dir(
+			    o, o->wx_pubkey ? "wx_pub.key" : "wx_platform.key", "--key");
 			k->wx = paysign_load_key(path);
 			free(path);
 		}
@@ -401,7 +398,8 @@ paysign_resolve(const struct paysign_opts *o, bool wx, bool ali, struct paysign_
 			k->serial = paysign_cert_serial(path);
 			free(path);
 		}
-		path = o->apiv3 != NULL ? xstrdup(o->apiv3) : paysign_in_dir(o, "apiv3.key", "--apiv3");
+		path = o->apiv3 != NULL ? xstrdup(o->apiv3)
+		                        : paysign_in_dir(o, "apiv3.key", "--apiv3");
 		if ((f = fopen(path, "r")) == NULL)
 			paysign_fatal("%s: %s", path, strerror(errno));
 		n = fread(buf, 1, sizeof buf, f);
@@ -458,7 +456,7 @@ paysign_wx_body(const struct paysign_opts *o, const struct paysign_keys *k, cons
 	char when[40], nonce[13], evid[40];
 	unsigned char *ct, tag[16];
 	EVP_CIPHER_CTX *ctx;
-	struct sbuf b64 = { 0 };
+	struct sbuf b64 = {0};
 	json_t *tx, *env;
 	char *plain, *out;
 	int len, fin;
@@ -466,14 +464,13 @@ paysign_wx_body(const struct paysign_opts *o, const struct paysign_keys *k, cons
 
 	paysign_cntime(time(NULL), true, when, sizeof when);
 	tx = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:{s:s},"
-	    " s:{s:I, s:I, s:s, s:s}}",
+	               " s:{s:I, s:I, s:s, s:s}}",
 	    "appid", o->appid, "mchid", o->mchid, "out_trade_no", otn, "transaction_id", txid,
-	    "trade_type", "JSAPI", "trade_state", o->trade_state,
-	    "trade_state_desc", paysign_wx_state_desc(o->trade_state), "bank_type", "OTHERS",
-	    "attach", "", "success_time", when,
-	    "payer", "openid", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
-	    "amount", "total", (json_int_t)total, "payer_total", (json_int_t)total,
-	    "currency", o->currency, "payer_currency", o->currency);
+	    "trade_type", "JSAPI", "trade_state", o->trade_state, "trade_state_desc",
+	    paysign_wx_state_desc(o->trade_state), "bank_type", "OTHERS", "attach", "",
+	    "success_time", when, "payer", "openid", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "amount",
+	    "total", (json_int_t)total, "payer_total", (json_int_t)total, "currency", o->currency,
+	    "payer_currency", o->currency);
 	if (tx == NULL)
 		paysign_fatal("json_pack failed");
 	plain = json_dumps(tx, JSON_COMPACT);
@@ -505,12 +502,11 @@ paysign_wx_body(const struct paysign_opts *o, const struct paysign_keys *k, cons
 		memcpy(evid, "EV-", 3);
 		paysign_alnum(evid + 3, 24);
 	}
-	env = json_pack("{s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s, s:s}}",
-	    "id", evid, "create_time", when, "resource_type", "encrypt-resource",
-	    "event_type", o->event_type,
-	    "summary", strcmp(o->trade_state, "SUCCESS") == 0 ? "支付成功" : "交易通知",
-	    "resource", "original_type", o->original_type, "algorithm", "AEAD_AES_256_GCM",
-	    "ciphertext", b64.p, "associated_data", aad, "nonce", nonce);
+	env = json_pack("{s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s, s:s}}", "id", evid,
+	    "create_time", when, "resource_type", "encrypt-resource", "event_type", o->event_type,
+	    "summary", strcmp(o->trade_state, "SUCCESS") == 0 ? "支付成功" : "交易通知", "resource",
+	    "original_type", o->original_type, "algorithm", "AEAD_AES_256_GCM", "ciphertext", b64.p,
+	    "associated_data", aad, "nonce", nonce);
 	if (env == NULL)
 		paysign_fatal("json_pack failed");
 	out = json_dumps(env, JSON_COMPACT);
@@ -541,7 +537,7 @@ static struct curl_slist *
 paysign_wx_headers(const struct paysign_opts *o, const struct paysign_keys *k,
     const struct sbuf *body, struct sbuf *dmsg, struct sbuf *dsig)
 {
-	struct sbuf msg = { 0 }, sig = { 0 };
+	struct sbuf msg = {0}, sig = {0};
 	struct curl_slist *h = NULL;
 	char ts[32], nonce[33];
 
@@ -635,7 +631,7 @@ paysign_ali_form(const struct paysign_opts *o, const struct paysign_keys *k, con
 {
 	struct paysign_kv *kv = xcalloc(32 + o->nfields, sizeof *kv);
 	struct paysign_kv **srt = xcalloc(32 + o->nfields, sizeof *srt);
-	struct sbuf msg = { 0 }, sig = { 0 };
+	struct sbuf msg = {0}, sig = {0};
 	char now[32], created[32], paid[32], nid[33], *eq, *key;
 	time_t t = time(NULL);
 	size_t n = 0, ns = 0, i;
@@ -801,8 +797,8 @@ paysign_print_answer(const struct paysign_xfer *x, long status)
 
 /* The same request count times, parallel at a time; 1 if --expect failed. */
 static int
-paysign_fire(const struct paysign_opts *o, const char *url, const struct sbuf *body,
-    struct curl_slist *hdrs)
+paysign_fire(
+    const struct paysign_opts *o, const char *url, const struct sbuf *body, struct curl_slist *hdrs)
 {
 	long par = o->parallel < o->count ? o->parallel : o->count;
 	long started = 0, done = 0;
@@ -854,7 +850,7 @@ static void
 paysign_dump(const struct paysign_opts *o, const struct sbuf *body, const struct sbuf *msg,
     const struct sbuf *sig, const struct curl_slist *hdrs)
 {
-	struct sbuf h = { 0 };
+	struct sbuf h = {0};
 	char *path;
 
 	if (o->dump == NULL)
@@ -891,7 +887,7 @@ paysign_default_otn(const struct paysign_opts *o)
 static int
 paysign_wechat_cmd(const struct paysign_opts *o, const char *url)
 {
-	struct sbuf body = { 0 }, msg = { 0 }, sig = { 0 };
+	struct sbuf body = {0}, msg = {0}, sig = {0};
 	struct paysign_keys k;
 	struct curl_slist *h;
 	char *otn, *txid;
@@ -923,7 +919,7 @@ paysign_wechat_cmd(const struct paysign_opts *o, const char *url)
 static int
 paysign_alipay_cmd(const struct paysign_opts *o, const char *url)
 {
-	struct sbuf body = { 0 }, msg = { 0 }, sig = { 0 };
+	struct sbuf body = {0}, msg = {0}, sig = {0};
 	struct paysign_keys k;
 	struct curl_slist *h;
 	char *otn, *tno;
@@ -935,8 +931,7 @@ paysign_alipay_cmd(const struct paysign_opts *o, const char *url)
 		tno = xstrdup(o->trade_no);
 	else
 		xasprintf(&tno, "T%s", otn);
-	paysign_ali_form(o, &k, otn, tno, o->total != NULL ? o->total : "12.30", &body, &msg,
-	    &sig);
+	paysign_ali_form(o, &k, otn, tno, o->total != NULL ? o->total : "12.30", &body, &msg, &sig);
 	h = paysign_ali_headers();
 	paysign_dump(o, &body, &msg, &sig, h);
 	rc = paysign_fire(o, url, &body, h);
@@ -988,7 +983,8 @@ paysign_load_orders(struct paysign_load *l, const char *path)
 		if (line[strspn(line, " \t\r\n")] == '\0' || line[0] == '#')
 			continue;
 		if (sscanf(line, "%31s %127s %31s %127s", prov, otn, fen, meter) != 4)
-			paysign_fatal("%s:%zu: want 'provider out_trade_no fen meter_id'", path, lineno);
+			paysign_fatal(
+			    "%s:%zu: want 'provider out_trade_no fen meter_id'", path, lineno);
 		if (l->n == cap) {
 			cap = cap ? cap * 2 : 1024;
 			l->orders = xreallocarray(l->orders, cap, sizeof *l->orders);
@@ -1024,7 +1020,8 @@ paysign_on_connect(struct mosquitto *mosq, void *arg, int rc)
 	char *topic;
 
 	if (rc != 0) {
-		fprintf(stderr, "paysign: MQTT connect refused: %s\n", mosquitto_connack_string(rc));
+		fprintf(
+		    stderr, "paysign: MQTT connect refused: %s\n", mosquitto_connack_string(rc));
 		return;
 	}
 	l->mqtt_up = true;
@@ -1138,8 +1135,7 @@ paysign_mqtt_service(struct paysign_load *l, const struct curl_waitfd *w, int64_
 
 static void
 paysign_load_start(struct paysign_load *l, CURLM *multi, struct paysign_xfer *x,
-    struct paysign_order *od, struct curl_slist *ali_hdrs, const char *url_wx,
-    const char *url_ali)
+    struct paysign_order *od, struct curl_slist *ali_hdrs, const char *url_wx, const char *url_ali)
 {
 	x->order = od;
 	if (od->wechat) {
@@ -1188,7 +1184,8 @@ paysign_load_done(struct paysign_load *l, struct paysign_xfer *x, CURLcode rc, i
 		if (status == 0)
 			fprintf(stderr, "curl: %s\n", x->err);
 		else
-			fprintf(stderr, "status=%ld body=%.*s\n", status, (int)x->head_len, x->head);
+			fprintf(
+			    stderr, "status=%ld body=%.*s\n", status, (int)x->head_len, x->head);
 	}
 	if (l->o->retry && now + l->o->retry_delay_ms * 1000 < deadline) {
 		od->retry_at = now + l->o->retry_delay_ms * 1000;
@@ -1229,7 +1226,7 @@ paysign_print_pcts(int64_t *v, size_t n)
 static int
 paysign_load_cmd(const struct paysign_opts *o, const char *url_wx, const char *url_ali)
 {
-	struct paysign_load l = { 0 };
+	struct paysign_load l = {0};
 	struct paysign_keys k;
 	struct paysign_xfer *xs, *x, *free_x = NULL;
 	struct paysign_order *od;
@@ -1299,8 +1296,10 @@ paysign_load_cmd(const struct paysign_opts *o, const char *url_wx, const char *u
 				if ((l.rq_head = od->next_retry) == NULL)
 					l.rq_tail = NULL;
 				l.retries++;
-			} else if (next < l.n && (o->rate == 0 ||
-			    l.start_us + (int64_t)next * 1000000 / o->rate <= now + 1000)) {
+			} else if (next < l.n &&
+			           (o->rate == 0 ||
+			               l.start_us + (int64_t)next * 1000000 / o->rate <=
+			                   now + 1000)) {
 				od = &l.orders[next++];
 			} else
 				break;
@@ -1328,8 +1327,8 @@ paysign_load_cmd(const struct paysign_opts *o, const char *url_wx, const char *u
 		wait = 100000;
 		if (free_x != NULL) {
 			if (next < l.n) {
-				due = o->rate == 0 ? now :
-				    l.start_us + (int64_t)next * 1000000 / o->rate;
+				due = o->rate == 0 ? now
+				                   : l.start_us + (int64_t)next * 1000000 / o->rate;
 				if (due - now < wait)
 					wait = due - now;
 			}
@@ -1340,10 +1339,10 @@ paysign_load_cmd(const struct paysign_opts *o, const char *url_wx, const char *u
 		if (l.mosq != NULL) {
 			w.fd = mosquitto_socket(l.mosq);
 			w.events = CURL_WAIT_POLLIN |
-			    (mosquitto_want_write(l.mosq) ? CURL_WAIT_POLLOUT : 0);
+			           (mosquitto_want_write(l.mosq) ? CURL_WAIT_POLLOUT : 0);
 			w.revents = 0;
-			curl_multi_poll(multi, w.fd >= 0 ? &w : NULL, w.fd >= 0 ? 1 : 0, wait_ms,
-			    NULL);
+			curl_multi_poll(
+			    multi, w.fd >= 0 ? &w : NULL, w.fd >= 0 ? 1 : 0, wait_ms, NULL);
 			paysign_mqtt_service(&l, w.fd >= 0 ? &w : NULL, &misc_at);
 		} else
 			curl_multi_poll(multi, NULL, 0, wait_ms, NULL);
@@ -1365,8 +1364,9 @@ paysign_load_cmd(const struct paysign_opts *o, const char *url_wx, const char *u
 		}
 	}
 
-	printf("sent=%zu ok=%zu failed=%zu retries=%zu elapsed_ms=%" PRId64
-	    " rate=%" PRId64 ".%" PRId64 "\n", l.sent, l.ok, l.n - l.ok, l.retries, elapsed_ms,
+	printf("sent=%zu ok=%zu failed=%zu retries=%zu elapsed_ms=%" PRId64 " rate=%" PRId64
+	       ".%" PRId64 "\n",
+	    l.sent, l.ok, l.n - l.ok, l.retries, elapsed_ms,
 	    elapsed_ms ? (int64_t)l.ok * 1000 / elapsed_ms : 0,
 	    elapsed_ms ? (int64_t)l.ok * 10000 / elapsed_ms % 10 : 0);
 	printf("latency_ms");
@@ -1450,65 +1450,91 @@ paysign_usage(FILE *f)
 }
 
 enum {
-	OPT_KEYS = 256, OPT_KEY, OPT_WX_KEY, OPT_ALI_KEY, OPT_SERIAL, OPT_WX_PUBKEY, OPT_APIV3,
-	OPT_MCHID, OPT_APPID, OPT_APP_ID, OPT_SELLER_ID, OPT_BUYER_ID, OPT_OTN, OPT_TXID,
-	OPT_TRADE_NO, OPT_TOTAL, OPT_CURRENCY, OPT_TRADE_STATE, OPT_TRADE_STATUS,
-	OPT_EVENT_TYPE, OPT_ORIGINAL_TYPE, OPT_ID, OPT_NOTIFY_ID, OPT_REFUND_FEE,
-	OPT_SIGN_TYPE, OPT_SUBJECT, OPT_RECEIPT, OPT_FIELD, OPT_SKEW, OPT_TAMPER, OPT_BAD_SIG,
-	OPT_APIV3_WRONG, OPT_PLUS_SPACE, OPT_EXPECT, OPT_TIMEOUT, OPT_DUMP, OPT_ORDERS,
-	OPT_RATE, OPT_CONCURRENCY, OPT_RETRY, OPT_RETRY_DELAY, OPT_DEADLINE, OPT_SUCCESS_LOG,
-	OPT_MQTT, OPT_PREFIX, OPT_HELP
+	OPT_KEYS = 256,
+	OPT_KEY,
+	OPT_WX_KEY,
+	OPT_ALI_KEY,
+	OPT_SERIAL,
+	OPT_WX_PUBKEY,
+	OPT_APIV3,
+	OPT_MCHID,
+	OPT_APPID,
+	OPT_APP_ID,
+	OPT_SELLER_ID,
+	OPT_BUYER_ID,
+	OPT_OTN,
+	OPT_TXID,
+	OPT_TRADE_NO,
+	OPT_TOTAL,
+	OPT_CURRENCY,
+	OPT_TRADE_STATE,
+	OPT_TRADE_STATUS,
+	OPT_EVENT_TYPE,
+	OPT_ORIGINAL_TYPE,
+	OPT_ID,
+	OPT_NOTIFY_ID,
+	OPT_REFUND_FEE,
+	OPT_SIGN_TYPE,
+	OPT_SUBJECT,
+	OPT_RECEIPT,
+	OPT_FIELD,
+	OPT_SKEW,
+	OPT_TAMPER,
+	OPT_BAD_SIG,
+	OPT_APIV3_WRONG,
+	OPT_PLUS_SPACE,
+	OPT_EXPECT,
+	OPT_TIMEOUT,
+	OPT_DUMP,
+	OPT_ORDERS,
+	OPT_RATE,
+	OPT_CONCURRENCY,
+	OPT_RETRY,
+	OPT_RETRY_DELAY,
+	OPT_DEADLINE,
+	OPT_SUCCESS_LOG,
+	OPT_MQTT,
+	OPT_PREFIX,
+	OPT_HELP
 };
 
-static const struct option paysign_longopts[] = {
-	{ "keys", required_argument, NULL, OPT_KEYS },
-	{ "key", required_argument, NULL, OPT_KEY },
-	{ "wx-key", required_argument, NULL, OPT_WX_KEY },
-	{ "ali-key", required_argument, NULL, OPT_ALI_KEY },
-	{ "serial", required_argument, NULL, OPT_SERIAL },
-	{ "wx-pubkey", no_argument, NULL, OPT_WX_PUBKEY },
-	{ "apiv3", required_argument, NULL, OPT_APIV3 },
-	{ "mchid", required_argument, NULL, OPT_MCHID },
-	{ "appid", required_argument, NULL, OPT_APPID },
-	{ "app-id", required_argument, NULL, OPT_APP_ID },
-	{ "seller-id", required_argument, NULL, OPT_SELLER_ID },
-	{ "buyer-id", required_argument, NULL, OPT_BUYER_ID },
-	{ "out-trade-no", required_argument, NULL, OPT_OTN },
-	{ "transaction-id", required_argument, NULL, OPT_TXID },
-	{ "trade-no", required_argument, NULL, OPT_TRADE_NO },
-	{ "total", required_argument, NULL, OPT_TOTAL },
-	{ "currency", required_argument, NULL, OPT_CURRENCY },
-	{ "trade-state", required_argument, NULL, OPT_TRADE_STATE },
-	{ "trade-status", required_argument, NULL, OPT_TRADE_STATUS },
-	{ "event-type", required_argument, NULL, OPT_EVENT_TYPE },
-	{ "original-type", required_argument, NULL, OPT_ORIGINAL_TYPE },
-	{ "id", required_argument, NULL, OPT_ID },
-	{ "notify-id", required_argument, NULL, OPT_NOTIFY_ID },
-	{ "refund-fee", required_argument, NULL, OPT_REFUND_FEE },
-	{ "sign-type", required_argument, NULL, OPT_SIGN_TYPE },
-	{ "subject", required_argument, NULL, OPT_SUBJECT },
-	{ "receipt-amount", required_argument, NULL, OPT_RECEIPT },
-	{ "field", required_argument, NULL, OPT_FIELD },
-	{ "skew", required_argument, NULL, OPT_SKEW },
-	{ "tamper", no_argument, NULL, OPT_TAMPER },
-	{ "bad-sig", no_argument, NULL, OPT_BAD_SIG },
-	{ "apiv3-wrong", no_argument, NULL, OPT_APIV3_WRONG },
-	{ "plus-space", no_argument, NULL, OPT_PLUS_SPACE },
-	{ "expect", required_argument, NULL, OPT_EXPECT },
-	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
-	{ "dump", required_argument, NULL, OPT_DUMP },
-	{ "orders", required_argument, NULL, OPT_ORDERS },
-	{ "rate", required_argument, NULL, OPT_RATE },
-	{ "concurrency", required_argument, NULL, OPT_CONCURRENCY },
-	{ "retry", no_argument, NULL, OPT_RETRY },
-	{ "retry-delay", required_argument, NULL, OPT_RETRY_DELAY },
-	{ "deadline", required_argument, NULL, OPT_DEADLINE },
-	{ "success-log", required_argument, NULL, OPT_SUCCESS_LOG },
-	{ "mqtt", required_argument, NULL, OPT_MQTT },
-	{ "prefix", required_argument, NULL, OPT_PREFIX },
-	{ "help", no_argument, NULL, OPT_HELP },
-	{ NULL, 0, NULL, 0 }
-};
+static const struct option paysign_longopts[] = {{"keys", required_argument, NULL, OPT_KEYS},
+    {"key", required_argument, NULL, OPT_KEY}, {"wx-key", required_argument, NULL, OPT_WX_KEY},
+    {"ali-key", required_argument, NULL, OPT_ALI_KEY},
+    {"serial", required_argument, NULL, OPT_SERIAL},
+    {"wx-pubkey", no_argument, NULL, OPT_WX_PUBKEY}, {"apiv3", required_argument, NULL, OPT_APIV3},
+    {"mchid", required_argument, NULL, OPT_MCHID}, {"appid", required_argument, NULL, OPT_APPID},
+    {"app-id", required_argument, NULL, OPT_APP_ID},
+    {"seller-id", required_argument, NULL, OPT_SELLER_ID},
+    {"buyer-id", required_argument, NULL, OPT_BUYER_ID},
+    {"out-trade-no", required_argument, NULL, OPT_OTN},
+    {"transaction-id", required_argument, NULL, OPT_TXID},
+    {"trade-no", required_argument, NULL, OPT_TRADE_NO},
+    {"total", required_argument, NULL, OPT_TOTAL},
+    {"currency", required_argument, NULL, OPT_CURRENCY},
+    {"trade-state", required_argument, NULL, OPT_TRADE_STATE},
+    {"trade-status", required_argument, NULL, OPT_TRADE_STATUS},
+    {"event-type", required_argument, NULL, OPT_EVENT_TYPE},
+    {"original-type", required_argument, NULL, OPT_ORIGINAL_TYPE},
+    {"id", required_argument, NULL, OPT_ID}, {"notify-id", required_argument, NULL, OPT_NOTIFY_ID},
+    {"refund-fee", required_argument, NULL, OPT_REFUND_FEE},
+    {"sign-type", required_argument, NULL, OPT_SIGN_TYPE},
+    {"subject", required_argument, NULL, OPT_SUBJECT},
+    {"receipt-amount", required_argument, NULL, OPT_RECEIPT},
+    {"field", required_argument, NULL, OPT_FIELD}, {"skew", required_argument, NULL, OPT_SKEW},
+    {"tamper", no_argument, NULL, OPT_TAMPER}, {"bad-sig", no_argument, NULL, OPT_BAD_SIG},
+    {"apiv3-wrong", no_argument, NULL, OPT_APIV3_WRONG},
+    {"plus-space", no_argument, NULL, OPT_PLUS_SPACE},
+    {"expect", required_argument, NULL, OPT_EXPECT},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT}, {"dump", required_argument, NULL, OPT_DUMP},
+    {"orders", required_argument, NULL, OPT_ORDERS}, {"rate", required_argument, NULL, OPT_RATE},
+    {"concurrency", required_argument, NULL, OPT_CONCURRENCY},
+    {"retry", no_argument, NULL, OPT_RETRY},
+    {"retry-delay", required_argument, NULL, OPT_RETRY_DELAY},
+    {"deadline", required_argument, NULL, OPT_DEADLINE},
+    {"success-log", required_argument, NULL, OPT_SUCCESS_LOG},
+    {"mqtt", required_argument, NULL, OPT_MQTT}, {"prefix", required_argument, NULL, OPT_PREFIX},
+    {"help", no_argument, NULL, OPT_HELP}, {NULL, 0, NULL, 0}};
 
 static void NORETURN
 paysign_bad_usage(void)
@@ -1549,68 +1575,155 @@ paysign_options(int argc, char **argv, const char *cmd, struct paysign_opts *o)
 			o->count = paysign_number(optarg, 0, 1000000, "-n");
 			o->count_set = true;
 			break;
-		case 'P': o->parallel = paysign_number(optarg, 1, 10000, "-P"); break;
-		case OPT_KEYS: o->keys_dir = optarg; break;
+		case 'P':
+			o->parallel = paysign_number(optarg, 1, 10000, "-P");
+			break;
+		case OPT_KEYS:
+			o->keys_dir = optarg;
+			break;
 		case OPT_KEY:
 			if (alipay)
 				o->ali_key = optarg;
 			else
 				o->wx_key = optarg;
 			break;
-		case OPT_WX_KEY: o->wx_key = optarg; break;
-		case OPT_ALI_KEY: o->ali_key = optarg; break;
-		case OPT_SERIAL: o->serial = optarg; break;
-		case OPT_WX_PUBKEY: o->wx_pubkey = true; break;
-		case OPT_APIV3: o->apiv3 = optarg; break;
-		case OPT_MCHID: o->mchid = optarg; break;
-		case OPT_APPID: o->appid = optarg; break;
-		case OPT_APP_ID: o->app_id = optarg; break;
-		case OPT_SELLER_ID: o->seller_id = optarg; break;
-		case OPT_BUYER_ID: o->buyer_id = optarg; break;
-		case OPT_OTN: o->out_trade_no = optarg; break;
-		case OPT_TXID: o->transaction_id = optarg; break;
-		case OPT_TRADE_NO: o->trade_no = optarg; break;
-		case OPT_TOTAL: o->total = optarg; break;
-		case OPT_CURRENCY: o->currency = optarg; break;
-		case OPT_TRADE_STATE: o->trade_state = optarg; break;
-		case OPT_TRADE_STATUS: o->trade_status = optarg; break;
-		case OPT_EVENT_TYPE: o->event_type = optarg; break;
-		case OPT_ORIGINAL_TYPE: o->original_type = optarg; break;
-		case OPT_ID: o->id = optarg; break;
-		case OPT_NOTIFY_ID: o->notify_id = optarg; break;
-		case OPT_REFUND_FEE: o->refund_fee = optarg; break;
-		case OPT_SIGN_TYPE: o->sign_type = optarg; break;
-		case OPT_SUBJECT: o->subject = optarg; break;
-		case OPT_RECEIPT: o->receipt_amount = optarg; break;
+		case OPT_WX_KEY:
+			o->wx_key = optarg;
+			break;
+		case OPT_ALI_KEY:
+			o->ali_key = optarg;
+			break;
+		case OPT_SERIAL:
+			o->serial = optarg;
+			break;
+		case OPT_WX_PUBKEY:
+			o->wx_pubkey = true;
+			break;
+		case OPT_APIV3:
+			o->apiv3 = optarg;
+			break;
+		case OPT_MCHID:
+			o->mchid = optarg;
+			break;
+		case OPT_APPID:
+			o->appid = optarg;
+			break;
+		case OPT_APP_ID:
+			o->app_id = optarg;
+			break;
+		case OPT_SELLER_ID:
+			o->seller_id = optarg;
+			break;
+		case OPT_BUYER_ID:
+			o->buyer_id = optarg;
+			break;
+		case OPT_OTN:
+			o->out_trade_no = optarg;
+			break;
+		case OPT_TXID:
+			o->transaction_id = optarg;
+			break;
+		case OPT_TRADE_NO:
+			o->trade_no = optarg;
+			break;
+		case OPT_TOTAL:
+			o->total = optarg;
+			break;
+		case OPT_CURRENCY:
+			o->currency = optarg;
+			break;
+		case OPT_TRADE_STATE:
+			o->trade_state = optarg;
+			break;
+		case OPT_TRADE_STATUS:
+			o->trade_status = optarg;
+			break;
+		case OPT_EVENT_TYPE:
+			o->event_type = optarg;
+			break;
+		case OPT_ORIGINAL_TYPE:
+			o->original_type = optarg;
+			break;
+		case OPT_ID:
+			o->id = optarg;
+			break;
+		case OPT_NOTIFY_ID:
+			o->notify_id = optarg;
+			break;
+		case OPT_REFUND_FEE:
+			o->refund_fee = optarg;
+			break;
+		case OPT_SIGN_TYPE:
+			o->sign_type = optarg;
+			break;
+		case OPT_SUBJECT:
+			o->subject = optarg;
+			break;
+		case OPT_RECEIPT:
+			o->receipt_amount = optarg;
+			break;
 		case OPT_FIELD:
 			if (strchr(optarg, '=') == NULL || optarg[0] == '=')
 				paysign_fatal("--field wants k=v");
 			o->fields = xreallocarray(o->fields, o->nfields + 1, sizeof *o->fields);
 			o->fields[o->nfields++] = optarg;
 			break;
-		case OPT_SKEW: o->skew = paysign_number(optarg, -86400000, 86400000, "--skew"); break;
-		case OPT_TAMPER: o->tamper = true; break;
-		case OPT_BAD_SIG: o->bad_sig = true; break;
-		case OPT_APIV3_WRONG: o->apiv3_wrong = true; break;
-		case OPT_PLUS_SPACE: o->plus_space = true; break;
-		case OPT_EXPECT: o->expect = paysign_number(optarg, 0, 999, "--expect"); break;
-		case OPT_TIMEOUT: o->timeout_ms = paysign_number(optarg, 1, 3600000, "--timeout"); break;
-		case OPT_DUMP: o->dump = optarg; break;
-		case OPT_ORDERS: o->orders = optarg; break;
-		case OPT_RATE: o->rate = paysign_number(optarg, 0, 10000000, "--rate"); break;
+		case OPT_SKEW:
+			o->skew = paysign_number(optarg, -86400000, 86400000, "--skew");
+			break;
+		case OPT_TAMPER:
+			o->tamper = true;
+			break;
+		case OPT_BAD_SIG:
+			o->bad_sig = true;
+			break;
+		case OPT_APIV3_WRONG:
+			o->apiv3_wrong = true;
+			break;
+		case OPT_PLUS_SPACE:
+			o->plus_space = true;
+			break;
+		case OPT_EXPECT:
+			o->expect = paysign_number(optarg, 0, 999, "--expect");
+			break;
+		case OPT_TIMEOUT:
+			o->timeout_ms = paysign_number(optarg, 1, 3600000, "--timeout");
+			break;
+		case OPT_DUMP:
+			o->dump = optarg;
+			break;
+		case OPT_ORDERS:
+			o->orders = optarg;
+			break;
+		case OPT_RATE:
+			o->rate = paysign_number(optarg, 0, 10000000, "--rate");
+			break;
 		case OPT_CONCURRENCY:
 			o->concurrency = paysign_number(optarg, 1, 10000, "--concurrency");
 			break;
-		case OPT_RETRY: o->retry = true; break;
+		case OPT_RETRY:
+			o->retry = true;
+			break;
 		case OPT_RETRY_DELAY:
 			o->retry_delay_ms = paysign_number(optarg, 0, 3600000, "--retry-delay");
 			break;
-		case OPT_DEADLINE: o->deadline_s = paysign_number(optarg, 1, 86400, "--deadline"); break;
-		case OPT_SUCCESS_LOG: o->success_log = optarg; break;
-		case OPT_MQTT: o->mqtt = optarg; break;
-		case OPT_PREFIX: o->prefix = optarg; break;
-		case OPT_HELP: paysign_usage(stdout); exit(0);
-		default: paysign_bad_usage();
+		case OPT_DEADLINE:
+			o->deadline_s = paysign_number(optarg, 1, 86400, "--deadline");
+			break;
+		case OPT_SUCCESS_LOG:
+			o->success_log = optarg;
+			break;
+		case OPT_MQTT:
+			o->mqtt = optarg;
+			break;
+		case OPT_PREFIX:
+			o->prefix = optarg;
+			break;
+		case OPT_HELP:
+			paysign_usage(stdout);
+			exit(0);
+		default:
+			paysign_bad_usage();
 		}
 	}
 	/* -P N alone sends N copies at once; with -n, N copies P at a time. */

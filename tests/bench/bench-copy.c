@@ -20,8 +20,7 @@
 
 #include <libpq-fe.h>
 
-static void copy_fatal(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2), noreturn));
+static void copy_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 static void
 copy_fatal(const char *fmt, ...)
@@ -98,11 +97,20 @@ main(int argc, char **argv)
 
 	while ((c = getopt(argc, argv, "b:d:m:N:")) != -1) {
 		switch (c) {
-		case 'b': batch = copy_number(optarg, 1, 1000000, "-b"); break;
-		case 'd': conninfo = optarg; break;
-		case 'm': meters = copy_number(optarg, 1, 9999, "-m"); break;
-		case 'N': rows = copy_number(optarg, 1, 1000000000, "-N"); break;
-		default: copy_usage();
+		case 'b':
+			batch = copy_number(optarg, 1, 1000000, "-b");
+			break;
+		case 'd':
+			conninfo = optarg;
+			break;
+		case 'm':
+			meters = copy_number(optarg, 1, 9999, "-m");
+			break;
+		case 'N':
+			rows = copy_number(optarg, 1, 1000000000, "-N");
+			break;
+		default:
+			copy_usage();
 		}
 	}
 	if (conninfo == NULL || optind != argc)
@@ -131,15 +139,15 @@ main(int argc, char **argv)
 			 * a few milliseconds before its commit.
 			 */
 			n = snprintf(buf + len, cap - len,
-			    "SIM%04lld\t%lld\t%s\t%lld\tclosed\t%s\tnow\n",
-			    i + 1, seq, ts, 1000000 + (seq - 1) * 1000 / 3600, ts);
+			    "SIM%04lld\t%lld\t%s\t%lld\tclosed\t%s\tnow\n", i + 1, seq, ts,
+			    1000000 + (seq - 1) * 1000 / 3600, ts);
 			if (n < 0 || (size_t)n >= cap - len)
 				copy_fatal("row buffer too small");
 			len += (size_t)n;
 		}
 		/* Outside a transaction block, each COPY commits on its own. */
 		res = PQexec(conn, "COPY prepaid.readings (meter_id, seq, ts, energy_wh, "
-		    "relay, received_at, ingested_at) FROM STDIN");
+		                   "relay, received_at, ingested_at) FROM STDIN");
 		if (PQresultStatus(res) != PGRES_COPY_IN)
 			copy_fatal("COPY: %s", PQerrorMessage(conn));
 		PQclear(res);

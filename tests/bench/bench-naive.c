@@ -32,8 +32,7 @@ static struct {
 	const char *prefix;
 } naive;
 
-static void naive_fatal(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2), noreturn));
+static void naive_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 static void
 naive_fatal(const char *fmt, ...)
@@ -135,8 +134,7 @@ naive_on_message(struct mosquitto *mosq, void *arg, const struct mosquitto_messa
 
 	root = json_loadb(msg->payload, (size_t)msg->payloadlen, 0, &err);
 	if (json_is_array(root)) {
-		json_array_foreach(root, i, r)
-			naive_insert(meter, r);
+		json_array_foreach(root, i, r) naive_insert(meter, r);
 	} else if (json_is_object(root))
 		naive_insert(meter, root);
 	else
@@ -169,8 +167,8 @@ naive_on_connect(struct mosquitto *mosq, void *arg, int rc)
 }
 
 static void
-naive_on_subscribe(struct mosquitto *mosq, void *arg, int mid, int qos_count,
-    const int *granted_qos)
+naive_on_subscribe(
+    struct mosquitto *mosq, void *arg, int mid, int qos_count, const int *granted_qos)
 {
 	(void)mosq;
 	(void)arg;
@@ -185,7 +183,7 @@ static void
 naive_usage(void)
 {
 	fprintf(stderr, "usage: bench-naive -d conninfo [-h host] [-p port] [-N count] "
-	    "[-P prefix]\n");
+	                "[-P prefix]\n");
 	exit(2);
 }
 
@@ -201,12 +199,23 @@ main(int argc, char **argv)
 	naive.prefix = "meters";
 	while ((c = getopt(argc, argv, "d:h:N:P:p:")) != -1) {
 		switch (c) {
-		case 'd': conninfo = optarg; break;
-		case 'h': host = optarg; break;
-		case 'N': naive.want = naive_number(optarg, 1, 1000000000, "-N"); break;
-		case 'P': naive.prefix = optarg; break;
-		case 'p': port = (int)naive_number(optarg, 1, 65535, "-p"); break;
-		default: naive_usage();
+		case 'd':
+			conninfo = optarg;
+			break;
+		case 'h':
+			host = optarg;
+			break;
+		case 'N':
+			naive.want = naive_number(optarg, 1, 1000000000, "-N");
+			break;
+		case 'P':
+			naive.prefix = optarg;
+			break;
+		case 'p':
+			port = (int)naive_number(optarg, 1, 65535, "-p");
+			break;
+		default:
+			naive_usage();
 		}
 	}
 	if (conninfo == NULL || optind != argc)
@@ -232,8 +241,8 @@ main(int argc, char **argv)
 	printf("RESULT inserted=%lld seconds=%.3f rate=%.0f\n", naive.inserted, secs,
 	    secs > 0 ? (double)naive.inserted / secs : 0.0);
 	if (naive.failed > 0)
-		fprintf(stderr, "bench-naive: %lld messages or readings not inserted\n",
-		    naive.failed);
+		fprintf(
+		    stderr, "bench-naive: %lld messages or readings not inserted\n", naive.failed);
 	mosquitto_destroy(mosq);
 	mosquitto_lib_cleanup();
 	PQfinish(naive.conn);

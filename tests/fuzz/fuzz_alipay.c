@@ -88,8 +88,7 @@ fuzz_check_signing_string(const struct pay_form *f)
 	}
 	if (strlen(s) != want)
 		abort();
-	if (first != NULL &&
-	    (strncmp(s, first, strlen(first)) != 0 || s[strlen(first)] != '='))
+	if (first != NULL && (strncmp(s, first, strlen(first)) != 0 || s[strlen(first)] != '='))
 		abort();
 	free(s);
 }
@@ -98,7 +97,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct pay_form f, g;
-	struct sbuf re = { 0 };
+	struct sbuf re = {0};
 	char err[256];
 	size_t i, j;
 
@@ -125,7 +124,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* Re-encoded, the same pairs come back (within the size limit). */
 	if (re.len <= 65536) {
 		if (pay_form_parse(re.p != NULL ? re.p : "", re.len, &g, err, sizeof err) !=
-		    PAY_OK || g.n != f.n)
+		        PAY_OK ||
+		    g.n != f.n)
 			abort();
 		for (i = 0; i < f.n; i++) {
 			if (strcmp(g.kv[i].key, f.kv[i].key) != 0 ||

@@ -43,8 +43,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (points == 1 && decimals == 0)
 		abort();
-	snprintf(canon, sizeof canon, "%lld.%02lld", (long long)(fen / 100),
-	    (long long)(fen % 100));
+	snprintf(
+	    canon, sizeof canon, "%lld.%02lld", (long long)(fen / 100), (long long)(fen % 100));
 	if (pay_money_parse(canon, strlen(canon), &back) != PAY_OK || back != fen)
 		abort();
 	return 0;

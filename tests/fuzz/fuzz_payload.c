@@ -47,7 +47,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	int good = 0;
-	struct payload_sink sink = { fuzz_on_reading, fuzz_on_reject, &good };
+	struct payload_sink sink = {fuzz_on_reading, fuzz_on_reject, &good};
 	const char *buf = (const char *)data;
 	char id[METER_ID_MAX + 1], why[128], out[64];
 	struct meter_event ev;

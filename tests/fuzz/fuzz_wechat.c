@@ -82,8 +82,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const char *buf = (const char *)data;
 	char ts[64] = "1700000000", nonce[64] = "5K8264ILTKCH16CQ2502SI8ZNMTM67VS";
-	char sig[512] = "AAAA", err[256], *fields[3] = { ts, nonce, sig }, *plain;
-	size_t sizes[3] = { sizeof ts, sizeof nonce, sizeof sig };
+	char sig[512] = "AAAA", err[256], *fields[3] = {ts, nonce, sig}, *plain;
+	size_t sizes[3] = {sizeof ts, sizeof nonce, sizeof sig};
 	const char *body = buf, *nl;
 	size_t blen = size, plen, i;
 	struct pay_wechat_envelope e;
@@ -102,8 +102,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		body = buf;
 		blen = size;
 	}
-	rc = pay_wechat_verify(fuzz_ring(), FUZZ_SERIAL, ts, nonce, sig, body, blen, FUZZ_NOW,
-	    300, err, sizeof err);
+	rc = pay_wechat_verify(
+	    fuzz_ring(), FUZZ_SERIAL, ts, nonce, sig, body, blen, FUZZ_NOW, 300, err, sizeof err);
 	if (rc < PAY_OK || rc > PAY_EKEY || (rc != PAY_OK && err[0] == '\0'))
 		abort();
 

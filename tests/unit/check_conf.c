@@ -93,8 +93,8 @@ conf_test_fail(const char *text, int line, const char *subject, const char *want
 	ck_assert_msg(strncmp(err, prefix, strlen(prefix)) == 0,
 	    "error \"%s\" does not begin with \"%s\"", err, prefix);
 	if (want != NULL)
-		ck_assert_msg(strstr(err, want) != NULL,
-		    "error \"%s\" does not contain \"%s\"", err, want);
+		ck_assert_msg(
+		    strstr(err, want) != NULL, "error \"%s\" does not contain \"%s\"", err, want);
 }
 
 START_TEST(test_defaults_from_empty_file)
@@ -163,28 +163,27 @@ END_TEST
 
 START_TEST(test_values_of_each_type)
 {
-	struct conf *c = conf_test_load(
-	    "# a comment\n"
-	    "   ; an indented comment\n"
-	    "\n"
-	    "[database]\n"
-	    "conninfo = host=db.example port=5433 dbname=prepaid\n"
-	    "  reconnect_max_ms=1000  \n"
-	    "[mqtt]\n"
-	    "host = broker.example\n"
-	    "port = 8883\n"
-	    "qos = +2\n"
-	    "username = reader\n"
-	    "topic_prefix = site/a/meters\n"
-	    "shared_group = pool1\n"
-	    "[ingest]\n"
-	    "batch_size = 50000\n"
-	    "auto_register = no\n"
-	    "resend_on_gap = OFF\n"
-	    "[http]\n"
-	    "enabled = 0\n"
-	    "[log]\n"
-	    "level = debug\n");
+	struct conf *c = conf_test_load("# a comment\n"
+	                                "   ; an indented comment\n"
+	                                "\n"
+	                                "[database]\n"
+	                                "conninfo = host=db.example port=5433 dbname=prepaid\n"
+	                                "  reconnect_max_ms=1000  \n"
+	                                "[mqtt]\n"
+	                                "host = broker.example\n"
+	                                "port = 8883\n"
+	                                "qos = +2\n"
+	                                "username = reader\n"
+	                                "topic_prefix = site/a/meters\n"
+	                                "shared_group = pool1\n"
+	                                "[ingest]\n"
+	                                "batch_size = 50000\n"
+	                                "auto_register = no\n"
+	                                "resend_on_gap = OFF\n"
+	                                "[http]\n"
+	                                "enabled = 0\n"
+	                                "[log]\n"
+	                                "level = debug\n");
 
 	ck_assert_str_eq(c->db_conninfo, "host=db.example port=5433 dbname=prepaid");
 	ck_assert_int_eq(c->db_reconnect_max_ms, 1000);
@@ -206,15 +205,17 @@ END_TEST
 
 START_TEST(test_every_bool_spelling)
 {
-	static const char *yes[] = { "true", "yes", "on", "1", "TRUE", "Yes" };
-	static const char *no[] = { "false", "no", "off", "0", "False", "NO" };
+	static const char *yes[] = {"true", "yes", "on", "1", "TRUE", "Yes"};
+	static const char *no[] = {"false", "no", "off", "0", "False", "NO"};
 	char text[128];
 	struct conf *c;
 	size_t i;
 
 	for (i = 0; i < ARRAY_SIZE(yes); i++) {
-		snprintf(text, sizeof text, "[ingest]\nauto_register = %s\n"
-		    "resend_on_gap = %s\n", yes[i], no[i]);
+		snprintf(text, sizeof text,
+		    "[ingest]\nauto_register = %s\n"
+		    "resend_on_gap = %s\n",
+		    yes[i], no[i]);
 		c = conf_test_load(text);
 		ck_assert_msg(c->ingest_auto_register, "%s", yes[i]);
 		ck_assert_msg(!c->ingest_resend_on_gap, "%s", no[i]);
@@ -226,12 +227,11 @@ END_TEST
 
 START_TEST(test_quoted_strings)
 {
-	struct conf *c = conf_test_load(
-	    "[database]\n"
-	    "conninfo = \"  host=a password='x\\\"y\\\\z'  \"\n"
-	    "[mqtt]\n"
-	    "client_id = \"id # not a comment\"\n"
-	    "username = \"\"\n");
+	struct conf *c = conf_test_load("[database]\n"
+	                                "conninfo = \"  host=a password='x\\\"y\\\\z'  \"\n"
+	                                "[mqtt]\n"
+	                                "client_id = \"id # not a comment\"\n"
+	                                "username = \"\"\n");
 
 	ck_assert_str_eq(c->db_conninfo, "  host=a password='x\"y\\z'  ");
 	ck_assert_str_eq(c->mqtt_client_id, "id # not a comment");
@@ -244,7 +244,7 @@ END_TEST
 START_TEST(test_crlf_and_byte_order_mark_accepted)
 {
 	struct conf *c = conf_test_load("\xef\xbb\xbf[mqtt]\r\nhost = a\r\n"
-	    "port = 2\r\n");
+	                                "port = 2\r\n");
 
 	ck_assert_str_eq(c->mqtt_host, "a");
 	ck_assert_int_eq(c->mqtt_port, 2);
@@ -255,10 +255,10 @@ END_TEST
 
 START_TEST(test_range_edges_accepted)
 {
-	struct conf *c = conf_test_load(
-	    "[mqtt]\nport = 1\nkeepalive = 3600\nqos = 0\n"
-	    "[ingest]\nqueue_bound = 10000000\nmax_payload_bytes = 256\n"
-	    "[commands]\nretry_initial_ms = 100\nretry_max_ms = 100\n");
+	struct conf *c =
+	    conf_test_load("[mqtt]\nport = 1\nkeepalive = 3600\nqos = 0\n"
+	                   "[ingest]\nqueue_bound = 10000000\nmax_payload_bytes = 256\n"
+	                   "[commands]\nretry_initial_ms = 100\nretry_max_ms = 100\n");
 
 	ck_assert_int_eq(c->mqtt_port, 1);
 	ck_assert_int_eq(c->mqtt_keepalive, 3600);
@@ -277,7 +277,7 @@ START_TEST(test_error_unreadable_config_file)
 
 	ck_assert_ptr_null(conf_load("/nonexistent/prepaidd.conf", err, sizeof err));
 	ck_assert_str_eq(err, "/nonexistent/prepaidd.conf: cannot open: "
-	    "No such file or directory");
+	                      "No such file or directory");
 }
 END_TEST
 
@@ -300,8 +300,8 @@ END_TEST
 
 START_TEST(test_error_duplicate_key)
 {
-	conf_test_fail("[mqtt]\nport = 1883\n[ingest]\n[mqtt]\nport = 1884\n", 5,
-	    "mqtt.port", "duplicate key (first set on line 2)");
+	conf_test_fail("[mqtt]\nport = 1883\n[ingest]\n[mqtt]\nport = 1884\n", 5, "mqtt.port",
+	    "duplicate key (first set on line 2)");
 	conf_test_cleanup();
 }
 END_TEST
@@ -318,21 +318,20 @@ START_TEST(test_error_bad_int)
 	conf_test_fail("[mqtt]\nport = 18x3\n", 2, "mqtt.port", "not a decimal integer");
 	conf_test_fail("[mqtt]\nport = 0x10\n", 2, "mqtt.port", "not a decimal integer");
 	conf_test_fail("[mqtt]\nport =\n", 2, "mqtt.port", "not a decimal integer");
-	conf_test_fail("[mqtt]\nport = \" 1883\"\n", 2, "mqtt.port",
-	    "not a decimal integer");
+	conf_test_fail("[mqtt]\nport = \" 1883\"\n", 2, "mqtt.port", "not a decimal integer");
 	conf_test_cleanup();
 }
 END_TEST
 
 START_TEST(test_error_out_of_range)
 {
-	conf_test_fail("[mqtt]\nport = 65536\n", 2, "mqtt.port",
-	    "65536 is out of range (1..65535)");
+	conf_test_fail(
+	    "[mqtt]\nport = 65536\n", 2, "mqtt.port", "65536 is out of range (1..65535)");
 	conf_test_fail("[mqtt]\nqos = -1\n", 2, "mqtt.qos", "out of range (0..2)");
-	conf_test_fail("\n[ingest]\nbatch_size = 99999999999999999999999\n", 3,
-	    "ingest.batch_size", "out of range (1..50000)");
-	conf_test_fail("[ingest]\npartitions_ahead = 25\n", 2,
-	    "ingest.partitions_ahead", "(1..24)");
+	conf_test_fail("\n[ingest]\nbatch_size = 99999999999999999999999\n", 3, "ingest.batch_size",
+	    "out of range (1..50000)");
+	conf_test_fail(
+	    "[ingest]\npartitions_ahead = 25\n", 2, "ingest.partitions_ahead", "(1..24)");
 	conf_test_cleanup();
 }
 END_TEST
@@ -363,24 +362,23 @@ START_TEST(test_error_bad_strings)
 	conf_test_fail("[mqtt]\nshared_group = a+\n", 2, "mqtt.shared_group", NULL);
 	conf_test_fail("[mqtt]\nclient_id =\n", 2, "mqtt.client_id", "empty");
 	conf_test_fail("[mqtt]\nclient_id = "
-	    "0123456789012345678901234567890123456789012345678901234567890123"
-	    "0123456789012345678901234567890123456789012345678901234567890123x\n",
+	               "0123456789012345678901234567890123456789012345678901234567890123"
+	               "0123456789012345678901234567890123456789012345678901234567890123x\n",
 	    2, "mqtt.client_id", "longer than 128");
-	conf_test_fail("[database]\nconninfo = \"abc\n", 2, "database.conninfo",
-	    "unterminated");
-	conf_test_fail("[database]\nconninfo = \"a\\nb\"\n", 2, "database.conninfo",
-	    "bad escape");
-	conf_test_fail("[database]\nconninfo = \"a\" b\n", 2, "database.conninfo",
-	    "after the closing quote");
+	conf_test_fail("[database]\nconninfo = \"abc\n", 2, "database.conninfo", "unterminated");
+	conf_test_fail("[database]\nconninfo = \"a\\nb\"\n", 2, "database.conninfo", "bad escape");
+	conf_test_fail(
+	    "[database]\nconninfo = \"a\" b\n", 2, "database.conninfo", "after the closing quote");
 	conf_test_cleanup();
 }
 END_TEST
 
 START_TEST(test_client_id_of_128_characters_accepted)
 {
-	struct conf *c = conf_test_load("[mqtt]\nclient_id = "
-	    "0123456789012345678901234567890123456789012345678901234567890123"
-	    "0123456789012345678901234567890123456789012345678901234567890123\n");
+	struct conf *c =
+	    conf_test_load("[mqtt]\nclient_id = "
+	                   "0123456789012345678901234567890123456789012345678901234567890123"
+	                   "0123456789012345678901234567890123456789012345678901234567890123\n");
 
 	ck_assert_uint_eq(strlen(c->mqtt_client_id), 128);
 	conf_free(c);
@@ -392,8 +390,8 @@ START_TEST(test_error_unreadable_file_key)
 {
 	conf_test_fail("[mqtt]\n\ntls_ca = /nonexistent/ca.pem\n", 3, "mqtt.tls_ca",
 	    "cannot read /nonexistent/ca.pem: No such file or directory");
-	conf_test_fail("[mqtt]\ntls_ca = /tmp\n", 2, "mqtt.tls_ca",
-	    "cannot read /tmp: Is a directory");
+	conf_test_fail(
+	    "[mqtt]\ntls_ca = /tmp\n", 2, "mqtt.tls_ca", "cannot read /tmp: Is a directory");
 	conf_test_cleanup();
 }
 END_TEST
@@ -440,8 +438,10 @@ START_TEST(test_tls_files_accepted)
 	const char *pem = conf_test_file("not really a certificate\n");
 	struct conf *c;
 
-	snprintf(text, sizeof text, "[mqtt]\ntls_ca = %s\ntls_cert = %s\n"
-	    "tls_key = \"%s\"\n", pem, pem, pem);
+	snprintf(text, sizeof text,
+	    "[mqtt]\ntls_ca = %s\ntls_cert = %s\n"
+	    "tls_key = \"%s\"\n",
+	    pem, pem, pem);
 	c = conf_test_load(text);
 	ck_assert_str_eq(c->mqtt_tls_ca, pem);
 	ck_assert_str_eq(c->mqtt_tls_key, pem);
@@ -457,8 +457,8 @@ START_TEST(test_error_retry_max_below_initial_points_at_later_key)
 	conf_test_fail("[commands]\nretry_max_ms = 1000\n\nretry_initial_ms = 2000\n", 4,
 	    "commands.retry_initial_ms", "greater than commands.retry_max_ms (1000)");
 	/* Against the default retry_max_ms (60000). */
-	conf_test_fail("[commands]\n\nretry_initial_ms = 70000\n", 3,
-	    "commands.retry_initial_ms", "retry_max_ms (60000)");
+	conf_test_fail("[commands]\n\nretry_initial_ms = 70000\n", 3, "commands.retry_initial_ms",
+	    "retry_max_ms (60000)");
 	conf_test_cleanup();
 }
 END_TEST
@@ -520,8 +520,9 @@ END_TEST
 START_TEST(test_restart_not_needed_for_reloadable_keys)
 {
 	struct conf *a = conf_test_load("[ingest]\nbatch_size = 10\n");
-	struct conf *b = conf_test_load("[ingest]\nbatch_size = 20\n"
-	    "[log]\nlevel = debug\n[database]\nconninfo = dbname=other\n");
+	struct conf *b =
+	    conf_test_load("[ingest]\nbatch_size = 20\n"
+	                   "[log]\nlevel = debug\n[database]\nconninfo = dbname=other\n");
 	char out[64];
 
 	ck_assert(!conf_needs_restart(a, b, out, sizeof out));
@@ -604,22 +605,24 @@ conf_test_gw_fail(const char *text, int line, const char *subject, const char *w
 	ck_assert_msg(strncmp(err, prefix, strlen(prefix)) == 0,
 	    "error \"%s\" does not begin with \"%s\"", err, prefix);
 	if (want != NULL)
-		ck_assert_msg(strstr(err, want) != NULL,
-		    "error \"%s\" does not contain \"%s\"", err, want);
+		ck_assert_msg(
+		    strstr(err, want) != NULL, "error \"%s\" does not contain \"%s\"", err, want);
 	ck_assert_msg(strstr(err, "TOPSECRET") == NULL, "secret in error \"%s\"", err);
 }
 
 /* A valid HTTP gateway to break one key at a time; lines 1..6. */
-#define GW_SMS "[gateway sms1]\n" \
-	"channel = sms\n" \
-	"url = https://sms.example.net/send\n" \
-	"auth = bearer\n" \
-	"secret_file = @SECRET@\n" \
+#define GW_SMS                                                                                     \
+	"[gateway sms1]\n"                                                                         \
+	"channel = sms\n"                                                                          \
+	"url = https://sms.example.net/send\n"                                                     \
+	"auth = bearer\n"                                                                          \
+	"secret_file = @SECRET@\n"                                                                 \
 	"body = {\"to\":\"{{to}}\",\"text\":\"{{text}}\"}\n"
 
 START_TEST(test_gateway_minimal_has_defaults)
 {
-	struct conf *c = conf_test_gw_load("[gateway plain]\nchannel = sms\n"
+	struct conf *c = conf_test_gw_load(
+	    "[gateway plain]\nchannel = sms\n"
 	    "url = http://127.0.0.1:8080/sms?to={{to}}\nbody = {\"t\":\"{{text}}\"}\n");
 	const struct conf_gateway *g;
 
@@ -658,19 +661,20 @@ END_TEST
 
 START_TEST(test_gateway_aliyun_loads)
 {
-	struct conf *c = conf_test_gw_load("[log]\nlevel = info\n"
-	    "[gateway aliyun]\n"
-	    "channel = sms\n"
-	    "url = https://dysmsapi.aliyuncs.com/\n"
-	    "signer = aliyun\n"
-	    "access_key_id = LTAI5tExample\n"
-	    "secret_file = @SECRET@\n"
-	    "escape = form\n"
-	    "body = PhoneNumbers={{to}}&SignName=Sign&TemplateCode=SMS_1&"
-	    "TemplateParam={{params_json}}\n"
-	    "success_field = Code\n"
-	    "success_value = OK\n"
-	    "message_id_field = BizId\n");
+	struct conf *c =
+	    conf_test_gw_load("[log]\nlevel = info\n"
+	                      "[gateway aliyun]\n"
+	                      "channel = sms\n"
+	                      "url = https://dysmsapi.aliyuncs.com/\n"
+	                      "signer = aliyun\n"
+	                      "access_key_id = LTAI5tExample\n"
+	                      "secret_file = @SECRET@\n"
+	                      "escape = form\n"
+	                      "body = PhoneNumbers={{to}}&SignName=Sign&TemplateCode=SMS_1&"
+	                      "TemplateParam={{params_json}}\n"
+	                      "success_field = Code\n"
+	                      "success_value = OK\n"
+	                      "message_id_field = BizId\n");
 	const struct conf_gateway *g = conf_gateway_find(c, "aliyun");
 
 	ck_assert_ptr_nonnull(g);
@@ -694,7 +698,8 @@ END_TEST
 
 START_TEST(test_gateway_tencent_loads)
 {
-	struct conf *c = conf_test_gw_load("[gateway tencent]\n"
+	struct conf *c = conf_test_gw_load(
+	    "[gateway tencent]\n"
 	    "channel = sms\n"
 	    "url = https://sms.tencentcloudapi.com/\n"
 	    "signer = tencent\n"
@@ -722,34 +727,35 @@ END_TEST
 
 START_TEST(test_gateway_twilio_sendgrid_mailgun_load)
 {
-	struct conf *c = conf_test_gw_load("[gateway twilio]\n"
-	    "channel = sms\n"
-	    "url = https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json\n"
-	    "auth = basic\n"
-	    "username = AC1\n"
-	    "secret_file = @SECRET@\n"
-	    "escape = form\n"
-	    "body = To={{to}}&From=%2B15005550006&Body={{text}}\n"
-	    "success_status = 201\n"
-	    "message_id_field = sid\n"
-	    "[gateway sendgrid]\n"
-	    "channel = email\n"
-	    "url = https://api.sendgrid.com/v3/mail/send\n"
-	    "auth = bearer\n"
-	    "secret_file = @SECRET@\n"
-	    "body = {\"personalizations\":[{\"to\":[{\"email\":\"{{to}}\"}]}],"
-	    "\"subject\":\"{{subject}}\"}\n"
-	    "success_status = 202\n"
-	    "message_id_field = header:X-Message-Id\n"
-	    "[gateway mailgun]\n"
-	    "channel = email\n"
-	    "url = https://api.mailgun.net/v3/mg.example.com/messages\n"
-	    "auth = basic\n"
-	    "username = api\n"
-	    "secret_file = @SECRET@\n"
-	    "escape = form\n"
-	    "body = to={{to}}&subject={{subject}}&text={{text}}\n"
-	    "message_id_field = id\n");
+	struct conf *c =
+	    conf_test_gw_load("[gateway twilio]\n"
+	                      "channel = sms\n"
+	                      "url = https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json\n"
+	                      "auth = basic\n"
+	                      "username = AC1\n"
+	                      "secret_file = @SECRET@\n"
+	                      "escape = form\n"
+	                      "body = To={{to}}&From=%2B15005550006&Body={{text}}\n"
+	                      "success_status = 201\n"
+	                      "message_id_field = sid\n"
+	                      "[gateway sendgrid]\n"
+	                      "channel = email\n"
+	                      "url = https://api.sendgrid.com/v3/mail/send\n"
+	                      "auth = bearer\n"
+	                      "secret_file = @SECRET@\n"
+	                      "body = {\"personalizations\":[{\"to\":[{\"email\":\"{{to}}\"}]}],"
+	                      "\"subject\":\"{{subject}}\"}\n"
+	                      "success_status = 202\n"
+	                      "message_id_field = header:X-Message-Id\n"
+	                      "[gateway mailgun]\n"
+	                      "channel = email\n"
+	                      "url = https://api.mailgun.net/v3/mg.example.com/messages\n"
+	                      "auth = basic\n"
+	                      "username = api\n"
+	                      "secret_file = @SECRET@\n"
+	                      "escape = form\n"
+	                      "body = to={{to}}&subject={{subject}}&text={{text}}\n"
+	                      "message_id_field = id\n");
 	const struct conf_gateway *g;
 
 	ck_assert_int_eq(c->ngateways, 3);
@@ -775,18 +781,18 @@ END_TEST
 START_TEST(test_gateway_smtp_loads)
 {
 	struct conf *c = conf_test_gw_load("[gateway mail]\n"
-	    "channel = email\n"
-	    "type = smtp\n"
-	    "url = smtps://smtp.example.com:465\n"
-	    "username = billing@example.com\n"
-	    "secret_file = @SECRET@\n"
-	    "mail_from = billing@example.com\n"
-	    "body_file = @BODY@\n"
-	    "[gateway relay]\n"
-	    "channel = email\n"
-	    "type = smtp\n"
-	    "url = smtp://127.0.0.1:25\n"
-	    "mail_from = a@b\n");
+	                                   "channel = email\n"
+	                                   "type = smtp\n"
+	                                   "url = smtps://smtp.example.com:465\n"
+	                                   "username = billing@example.com\n"
+	                                   "secret_file = @SECRET@\n"
+	                                   "mail_from = billing@example.com\n"
+	                                   "body_file = @BODY@\n"
+	                                   "[gateway relay]\n"
+	                                   "channel = email\n"
+	                                   "type = smtp\n"
+	                                   "url = smtp://127.0.0.1:25\n"
+	                                   "mail_from = a@b\n");
 	const struct conf_gateway *g = &c->gateways[0];
 
 	ck_assert_int_eq(g->type, CONF_GW_SMTP);
@@ -808,20 +814,21 @@ END_TEST
 
 START_TEST(test_gateway_get_and_raw_and_header_auth)
 {
-	struct conf *c = conf_test_gw_load("[gateway get]\n"
-	    "channel = sms\n"
-	    "method = GET\n"
-	    "url = https://sms.example.net/send?to={{to}}&text={{text}}\n"
-	    "auth = header\n"
-	    "auth_header = X-Api-Key\n"
-	    "secret_file = @SECRET@\n"
-	    "[gateway raw]\n"
-	    "channel = sms\n"
-	    "method = put\n"
-	    "url = https://sms.example.net/m/{{message_id}}\n"
-	    "escape = raw\n"
-	    "content_type = text/plain; charset=utf-8\n"
-	    "body = \"  {{text}}  \"\n");
+	struct conf *c =
+	    conf_test_gw_load("[gateway get]\n"
+	                      "channel = sms\n"
+	                      "method = GET\n"
+	                      "url = https://sms.example.net/send?to={{to}}&text={{text}}\n"
+	                      "auth = header\n"
+	                      "auth_header = X-Api-Key\n"
+	                      "secret_file = @SECRET@\n"
+	                      "[gateway raw]\n"
+	                      "channel = sms\n"
+	                      "method = put\n"
+	                      "url = https://sms.example.net/m/{{message_id}}\n"
+	                      "escape = raw\n"
+	                      "content_type = text/plain; charset=utf-8\n"
+	                      "body = \"  {{text}}  \"\n");
 	const struct conf_gateway *g = &c->gateways[0];
 
 	ck_assert_int_eq(g->method, CONF_GW_GET);
@@ -841,11 +848,10 @@ END_TEST
 
 START_TEST(test_gateway_repeated_header)
 {
-	struct conf *c = conf_test_gw_load(GW_SMS
-	    "header = X-Request-Id: {{message_id}}\n"
-	    "header = Accept-Language:{{ language }}\n"
-	    "header = X-Empty:\n"
-	    "header = X-Static: one two\n");
+	struct conf *c = conf_test_gw_load(GW_SMS "header = X-Request-Id: {{message_id}}\n"
+	                                          "header = Accept-Language:{{ language }}\n"
+	                                          "header = X-Empty:\n"
+	                                          "header = X-Static: one two\n");
 	const struct conf_gateway *g = &c->gateways[0];
 
 	ck_assert_int_eq(g->nheaders, 4);
@@ -869,8 +875,8 @@ START_TEST(test_gateway_sixteen_headers_accepted_seventeenth_refused)
 
 	off = (size_t)snprintf(text, sizeof text, "%s", GW_SMS);
 	for (i = 0; i < 16; i++)
-		off += (size_t)snprintf(text + off, sizeof text - off, "header = X-H%d: %d\n",
-		    i, i);
+		off +=
+		    (size_t)snprintf(text + off, sizeof text - off, "header = X-H%d: %d\n", i, i);
 	c = conf_test_gw_load(text);
 	ck_assert_int_eq(c->gateways[0].nheaders, 16);
 	ck_assert_str_eq(c->gateways[0].header_name[15], "X-H15");
@@ -887,9 +893,11 @@ START_TEST(test_gateway_secret_read_and_newline_stripped)
 	char text[512];
 	struct conf *c;
 
-	snprintf(text, sizeof text, "[gateway g]\nchannel = sms\nurl = https://x/\n"
+	snprintf(text, sizeof text,
+	    "[gateway g]\nchannel = sms\nurl = https://x/\n"
 	    "auth = bearer\nsecret_file = \"%s\"\nbody = x\nescape = raw\n"
-	    "content_type = text/plain\n", sec);
+	    "content_type = text/plain\n",
+	    sec);
 	c = conf_test_load(text);
 	ck_assert_str_eq(c->gateways[0].secret, "tok en");
 	ck_assert_str_eq(c->gateways[0].secret_file, sec);
@@ -903,9 +911,10 @@ START_TEST(test_error_gateway_section_names)
 	conf_test_fail("[gateway]\n", 1, "[gateway]", "needs a name");
 	conf_test_fail("[gateway Sms]\n", 1, "[gateway Sms]", "bad gateway name");
 	conf_test_fail("[gateway a.b]\n", 1, "[gateway a.b]", "bad gateway name");
-	conf_test_fail("[gateway 0123456789abcdef0123456789abcdefX]\n", 1, NULL,
-	    "bad gateway name");
-	conf_test_fail("[gatewayx]\n", 1, "[gatewayx]", "unknown section (known: database, "
+	conf_test_fail(
+	    "[gateway 0123456789abcdef0123456789abcdefX]\n", 1, NULL, "bad gateway name");
+	conf_test_fail("[gatewayx]\n", 1, "[gatewayx]",
+	    "unknown section (known: database, "
 	    "mqtt, ingest, commands, http, payments, log, gateway NAME)");
 	conf_test_cleanup();
 }
@@ -914,7 +923,7 @@ END_TEST
 START_TEST(test_gateway_name_of_32_characters_accepted)
 {
 	struct conf *c = conf_test_gw_load("[gateway  0123456789abcdef0123456789_-cdef ]\n"
-	    "channel = sms\nurl = https://h/\nmethod = GET\n");
+	                                   "channel = sms\nurl = https://h/\nmethod = GET\n");
 
 	ck_assert_str_eq(c->gateways[0].name, "0123456789abcdef0123456789_-cdef");
 	conf_free(c);
@@ -962,21 +971,21 @@ START_TEST(test_error_gateway_keys)
 	    "\"fax\" is not one of sms or email");
 	conf_test_gw_fail("[gateway a]\nmethod = PATCH\n", 2, "gateway.a.method",
 	    "\"PATCH\" is not one of POST, GET or PUT");
-	conf_test_gw_fail("[gateway a]\nescape = xml\n", 2, "gateway.a.escape",
-	    "not one of json, form or raw");
+	conf_test_gw_fail(
+	    "[gateway a]\nescape = xml\n", 2, "gateway.a.escape", "not one of json, form or raw");
 	conf_test_gw_fail("[gateway a]\nauth = digest\n", 2, "gateway.a.auth",
 	    "not one of none, basic, bearer or header");
 	conf_test_gw_fail("[gateway a]\nsigner = aws\n", 2, "gateway.a.signer",
 	    "not one of none, aliyun or tencent");
 	conf_test_gw_fail("[gateway a]\ntimeout_ms = 99\n", 2, "gateway.a.timeout_ms",
 	    "99 is out of range (100..120000)");
-	conf_test_gw_fail("[gateway a]\nconcurrency = 65\n", 2, "gateway.a.concurrency",
-	    "(1..64)");
-	conf_test_gw_fail("[gateway a]\nmax_attempts = 0\n", 2, "gateway.a.max_attempts",
-	    "(1..20)");
+	conf_test_gw_fail("[gateway a]\nconcurrency = 65\n", 2, "gateway.a.concurrency", "(1..64)");
+	conf_test_gw_fail(
+	    "[gateway a]\nmax_attempts = 0\n", 2, "gateway.a.max_attempts", "(1..20)");
 	conf_test_gw_fail("[gateway a]\nmax_attempts = x\n", 2, "gateway.a.max_attempts",
 	    "not a decimal integer");
-	conf_test_gw_fail("[gateway a]\nbody = \"abc\n", 2, "gateway.a.body", "unterminated "
+	conf_test_gw_fail("[gateway a]\nbody = \"abc\n", 2, "gateway.a.body",
+	    "unterminated "
 	    "quoted string");
 	conf_test_cleanup();
 }
@@ -986,11 +995,11 @@ START_TEST(test_error_gateway_required_keys_point_at_header)
 {
 	conf_test_gw_fail("[mqtt]\n[gateway a]\nurl = https://h/\nmethod = GET\n", 2,
 	    "gateway.a.channel", "missing");
-	conf_test_gw_fail("[gateway a]\nchannel = sms\n[log]\n", 1, "gateway.a.url",
-	    "missing (required)");
+	conf_test_gw_fail(
+	    "[gateway a]\nchannel = sms\n[log]\n", 1, "gateway.a.url", "missing (required)");
 	/* POST is the default: the missing body is the section's fault. */
-	conf_test_gw_fail("\n[gateway a]\nchannel = sms\nurl = https://h/\n", 2,
-	    "gateway.a.body", "required with method POST (or body_file)");
+	conf_test_gw_fail("\n[gateway a]\nchannel = sms\nurl = https://h/\n", 2, "gateway.a.body",
+	    "required with method POST (or body_file)");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nmethod = PUT\nurl = https://h/\n", 3,
 	    "gateway.a.body", "required with method PUT");
 	conf_test_cleanup();
@@ -1001,17 +1010,17 @@ START_TEST(test_error_gateway_url)
 {
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = ftp://h/\n", 3, "gateway.a.url",
 	    "must begin with http:// or https:// for type http");
-	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = smtps://h/\n", 3, "gateway.a.url",
-	    "http://");
+	conf_test_gw_fail(
+	    "[gateway a]\nchannel = sms\nurl = smtps://h/\n", 3, "gateway.a.url", "http://");
 	conf_test_gw_fail("[gateway a]\nchannel = email\ntype = smtp\nmail_from = a@b\n"
-	    "url = https://h/\n", 5, "gateway.a.url",
-	    "must begin with smtp:// or smtps:// for type smtp");
+	                  "url = https://h/\n",
+	    5, "gateway.a.url", "must begin with smtp:// or smtps:// for type smtp");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nmethod = GET\n"
-	    "url = https://{{to}}.example.net/\n", 4, "gateway.a.url",
-	    "host must not contain a placeholder");
+	                  "url = https://{{to}}.example.net/\n",
+	    4, "gateway.a.url", "host must not contain a placeholder");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nmethod = GET\n"
-	    "url = https://user:pw@example.net/\n", 4, "gateway.a.url",
-	    "must not hold credentials");
+	                  "url = https://user:pw@example.net/\n",
+	    4, "gateway.a.url", "must not hold credentials");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nmethod = GET\nurl = https:///x\n", 4,
 	    "gateway.a.url", "has no host");
 	conf_test_cleanup();
@@ -1021,19 +1030,19 @@ END_TEST
 START_TEST(test_error_gateway_unknown_placeholder)
 {
 	conf_test_gw_fail("[gateway a]\nchannel = sms\n"
-	    "url = https://h/?to={{to}}&x={{balanse}}\n", 3, "gateway.a.url",
-	    "unknown placeholder 'balanse' at offset 23");
+	                  "url = https://h/?to={{to}}&x={{balanse}}\n",
+	    3, "gateway.a.url", "unknown placeholder 'balanse' at offset 23");
 	conf_test_gw_fail(GW_SMS "header = X-Id: {{msgid}}\n", 7, "gateway.sms1.header",
 	    "unknown placeholder 'msgid' at offset 6");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\n"
-	    "body = {\"to\":\"{{to}}\",\"x\":\"{{ Name }}\"}\n", 4, "gateway.a.body",
-	    "invalid placeholder name 'Name' at offset 20");
+	                  "body = {\"to\":\"{{to}}\",\"x\":\"{{ Name }}\"}\n",
+	    4, "gateway.a.body", "invalid placeholder name 'Name' at offset 20");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\n"
-	    "body = {\"to\":\"{{to}\"}\n", 4, "gateway.a.body",
-	    "unterminated '{{' at offset 7");
+	                  "body = {\"to\":\"{{to}\"}\n",
+	    4, "gateway.a.body", "unterminated '{{' at offset 7");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\n"
-	    "body = x={{amount}}\n", 4, "gateway.a.body",
-	    "unknown placeholder 'amount' at offset 2");
+	                  "body = x={{amount}}\n",
+	    4, "gateway.a.body", "unknown placeholder 'amount' at offset 2");
 	conf_test_cleanup();
 }
 END_TEST
@@ -1043,28 +1052,33 @@ START_TEST(test_error_gateway_unknown_placeholder_in_body_file)
 	const char *body = conf_test_file("line one\nHi {{name}}, pay {{due}}\n");
 	char text[512], want[256];
 
-	snprintf(text, sizeof text, "[gateway a]\nchannel = sms\nurl = https://h/\n\n"
-	    "body_file = %s\n", body);
+	snprintf(text, sizeof text,
+	    "[gateway a]\nchannel = sms\nurl = https://h/\n\n"
+	    "body_file = %s\n",
+	    body);
 	snprintf(want, sizeof want, "unknown placeholder 'due' at offset 26 (in %s)", body);
 	conf_test_fail(text, 5, "gateway.a.body_file", want);
-	conf_test_fail("[gateway a]\nbody_file = /nonexistent/body\n", 2,
-	    "gateway.a.body_file", "cannot read /nonexistent/body: No such file");
+	conf_test_fail("[gateway a]\nbody_file = /nonexistent/body\n", 2, "gateway.a.body_file",
+	    "cannot read /nonexistent/body: No such file");
 	conf_test_cleanup();
 }
 END_TEST
 
 START_TEST(test_error_gateway_body_and_body_file)
 {
-	conf_test_gw_fail(GW_SMS "body_file = @BODY@\n", 7, "gateway.sms1.body_file",
-	    "body is set too (line 6)");
+	conf_test_gw_fail(
+	    GW_SMS "body_file = @BODY@\n", 7, "gateway.sms1.body_file", "body is set too (line 6)");
 	conf_test_gw_fail("[gateway a]\nbody_file = @BODY@\nchannel = sms\nbody = x\n", 4,
 	    "gateway.a.body", "body_file is set too (line 2)");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nmethod = GET\n"
-	    "body = x\n", 5, "gateway.a.body", "no body with method GET");
+	                  "body = x\n",
+	    5, "gateway.a.body", "no body with method GET");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nescape = form\n"
-	    "method = GET\n", 4, "gateway.a.escape", "not used with method GET");
+	                  "method = GET\n",
+	    4, "gateway.a.escape", "not used with method GET");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nescape = raw\n"
-	    "body = x\n", 4, "gateway.a.content_type", "required with escape raw");
+	                  "body = x\n",
+	    4, "gateway.a.content_type", "required with escape raw");
 	conf_test_cleanup();
 }
 END_TEST
@@ -1072,29 +1086,30 @@ END_TEST
 START_TEST(test_error_gateway_auth)
 {
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nbody = x\n"
-	    "auth = basic\nusername = u\n", 5, "gateway.a.secret_file",
-	    "required with auth basic");
+	                  "auth = basic\nusername = u\n",
+	    5, "gateway.a.secret_file", "required with auth basic");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nbody = x\n"
-	    "auth = basic\nsecret_file = @SECRET@\n", 5, "gateway.a.username",
-	    "required with auth basic");
+	                  "auth = basic\nsecret_file = @SECRET@\n",
+	    5, "gateway.a.username", "required with auth basic");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nbody = x\n"
-	    "auth = basic\nusername = a:b\nsecret_file = @SECRET@\n", 6,
-	    "gateway.a.username", "must not contain ':'");
+	                  "auth = basic\nusername = a:b\nsecret_file = @SECRET@\n",
+	    6, "gateway.a.username", "must not contain ':'");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nbody = x\n"
-	    "auth = bearer\n", 5, "gateway.a.secret_file", "required with auth bearer");
-	conf_test_gw_fail(GW_SMS "username = u\n", 7, "gateway.sms1.username",
-	    "only used with auth basic");
+	                  "auth = bearer\n",
+	    5, "gateway.a.secret_file", "required with auth bearer");
+	conf_test_gw_fail(
+	    GW_SMS "username = u\n", 7, "gateway.sms1.username", "only used with auth basic");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nbody = x\n"
-	    "auth = header\nsecret_file = @SECRET@\n", 5, "gateway.a.auth_header",
-	    "required with auth header");
+	                  "auth = header\nsecret_file = @SECRET@\n",
+	    5, "gateway.a.auth_header", "required with auth header");
 	conf_test_gw_fail(GW_SMS "auth_header = X-Key\n", 7, "gateway.sms1.auth_header",
 	    "only used with auth header");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nbody = x\n"
-	    "secret_file = @SECRET@\n", 5, "gateway.a.secret_file",
-	    "auth is none and there is no signer");
+	                  "secret_file = @SECRET@\n",
+	    5, "gateway.a.secret_file", "auth is none and there is no signer");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nbody = x\n"
-	    "auth = bearer\nsecret_file = /nonexistent/key\n", 6, "gateway.a.secret_file",
-	    "cannot read /nonexistent/key: No such file");
+	                  "auth = bearer\nsecret_file = /nonexistent/key\n",
+	    6, "gateway.a.secret_file", "cannot read /nonexistent/key: No such file");
 	conf_test_cleanup();
 }
 END_TEST
@@ -1112,71 +1127,73 @@ END_TEST
 
 START_TEST(test_error_gateway_headers)
 {
-	conf_test_gw_fail(GW_SMS "header = Authorization: Basic abc\n", 7,
-	    "gateway.sms1.header", "Authorization is set by auth bearer");
+	conf_test_gw_fail(GW_SMS "header = Authorization: Basic abc\n", 7, "gateway.sms1.header",
+	    "Authorization is set by auth bearer");
 	conf_test_gw_fail(GW_SMS "header = X-A: 1\nheader = content-type: text/plain\n", 8,
 	    "gateway.sms1.header", "use content_type");
 	conf_test_gw_fail(GW_SMS "header = Host: example.net\n", 7, "gateway.sms1.header",
 	    "Host is set by the daemon");
-	conf_test_gw_fail(GW_SMS "header = no colon here\n", 7, "gateway.sms1.header",
-	    "must be \"Name: value\"");
-	conf_test_gw_fail(GW_SMS "header = Bad Name: x\n", 7, "gateway.sms1.header",
-	    "token characters");
-	conf_test_gw_fail(GW_SMS "header = : x\n", 7, "gateway.sms1.header",
-	    "token characters");
+	conf_test_gw_fail(
+	    GW_SMS "header = no colon here\n", 7, "gateway.sms1.header", "must be \"Name: value\"");
+	conf_test_gw_fail(
+	    GW_SMS "header = Bad Name: x\n", 7, "gateway.sms1.header", "token characters");
+	conf_test_gw_fail(GW_SMS "header = : x\n", 7, "gateway.sms1.header", "token characters");
 	conf_test_gw_fail(GW_SMS "header = X-A: 1\nheader = x-a: 2\n", 8, "gateway.sms1.header",
 	    "header X-A given twice");
 	conf_test_gw_fail("[gateway a]\nchannel = sms\nurl = https://h/\nbody = x\n"
-	    "auth = header\nauth_header = X-Key\nsecret_file = @SECRET@\n"
-	    "header = x-key: {{to}}\n", 8, "gateway.a.header", "is set by auth header");
+	                  "auth = header\nauth_header = X-Key\nsecret_file = @SECRET@\n"
+	                  "header = x-key: {{to}}\n",
+	    8, "gateway.a.header", "is set by auth header");
 	conf_test_cleanup();
 }
 END_TEST
 
 /* A valid Aliyun gateway, lines 1..7, to break. */
-#define GW_ALIYUN "[gateway ali]\n" \
-	"channel = sms\n" \
-	"url = https://dysmsapi.aliyuncs.com/\n" \
-	"signer = aliyun\n" \
-	"secret_file = @SECRET@\n" \
-	"escape = form\n" \
+#define GW_ALIYUN                                                                                  \
+	"[gateway ali]\n"                                                                          \
+	"channel = sms\n"                                                                          \
+	"url = https://dysmsapi.aliyuncs.com/\n"                                                   \
+	"signer = aliyun\n"                                                                        \
+	"secret_file = @SECRET@\n"                                                                 \
+	"escape = form\n"                                                                          \
 	"body = PhoneNumbers={{to}}\n"
 
 START_TEST(test_error_gateway_signer)
 {
-	conf_test_gw_fail(GW_ALIYUN, 4, "gateway.ali.access_key_id",
-	    "required with signer aliyun");
+	conf_test_gw_fail(GW_ALIYUN, 4, "gateway.ali.access_key_id", "required with signer aliyun");
 	conf_test_gw_fail("[gateway ali]\nchannel = sms\nurl = https://h/\nescape = form\n"
-	    "body = a={{to}}\nsigner = aliyun\naccess_key_id = K\n", 6,
-	    "gateway.ali.secret_file", "required with signer aliyun");
+	                  "body = a={{to}}\nsigner = aliyun\naccess_key_id = K\n",
+	    6, "gateway.ali.secret_file", "required with signer aliyun");
 	conf_test_gw_fail(GW_ALIYUN "access_key_id = K\nauth = bearer\n", 9, "gateway.ali.auth",
 	    "must be none with signer aliyun");
-	conf_test_gw_fail(GW_ALIYUN "access_key_id = K\nmethod = PUT\n", 9,
-	    "gateway.ali.method", "must be POST with signer aliyun");
+	conf_test_gw_fail(GW_ALIYUN "access_key_id = K\nmethod = PUT\n", 9, "gateway.ali.method",
+	    "must be POST with signer aliyun");
 	conf_test_gw_fail("[gateway ali]\nchannel = sms\nurl = https://h/\nsigner = aliyun\n"
-	    "access_key_id = K\nsecret_file = @SECRET@\nbody = x\n", 1, "gateway.ali.escape",
-	    "must be form with signer aliyun");
-	conf_test_gw_fail(GW_ALIYUN "access_key_id = K\nservice = sms\n", 9,
-	    "gateway.ali.service", "only used with signer tencent");
+	                  "access_key_id = K\nsecret_file = @SECRET@\nbody = x\n",
+	    1, "gateway.ali.escape", "must be form with signer aliyun");
+	conf_test_gw_fail(GW_ALIYUN "access_key_id = K\nservice = sms\n", 9, "gateway.ali.service",
+	    "only used with signer tencent");
 	conf_test_gw_fail(GW_ALIYUN "access_key_id = K\nheader = Authorization: x\n", 9,
 	    "gateway.ali.header", "Authorization is set by signer aliyun");
 	conf_test_gw_fail(GW_ALIYUN "access_key_id = K\nregion = cn hangzhou\n", 9,
 	    "gateway.ali.region", "letters, digits");
 	conf_test_gw_fail("[gateway t]\nchannel = sms\nurl = https://h/\nsigner = tencent\n"
-	    "access_key_id = K\nsecret_file = @SECRET@\nbody = {}\n", 4, "gateway.t.region",
-	    "required with signer tencent");
+	                  "access_key_id = K\nsecret_file = @SECRET@\nbody = {}\n",
+	    4, "gateway.t.region", "required with signer tencent");
 	conf_test_gw_fail("[gateway t]\nchannel = sms\nurl = https://h/\nsigner = tencent\n"
-	    "access_key_id = K\nsecret_file = @SECRET@\nbody = a=b\nregion = r\n"
-	    "escape = form\n", 9, "gateway.t.escape", "must be json with signer tencent");
+	                  "access_key_id = K\nsecret_file = @SECRET@\nbody = a=b\nregion = r\n"
+	                  "escape = form\n",
+	    9, "gateway.t.escape", "must be json with signer tencent");
 	conf_test_gw_fail("[gateway t]\nchannel = sms\nurl = https://h/\nsigner = tencent\n"
-	    "access_key_id = K\nsecret_file = @SECRET@\nbody = {}\nregion = r\n"
-	    "header = X-TC-Action: x\n", 9, "gateway.t.header", "set by signer tencent");
+	                  "access_key_id = K\nsecret_file = @SECRET@\nbody = {}\nregion = r\n"
+	                  "header = X-TC-Action: x\n",
+	    9, "gateway.t.header", "set by signer tencent");
 	conf_test_gw_fail(GW_SMS "access_key_id = K\n", 7, "gateway.sms1.access_key_id",
 	    "only used with a signer");
-	conf_test_gw_fail(GW_SMS "region = ap-guangzhou\n", 7, "gateway.sms1.region",
-	    "only used with a signer");
-	conf_test_gw_fail(GW_SMS "api_version = 1\n", 7, "gateway.sms1.api_version",
-	    "only used with a signer");
+	conf_test_gw_fail(
+	    GW_SMS "region = ap-guangzhou\n", 7, "gateway.sms1.region", "only used with a signer");
+	conf_test_gw_fail(
+	    GW_SMS "api_version = 1\n", 7, "gateway.sms1.api_version", "only used with a signer");
 	conf_test_cleanup();
 }
 END_TEST
@@ -1187,34 +1204,34 @@ START_TEST(test_error_gateway_success_rules)
 	    "set without success_value");
 	conf_test_gw_fail(GW_SMS "success_value = OK\n", 7, "gateway.sms1.success_value",
 	    "set without success_field");
-	conf_test_gw_fail(GW_SMS "success_field = a..b\n", 7, "gateway.sms1.success_field",
-	    "dot path");
-	conf_test_gw_fail(GW_SMS "success_field = .a\n", 7, "gateway.sms1.success_field",
-	    "dot path");
-	conf_test_gw_fail(GW_SMS "success_field = a b\n", 7, "gateway.sms1.success_field",
-	    "dot path");
-	conf_test_gw_fail(GW_SMS "message_id_field = header:\n", 7,
-	    "gateway.sms1.message_id_field", "header name");
-	conf_test_gw_fail(GW_SMS "message_id_field = a.\n", 7,
-	    "gateway.sms1.message_id_field", "dot path");
-	conf_test_gw_fail(GW_SMS "success_status = 200,abc\n", 7,
-	    "gateway.sms1.success_status", "\"abc\" is not an HTTP status code");
+	conf_test_gw_fail(
+	    GW_SMS "success_field = a..b\n", 7, "gateway.sms1.success_field", "dot path");
+	conf_test_gw_fail(
+	    GW_SMS "success_field = .a\n", 7, "gateway.sms1.success_field", "dot path");
+	conf_test_gw_fail(
+	    GW_SMS "success_field = a b\n", 7, "gateway.sms1.success_field", "dot path");
+	conf_test_gw_fail(GW_SMS "message_id_field = header:\n", 7, "gateway.sms1.message_id_field",
+	    "header name");
+	conf_test_gw_fail(
+	    GW_SMS "message_id_field = a.\n", 7, "gateway.sms1.message_id_field", "dot path");
+	conf_test_gw_fail(GW_SMS "success_status = 200,abc\n", 7, "gateway.sms1.success_status",
+	    "\"abc\" is not an HTTP status code");
 	conf_test_gw_fail(GW_SMS "success_status = 600\n", 7, "gateway.sms1.success_status",
 	    "not an HTTP status code (100..599)");
-	conf_test_gw_fail(GW_SMS "success_status = 200,,201\n", 7,
-	    "gateway.sms1.success_status", "comma-separated");
-	conf_test_gw_fail(GW_SMS "success_status = 200,\n", 7, "gateway.sms1.success_status",
+	conf_test_gw_fail(GW_SMS "success_status = 200,,201\n", 7, "gateway.sms1.success_status",
 	    "comma-separated");
-	conf_test_gw_fail(GW_SMS "success_status =\n", 7, "gateway.sms1.success_status",
-	    "comma-separated");
-	conf_test_gw_fail(GW_SMS "success_status = 200, 200\n", 7,
-	    "gateway.sms1.success_status", "200 is listed twice");
+	conf_test_gw_fail(
+	    GW_SMS "success_status = 200,\n", 7, "gateway.sms1.success_status", "comma-separated");
+	conf_test_gw_fail(
+	    GW_SMS "success_status =\n", 7, "gateway.sms1.success_status", "comma-separated");
+	conf_test_gw_fail(GW_SMS "success_status = 200, 200\n", 7, "gateway.sms1.success_status",
+	    "200 is listed twice");
 	conf_test_gw_fail(GW_SMS "retry_initial_ms = 5000\nretry_max_ms = 4000\n", 8,
 	    "gateway.sms1.retry_max_ms", "4000 is less than retry_initial_ms (5000)");
-	conf_test_gw_fail(GW_SMS "retry_initial_ms = 400000\n", 7,
-	    "gateway.sms1.retry_initial_ms", "greater than retry_max_ms (300000)");
-	conf_test_gw_fail(GW_SMS "mail_from = a@b\n", 7, "gateway.sms1.mail_from",
-	    "only used with type smtp");
+	conf_test_gw_fail(GW_SMS "retry_initial_ms = 400000\n", 7, "gateway.sms1.retry_initial_ms",
+	    "greater than retry_max_ms (300000)");
+	conf_test_gw_fail(
+	    GW_SMS "mail_from = a@b\n", 7, "gateway.sms1.mail_from", "only used with type smtp");
 	conf_test_cleanup();
 }
 END_TEST
@@ -1231,21 +1248,22 @@ START_TEST(test_gateway_status_list_spacing_accepted)
 }
 END_TEST
 
-#define GW_SMTP "[gateway mail]\n" \
-	"channel = email\n" \
-	"type = smtp\n" \
+#define GW_SMTP                                                                                    \
+	"[gateway mail]\n"                                                                         \
+	"channel = email\n"                                                                        \
+	"type = smtp\n"                                                                            \
 	"url = smtp://mail.example.net:587\n"
 
 START_TEST(test_error_gateway_smtp)
 {
 	conf_test_gw_fail(GW_SMTP, 1, "gateway.mail.mail_from", "required with type smtp");
-	conf_test_gw_fail(GW_SMTP "mail_from = Billing <b@x>\n", 5, "gateway.mail.mail_from",
-	    "bare address");
-	conf_test_gw_fail(GW_SMTP "mail_from = nobody\n", 5, "gateway.mail.mail_from",
-	    "bare address");
+	conf_test_gw_fail(
+	    GW_SMTP "mail_from = Billing <b@x>\n", 5, "gateway.mail.mail_from", "bare address");
+	conf_test_gw_fail(
+	    GW_SMTP "mail_from = nobody\n", 5, "gateway.mail.mail_from", "bare address");
 	conf_test_gw_fail("[gateway mail]\nchannel = sms\ntype = smtp\n"
-	    "url = smtp://h\nmail_from = a@b\n", 3, "gateway.mail.type",
-	    "smtp needs channel email");
+	                  "url = smtp://h\nmail_from = a@b\n",
+	    3, "gateway.mail.type", "smtp needs channel email");
 	conf_test_gw_fail(GW_SMTP "mail_from = a@b\nmethod = POST\n", 6, "gateway.mail.method",
 	    "not used with type smtp");
 	conf_test_gw_fail(GW_SMTP "mail_from = a@b\nsuccess_status = 250\n", 6,
@@ -1267,14 +1285,14 @@ END_TEST
 START_TEST(test_error_never_shows_the_secret)
 {
 	static const char *tails[] = {
-		"header = X-A: {{bad}}\n",
-		"success_status = TOPSECRET\n",
-		"channel = TOPSECRET\n",
-		"colour = x\n",
-		"header = Authorization: Bearer x\n",
-		"retry_max_ms = 100\n",
-		"body_file = @SECRET@\n",
-		"[gateway sms1]\n",
+	    "header = X-A: {{bad}}\n",
+	    "success_status = TOPSECRET\n",
+	    "channel = TOPSECRET\n",
+	    "colour = x\n",
+	    "header = Authorization: Bearer x\n",
+	    "retry_max_ms = 100\n",
+	    "body_file = @SECRET@\n",
+	    "[gateway sms1]\n",
 	};
 	size_t i;
 
@@ -1295,9 +1313,10 @@ END_TEST
 START_TEST(test_gateways_reload_with_the_new_file)
 {
 	struct conf *a = conf_test_gw_load(GW_SMS "[mqtt]\nhost = a\n");
-	struct conf *b = conf_test_gw_load("[mqtt]\nhost = b\n[gateway other]\nchannel = email\n"
-	    "url = https://h/\nmethod = GET\n[gateway sms1]\nchannel = sms\n"
-	    "url = https://h2/\nmethod = GET\n");
+	struct conf *b =
+	    conf_test_gw_load("[mqtt]\nhost = b\n[gateway other]\nchannel = email\n"
+	                      "url = https://h/\nmethod = GET\n[gateway sms1]\nchannel = sms\n"
+	                      "url = https://h2/\nmethod = GET\n");
 	char out[64];
 
 	/* Gateways never need a restart: only mqtt.host does here. */
@@ -1361,7 +1380,6 @@ START_TEST(test_every_gateway_default_parses_as_its_type)
 	ck_assert_str_eq(conf_gateway_placeholders()[0], "to");
 }
 END_TEST
-
 
 /* Collect lines of a whole file; the caller frees the array and the lines. */
 static char **
@@ -1435,22 +1453,24 @@ START_TEST(test_error_payments_need_their_keys)
 	conf_test_fail("[payments]\nwechat_path = /pay/wx\nwechat_mchid = 1\n", 2,
 	    "payments.wechat_path", "need payments.wechat_appids");
 	conf_test_fail("[payments]\nwechat_mchid = 1\nwechat_appids = a\nwechat_path = /pay/wx\n"
-	    "wechat_apiv3_key_file = /etc/hostname\n", 4, "payments.wechat_path",
+	               "wechat_apiv3_key_file = /etc/hostname\n",
+	    4, "payments.wechat_path",
 	    "need payments.wechat_platform_certs or wechat_public_key_file");
 	conf_test_fail("[payments]\nalipay_path = /pay/ali\nalipay_app_id = 1\n", 2,
 	    "payments.alipay_path", "need payments.alipay_public_key_file");
 	conf_test_fail("[payments]\nwechat_public_key_id = PUB_KEY_ID_1\n", 2,
 	    "payments.wechat_public_key_id", "give both");
-	conf_test_fail("[payments]\nwechat_path = pay\n", 2, "payments.wechat_path",
-	    "absolute path");
-	conf_test_fail("[payments]\nwechat_path = /pay?x=1\n", 2, "payments.wechat_path",
-	    "without query");
-	conf_test_fail("[payments]\nalipay_path = /metrics\n", 2, "payments.alipay_path",
-	    "daemon's own");
-	conf_test_fail("[payments]\nwechat_path = /p\nwechat_mchid = 1\nwechat_appids = a\n"
+	conf_test_fail(
+	    "[payments]\nwechat_path = pay\n", 2, "payments.wechat_path", "absolute path");
+	conf_test_fail(
+	    "[payments]\nwechat_path = /pay?x=1\n", 2, "payments.wechat_path", "without query");
+	conf_test_fail(
+	    "[payments]\nalipay_path = /metrics\n", 2, "payments.alipay_path", "daemon's own");
+	conf_test_fail(
+	    "[payments]\nwechat_path = /p\nwechat_mchid = 1\nwechat_appids = a\n"
 	    "wechat_apiv3_key_file = /etc/hostname\nwechat_platform_certs = /etc/hostname\n"
-	    "alipay_path = /p\nalipay_app_id = 2\nalipay_public_key_file = /etc/hostname\n", 7,
-	    "payments.alipay_path", "same as the other");
+	    "alipay_path = /p\nalipay_app_id = 2\nalipay_public_key_file = /etc/hostname\n",
+	    7, "payments.alipay_path", "same as the other");
 	conf_test_fail("[payments]\nalipay_public_key_file = /nonexistent/alipay.pem\n", 2,
 	    "payments.alipay_public_key_file", "/nonexistent/alipay.pem");
 	conf_test_cleanup();
@@ -1521,7 +1541,8 @@ START_TEST(test_manual_documents_every_key)
 				conf_test_section_line(lines[j] + 4, section, sizeof section);
 				continue;
 			}
-			if (strncmp(lines[j], ".Ss ", 4) == 0 || strncmp(lines[j], ".Sh ", 4) == 0) {
+			if (strncmp(lines[j], ".Ss ", 4) == 0 ||
+			    strncmp(lines[j], ".Sh ", 4) == 0) {
 				section[0] = '\0';
 				continue;
 			}
@@ -1643,12 +1664,12 @@ END_TEST
  */
 START_TEST(test_sample_gateway_examples_load)
 {
-	static const char *const expect[] = { "aliyun", "tencent", "twilio", "sendgrid",
-		"mailgun", "smtp", "webhook" };
+	static const char *const expect[] = {
+	    "aliyun", "tencent", "twilio", "sendgrid", "mailgun", "smtp", "webhook"};
 	char **lines, err[1024];
 	const char *sec = conf_test_file("key\n");
 	const char *body = conf_test_file("Subject: {{subject}}\n\n{{text}}\n");
-	struct sbuf text = { 0 };
+	struct sbuf text = {0};
 	size_t nlines, j;
 	bool in_gateway = false;
 	struct conf *c;

@@ -49,7 +49,7 @@ collect_reject(void *arg, int item_index, const char *reason)
 static int
 decode_len(struct collect *c, const char *buf, size_t len)
 {
-	struct payload_sink sink = { collect_reading, collect_reject, c };
+	struct payload_sink sink = {collect_reading, collect_reject, c};
 	int good;
 
 	memset(c, 0, sizeof *c);
@@ -81,10 +81,12 @@ START_TEST(reading_good_decodes_every_field)
 	struct collect c;
 	const struct reading *r;
 
-	ck_assert_int_eq(decode(&c,
-	    "{\"seq\": 1042, \"ts\": \"2026-11-27T10:15:00+08:00\", \"energy_wh\": 1234567,"
-	    " \"relay\": \"closed\", \"power_w\": 1500, \"voltage_v\": 230.5,"
-	    " \"current_a\": 6.52, \"meter\": \"someone-else\", \"fw\": {\"v\": [1, 2]}}"), 1);
+	ck_assert_int_eq(
+	    decode(&c,
+	        "{\"seq\": 1042, \"ts\": \"2026-11-27T10:15:00+08:00\", \"energy_wh\": 1234567,"
+	        " \"relay\": \"closed\", \"power_w\": 1500, \"voltage_v\": 230.5,"
+	        " \"current_a\": 6.52, \"meter\": \"someone-else\", \"fw\": {\"v\": [1, 2]}}"),
+	    1);
 	ck_assert_int_eq(c.nrejects, 0);
 	r = &c.readings[0];
 	ck_assert_str_eq(r->meter_id, "m-1");
@@ -105,8 +107,8 @@ START_TEST(reading_minimal_leaves_optionals_absent)
 	struct collect c;
 	const struct reading *r;
 
-	ck_assert_int_eq(decode(&c,
-	    "{\"seq\":0,\"ts\":\"2000-01-01T00:00:00Z\",\"energy_wh\":0}"), 1);
+	ck_assert_int_eq(
+	    decode(&c, "{\"seq\":0,\"ts\":\"2000-01-01T00:00:00Z\",\"energy_wh\":0}"), 1);
 	r = &c.readings[0];
 	ck_assert_int_eq(r->seq, 0);
 	ck_assert_int_eq(r->energy_wh, 0);
@@ -121,7 +123,8 @@ START_TEST(reading_large_int64_values_kept_exactly)
 	struct collect c;
 
 	ck_assert_int_eq(decode(&c, "{\"seq\":9223372036854775807,\"ts\":\"2026-01-01T00:00:00Z\","
-	    "\"energy_wh\":9007199254740993}"), 1);
+	                            "\"energy_wh\":9007199254740993}"),
+	    1);
 	ck_assert_int_eq(c.readings[0].seq, INT64_MAX);
 	/* 2^53 + 1: would be lost through a double. */
 	ck_assert_int_eq(c.readings[0].energy_wh, INT64_C(9007199254740993));
@@ -132,11 +135,13 @@ START_TEST(reading_array_bad_item_rejected_rest_kept)
 {
 	struct collect c;
 
-	ck_assert_int_eq(decode(&c, "["
-	    "{\"seq\":1,\"ts\":\"2026-11-27T10:00:00+08:00\",\"energy_wh\":100,\"relay\":\"open\"},"
-	    "{\"seq\":2,\"ts\":\"2026-11-27T10:15:00+08:00\",\"energy_wh\":-5},"
-	    "{\"seq\":3,\"ts\":\"2026-11-27T10:30:00+08:00\",\"energy_wh\":120,"
-	    "\"relay\":\"armed\"}]"),
+	ck_assert_int_eq(
+	    decode(&c, "["
+	               "{\"seq\":1,\"ts\":\"2026-11-27T10:00:00+08:00\",\"energy_wh\":100,"
+	               "\"relay\":\"open\"},"
+	               "{\"seq\":2,\"ts\":\"2026-11-27T10:15:00+08:00\",\"energy_wh\":-5},"
+	               "{\"seq\":3,\"ts\":\"2026-11-27T10:30:00+08:00\",\"energy_wh\":120,"
+	               "\"relay\":\"armed\"}]"),
 	    2);
 	ck_assert_int_eq(c.nrejects, 1);
 	ck_assert_int_eq(c.reject_index[0], 1);
@@ -156,7 +161,8 @@ START_TEST(reading_array_non_object_items_rejected)
 	struct collect c;
 
 	ck_assert_int_eq(decode(&c, "[1, {\"seq\":7,\"ts\":\"2026-11-27T10:00:00Z\","
-	    "\"energy_wh\":1}, \"x\", null, []]"), 1);
+	                            "\"energy_wh\":1}, \"x\", null, []]"),
+	    1);
 	ck_assert_int_eq(c.readings[0].seq, 7);
 	ck_assert_int_eq(c.nrejects, 4);
 	ck_assert_int_eq(c.reject_index[0], 0);
@@ -172,57 +178,53 @@ static const struct {
 	const char *json;
 	const char *reason;
 } item_rejects[] = {
-	{ "{\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}", "seq: missing" },
-	{ "{\"seq\":\"5\",\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
-	    "seq: not a non-negative integer" },
-	{ "{\"seq\":-1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
-	    "seq: not a non-negative integer" },
-	{ "{\"seq\":5.0,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
-	    "seq: not a non-negative integer" },
-	{ "{\"seq\":true,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
-	    "seq: not a non-negative integer" },
-	{ "{\"seq\":null,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
-	    "seq: not a non-negative integer" },
-	{ "{\"seq\":1e30,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
-	    "seq: not a non-negative integer" },
-	{ "{\"seq\":1,\"energy_wh\":1}", "ts: missing" },
-	{ "{\"seq\":1,\"ts\":1795745700,\"energy_wh\":1}", "ts: not RFC 3339 with offset" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00\",\"energy_wh\":1}",
-	    "ts: not RFC 3339 with offset" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27 10:15:00Z\",\"energy_wh\":1}",
-	    "ts: not RFC 3339 with offset" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00+08:00                \",\"energy_wh\":1}",
-	    "ts: not RFC 3339 with offset" },
-	{ "{\"seq\":1,\"ts\":\"1999-12-31T23:59:59Z\",\"energy_wh\":1}", "ts: out of range" },
-	{ "{\"seq\":1,\"ts\":\"2100-01-01T00:00:00Z\",\"energy_wh\":1}", "ts: out of range" },
-	{ "{\"seq\":1,\"ts\":\"1970-01-01T00:00:00Z\",\"energy_wh\":1}", "ts: out of range" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\"}", "energy_wh: missing" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":-1}",
-	    "energy_wh: negative register" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1.5}",
-	    "energy_wh: not an integer" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1e30}",
-	    "energy_wh: not an integer" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":\"100\"}",
-	    "energy_wh: not an integer" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"relay\":\"half\"}",
-	    "relay: not closed, open or armed" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"relay\":\"CLOSED\"}",
-	    "relay: not closed, open or armed" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"relay\":1}",
-	    "relay: not closed, open or armed" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"power_w\":\"1\"}",
-	    "power_w: not a number" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"voltage_v\":true}",
-	    "voltage_v: not a number" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"current_a\":null}",
-	    "current_a: not a number" },
+    {"{\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}", "seq: missing"},
+    {"{\"seq\":\"5\",\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
+        "seq: not a non-negative integer"},
+    {"{\"seq\":-1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
+        "seq: not a non-negative integer"},
+    {"{\"seq\":5.0,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
+        "seq: not a non-negative integer"},
+    {"{\"seq\":true,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
+        "seq: not a non-negative integer"},
+    {"{\"seq\":null,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
+        "seq: not a non-negative integer"},
+    {"{\"seq\":1e30,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}",
+        "seq: not a non-negative integer"},
+    {"{\"seq\":1,\"energy_wh\":1}", "ts: missing"},
+    {"{\"seq\":1,\"ts\":1795745700,\"energy_wh\":1}", "ts: not RFC 3339 with offset"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00\",\"energy_wh\":1}", "ts: not RFC 3339 with offset"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27 10:15:00Z\",\"energy_wh\":1}", "ts: not RFC 3339 with offset"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00+08:00                \",\"energy_wh\":1}",
+        "ts: not RFC 3339 with offset"},
+    {"{\"seq\":1,\"ts\":\"1999-12-31T23:59:59Z\",\"energy_wh\":1}", "ts: out of range"},
+    {"{\"seq\":1,\"ts\":\"2100-01-01T00:00:00Z\",\"energy_wh\":1}", "ts: out of range"},
+    {"{\"seq\":1,\"ts\":\"1970-01-01T00:00:00Z\",\"energy_wh\":1}", "ts: out of range"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\"}", "energy_wh: missing"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":-1}",
+        "energy_wh: negative register"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1.5}", "energy_wh: not an integer"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1e30}", "energy_wh: not an integer"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":\"100\"}",
+        "energy_wh: not an integer"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"relay\":\"half\"}",
+        "relay: not closed, open or armed"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"relay\":\"CLOSED\"}",
+        "relay: not closed, open or armed"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"relay\":1}",
+        "relay: not closed, open or armed"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"power_w\":\"1\"}",
+        "power_w: not a number"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"voltage_v\":true}",
+        "voltage_v: not a number"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"current_a\":null}",
+        "current_a: not a number"},
 };
 
 START_TEST(reading_item_reject_reasons)
 {
-	assert_one_reject(item_rejects[_i].json, strlen(item_rejects[_i].json), 0,
-	    item_rejects[_i].reason);
+	assert_one_reject(
+	    item_rejects[_i].json, strlen(item_rejects[_i].json), 0, item_rejects[_i].reason);
 }
 END_TEST
 
@@ -232,27 +234,27 @@ static const struct {
 	size_t len; /* 0: strlen(buf) */
 	const char *reason;
 } payload_rejects[] = {
-	{ "{\"seq\":1,", 0, "malformed JSON: string or '}' expected at line 1 column 9" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"seq\":2}", 0,
-	    "malformed JSON: duplicate object key at line 1 column 56" },
-	{ "{\"seq\":99999999999999999999,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}", 0,
-	    "malformed JSON: too big integer at line 1 column 27" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1e400}", 0,
-	    "malformed JSON: real number overflow at line 1 column 54" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"x\":\"\xff\xfe\"}", 0,
-	    "malformed JSON: unable to decode byte 0xff at line 1 column 56" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"x\":\"a\0b\"}", 59,
-	    "malformed JSON: control character 0x0 at line 1 column 57" },
-	{ "{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}\0", 52,
-	    "malformed JSON: end of file expected at line 1 column 52" },
-	{ "{\"seq\":1,\"x\":\"\\u0000\"}", 0,
-	    "malformed JSON: \\u0000 is not allowed without JSON_ALLOW_NUL at line 1 column 21" },
-	{ "", 0, "malformed JSON: unexpected token at line 1 column 0" },
-	{ "5", 0, "not an object or array" },
-	{ "\"reading\"", 0, "not an object or array" },
-	{ "null", 0, "not an object or array" },
-	{ "[]", 0, "empty array" },
-	{ "[{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}]", 0, "too many items (17 > 16)" },
+    {"{\"seq\":1,", 0, "malformed JSON: string or '}' expected at line 1 column 9"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"seq\":2}", 0,
+        "malformed JSON: duplicate object key at line 1 column 56"},
+    {"{\"seq\":99999999999999999999,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}", 0,
+        "malformed JSON: too big integer at line 1 column 27"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1e400}", 0,
+        "malformed JSON: real number overflow at line 1 column 54"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"x\":\"\xff\xfe\"}", 0,
+        "malformed JSON: unable to decode byte 0xff at line 1 column 56"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1,\"x\":\"a\0b\"}", 59,
+        "malformed JSON: control character 0x0 at line 1 column 57"},
+    {"{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1}\0", 52,
+        "malformed JSON: end of file expected at line 1 column 52"},
+    {"{\"seq\":1,\"x\":\"\\u0000\"}", 0,
+        "malformed JSON: \\u0000 is not allowed without JSON_ALLOW_NUL at line 1 column 21"},
+    {"", 0, "malformed JSON: unexpected token at line 1 column 0"},
+    {"5", 0, "not an object or array"},
+    {"\"reading\"", 0, "not an object or array"},
+    {"null", 0, "not an object or array"},
+    {"[]", 0, "empty array"},
+    {"[{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}]", 0, "too many items (17 > 16)"},
 };
 
 START_TEST(reading_payload_reject_reasons)
@@ -266,7 +268,7 @@ END_TEST
 
 START_TEST(reading_oversize_rejected_before_parsing)
 {
-	struct payload_sink sink = { collect_reading, collect_reject, NULL };
+	struct payload_sink sink = {collect_reading, collect_reject, NULL};
 	struct collect c;
 	char *big = malloc(MAX_BYTES + 1);
 
@@ -274,8 +276,8 @@ START_TEST(reading_oversize_rejected_before_parsing)
 	memset(big, '[', MAX_BYTES + 1);
 	memset(&c, 0, sizeof c);
 	sink.arg = &c;
-	ck_assert_int_eq(payload_decode_readings("m-1", big, MAX_BYTES + 1, MAX_BYTES, MAX_ITEMS,
-	    &sink), 0);
+	ck_assert_int_eq(
+	    payload_decode_readings("m-1", big, MAX_BYTES + 1, MAX_BYTES, MAX_ITEMS, &sink), 0);
 	ck_assert_int_eq(c.nrejects, 1);
 	ck_assert_int_eq(c.reject_index[0], -1);
 	ck_assert_str_eq(c.reject_reason[0], "payload too large (4097 bytes > 4096)");
@@ -298,7 +300,7 @@ END_TEST
 
 START_TEST(reading_null_sink_callbacks_tolerated)
 {
-	struct payload_sink sink = { NULL, NULL, NULL };
+	struct payload_sink sink = {NULL, NULL, NULL};
 	const char *json = "[{\"seq\":1,\"ts\":\"2026-11-27T10:15:00Z\",\"energy_wh\":1},2]";
 
 	ck_assert_int_eq(payload_decode_readings("m", json, strlen(json), MAX_BYTES, 4, &sink), 1);
@@ -313,53 +315,53 @@ static const struct {
 	int64_t secs;
 	int64_t frac_us;
 } ts_cases[] = {
-	{ "2026-11-27T10:15:00+08:00", true, 1795745700, 0 },
-	{ "2026-11-27T02:15:00Z", true, 1795745700, 0 },
-	{ "2026-11-27t02:15:00z", true, 1795745700, 0 },
-	{ "2026-11-26T20:45:00-05:30", true, 1795745700, 0 },
-	{ "2026-11-27T02:15:00-00:00", true, 1795745700, 0 },
-	{ "2026-11-27T02:15:00.5Z", true, 1795745700, 500000 },
-	{ "2026-11-27T10:15:00.123456+08:00", true, 1795745700, 123456 },
-	{ "2026-11-27T02:15:00.000001Z", true, 1795745700, 1 },
-	{ "2026-11-28T02:14:00+23:59", true, 1795745700, 0 },
-	{ "1970-01-01T00:00:00Z", true, 0, 0 },
-	{ "0000-01-01T00:00:00Z", true, -62167219200, 0 },
-	{ "9999-12-31T23:59:59Z", true, 253402300799, 0 },
-	{ "2024-02-29T12:00:00Z", true, 1709208000, 0 },
-	{ "2000-02-29T00:00:00Z", true, 951782400, 0 },
-	/* leap second: counted as the next second (documented in payload.c) */
-	{ "2016-12-31T23:59:60Z", true, 1483228800, 0 },
-	{ "2026-11-27T02:15:00.1234567Z", false, 0, 0 },
-	{ "2026-11-27T02:15:00.Z", false, 0, 0 },
-	{ "2026-11-27T10:15:00", false, 0, 0 },
-	{ "2026-11-27T10:15:00+08", false, 0, 0 },
-	{ "2026-11-27T10:15:00+0800", false, 0, 0 },
-	{ "2026-11-27T10:15:00+24:00", false, 0, 0 },
-	{ "2026-11-27T10:15:00+08:60", false, 0, 0 },
-	{ "2026-11-27T10:15:00Z ", false, 0, 0 },
-	{ "2026-11-27 10:15:00Z", false, 0, 0 },
-	{ "2026-11-27T10:15Z", false, 0, 0 },
-	{ "2026-11-27", false, 0, 0 },
-	{ "2023-02-29T00:00:00Z", false, 0, 0 },
-	{ "2100-02-29T00:00:00Z", false, 0, 0 },
-	{ "2026-04-31T00:00:00Z", false, 0, 0 },
-	{ "2026-11-27T24:00:00Z", false, 0, 0 },
-	{ "2026-11-27T10:60:00Z", false, 0, 0 },
-	{ "2026-11-27T10:15:61Z", false, 0, 0 },
-	{ "2026-13-01T00:00:00Z", false, 0, 0 },
-	{ "2026-00-01T00:00:00Z", false, 0, 0 },
-	{ "2026-01-00T00:00:00Z", false, 0, 0 },
-	{ "+026-11-27T10:15:00Z", false, 0, 0 },
-	{ "2026-1a-27T10:15:00Z", false, 0, 0 },
-	{ "", false, 0, 0 },
+    {"2026-11-27T10:15:00+08:00", true, 1795745700, 0},
+    {"2026-11-27T02:15:00Z", true, 1795745700, 0},
+    {"2026-11-27t02:15:00z", true, 1795745700, 0},
+    {"2026-11-26T20:45:00-05:30", true, 1795745700, 0},
+    {"2026-11-27T02:15:00-00:00", true, 1795745700, 0},
+    {"2026-11-27T02:15:00.5Z", true, 1795745700, 500000},
+    {"2026-11-27T10:15:00.123456+08:00", true, 1795745700, 123456},
+    {"2026-11-27T02:15:00.000001Z", true, 1795745700, 1},
+    {"2026-11-28T02:14:00+23:59", true, 1795745700, 0},
+    {"1970-01-01T00:00:00Z", true, 0, 0},
+    {"0000-01-01T00:00:00Z", true, -62167219200, 0},
+    {"9999-12-31T23:59:59Z", true, 253402300799, 0},
+    {"2024-02-29T12:00:00Z", true, 1709208000, 0},
+    {"2000-02-29T00:00:00Z", true, 951782400, 0},
+    /* leap second: counted as the next second (documented in payload.c) */
+    {"2016-12-31T23:59:60Z", true, 1483228800, 0},
+    {"2026-11-27T02:15:00.1234567Z", false, 0, 0},
+    {"2026-11-27T02:15:00.Z", false, 0, 0},
+    {"2026-11-27T10:15:00", false, 0, 0},
+    {"2026-11-27T10:15:00+08", false, 0, 0},
+    {"2026-11-27T10:15:00+0800", false, 0, 0},
+    {"2026-11-27T10:15:00+24:00", false, 0, 0},
+    {"2026-11-27T10:15:00+08:60", false, 0, 0},
+    {"2026-11-27T10:15:00Z ", false, 0, 0},
+    {"2026-11-27 10:15:00Z", false, 0, 0},
+    {"2026-11-27T10:15Z", false, 0, 0},
+    {"2026-11-27", false, 0, 0},
+    {"2023-02-29T00:00:00Z", false, 0, 0},
+    {"2100-02-29T00:00:00Z", false, 0, 0},
+    {"2026-04-31T00:00:00Z", false, 0, 0},
+    {"2026-11-27T24:00:00Z", false, 0, 0},
+    {"2026-11-27T10:60:00Z", false, 0, 0},
+    {"2026-11-27T10:15:61Z", false, 0, 0},
+    {"2026-13-01T00:00:00Z", false, 0, 0},
+    {"2026-00-01T00:00:00Z", false, 0, 0},
+    {"2026-01-00T00:00:00Z", false, 0, 0},
+    {"+026-11-27T10:15:00Z", false, 0, 0},
+    {"2026-1a-27T10:15:00Z", false, 0, 0},
+    {"", false, 0, 0},
 };
 
 START_TEST(rfc3339_parse_cases)
 {
 	int64_t us = -42;
 
-	ck_assert_msg(payload_parse_rfc3339(ts_cases[_i].s, &us) == ts_cases[_i].ok, "%s",
-	    ts_cases[_i].s);
+	ck_assert_msg(
+	    payload_parse_rfc3339(ts_cases[_i].s, &us) == ts_cases[_i].ok, "%s", ts_cases[_i].s);
 	if (ts_cases[_i].ok)
 		ck_assert_int_eq(us, ts_cases[_i].secs * 1000000 + ts_cases[_i].frac_us);
 }
@@ -394,9 +396,15 @@ END_TEST
 START_TEST(rfc3339_round_trip_through_format)
 {
 	static const int64_t values[] = {
-		KNOWN_US, KNOWN_US + 1, 0, -1, INT64_C(951782400000000),
-		INT64_C(1483228799999999), INT64_C(4102444799999999), INT64_C(-62167219200000000),
-		INT64_C(253402300799999999),
+	    KNOWN_US,
+	    KNOWN_US + 1,
+	    0,
+	    -1,
+	    INT64_C(951782400000000),
+	    INT64_C(1483228799999999),
+	    INT64_C(4102444799999999),
+	    INT64_C(-62167219200000000),
+	    INT64_C(253402300799999999),
 	};
 	char out[64];
 	int64_t us;
@@ -420,30 +428,29 @@ static const struct {
 	enum topic_kind kind;
 	const char *id_or_why;
 } topic_cases[] = {
-	{ "meters/0123456789AB/reading", "meters", TOPIC_READING, "0123456789AB" },
-	{ "meters/m-1/event", "meters", TOPIC_EVENT, "m-1" },
-	{ "meters/A.b_c-9/ack", "meters", TOPIC_ACK, "A.b_c-9" },
-	{ "site/7/meters/m1/reading", "site/7/meters", TOPIC_READING, "m1" },
-	{ "meters/abcdefghijklmnopqrstuvwxyz012345/reading", "meters", TOPIC_READING,
-	    "abcdefghijklmnopqrstuvwxyz012345" },
-	{ "meters/abcdefghijklmnopqrstuvwxyz0123456/reading", "meters", TOPIC_UNKNOWN,
-	    "bad meter id" },
-	{ "meters//reading", "meters", TOPIC_UNKNOWN, "bad meter id" },
-	{ "meters/m+1/reading", "meters", TOPIC_UNKNOWN, "bad meter id" },
-	{ "meters/m 1/reading", "meters", TOPIC_UNKNOWN, "bad meter id" },
-	{ "meters/m\xc3\xa9/reading", "meters", TOPIC_UNKNOWN, "bad meter id" },
-	{ "meters/m1/cmd", "meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "meters/m1/Reading", "meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "meters/m1/reading/", "meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "meters/m1/reading/x", "meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "meters/a/b/reading", "meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "meters/m1", "meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "meters", "meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "other/m1/reading", "meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "metersX/m1/reading", "meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "meter/m1/reading", "meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "meters/m1/reading", "site/meters", TOPIC_UNKNOWN, "unknown topic" },
-	{ "", "meters", TOPIC_UNKNOWN, "unknown topic" },
+    {"meters/0123456789AB/reading", "meters", TOPIC_READING, "0123456789AB"},
+    {"meters/m-1/event", "meters", TOPIC_EVENT, "m-1"},
+    {"meters/A.b_c-9/ack", "meters", TOPIC_ACK, "A.b_c-9"},
+    {"site/7/meters/m1/reading", "site/7/meters", TOPIC_READING, "m1"},
+    {"meters/abcdefghijklmnopqrstuvwxyz012345/reading", "meters", TOPIC_READING,
+        "abcdefghijklmnopqrstuvwxyz012345"},
+    {"meters/abcdefghijklmnopqrstuvwxyz0123456/reading", "meters", TOPIC_UNKNOWN, "bad meter id"},
+    {"meters//reading", "meters", TOPIC_UNKNOWN, "bad meter id"},
+    {"meters/m+1/reading", "meters", TOPIC_UNKNOWN, "bad meter id"},
+    {"meters/m 1/reading", "meters", TOPIC_UNKNOWN, "bad meter id"},
+    {"meters/m\xc3\xa9/reading", "meters", TOPIC_UNKNOWN, "bad meter id"},
+    {"meters/m1/cmd", "meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"meters/m1/Reading", "meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"meters/m1/reading/", "meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"meters/m1/reading/x", "meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"meters/a/b/reading", "meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"meters/m1", "meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"meters", "meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"other/m1/reading", "meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"metersX/m1/reading", "meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"meter/m1/reading", "meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"meters/m1/reading", "site/meters", TOPIC_UNKNOWN, "unknown topic"},
+    {"", "meters", TOPIC_UNKNOWN, "unknown topic"},
 };
 
 START_TEST(topic_parse_cases)
@@ -501,7 +508,8 @@ START_TEST(event_relay_decodes)
 	char why[128] = "";
 
 	ck_assert(event("{\"ts\":\"2026-11-27T10:15:00+08:00\",\"type\":\"relay\","
-	    "\"relay\":\"closed\",\"cause\":\"button\",\"note\":1}", &ev, why));
+	                "\"relay\":\"closed\",\"cause\":\"button\",\"note\":1}",
+	    &ev, why));
 	ck_assert_str_eq(ev.meter_id, "m-1");
 	ck_assert_int_eq(ev.ts_us, KNOWN_US);
 	ck_assert_str_eq(ev.ts, "2026-11-27T10:15:00+08:00");
@@ -517,16 +525,17 @@ START_TEST(event_other_types_decode)
 	char why[128] = "";
 
 	/* relay means nothing outside a relay event: ignored, even if bogus */
-	ck_assert(event("{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"tamper\",\"relay\":\"x\"}",
-	    &ev, why));
+	ck_assert(event(
+	    "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"tamper\",\"relay\":\"x\"}", &ev, why));
 	ck_assert_str_eq(ev.type, "tamper");
 	ck_assert_int_eq(ev.relay, RELAY_NONE);
 	ck_assert_str_eq(ev.cause, "");
 	ck_assert(event("{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"power_up\",\"cause\":"
-	    "\"power_up\"}", &ev, why));
-	ck_assert_str_eq(ev.cause, "power_up");
-	ck_assert(event("{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"abcdefghijklmnopqrstuvw\"}",
+	                "\"power_up\"}",
 	    &ev, why));
+	ck_assert_str_eq(ev.cause, "power_up");
+	ck_assert(event(
+	    "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"abcdefghijklmnopqrstuvw\"}", &ev, why));
 	ck_assert_str_eq(ev.type, "abcdefghijklmnopqrstuvw");
 }
 END_TEST
@@ -535,26 +544,27 @@ static const struct {
 	const char *json;
 	const char *reason;
 } event_rejects[] = {
-	{ "{\"type\":\"tamper\"}", "ts: missing" },
-	{ "{\"ts\":\"2026-11-27T10:15:00\",\"type\":\"tamper\"}", "ts: not RFC 3339 with offset" },
-	{ "{\"ts\":\"1980-01-01T00:00:00Z\",\"type\":\"tamper\"}", "ts: out of range" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\"}", "type: missing" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"\"}", "type: not 1-23 of [a-z_]" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"Relay\"}", "type: not 1-23 of [a-z_]" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"power-up\"}", "type: not 1-23 of [a-z_]" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"abcdefghijklmnopqrstuvwx\"}",
-	    "type: not 1-23 of [a-z_]" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":5}", "type: not 1-23 of [a-z_]" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"relay\"}", "relay: missing" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"relay\",\"relay\":\"ajar\"}",
-	    "relay: not closed, open or armed" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"relay\",\"relay\":\"open\","
-	  "\"cause\":\"lightning\"}", "cause: unknown" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"tamper\",\"cause\":3}", "cause: unknown" },
-	{ "[{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"tamper\"}]", "not an object" },
-	{ "{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"tamper\",\"type\":\"clock\"}",
-	    "malformed JSON: duplicate object key at line 1 column 51" },
-	{ "{\"ts\":", "malformed JSON: unexpected token at line 1 column 6" },
+    {"{\"type\":\"tamper\"}", "ts: missing"},
+    {"{\"ts\":\"2026-11-27T10:15:00\",\"type\":\"tamper\"}", "ts: not RFC 3339 with offset"},
+    {"{\"ts\":\"1980-01-01T00:00:00Z\",\"type\":\"tamper\"}", "ts: out of range"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\"}", "type: missing"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"\"}", "type: not 1-23 of [a-z_]"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"Relay\"}", "type: not 1-23 of [a-z_]"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"power-up\"}", "type: not 1-23 of [a-z_]"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"abcdefghijklmnopqrstuvwx\"}",
+        "type: not 1-23 of [a-z_]"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":5}", "type: not 1-23 of [a-z_]"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"relay\"}", "relay: missing"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"relay\",\"relay\":\"ajar\"}",
+        "relay: not closed, open or armed"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"relay\",\"relay\":\"open\","
+     "\"cause\":\"lightning\"}",
+        "cause: unknown"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"tamper\",\"cause\":3}", "cause: unknown"},
+    {"[{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"tamper\"}]", "not an object"},
+    {"{\"ts\":\"2026-11-27T02:15:00Z\",\"type\":\"tamper\",\"type\":\"clock\"}",
+        "malformed JSON: duplicate object key at line 1 column 51"},
+    {"{\"ts\":", "malformed JSON: unexpected token at line 1 column 6"},
 };
 
 START_TEST(event_reject_reasons)
@@ -593,7 +603,8 @@ START_TEST(ack_decodes)
 	char why[128] = "";
 
 	ck_assert(ack("{\"id\":\"cmd-42:7.x_Y\",\"result\":\"ok\",\"relay\":\"armed\","
-	    "\"detail\":\"armed, press button\",\"extra\":true}", &a, why));
+	              "\"detail\":\"armed, press button\",\"extra\":true}",
+	    &a, why));
 	ck_assert_str_eq(a.meter_id, "m-1");
 	ck_assert_str_eq(a.id, "cmd-42:7.x_Y");
 	ck_assert_str_eq(a.result, "ok");
@@ -663,21 +674,20 @@ static const struct {
 	const char *json;
 	const char *reason;
 } ack_rejects[] = {
-	{ "{\"result\":\"ok\"}", "id: missing" },
-	{ "{\"id\":\"\",\"result\":\"ok\"}", "id: not 1-64 of [A-Za-z0-9_.:-]" },
-	{ "{\"id\":\"c 1\",\"result\":\"ok\"}", "id: not 1-64 of [A-Za-z0-9_.:-]" },
-	{ "{\"id\":\"c/1\",\"result\":\"ok\"}", "id: not 1-64 of [A-Za-z0-9_.:-]" },
-	{ "{\"id\":42,\"result\":\"ok\"}", "id: not 1-64 of [A-Za-z0-9_.:-]" },
-	{ "{\"id\":\"c1\"}", "result: missing" },
-	{ "{\"id\":\"c1\",\"result\":\"OK\"}", "result: not ok, rejected, expired or unsupported" },
-	{ "{\"id\":\"c1\",\"result\":true}", "result: not ok, rejected, expired or unsupported" },
-	{ "{\"id\":\"c1\",\"result\":\"ok\",\"relay\":\"on\"}",
-	    "relay: not closed, open or armed" },
-	{ "{\"id\":\"c1\",\"result\":\"ok\",\"detail\":{}}", "detail: not a string" },
-	{ "{\"id\":\"c1\",\"result\":\"ok\",\"detail\":null}", "detail: not a string" },
-	{ "\"ok\"", "not an object" },
-	{ "{\"id\":\"c1\",\"id\":\"c2\",\"result\":\"ok\"}",
-	    "malformed JSON: duplicate object key at line 1 column 15" },
+    {"{\"result\":\"ok\"}", "id: missing"},
+    {"{\"id\":\"\",\"result\":\"ok\"}", "id: not 1-64 of [A-Za-z0-9_.:-]"},
+    {"{\"id\":\"c 1\",\"result\":\"ok\"}", "id: not 1-64 of [A-Za-z0-9_.:-]"},
+    {"{\"id\":\"c/1\",\"result\":\"ok\"}", "id: not 1-64 of [A-Za-z0-9_.:-]"},
+    {"{\"id\":42,\"result\":\"ok\"}", "id: not 1-64 of [A-Za-z0-9_.:-]"},
+    {"{\"id\":\"c1\"}", "result: missing"},
+    {"{\"id\":\"c1\",\"result\":\"OK\"}", "result: not ok, rejected, expired or unsupported"},
+    {"{\"id\":\"c1\",\"result\":true}", "result: not ok, rejected, expired or unsupported"},
+    {"{\"id\":\"c1\",\"result\":\"ok\",\"relay\":\"on\"}", "relay: not closed, open or armed"},
+    {"{\"id\":\"c1\",\"result\":\"ok\",\"detail\":{}}", "detail: not a string"},
+    {"{\"id\":\"c1\",\"result\":\"ok\",\"detail\":null}", "detail: not a string"},
+    {"\"ok\"", "not an object"},
+    {"{\"id\":\"c1\",\"id\":\"c2\",\"result\":\"ok\"}",
+        "malformed JSON: duplicate object key at line 1 column 15"},
 };
 
 START_TEST(ack_reject_reasons)
@@ -704,8 +714,8 @@ payload_suite(void)
 	tcase_add_test(tc, reading_array_bad_item_rejected_rest_kept);
 	tcase_add_test(tc, reading_array_non_object_items_rejected);
 	tcase_add_loop_test(tc, reading_item_reject_reasons, 0, (int)ARRAY_SIZE(item_rejects));
-	tcase_add_loop_test(tc, reading_payload_reject_reasons, 0,
-	    (int)ARRAY_SIZE(payload_rejects));
+	tcase_add_loop_test(
+	    tc, reading_payload_reject_reasons, 0, (int)ARRAY_SIZE(payload_rejects));
 	tcase_add_test(tc, reading_oversize_rejected_before_parsing);
 	tcase_add_test(tc, reading_reasons_never_echo_payload);
 	tcase_add_test(tc, reading_null_sink_callbacks_tolerated);

@@ -39,9 +39,12 @@
 #define WX_KAT_NONCE "5K8264ILTKCH16CQ2502SI8ZNMTM67VS"
 #define WX_KAT_SERIAL "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
 #define WX_KAT_SIG                                                                                 \
-	"Rp6EWfvVtWkPaPKMILDu7PBq/3cR2lDodM1L3Mwqqmrk4TXtBDI6c+b95tNeXPE5/xOQ+QJlZUw9BLR7xwF3xsyGBcK5I/" \
-	"Gz/ub6KL8wOtRzrBGvGcgD8RvB/Cik50s0AuITPONwsRIXKtF3m2GjMfF1GbVVwSs4hfs7Qh+IDKKS6aY+OfAv9qJ/"     \
-	"rmbXG92+bJjFt/ejEH93XgMVM5LzWmRQudindE6cThIPM+lGxcORp2vAVCNcNankzCLBO4qnm3FlSVCsuaUUf2B181Lzc" \
+	"Rp6EWfvVtWkPaPKMILDu7PBq/3cR2lDodM1L3Mwqqmrk4TXtBDI6c+b95tNeXPE5/"                        \
+	"xOQ+QJlZUw9BLR7xwF3xsyGBcK5I/"                                                            \
+	"Gz/ub6KL8wOtRzrBGvGcgD8RvB/"                                                              \
+	"Cik50s0AuITPONwsRIXKtF3m2GjMfF1GbVVwSs4hfs7Qh+IDKKS6aY+OfAv9qJ/"                          \
+	"rmbXG92+bJjFt/"                                                                           \
+	"ejEH93XgMVM5LzWmRQudindE6cThIPM+lGxcORp2vAVCNcNankzCLBO4qnm3FlSVCsuaUUf2B181Lzc"          \
 	"xXWzI9evJ/lwKrcPJnM/nxhTjJ6eKpIY35AMZqc4VP6S+Qv3a4aYrYG0dV1PPhmYA=="
 #define WX_KAT_NOW INT64_C(1700000000)
 
@@ -139,8 +142,8 @@ wx_encrypt(const unsigned char key[32], const char *nonce, const char *aad, cons
 	ck_assert(EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, (int)strlen(nonce), NULL) == 1);
 	ck_assert(EVP_EncryptInit_ex(c, NULL, NULL, key, (const unsigned char *)nonce) == 1);
 	if (*aad != '\0')
-		ck_assert(EVP_EncryptUpdate(c, NULL, &n, (const unsigned char *)aad,
-			      (int)strlen(aad)) == 1);
+		ck_assert(EVP_EncryptUpdate(
+		              c, NULL, &n, (const unsigned char *)aad, (int)strlen(aad)) == 1);
 	ck_assert(EVP_EncryptUpdate(c, out, &n, (const unsigned char *)plain, (int)len) == 1);
 	ck_assert(EVP_EncryptFinal_ex(c, out + n, &n) == 1);
 	ck_assert(EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, out + len) == 1);
@@ -195,7 +198,7 @@ static char *
 ali_build(EVP_PKEY *key, const struct kvc *pairs, size_t n, const char *sign_type)
 {
 	struct kvc *sorted = xcalloc(n, sizeof *sorted);
-	struct sbuf content = { 0 }, form = { 0 };
+	struct sbuf content = {0}, form = {0};
 	size_t i;
 	char *sig;
 
@@ -220,15 +223,15 @@ ali_build(EVP_PKEY *key, const struct kvc *pairs, size_t n, const char *sign_typ
 }
 
 static const struct kvc ali_pairs[] = {
-	{ "notify_type", "trade_status_sync" },
-	{ "out_trade_no", "PP-0001" },
-	{ "trade_no", "2026112722001446880000000009" },
-	{ "trade_status", "TRADE_SUCCESS" },
-	{ "total_amount", "12.50" },
-	{ "subject", "电费 & 充值=100%" },
-	{ "passback_params", "" },
-	{ "app_id", "2021000000000000" },
-	{ "charset", "utf-8" },
+    {"notify_type", "trade_status_sync"},
+    {"out_trade_no", "PP-0001"},
+    {"trade_no", "2026112722001446880000000009"},
+    {"trade_status", "TRADE_SUCCESS"},
+    {"total_amount", "12.50"},
+    {"subject", "电费 & 充值=100%"},
+    {"passback_params", ""},
+    {"app_id", "2021000000000000"},
+    {"charset", "utf-8"},
 };
 
 static int
@@ -252,8 +255,8 @@ ring_kat(void)
 	struct pay_keyring *kr = pay_keyring_new();
 	char err[256];
 
-	ck_assert_msg(pay_keyring_add_file(kr, NULL, DATA("platform_cert.pem"), err, sizeof err) ==
-	        PAY_OK,
+	ck_assert_msg(
+	    pay_keyring_add_file(kr, NULL, DATA("platform_cert.pem"), err, sizeof err) == PAY_OK,
 	    "%s", err);
 	return kr;
 }
@@ -264,8 +267,8 @@ ring_a(void)
 	struct pay_keyring *kr = pay_keyring_new();
 	char err[256];
 
-	ck_assert_msg(pay_keyring_add_file(kr, "PUB_KEY_ID_0000A", pub_a_path, err, sizeof err) ==
-	        PAY_OK,
+	ck_assert_msg(
+	    pay_keyring_add_file(kr, "PUB_KEY_ID_0000A", pub_a_path, err, sizeof err) == PAY_OK,
 	    "%s", err);
 	return kr;
 }
@@ -280,26 +283,26 @@ START_TEST(wechat_known_answer_verifies)
 	char err[256];
 
 	ck_assert_msg(pay_wechat_verify(kr, WX_KAT_SERIAL, WX_KAT_TS, WX_KAT_NONCE, WX_KAT_SIG, b,
-			  len, WX_KAT_NOW + 10, 300, err, sizeof err) == PAY_OK,
+	                  len, WX_KAT_NOW + 10, 300, err, sizeof err) == PAY_OK,
 	    "%s", err);
 	ck_assert_str_eq(err, "");
 	/* Serial lookup ignores case. */
-	ck_assert_int_eq(pay_wechat_verify(kr, "5157f09efdc096de15ebe81a47057a7232f1b8e1",
-			     WX_KAT_TS, WX_KAT_NONCE, WX_KAT_SIG, b, len, WX_KAT_NOW, 300, err,
-			     sizeof err),
+	ck_assert_int_eq(
+	    pay_wechat_verify(kr, "5157f09efdc096de15ebe81a47057a7232f1b8e1", WX_KAT_TS,
+	        WX_KAT_NONCE, WX_KAT_SIG, b, len, WX_KAT_NOW, 300, err, sizeof err),
 	    PAY_OK);
 	/* One flipped byte of the body. */
 	b[len / 2] ^= 1;
 	ck_assert_int_eq(pay_wechat_verify(kr, WX_KAT_SERIAL, WX_KAT_TS, WX_KAT_NONCE, WX_KAT_SIG,
-			     b, len, WX_KAT_NOW, 300, err, sizeof err),
+	                     b, len, WX_KAT_NOW, 300, err, sizeof err),
 	    PAY_ESIG);
 	b[len / 2] ^= 1;
 	/* The trailing "\n" of the message is part of what is signed. */
 	ck_assert_int_eq(pay_wechat_verify(kr, WX_KAT_SERIAL, WX_KAT_TS, WX_KAT_NONCE, WX_KAT_SIG,
-			     b, len - 1, WX_KAT_NOW, 300, err, sizeof err),
+	                     b, len - 1, WX_KAT_NOW, 300, err, sizeof err),
 	    PAY_ESIG);
 	ck_assert_int_eq(pay_wechat_verify(kr, WX_KAT_SERIAL, "1700000001", WX_KAT_NONCE,
-			     WX_KAT_SIG, b, len, WX_KAT_NOW, 300, err, sizeof err),
+	                     WX_KAT_SIG, b, len, WX_KAT_NOW, 300, err, sizeof err),
 	    PAY_ESIG);
 	free(b);
 	free(body);
@@ -315,15 +318,15 @@ START_TEST(wechat_known_answer_with_public_key_id)
 	char err[256];
 
 	ck_assert_int_eq(pay_keyring_add_file(kr, "PUB_KEY_ID_0000000000000024101100397200000006",
-			     DATA("rsa_public.pem"), err, sizeof err),
+	                     DATA("rsa_public.pem"), err, sizeof err),
 	    PAY_OK);
-	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000000000000024101100397200000006",
-			     WX_KAT_TS, WX_KAT_NONCE, WX_KAT_SIG, body, len, WX_KAT_NOW, 300, err,
-			     sizeof err),
+	ck_assert_int_eq(
+	    pay_wechat_verify(kr, "PUB_KEY_ID_0000000000000024101100397200000006", WX_KAT_TS,
+	        WX_KAT_NONCE, WX_KAT_SIG, body, len, WX_KAT_NOW, 300, err, sizeof err),
 	    PAY_OK);
 	/* The certificate's serial is not configured in this ring. */
 	ck_assert_int_eq(pay_wechat_verify(kr, WX_KAT_SERIAL, WX_KAT_TS, WX_KAT_NONCE, WX_KAT_SIG,
-			     body, len, WX_KAT_NOW, 300, err, sizeof err),
+	                     body, len, WX_KAT_NOW, 300, err, sizeof err),
 	    PAY_ESERIAL);
 	free(body);
 	pay_keyring_free(kr);
@@ -340,36 +343,36 @@ START_TEST(wechat_signed_here_verifies_and_tampering_fails)
 	char err[256];
 
 	ck_assert_msg(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n0nce", sig, body,
-			  len, 1800000000, 300, err, sizeof err) == PAY_OK,
+	                  len, 1800000000, 300, err, sizeof err) == PAY_OK,
 	    "%s", err);
-	ck_assert_int_eq(pay_wechat_verify(kr, "pub_key_id_0000a", "1800000000", "n0nce", sig,
-			     body, len, 1800000000, 300, err, sizeof err),
+	ck_assert_int_eq(pay_wechat_verify(kr, "pub_key_id_0000a", "1800000000", "n0nce", sig, body,
+	                     len, 1800000000, 300, err, sizeof err),
 	    PAY_OK);
 	/* Every byte of the body counts. */
 	body[0] = '[';
-	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n0nce", sig,
-			     body, len, 1800000000, 300, err, sizeof err),
+	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n0nce", sig, body,
+	                     len, 1800000000, 300, err, sizeof err),
 	    PAY_ESIG);
 	ck_assert_str_eq(err, "WeChat Pay signature does not verify");
 	body[0] = '{';
-	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n0nce", sig,
-			     body, len - 1, 1800000000, 300, err, sizeof err),
+	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n0nce", sig, body,
+	                     len - 1, 1800000000, 300, err, sizeof err),
 	    PAY_ESIG);
-	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n0nc3", sig,
-			     body, len, 1800000000, 300, err, sizeof err),
+	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n0nc3", sig, body,
+	                     len, 1800000000, 300, err, sizeof err),
 	    PAY_ESIG);
 	/* Signed by a key that is not the one the serial names. */
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n0nce", sig_b,
-			     body, len, 1800000000, 300, err, sizeof err),
+	                     body, len, 1800000000, 300, err, sizeof err),
 	    PAY_ESIG);
 	/* Wrong serial. */
-	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000B", "1800000000", "n0nce", sig,
-			     body, len, 1800000000, 300, err, sizeof err),
+	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000B", "1800000000", "n0nce", sig, body,
+	                     len, 1800000000, 300, err, sizeof err),
 	    PAY_ESERIAL);
 	/* A flipped byte of the signature itself. */
 	sig[10] = sig[10] == 'A' ? 'B' : 'A';
-	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n0nce", sig,
-			     body, len, 1800000000, 300, err, sizeof err),
+	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n0nce", sig, body,
+	                     len, 1800000000, 300, err, sizeof err),
 	    PAY_ESIG);
 	free(sig);
 	free(sig_b);
@@ -385,7 +388,7 @@ START_TEST(wechat_empty_body_is_a_bare_line_feed)
 	char err[256];
 
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", sig, NULL, 0,
-			     1800000000, 300, err, sizeof err),
+	                     1800000000, 300, err, sizeof err),
 	    PAY_OK);
 	free(sig);
 	pay_keyring_free(kr);
@@ -401,26 +404,26 @@ START_TEST(wechat_stale_timestamp_both_directions)
 	const int64_t ts = 1800000000;
 
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", sig, body, 2,
-			     ts + 299, 300, err, sizeof err),
+	                     ts + 299, 300, err, sizeof err),
 	    PAY_OK);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", sig, body, 2,
-			     ts - 299, 300, err, sizeof err),
+	                     ts - 299, 300, err, sizeof err),
 	    PAY_OK);
 	/* |now - ts| must be below the limit: exactly 300 s is stale. */
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", sig, body, 2,
-			     ts + 300, 300, err, sizeof err),
+	                     ts + 300, 300, err, sizeof err),
 	    PAY_ESTALE);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", sig, body, 2,
-			     ts - 300, 300, err, sizeof err),
+	                     ts - 300, 300, err, sizeof err),
 	    PAY_ESTALE);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", sig, body, 2,
-			     ts + 86400, 300, err, sizeof err),
+	                     ts + 86400, 300, err, sizeof err),
 	    PAY_ESTALE);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", sig, body, 2,
-			     INT64_MIN, 300, err, sizeof err),
+	                     INT64_MIN, 300, err, sizeof err),
 	    PAY_ESTALE);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "999999999999999999", "n", sig,
-			     body, 2, INT64_MAX, 300, err, sizeof err),
+	                     body, 2, INT64_MAX, 300, err, sizeof err),
 	    PAY_ESTALE);
 	free(sig);
 	pay_keyring_free(kr);
@@ -434,50 +437,50 @@ START_TEST(wechat_bad_headers_are_format_errors)
 	char *sig = wx_sign(key_a, "1800000000", "n", body, 2);
 	char *big = xcalloc(1, 65537);
 	char err[256];
-	static const char *bad_ts[] = { "", "17e8", "-1", "+1", " 1", "1 ", "1.0", "0x10",
-		"1800000000000000000" };
+	static const char *bad_ts[] = {
+	    "", "17e8", "-1", "+1", " 1", "1 ", "1.0", "0x10", "1800000000000000000"};
 	size_t i;
 
 	for (i = 0; i < ARRAY_SIZE(bad_ts); i++)
-		ck_assert_msg(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", bad_ts[i], "n", sig, body, 2,
-				  1800000000, 300, err, sizeof err) == PAY_EFORMAT,
+		ck_assert_msg(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", bad_ts[i], "n", sig, body,
+		                  2, 1800000000, 300, err, sizeof err) == PAY_EFORMAT,
 		    "timestamp \"%s\"", bad_ts[i]);
 	ck_assert_int_eq(pay_wechat_verify(kr, NULL, "1800000000", "n", sig, body, 2, 1800000000,
-			     300, err, sizeof err),
+	                     300, err, sizeof err),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "", sig, body, 2,
-			     1800000000, 300, err, sizeof err),
+	                     1800000000, 300, err, sizeof err),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n\nx", sig, body,
-			     2, 1800000000, 300, err, sizeof err),
+	                     2, 1800000000, 300, err, sizeof err),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", NULL, body, 2,
-			     1800000000, 300, err, sizeof err),
+	                     1800000000, 300, err, sizeof err),
 	    PAY_EFORMAT);
 	/* WeChat's deliberate probes simply fail; no special case. */
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n",
-			     "WECHATPAY/SIGNTEST/bm90IGEgc2lnbmF0dXJl", body, 2, 1800000000, 300,
-			     err, sizeof err),
+	                     "WECHATPAY/SIGNTEST/bm90IGEgc2lnbmF0dXJl", body, 2, 1800000000, 300,
+	                     err, sizeof err),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", "abc", body,
-			     2, 1800000000, 300, err, sizeof err),
+	                     2, 1800000000, 300, err, sizeof err),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", "ab=c", body,
-			     2, 1800000000, 300, err, sizeof err),
+	                     2, 1800000000, 300, err, sizeof err),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", "QUJD\n",
-			     body, 2, 1800000000, 300, err, sizeof err),
+	                     body, 2, 1800000000, 300, err, sizeof err),
 	    PAY_EFORMAT);
 	/* Well-formed base64 of the wrong length is just a wrong signature. */
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", "QUJD", body,
-			     2, 1800000000, 300, err, sizeof err),
+	                     2, 1800000000, 300, err, sizeof err),
 	    PAY_ESIG);
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "1800000000", "n", sig, big,
-			     65537, 1800000000, 300, err, sizeof err),
+	                     65537, 1800000000, 300, err, sizeof err),
 	    PAY_EFORMAT);
 	/* A NULL err is allowed. */
 	ck_assert_int_eq(pay_wechat_verify(kr, "PUB_KEY_ID_0000A", "x", "n", sig, body, 2,
-			     1800000000, 300, NULL, 0),
+	                     1800000000, 300, NULL, 0),
 	    PAY_EFORMAT);
 	free(big);
 	free(sig);
@@ -495,8 +498,8 @@ START_TEST(keyring_serials_and_refusals)
 	EVP_PKEY *pk;
 
 	ck_assert_int_eq(pay_keyring_count(kr), 0);
-	ck_assert_int_eq(pay_keyring_add_file(kr, NULL, DATA("platform_cert.pem"), err, sizeof err),
-	    PAY_OK);
+	ck_assert_int_eq(
+	    pay_keyring_add_file(kr, NULL, DATA("platform_cert.pem"), err, sizeof err), PAY_OK);
 	ck_assert_ptr_nonnull(pay_keyring_find(kr, WX_KAT_SERIAL));
 	/* The generated certificate's serial is 00 0A BC: upper-case hex. */
 	ck_assert_int_eq(pay_keyring_add_file(kr, NULL, cert_a_path, err, sizeof err), PAY_OK);
@@ -507,17 +510,17 @@ START_TEST(keyring_serials_and_refusals)
 	ck_assert_int_eq(pay_keyring_count(kr), 2);
 	/* Refused: a repeated id, a bare key without id, no file, not PEM, a
 	 * private key file. */
-	ck_assert_int_eq(pay_keyring_add_file(kr, NULL, DATA("platform_cert.pem"), err, sizeof err),
-	    PAY_EKEY);
-	ck_assert_int_eq(pay_keyring_add_file(kr, NULL, DATA("rsa_public.pem"), err, sizeof err),
-	    PAY_EKEY);
-	ck_assert_int_eq(pay_keyring_add_file(kr, "x", DATA("no-such.pem"), err, sizeof err),
-	    PAY_EKEY);
+	ck_assert_int_eq(
+	    pay_keyring_add_file(kr, NULL, DATA("platform_cert.pem"), err, sizeof err), PAY_EKEY);
+	ck_assert_int_eq(
+	    pay_keyring_add_file(kr, NULL, DATA("rsa_public.pem"), err, sizeof err), PAY_EKEY);
+	ck_assert_int_eq(
+	    pay_keyring_add_file(kr, "x", DATA("no-such.pem"), err, sizeof err), PAY_EKEY);
 	ck_assert_int_eq(pay_keyring_add_file(kr, "x", junk_path, err, sizeof err), PAY_EKEY);
-	ck_assert_int_eq(pay_keyring_add_file(kr, "x", DATA("rsa_private.pem"), err, sizeof err),
-	    PAY_EKEY);
-	ck_assert_int_eq(pay_keyring_add_file(kr, "", DATA("rsa_public.pem"), err, sizeof err),
-	    PAY_EKEY);
+	ck_assert_int_eq(
+	    pay_keyring_add_file(kr, "x", DATA("rsa_private.pem"), err, sizeof err), PAY_EKEY);
+	ck_assert_int_eq(
+	    pay_keyring_add_file(kr, "", DATA("rsa_public.pem"), err, sizeof err), PAY_EKEY);
 	ck_assert_int_eq(pay_keyring_count(kr), 2);
 	pay_keyring_free(kr);
 	pay_keyring_free(NULL);
@@ -557,8 +560,8 @@ START_TEST(wechat_known_answer_decrypts_and_parses)
 	ck_assert_str_eq(e.algorithm, "AEAD_AES_256_GCM");
 	ck_assert_str_eq(e.associated_data, "transaction");
 	ck_assert_str_eq(e.nonce, "PF96HFvp29mV");
-	ck_assert_msg(pay_wechat_decrypt(key, &e, &plain, &plen, err, sizeof err) == PAY_OK, "%s",
-	    err);
+	ck_assert_msg(
+	    pay_wechat_decrypt(key, &e, &plain, &plen, err, sizeof err) == PAY_OK, "%s", err);
 	ck_assert_uint_eq(plen, tlen);
 	ck_assert_str_eq(plain, want);
 
@@ -589,10 +592,10 @@ END_TEST
 
 /* Decrypt a hand-made envelope; returns the code, frees everything. */
 static int
-decrypt_with(const unsigned char key[32], const char *ct, const char *aad, const char *nonce,
-    char **plain)
+decrypt_with(
+    const unsigned char key[32], const char *ct, const char *aad, const char *nonce, char **plain)
 {
-	struct pay_wechat_envelope e = { 0 };
+	struct pay_wechat_envelope e = {0};
 	size_t plen;
 	char err[256];
 	int rc;
@@ -613,7 +616,7 @@ decrypt_with(const unsigned char key[32], const char *ct, const char *aad, const
 START_TEST(wechat_decrypt_rejects_tampering)
 {
 	const char *txt = "{\"out_trade_no\":\"PP-1\",\"transaction_id\":\"42\","
-			  "\"trade_state\":\"SUCCESS\",\"amount\":{\"total\":1}}";
+	                  "\"trade_state\":\"SUCCESS\",\"amount\":{\"total\":1}}";
 	char *ct = wx_encrypt(gcm_key, "abcdefghijkl", "transaction", txt);
 	char *ct0 = wx_encrypt(gcm_key, "abcdefghijkl", "", txt);
 	unsigned char other[32];
@@ -628,43 +631,43 @@ START_TEST(wechat_decrypt_rejects_tampering)
 	free(plain);
 	ck_assert_int_eq(decrypt_with(gcm_key, ct0, NULL, "abcdefghijkl", &plain), PAY_OK);
 	free(plain);
-	ck_assert_int_eq(decrypt_with(gcm_key, ct0, "transaction", "abcdefghijkl", &plain),
-	    PAY_EDECRYPT);
+	ck_assert_int_eq(
+	    decrypt_with(gcm_key, ct0, "transaction", "abcdefghijkl", &plain), PAY_EDECRYPT);
 	ck_assert_int_eq(decrypt_with(gcm_key, ct, "", "abcdefghijkl", &plain), PAY_EDECRYPT);
-	ck_assert_int_eq(decrypt_with(gcm_key, ct, "transactioN", "abcdefghijkl", &plain),
-	    PAY_EDECRYPT);
+	ck_assert_int_eq(
+	    decrypt_with(gcm_key, ct, "transactioN", "abcdefghijkl", &plain), PAY_EDECRYPT);
 	/* Wrong key, wrong nonce. */
 	memcpy(other, gcm_key, 32);
 	other[31] ^= 0x80;
-	ck_assert_int_eq(decrypt_with(other, ct, "transaction", "abcdefghijkl", &plain),
-	    PAY_EDECRYPT);
-	ck_assert_int_eq(decrypt_with(gcm_key, ct, "transaction", "abcdefghijkL", &plain),
-	    PAY_EDECRYPT);
+	ck_assert_int_eq(
+	    decrypt_with(other, ct, "transaction", "abcdefghijkl", &plain), PAY_EDECRYPT);
+	ck_assert_int_eq(
+	    decrypt_with(gcm_key, ct, "transaction", "abcdefghijkL", &plain), PAY_EDECRYPT);
 	/* The nonce must be 12 bytes. */
-	ck_assert_int_eq(decrypt_with(gcm_key, ct, "transaction", "abcdefghijk", &plain),
-	    PAY_EDECRYPT);
-	ck_assert_int_eq(decrypt_with(gcm_key, ct, "transaction", "abcdefghijklm", &plain),
-	    PAY_EDECRYPT);
+	ck_assert_int_eq(
+	    decrypt_with(gcm_key, ct, "transaction", "abcdefghijk", &plain), PAY_EDECRYPT);
+	ck_assert_int_eq(
+	    decrypt_with(gcm_key, ct, "transaction", "abcdefghijklm", &plain), PAY_EDECRYPT);
 	/* One changed base64 character at the start (data) and near the end (tag). */
 	ct[0] = ct[0] == 'A' ? 'B' : 'A';
-	ck_assert_int_eq(decrypt_with(gcm_key, ct, "transaction", "abcdefghijkl", &plain),
-	    PAY_EDECRYPT);
+	ck_assert_int_eq(
+	    decrypt_with(gcm_key, ct, "transaction", "abcdefghijkl", &plain), PAY_EDECRYPT);
 	ct[0] = ct[0] == 'A' ? 'B' : 'A';
 	ct[n - 4] = ct[n - 4] == 'A' ? 'B' : 'A';
-	ck_assert_int_eq(decrypt_with(gcm_key, ct, "transaction", "abcdefghijkl", &plain),
-	    PAY_EDECRYPT);
+	ck_assert_int_eq(
+	    decrypt_with(gcm_key, ct, "transaction", "abcdefghijkl", &plain), PAY_EDECRYPT);
 	ct[n - 4] = ct[n - 4] == 'A' ? 'B' : 'A';
 	/* Truncated: four base64 characters (three bytes) short. */
 	cut = xstrndup(ct, n - 4);
-	ck_assert_int_eq(decrypt_with(gcm_key, cut, "transaction", "abcdefghijkl", &plain),
-	    PAY_EDECRYPT);
+	ck_assert_int_eq(
+	    decrypt_with(gcm_key, cut, "transaction", "abcdefghijkl", &plain), PAY_EDECRYPT);
 	free(cut);
 	/* 16 bytes or fewer hold no data: format error; not base64 likewise. */
-	ck_assert_int_eq(decrypt_with(gcm_key, "AAAAAAAAAAAAAAAAAAAAAA==", "", "abcdefghijkl",
-			     &plain),
+	ck_assert_int_eq(
+	    decrypt_with(gcm_key, "AAAAAAAAAAAAAAAAAAAAAA==", "", "abcdefghijkl", &plain),
 	    PAY_EFORMAT);
-	ck_assert_int_eq(decrypt_with(gcm_key, "AAAAAAAAAAAAAAAAAAAAAAA=", "", "abcdefghijkl",
-			     &plain),
+	ck_assert_int_eq(
+	    decrypt_with(gcm_key, "AAAAAAAAAAAAAAAAAAAAAAA=", "", "abcdefghijkl", &plain),
 	    PAY_EDECRYPT);
 	ck_assert_int_eq(decrypt_with(gcm_key, "", "", "abcdefghijkl", &plain), PAY_EFORMAT);
 	ck_assert_int_eq(decrypt_with(gcm_key, "!!!!", "", "abcdefghijkl", &plain), PAY_EFORMAT);
@@ -675,17 +678,17 @@ END_TEST
 
 START_TEST(wechat_decrypt_wants_aes_gcm)
 {
-	struct pay_wechat_envelope e = { 0 };
+	struct pay_wechat_envelope e = {0};
 	char *plain, err[256];
 	size_t plen;
 
-	ck_assert_int_eq(pay_wechat_decrypt(gcm_key, &e, &plain, &plen, err, sizeof err),
-	    PAY_EFORMAT);
+	ck_assert_int_eq(
+	    pay_wechat_decrypt(gcm_key, &e, &plain, &plen, err, sizeof err), PAY_EFORMAT);
 	e.algorithm = xstrdup("AEAD_SM4_GCM");
 	e.ciphertext = wx_encrypt(gcm_key, "abcdefghijkl", "", "{}");
 	e.nonce = xstrdup("abcdefghijkl");
-	ck_assert_int_eq(pay_wechat_decrypt(gcm_key, &e, &plain, &plen, err, sizeof err),
-	    PAY_EFORMAT);
+	ck_assert_int_eq(
+	    pay_wechat_decrypt(gcm_key, &e, &plain, &plen, err, sizeof err), PAY_EFORMAT);
 	pay_wechat_envelope_free(&e);
 }
 END_TEST
@@ -707,29 +710,29 @@ envelope(const char *json)
 START_TEST(wechat_envelope_shapes)
 {
 	ck_assert_int_eq(envelope("{\"id\":\"x\",\"event_type\":\"REFUND.SUCCESS\",\"resource\":"
-				  "{\"algorithm\":\"a\",\"ciphertext\":\"c\",\"nonce\":\"n\"}}"),
+	                          "{\"algorithm\":\"a\",\"ciphertext\":\"c\",\"nonce\":\"n\"}}"),
 	    PAY_OK);
 	ck_assert_int_eq(envelope(""), PAY_EFORMAT);
 	ck_assert_int_eq(envelope("[]"), PAY_EFORMAT);
 	ck_assert_int_eq(envelope("{\"id\":\"x\"}"), PAY_EFORMAT);
-	ck_assert_int_eq(envelope("{\"id\":\"x\",\"event_type\":\"T\",\"resource\":\"r\"}"),
+	ck_assert_int_eq(
+	    envelope("{\"id\":\"x\",\"event_type\":\"T\",\"resource\":\"r\"}"), PAY_EFORMAT);
+	ck_assert_int_eq(envelope("{\"id\":\"x\",\"event_type\":\"T\",\"resource\":"
+	                          "{\"algorithm\":\"a\",\"ciphertext\":1,\"nonce\":\"n\"}}"),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(envelope("{\"id\":\"x\",\"event_type\":\"T\",\"resource\":"
-				  "{\"algorithm\":\"a\",\"ciphertext\":1,\"nonce\":\"n\"}}"),
-	    PAY_EFORMAT);
-	ck_assert_int_eq(envelope("{\"id\":\"x\",\"event_type\":\"T\",\"resource\":"
-				  "{\"algorithm\":\"a\",\"ciphertext\":\"c\",\"nonce\":\"n\","
-				  "\"associated_data\":null}}"),
+	                          "{\"algorithm\":\"a\",\"ciphertext\":\"c\",\"nonce\":\"n\","
+	                          "\"associated_data\":null}}"),
 	    PAY_EFORMAT);
 	/* A repeated key, an embedded NUL: refused, not guessed at. */
 	ck_assert_int_eq(envelope("{\"id\":\"x\",\"id\":\"y\",\"event_type\":\"T\",\"resource\":"
-				  "{\"algorithm\":\"a\",\"ciphertext\":\"c\",\"nonce\":\"n\"}}"),
+	                          "{\"algorithm\":\"a\",\"ciphertext\":\"c\",\"nonce\":\"n\"}}"),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(envelope("{\"id\":\"x\\u0000y\",\"event_type\":\"T\",\"resource\":"
-				  "{\"algorithm\":\"a\",\"ciphertext\":\"c\",\"nonce\":\"n\"}}"),
+	                          "{\"algorithm\":\"a\",\"ciphertext\":\"c\",\"nonce\":\"n\"}}"),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(envelope("{\"id\":\"x\",\"event_type\":\"T\",\"resource\":"
-				  "{\"algorithm\":\"a\",\"ciphertext\":\"c\",\"nonce\":\"n\"}} x"),
+	                          "{\"algorithm\":\"a\",\"ciphertext\":\"c\",\"nonce\":\"n\"}} x"),
 	    PAY_EFORMAT);
 }
 END_TEST
@@ -746,13 +749,13 @@ txn(const char *json, struct pay_wechat_txn *t)
 
 START_TEST(wechat_txn_types_and_required_fields)
 {
-	struct pay_wechat_txn t = { 0 };
+	struct pay_wechat_txn t = {0};
 
 	/* Free works on a zeroed struct and twice in a row. */
 	pay_wechat_txn_free(&t);
 	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\","
-			     "\"trade_state\":\"NOTPAY\"}",
-			     &t),
+	                     "\"trade_state\":\"NOTPAY\"}",
+	                     &t),
 	    PAY_OK);
 	ck_assert_int_eq(t.total, -1);
 	ck_assert_int_eq(t.payer_total, -1);
@@ -761,9 +764,10 @@ START_TEST(wechat_txn_types_and_required_fields)
 	pay_wechat_txn_free(&t);
 	pay_wechat_txn_free(&t);
 
-	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\",\"trade_state\":"
-			     "\"SUCCESS\",\"amount\":{\"total\":0,\"payer_total\":9007199254740993}}",
-			     &t),
+	ck_assert_int_eq(
+	    txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\",\"trade_state\":"
+	        "\"SUCCESS\",\"amount\":{\"total\":0,\"payer_total\":9007199254740993}}",
+	        &t),
 	    PAY_OK);
 	ck_assert_int_eq(t.total, 0);
 	ck_assert_int_eq(t.payer_total, INT64_C(9007199254740993));
@@ -773,37 +777,37 @@ START_TEST(wechat_txn_types_and_required_fields)
 	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"trade_state\":\"S\"}", &t), PAY_EFORMAT);
 	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\"}", &t), PAY_EFORMAT);
 	ck_assert_ptr_null(t.out_trade_no);
-	ck_assert_int_eq(txn("{\"out_trade_no\":1,\"transaction_id\":\"t\",\"trade_state\":\"S\"}",
-			     &t),
+	ck_assert_int_eq(
+	    txn("{\"out_trade_no\":1,\"transaction_id\":\"t\",\"trade_state\":\"S\"}", &t),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\",\"trade_state\":"
-			     "\"S\",\"appid\":7}",
-			     &t),
+	                     "\"S\",\"appid\":7}",
+	                     &t),
 	    PAY_EFORMAT);
 	/* Fen are JSON integers: not strings, not reals, not negative. */
 	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\",\"trade_state\":"
-			     "\"S\",\"amount\":{\"total\":\"2500\"}}",
-			     &t),
+	                     "\"S\",\"amount\":{\"total\":\"2500\"}}",
+	                     &t),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\",\"trade_state\":"
-			     "\"S\",\"amount\":{\"total\":25.0}}",
-			     &t),
+	                     "\"S\",\"amount\":{\"total\":25.0}}",
+	                     &t),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\",\"trade_state\":"
-			     "\"S\",\"amount\":{\"total\":-1}}",
-			     &t),
+	                     "\"S\",\"amount\":{\"total\":-1}}",
+	                     &t),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\",\"trade_state\":"
-			     "\"S\",\"amount\":{\"total\":1,\"payer_total\":1e2}}",
-			     &t),
+	                     "\"S\",\"amount\":{\"total\":1,\"payer_total\":1e2}}",
+	                     &t),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\",\"trade_state\":"
-			     "\"S\",\"amount\":{\"total\":99999999999999999999}}",
-			     &t),
+	                     "\"S\",\"amount\":{\"total\":99999999999999999999}}",
+	                     &t),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(txn("{\"out_trade_no\":\"o\",\"transaction_id\":\"t\",\"trade_state\":"
-			     "\"S\",\"amount\":[1]}",
-			     &t),
+	                     "\"S\",\"amount\":[1]}",
+	                     &t),
 	    PAY_EFORMAT);
 	ck_assert_int_eq(txn("not json", &t), PAY_EFORMAT);
 	ck_assert_ptr_null(t.transaction_id);
@@ -941,20 +945,20 @@ START_TEST(alipay_sign_field_must_be_base64)
 	struct pay_form f;
 	char err[256];
 	const char *bodies[] = {
-		"a=1&sign_type=RSA2",
-		"a=1&sign_type=RSA2&sign=",
-		"a=1&sign_type=RSA2&sign=abc",
-		/* '+' not percent-encoded arrives as a space: not base64. */
-		"a=1&sign_type=RSA2&sign=ab+d",
-		"a=1&sign_type=rsa2&sign=QUJD",
+	    "a=1&sign_type=RSA2",
+	    "a=1&sign_type=RSA2&sign=",
+	    "a=1&sign_type=RSA2&sign=abc",
+	    /* '+' not percent-encoded arrives as a space: not base64. */
+	    "a=1&sign_type=RSA2&sign=ab+d",
+	    "a=1&sign_type=rsa2&sign=QUJD",
 	};
 	size_t i;
 
 	for (i = 0; i < ARRAY_SIZE(bodies); i++) {
-		ck_assert_int_eq(pay_form_parse(bodies[i], strlen(bodies[i]), &f, err, sizeof err),
-		    PAY_OK);
-		ck_assert_msg(pay_alipay_verify(&f, key_a, err, sizeof err) == PAY_EFORMAT, "%s",
-		    bodies[i]);
+		ck_assert_int_eq(
+		    pay_form_parse(bodies[i], strlen(bodies[i]), &f, err, sizeof err), PAY_OK);
+		ck_assert_msg(
+		    pay_alipay_verify(&f, key_a, err, sizeof err) == PAY_EFORMAT, "%s", bodies[i]);
 		pay_form_free(&f);
 	}
 }
@@ -966,8 +970,8 @@ signing_string_of(const char *body)
 	struct pay_form f;
 	char err[256], *b = exact(body, strlen(body)), *s;
 
-	ck_assert_msg(pay_form_parse(b, strlen(body), &f, err, sizeof err) == PAY_OK, "%s: %s",
-	    body, err);
+	ck_assert_msg(
+	    pay_form_parse(b, strlen(body), &f, err, sizeof err) == PAY_OK, "%s: %s", body, err);
 	s = pay_alipay_signing_string(&f);
 	pay_form_free(&f);
 	free(b);
@@ -979,26 +983,26 @@ START_TEST(alipay_signing_string_rules)
 	static const struct {
 		const char *body, *want;
 	} cases[] = {
-		/* sign and sign_type dropped, empty values skipped, byte order. */
-		{ "b=2&a=1&c=&sign=xyz&sign_type=RSA2&B=3", "B=3&a=1&b=2" },
-		{ "a_b=1&a.b=2&aB=3&a=4&a%C3%A9=5&a~=6", "a=4&a.b=2&aB=3&a_b=1&a~=6&aé=5" },
-		/* Decoded once: '+' is a space, %XX a byte; '&' and '=' inside
-		 * values are kept raw, never re-encoded. */
-		{ "s=a+b%2Bc%26d%3De%25", "s=a b+c&d=e%" },
-		{ "s=%252B", "s=%2B" },
-		{ "k%20x=%e7%94%b5", "k x=电" },
-		/* No '=' is an empty value; empty pairs carry nothing. */
-		{ "&&z=1&flag&", "z=1" },
-		{ "sign=only", "" },
-		{ "", "" },
+	    /* sign and sign_type dropped, empty values skipped, byte order. */
+	    {"b=2&a=1&c=&sign=xyz&sign_type=RSA2&B=3", "B=3&a=1&b=2"},
+	    {"a_b=1&a.b=2&aB=3&a=4&a%C3%A9=5&a~=6", "a=4&a.b=2&aB=3&a_b=1&a~=6&aé=5"},
+	    /* Decoded once: '+' is a space, %XX a byte; '&' and '=' inside
+	     * values are kept raw, never re-encoded. */
+	    {"s=a+b%2Bc%26d%3De%25", "s=a b+c&d=e%"},
+	    {"s=%252B", "s=%2B"},
+	    {"k%20x=%e7%94%b5", "k x=电"},
+	    /* No '=' is an empty value; empty pairs carry nothing. */
+	    {"&&z=1&flag&", "z=1"},
+	    {"sign=only", ""},
+	    {"", ""},
 	};
 	size_t i;
 	char *got;
 
 	for (i = 0; i < ARRAY_SIZE(cases); i++) {
 		got = signing_string_of(cases[i].body);
-		ck_assert_msg(strcmp(got, cases[i].want) == 0, "%s: got \"%s\"", cases[i].body,
-		    got);
+		ck_assert_msg(
+		    strcmp(got, cases[i].want) == 0, "%s: got \"%s\"", cases[i].body, got);
 		free(got);
 	}
 }
@@ -1007,11 +1011,22 @@ END_TEST
 START_TEST(alipay_form_refusals)
 {
 	static const char *bad[] = {
-		"a=%", "a=%4", "a=%G1", "a=%1G", "a=1%", "%=1", "a=%00", "a=x%00y",
-		"=1", "a=1&=2", "a=1&a=2", "a=1&b=2&a=", "a%3D=1&a==1&a%3D=2",
+	    "a=%",
+	    "a=%4",
+	    "a=%G1",
+	    "a=%1G",
+	    "a=1%",
+	    "%=1",
+	    "a=%00",
+	    "a=x%00y",
+	    "=1",
+	    "a=1&=2",
+	    "a=1&a=2",
+	    "a=1&b=2&a=",
+	    "a%3D=1&a==1&a%3D=2",
 	};
 	struct pay_form f;
-	struct sbuf many = { 0 };
+	struct sbuf many = {0};
 	char err[256], *b, nul[] = "a=1\0b";
 	size_t i;
 
@@ -1051,14 +1066,40 @@ START_TEST(money_table)
 		const char *s;
 		int64_t fen; /* -1: PAY_EFORMAT */
 	} cases[] = {
-		{ "0", 0 }, { "0.00", 0 }, { "0.0", 0 }, { "0.01", 1 }, { "0.10", 10 },
-		{ "0.1", 10 }, { "1", 100 }, { "12", 1200 }, { "12.3", 1230 }, { "12.30", 1230 },
-		{ "2.00", 200 }, { "100.00", 10000 }, { "007.05", 705 },
-		{ "999999999999.99", INT64_C(99999999999999) },
-		{ "1.234", -1 }, { "1.", -1 }, { ".5", -1 }, { "-1", -1 }, { "+1", -1 },
-		{ "1e2", -1 }, { " 1", -1 }, { "1 ", -1 }, { "", -1 }, { ".", -1 }, { "1.2.3", -1 },
-		{ "1,00", -1 }, { "1..0", -1 }, { "0x10", -1 }, { "1.0a", -1 }, { "１", -1 },
-		{ "1000000000000", -1 }, { "1000000000000.00", -1 }, { "NaN", -1 }, { "1.-1", -1 },
+	    {"0", 0},
+	    {"0.00", 0},
+	    {"0.0", 0},
+	    {"0.01", 1},
+	    {"0.10", 10},
+	    {"0.1", 10},
+	    {"1", 100},
+	    {"12", 1200},
+	    {"12.3", 1230},
+	    {"12.30", 1230},
+	    {"2.00", 200},
+	    {"100.00", 10000},
+	    {"007.05", 705},
+	    {"999999999999.99", INT64_C(99999999999999)},
+	    {"1.234", -1},
+	    {"1.", -1},
+	    {".5", -1},
+	    {"-1", -1},
+	    {"+1", -1},
+	    {"1e2", -1},
+	    {" 1", -1},
+	    {"1 ", -1},
+	    {"", -1},
+	    {".", -1},
+	    {"1.2.3", -1},
+	    {"1,00", -1},
+	    {"1..0", -1},
+	    {"0x10", -1},
+	    {"1.0a", -1},
+	    {"１", -1},
+	    {"1000000000000", -1},
+	    {"1000000000000.00", -1},
+	    {"NaN", -1},
+	    {"1.-1", -1},
 	};
 	size_t i;
 	int64_t fen;
@@ -1106,7 +1147,7 @@ write_pubkey(char *path, EVP_PKEY *key)
 static void
 write_cert(char *path, EVP_PKEY *key)
 {
-	static const unsigned char serial[] = { 0x00, 0x0a, 0xbc };
+	static const unsigned char serial[] = {0x00, 0x0a, 0xbc};
 	X509 *x = X509_new();
 	BIGNUM *bn = BN_bin2bn(serial, sizeof serial, NULL);
 	X509_NAME *name;
@@ -1119,8 +1160,8 @@ write_cert(char *path, EVP_PKEY *key)
 	X509_gmtime_adj(X509_getm_notAfter(x), 3600);
 	X509_set_pubkey(x, key);
 	name = X509_get_subject_name(x);
-	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"test", -1,
-	    -1, 0);
+	X509_NAME_add_entry_by_txt(
+	    name, "CN", MBSTRING_ASC, (const unsigned char *)"test", -1, -1, 0);
 	X509_set_issuer_name(x, name);
 	if (X509_sign(x, key, EVP_sha256()) == 0 || fp == NULL || PEM_write_X509(fp, x) != 1) {
 		fprintf(stderr, "cannot write %s\n", path);

@@ -39,10 +39,10 @@
 #define RATING_EPOCH "2025-01-01 00:00+08"
 
 /* The statement src/ingest.c sends, word for word. */
-#define RATING_INGEST_SQL \
-	"SELECT inserted, duplicates FROM prepaid.ingest_batch($1::text[], " \
-	"$2::int8[], $3::timestamptz[], $4::int8[], $5::text[], $6::float8[], " \
-	"$7::float8[], $8::float8[], $9::timestamptz[], $10::jsonb, $11::jsonb, " \
+#define RATING_INGEST_SQL                                                                          \
+	"SELECT inserted, duplicates FROM prepaid.ingest_batch($1::text[], "                       \
+	"$2::int8[], $3::timestamptz[], $4::int8[], $5::text[], $6::float8[], "                    \
+	"$7::float8[], $8::float8[], $9::timestamptz[], $10::jsonb, $11::jsonb, "                  \
 	"$12::jsonb, $13::bool, $14::bool, $15::int, $16::text)"
 
 /* One reading: sequence number, UTC time stamp, register in Wh. */
@@ -73,12 +73,10 @@ rating_setup(void)
 
 	rating_conn = PQconnectdb("");
 	ck_assert_msg(PQstatus(rating_conn) == CONNECTION_OK,
-	    "cannot connect (PGHOST, PGPORT, PGDATABASE set?): %s",
-	    PQerrorMessage(rating_conn));
+	    "cannot connect (PGHOST, PGPORT, PGDATABASE set?): %s", PQerrorMessage(rating_conn));
 	res = PQexec(rating_conn, "SET client_min_messages = warning; "
-	    "SET datestyle = ISO; SET application_name = 'check_rating'");
-	ck_assert_msg(PQresultStatus(res) == PGRES_COMMAND_OK, "%s",
-	    PQerrorMessage(rating_conn));
+	                          "SET datestyle = ISO; SET application_name = 'check_rating'");
+	ck_assert_msg(PQresultStatus(res) == PGRES_COMMAND_OK, "%s", PQerrorMessage(rating_conn));
 	PQclear(res);
 }
 
@@ -90,7 +88,7 @@ rating_teardown(void)
 }
 
 static void RATING_PRINTFLIKE(3, 0)
-rating_vformat(char *buf, size_t size, const char *fmt, va_list ap)
+    rating_vformat(char *buf, size_t size, const char *fmt, va_list ap)
 {
 	int n;
 
@@ -103,8 +101,7 @@ rating_vformat(char *buf, size_t size, const char *fmt, va_list ap)
  * ("" when there is none, "NULL" for a null) in one of a few rotating
  * buffers, so that two results can be compared in one expression.
  */
-static const char * RATING_PRINTFLIKE(1, 2)
-rating_sql(const char *fmt, ...)
+static const char *RATING_PRINTFLIKE(1, 2) rating_sql(const char *fmt, ...)
 {
 	static char out[4][512];
 	static int next;
@@ -120,11 +117,11 @@ rating_sql(const char *fmt, ...)
 	o = out[next++ % 4];
 	res = PQexec(rating_conn, sql);
 	st = PQresultStatus(res);
-	ck_assert_msg(st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK,
-	    "SQL failed: %s\n  %s", PQresultErrorMessage(res), sql);
+	ck_assert_msg(st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK, "SQL failed: %s\n  %s",
+	    PQresultErrorMessage(res), sql);
 	if (st == PGRES_TUPLES_OK && PQntuples(res) > 0 && PQnfields(res) > 0)
-		snprintf(o, sizeof out[0], "%s", PQgetisnull(res, 0, 0) ?
-		    "NULL" : PQgetvalue(res, 0, 0));
+		snprintf(o, sizeof out[0], "%s",
+		    PQgetisnull(res, 0, 0) ? "NULL" : PQgetvalue(res, 0, 0));
 	else
 		o[0] = '\0';
 	PQclear(res);
@@ -132,8 +129,7 @@ rating_sql(const char *fmt, ...)
 }
 
 /* Run SQL that must fail with an error message containing want. */
-static void RATING_PRINTFLIKE(2, 3)
-rating_sql_fails(const char *want, const char *fmt, ...)
+static void RATING_PRINTFLIKE(2, 3) rating_sql_fails(const char *want, const char *fmt, ...)
 {
 	char sql[8192];
 	PGresult *res;
@@ -145,12 +141,10 @@ rating_sql_fails(const char *want, const char *fmt, ...)
 	va_end(ap);
 
 	res = PQexec(rating_conn, sql);
-	ck_assert_msg(PQresultStatus(res) == PGRES_FATAL_ERROR,
-	    "SQL should have failed: %s", sql);
+	ck_assert_msg(PQresultStatus(res) == PGRES_FATAL_ERROR, "SQL should have failed: %s", sql);
 	msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 	ck_assert_msg(msg != NULL && strstr(msg, want) != NULL,
-	    "error for %s should name \"%s\", got: %s", sql, want,
-	    msg == NULL ? "(none)" : msg);
+	    "error for %s should name \"%s\", got: %s", sql, want, msg == NULL ? "(none)" : msg);
 	PQclear(res);
 }
 
@@ -158,8 +152,7 @@ rating_sql_fails(const char *want, const char *fmt, ...)
  * Run SQL whose outcome does not matter (a repeat that may be refused or
  * ignored); the test then checks that nothing changed.
  */
-static void RATING_PRINTFLIKE(1, 2)
-rating_sql_any(const char *fmt, ...)
+static void RATING_PRINTFLIKE(1, 2) rating_sql_any(const char *fmt, ...)
 {
 	char sql[8192];
 	va_list ap;
@@ -171,11 +164,12 @@ rating_sql_any(const char *fmt, ...)
 }
 
 /* The value of a query must be exactly the text want. */
-#define rating_expect(want, ...) do {					\
-	const char *rating_got_ = rating_sql(__VA_ARGS__);		\
-	ck_assert_msg(strcmp(rating_got_, (want)) == 0,			\
-	    "expected %s, got %s", (want), rating_got_);		\
-} while (0)
+#define rating_expect(want, ...)                                                                   \
+	do {                                                                                       \
+		const char *rating_got_ = rating_sql(__VA_ARGS__);                                 \
+		ck_assert_msg(                                                                     \
+		    strcmp(rating_got_, (want)) == 0, "expected %s, got %s", (want), rating_got_); \
+	} while (0)
 
 /*
  * The sum of the ledger amounts of a meter whose rows match where must
@@ -187,11 +181,15 @@ rating_sum(const char *meter, const char *where, const char *want)
 	const char *ok, *got;
 
 	got = rating_sql("SELECT coalesce(sum(amount), 0)::text FROM prepaid.ledger "
-	    "WHERE meter_id = '%s' AND (%s)", meter, where);
+	                 "WHERE meter_id = '%s' AND (%s)",
+	    meter, where);
 	ok = rating_sql("SELECT coalesce(sum(amount), 0) = (%s)::numeric "
-	    "FROM prepaid.ledger WHERE meter_id = '%s' AND (%s)", want, meter, where);
-	ck_assert_msg(strcmp(ok, "t") == 0, "meter %s, ledger rows where %s: "
-	    "sum(amount) expected %s, got %s", meter, where, want, got);
+	                "FROM prepaid.ledger WHERE meter_id = '%s' AND (%s)",
+	    want, meter, where);
+	ck_assert_msg(strcmp(ok, "t") == 0,
+	    "meter %s, ledger rows where %s: "
+	    "sum(amount) expected %s, got %s",
+	    meter, where, want, got);
 }
 
 /* The sum of energy_wh of a meter's ledger rows matching where. */
@@ -202,10 +200,13 @@ rating_energy(const char *meter, const char *where, long long want)
 	char w[32];
 
 	got = rating_sql("SELECT coalesce(sum(energy_wh), 0) FROM prepaid.ledger "
-	    "WHERE meter_id = '%s' AND (%s)", meter, where);
+	                 "WHERE meter_id = '%s' AND (%s)",
+	    meter, where);
 	snprintf(w, sizeof w, "%lld", want);
-	ck_assert_msg(strcmp(got, w) == 0, "meter %s, ledger rows where %s: "
-	    "sum(energy_wh) expected %s, got %s", meter, where, w, got);
+	ck_assert_msg(strcmp(got, w) == 0,
+	    "meter %s, ledger rows where %s: "
+	    "sum(energy_wh) expected %s, got %s",
+	    meter, where, w, got);
 }
 
 /*
@@ -223,17 +224,23 @@ rating_balance(const char *meter, const char *want_in)
 	snprintf(want, sizeof want, "%s", want_in);
 
 	got = rating_sql("SELECT balance::text FROM prepaid.meters "
-	    "WHERE meter_id = '%s'", meter);
+	                 "WHERE meter_id = '%s'",
+	    meter);
 	ok = rating_sql("SELECT balance = (%s)::numeric FROM prepaid.meters "
-	    "WHERE meter_id = '%s'", want, meter);
-	ck_assert_msg(strcmp(ok, "t") == 0, "meter %s: balance expected %s, "
-	    "got %s", meter, want, got);
-	rating_expect("t", "SELECT balance = (SELECT coalesce(sum(amount), 0) "
+	                "WHERE meter_id = '%s'",
+	    want, meter);
+	ck_assert_msg(strcmp(ok, "t") == 0,
+	    "meter %s: balance expected %s, "
+	    "got %s",
+	    meter, want, got);
+	rating_expect("t",
+	    "SELECT balance = (SELECT coalesce(sum(amount), 0) "
 	    "FROM prepaid.ledger l WHERE l.meter_id = m.meter_id) "
-	    "FROM prepaid.meters m WHERE meter_id = '%s'", meter);
+	    "FROM prepaid.meters m WHERE meter_id = '%s'",
+	    meter);
 	got = rating_sql("SELECT coalesce(string_agg(meter_id || ': ' || "
-	    "balance || ' <> ' || ledger_sum, ', '), '') "
-	    "FROM prepaid.verify_ledger()");
+	                 "balance || ' <> ' || ledger_sum, ', '), '') "
+	                 "FROM prepaid.verify_ledger()");
 	ck_assert_msg(got[0] == '\0', "verify_ledger() found: %s", got);
 }
 
@@ -251,10 +258,10 @@ rating_names(struct rating_ids *id, const char *name)
 static void
 rating_tariff(const char *tariff, const char *definition)
 {
-	rating_sql("SELECT prepaid.create_tariff('%s', 'test tariff %s')",
-	    tariff, tariff);
+	rating_sql("SELECT prepaid.create_tariff('%s', 'test tariff %s')", tariff, tariff);
 	rating_sql("SELECT prepaid.create_tariff_version('%s', '%s', "
-	    "$def$%s$def$::jsonb)", tariff, RATING_EPOCH, definition);
+	           "$def$%s$def$::jsonb)",
+	    tariff, RATING_EPOCH, definition);
 }
 
 /*
@@ -262,18 +269,15 @@ rating_tariff(const char *tariff, const char *definition)
  * registered meter on that site with the tariff assigned from the epoch.
  */
 static void
-rating_meter(struct rating_ids *id, const char *name, const char *tz,
-    const char *definition)
+rating_meter(struct rating_ids *id, const char *name, const char *tz, const char *definition)
 {
 	rating_names(id, name);
-	rating_sql("SELECT prepaid.create_site('%s', 'test site %s', '%s')",
-	    id->site, name, tz);
+	rating_sql("SELECT prepaid.create_site('%s', 'test site %s', '%s')", id->site, name, tz);
 	rating_tariff(id->tariff, definition);
 	rating_sql("SELECT prepaid.register_meter('%s')", id->meter);
-	rating_sql("SELECT prepaid.set_meter_site('%s', '%s')", id->meter,
-	    id->site);
-	rating_sql("SELECT prepaid.assign_tariff('%s', '%s', '%s')", id->meter,
-	    id->tariff, RATING_EPOCH);
+	rating_sql("SELECT prepaid.set_meter_site('%s', '%s')", id->meter, id->site);
+	rating_sql(
+	    "SELECT prepaid.assign_tariff('%s', '%s', '%s')", id->meter, id->tariff, RATING_EPOCH);
 }
 
 static void
@@ -324,7 +328,7 @@ rating_ingest(const char *meter, const struct rating_reading *r, size_t n)
 	params[5] = nul;
 	params[6] = nul;
 	params[7] = nul;
-	params[8] = t;		/* received when read: it does not matter here */
+	params[8] = t; /* received when read: it does not matter here */
 	params[9] = "[]";
 	params[10] = "[]";
 	params[11] = "[]";
@@ -332,10 +336,9 @@ rating_ingest(const char *meter, const struct rating_reading *r, size_t n)
 	params[13] = "false";
 	params[14] = "1000";
 	params[15] = "meters";
-	res = PQexecParams(rating_conn, RATING_INGEST_SQL, 16, NULL, params,
-	    NULL, NULL, 0);
-	ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK,
-	    "ingest_batch for %s failed: %s", meter, PQresultErrorMessage(res));
+	res = PQexecParams(rating_conn, RATING_INGEST_SQL, 16, NULL, params, NULL, NULL, 0);
+	ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "ingest_batch for %s failed: %s",
+	    meter, PQresultErrorMessage(res));
 	inserted = atoi(PQgetvalue(res, 0, 0));
 	PQclear(res);
 	return inserted;
@@ -345,11 +348,10 @@ rating_ingest(const char *meter, const struct rating_reading *r, size_t n)
 static void
 rating_read(const char *meter, long long seq, const char *ts, long long wh)
 {
-	struct rating_reading r = { seq, ts, wh };
+	struct rating_reading r = {seq, ts, wh};
 
 	rating_ingest(meter, &r, 1);
 }
-
 
 /* ------------------------------------------------------------ flat, tiers */
 
@@ -370,10 +372,12 @@ START_TEST(test_flat_price_charges_each_interval)
 	rating_sum(id.meter, "to_seq = 3", "-0.6519222");
 	rating_energy(id.meter, "kind = 'charge'", 3234);
 	/* The charge says what it is for: its interval, energy and version. */
-	rating_expect("t", "SELECT bool_and(from_seq = 2 AND to_seq = 3 AND "
+	rating_expect("t",
+	    "SELECT bool_and(from_seq = 2 AND to_seq = 3 AND "
 	    "from_ts = '2025-03-10T02:00:00Z' AND to_ts = '2025-03-10T03:00:00Z' "
 	    "AND tariff_version_id IS NOT NULL AND price = 0.5283) "
-	    "FROM prepaid.ledger WHERE meter_id = '%s' AND to_seq = 3", id.meter);
+	    "FROM prepaid.ledger WHERE meter_id = '%s' AND to_seq = 3",
+	    id.meter);
 	rating_balance(id.meter, "-1.7085222");
 }
 END_TEST
@@ -410,10 +414,14 @@ START_TEST(test_tier_boundary_inside_one_interval_is_split)
 	rating_energy(id.meter, "to_seq = 4 AND price = 0.8283", 50000);
 	rating_sum(id.meter, "true", "-262.735");
 	/* Three tiers, three distinct tier labels on the rows. */
-	rating_expect("3", "SELECT count(DISTINCT tier) FROM prepaid.ledger "
-	    "WHERE meter_id = '%s' AND kind = 'charge'", id.meter);
-	rating_expect("t", "SELECT period_wh = 450000 AND period_start = "
-	    "'2025-03-01' FROM prepaid.meters WHERE meter_id = '%s'", id.meter);
+	rating_expect("3",
+	    "SELECT count(DISTINCT tier) FROM prepaid.ledger "
+	    "WHERE meter_id = '%s' AND kind = 'charge'",
+	    id.meter);
+	rating_expect("t",
+	    "SELECT period_wh = 450000 AND period_start = "
+	    "'2025-03-01' FROM prepaid.meters WHERE meter_id = '%s'",
+	    id.meter);
 	rating_balance(id.meter, "-262.735");
 }
 END_TEST
@@ -446,7 +454,8 @@ START_TEST(test_month_rollover_resets_tiers)
 	 */
 	rating_read(id.meter, 4, "2025-06-03T02:00:00Z", 24000);
 	rating_sum(id.meter, "to_seq = 4", "-5.2");
-	rating_expect("t", "SELECT period_start = '2025-06-01' AND "
+	rating_expect("t",
+	    "SELECT period_start = '2025-06-01' AND "
 	    "period_wh = 11000 FROM prepaid.meters WHERE meter_id = '%s'",
 	    id.meter);
 	rating_balance(id.meter, "-12.8");
@@ -484,7 +493,8 @@ START_TEST(test_period_start_day_15_rolls_over_at_local_midnight)
 	 */
 	rating_read(id.meter, 4, "2025-04-20T02:00:00Z", 26000);
 	rating_sum(id.meter, "to_seq = 4", "-5.4");
-	rating_expect("t", "SELECT period_start = '2025-04-15' AND "
+	rating_expect("t",
+	    "SELECT period_start = '2025-04-15' AND "
 	    "period_wh = 12000 FROM prepaid.meters WHERE meter_id = '%s'",
 	    id.meter);
 	rating_balance(id.meter, "-14.2");
@@ -516,7 +526,8 @@ START_TEST(test_yearly_period_rolls_over_on_its_start_month)
 	 */
 	rating_read(id.meter, 4, "2025-08-02T02:00:00Z", 24000);
 	rating_sum(id.meter, "to_seq = 4", "-5.2");
-	rating_expect("t", "SELECT period_start = '2025-07-01' AND "
+	rating_expect("t",
+	    "SELECT period_start = '2025-07-01' AND "
 	    "period_wh = 11000 FROM prepaid.meters WHERE meter_id = '%s'",
 	    id.meter);
 	rating_balance(id.meter, "-12.8");
@@ -553,11 +564,11 @@ END_TEST
 
 /* ---------------------------------------------------------- time of use */
 
-#define RATING_TOU_BANDS \
-	"\"bands\": {\"work\": [" \
-	"{\"start\": \"00:00\", \"band\": \"valley\", \"price\": 0.3}, " \
-	"{\"start\": \"08:00\", \"band\": \"peak\", \"price\": 0.6}, " \
-	"{\"start\": \"22:00\", \"band\": \"valley\", \"price\": 0.3}], " \
+#define RATING_TOU_BANDS                                                                           \
+	"\"bands\": {\"work\": ["                                                                  \
+	"{\"start\": \"00:00\", \"band\": \"valley\", \"price\": 0.3}, "                           \
+	"{\"start\": \"08:00\", \"band\": \"peak\", \"price\": 0.6}, "                             \
+	"{\"start\": \"22:00\", \"band\": \"valley\", \"price\": 0.3}], "                          \
 	"\"rest\": [{\"start\": \"00:00\", \"band\": \"flat\", \"price\": 0.4}]}"
 
 START_TEST(test_tou_band_start_splits_interval_by_local_time)
@@ -594,15 +605,20 @@ START_TEST(test_tou_band_start_splits_interval_by_local_time)
 	rating_read(id.meter, 4, "2025-01-15T23:50:00Z", 103800);
 	rating_read(id.meter, 5, "2025-01-16T00:20:00Z", 104800);
 	rating_energy(id.meter, "to_seq = 5", 1000);
-	rating_expect("t", "SELECT sum(energy_wh) FILTER (WHERE band = 'valley') "
+	rating_expect("t",
+	    "SELECT sum(energy_wh) FILTER (WHERE band = 'valley') "
 	    "BETWEEN 333 AND 334 FROM prepaid.ledger WHERE meter_id = '%s' "
-	    "AND to_seq = 5", id.meter);
-	rating_expect("t", "SELECT sum(amount) = -(sum(energy_wh) FILTER "
+	    "AND to_seq = 5",
+	    id.meter);
+	rating_expect("t",
+	    "SELECT sum(amount) = -(sum(energy_wh) FILTER "
 	    "(WHERE band = 'valley') * 0.3 + sum(energy_wh) FILTER "
 	    "(WHERE band = 'peak') * 0.6) / 1000 FROM prepaid.ledger "
-	    "WHERE meter_id = '%s' AND to_seq = 5", id.meter);
+	    "WHERE meter_id = '%s' AND to_seq = 5",
+	    id.meter);
 	rating_balance(id.meter, rating_sql("SELECT sum(amount) FROM "
-	    "prepaid.ledger WHERE meter_id = '%s'", id.meter));
+	                                    "prepaid.ledger WHERE meter_id = '%s'",
+	                             id.meter));
 	rating_sum(id.meter, "to_seq <= 3", "-2.1");
 }
 END_TEST
@@ -617,10 +633,11 @@ START_TEST(test_holidays_and_make_up_workdays_choose_bands)
 	 * may hold them already; they must say the same.
 	 */
 	rating_sql("INSERT INTO prepaid.holidays (calendar, day, kind, name) "
-	    "VALUES ('CN', '2025-10-01', 'holiday', 'National Day'), "
-	    "('CN', '2025-09-28', 'workday', 'National Day make-up') "
-	    "ON CONFLICT DO NOTHING");
-	rating_expect("holiday,workday", "SELECT string_agg(kind, ',' ORDER BY "
+	           "VALUES ('CN', '2025-10-01', 'holiday', 'National Day'), "
+	           "('CN', '2025-09-28', 'workday', 'National Day make-up') "
+	           "ON CONFLICT DO NOTHING");
+	rating_expect("holiday,workday",
+	    "SELECT string_agg(kind, ',' ORDER BY "
 	    "day DESC) FROM prepaid.holidays WHERE calendar = 'CN' AND "
 	    "day IN ('2025-10-01', '2025-09-28')");
 
@@ -628,7 +645,9 @@ START_TEST(test_holidays_and_make_up_workdays_choose_bands)
 	rating_meter(&mk, "makeup", "Asia/Shanghai", "{" RATING_TOU_BANDS "}");
 	rating_meter(&sat, "saturday", "Asia/Shanghai", "{" RATING_TOU_BANDS "}");
 	ck_assert_str_eq(rating_sql("SELECT calendar FROM prepaid.sites "
-	    "WHERE site_id = '%s'", hol.site), "CN");
+	                            "WHERE site_id = '%s'",
+	                     hol.site),
+	    "CN");
 
 	/*
 	 * 1000 Wh from 01:00 to 02:00 local on the holiday (Tuesday 17:00Z-
@@ -638,7 +657,8 @@ START_TEST(test_holidays_and_make_up_workdays_choose_bands)
 	rating_read(hol.meter, 1, "2025-09-30T17:00:00Z", 5000);
 	rating_read(hol.meter, 2, "2025-09-30T18:00:00Z", 6000);
 	rating_sum(hol.meter, "true", "-0.4");
-	rating_expect("flat", "SELECT string_agg(DISTINCT band, ',') FROM "
+	rating_expect("flat",
+	    "SELECT string_agg(DISTINCT band, ',') FROM "
 	    "prepaid.ledger WHERE meter_id = '%s' AND kind = 'charge'",
 	    hol.meter);
 	rating_balance(hol.meter, "-0.4");
@@ -692,7 +712,8 @@ START_TEST(test_version_change_mid_interval_splits_by_time)
 	rating_meter(&id, "version", "Asia/Shanghai", "{\"price\": 0.5}");
 	/* From noon local on 1 February (04:00Z) the price is 0.8. */
 	rating_sql("SELECT prepaid.create_tariff_version('%s', "
-	    "'2025-02-01 12:00+08', '{\"price\": 0.8}')", id.tariff);
+	           "'2025-02-01 12:00+08', '{\"price\": 0.8}')",
+	    id.tariff);
 	rating_read(id.meter, 1, "2025-02-01T03:00:00Z", 7000);
 	/*
 	 * 2000 Wh from 11:00 to 13:00 local: 1000 Wh before noon at 0.5 = 0.5,
@@ -702,8 +723,10 @@ START_TEST(test_version_change_mid_interval_splits_by_time)
 	rating_sum(id.meter, "true", "-1.3");
 	rating_sum(id.meter, "price = 0.5", "-0.5");
 	rating_sum(id.meter, "price = 0.8", "-0.8");
-	rating_expect("2", "SELECT count(DISTINCT tariff_version_id) FROM "
-	    "prepaid.ledger WHERE meter_id = '%s'", id.meter);
+	rating_expect("2",
+	    "SELECT count(DISTINCT tariff_version_id) FROM "
+	    "prepaid.ledger WHERE meter_id = '%s'",
+	    id.meter);
 	/* Later consumption is all at the new price: 500 x 0.8 = 0.4. */
 	rating_read(id.meter, 3, "2025-02-02T05:00:00Z", 9500);
 	rating_sum(id.meter, "to_seq = 3", "-0.4");
@@ -720,9 +743,12 @@ START_TEST(test_tariff_assignment_change_mid_interval_splits_by_time)
 	snprintf(other, sizeof other, "%s_b", id.tariff);
 	rating_tariff(other, "{\"price\": 0.9}");
 	rating_sql("SELECT prepaid.assign_tariff('%s', '%s', "
-	    "'2025-02-10 12:00+08')", id.meter, other);
-	rating_expect("2", "SELECT count(*) FROM prepaid.meter_tariffs "
-	    "WHERE meter_id = '%s'", id.meter);
+	           "'2025-02-10 12:00+08')",
+	    id.meter, other);
+	rating_expect("2",
+	    "SELECT count(*) FROM prepaid.meter_tariffs "
+	    "WHERE meter_id = '%s'",
+	    id.meter);
 	rating_read(id.meter, 1, "2025-02-10T03:00:00Z", 0);
 	/* 3000 Wh over 11:00-13:00 local: 1500 x 0.5 + 1500 x 0.9 = 0.75 + 1.35 */
 	rating_read(id.meter, 2, "2025-02-10T05:00:00Z", 3000);
@@ -739,13 +765,14 @@ START_TEST(test_site_default_tariff_and_no_tariff)
 	/* A meter without an assignment uses its site's default tariff. */
 	rating_names(&dflt, "sitedefault");
 	rating_sql("SELECT prepaid.create_site('%s', 'default tariff site', "
-	    "'Asia/Shanghai')", dflt.site);
+	           "'Asia/Shanghai')",
+	    dflt.site);
 	rating_tariff(dflt.tariff, "{\"price\": 0.6}");
 	rating_sql("UPDATE prepaid.sites SET default_tariff_id = '%s' "
-	    "WHERE site_id = '%s'", dflt.tariff, dflt.site);
+	           "WHERE site_id = '%s'",
+	    dflt.tariff, dflt.site);
 	rating_sql("SELECT prepaid.register_meter('%s')", dflt.meter);
-	rating_sql("SELECT prepaid.set_meter_site('%s', '%s')", dflt.meter,
-	    dflt.site);
+	rating_sql("SELECT prepaid.set_meter_site('%s', '%s')", dflt.meter, dflt.site);
 	rating_read(dflt.meter, 1, "2025-03-03T02:00:00Z", 0);
 	/* 1000 Wh x 0.6 = 0.6 */
 	rating_read(dflt.meter, 2, "2025-03-03T03:00:00Z", 1000);
@@ -754,14 +781,16 @@ START_TEST(test_site_default_tariff_and_no_tariff)
 	/* With neither, consumption is not charged. */
 	rating_names(&none, "notariff");
 	rating_sql("SELECT prepaid.create_site('%s', 'no tariff site', "
-	    "'Asia/Shanghai')", none.site);
-	rating_sql("SELECT prepaid.register_meter('%s')", none.meter);
-	rating_sql("SELECT prepaid.set_meter_site('%s', '%s')", none.meter,
+	           "'Asia/Shanghai')",
 	    none.site);
+	rating_sql("SELECT prepaid.register_meter('%s')", none.meter);
+	rating_sql("SELECT prepaid.set_meter_site('%s', '%s')", none.meter, none.site);
 	rating_read(none.meter, 1, "2025-03-03T02:00:00Z", 0);
 	rating_read(none.meter, 2, "2025-03-03T03:00:00Z", 1000);
-	rating_expect("0", "SELECT count(*) FROM prepaid.ledger WHERE "
-	    "meter_id = '%s'", none.meter);
+	rating_expect("0",
+	    "SELECT count(*) FROM prepaid.ledger WHERE "
+	    "meter_id = '%s'",
+	    none.meter);
 	rating_balance(none.meter, "0");
 }
 END_TEST
@@ -772,21 +801,25 @@ START_TEST(test_standing_charge_per_local_day)
 {
 	struct rating_ids id;
 
-	rating_meter(&id, "standing", "Asia/Shanghai",
-	    "{\"price\": 0.5, \"standing_per_day\": 1.2}");
+	rating_meter(
+	    &id, "standing", "Asia/Shanghai", "{\"price\": 0.5, \"standing_per_day\": 1.2}");
 	/* 23:30 local on Monday 3 March: the first reading charges its day. */
 	rating_read(id.meter, 1, "2025-03-03T15:30:00Z", 0);
-	rating_expect("2025-03-03", "SELECT string_agg(day::text, ',' ORDER BY "
+	rating_expect("2025-03-03",
+	    "SELECT string_agg(day::text, ',' ORDER BY "
 	    "day) FROM prepaid.ledger WHERE meter_id = '%s' AND kind = "
-	    "'standing'", id.meter);
+	    "'standing'",
+	    id.meter);
 	/*
 	 * 16:30Z is 00:30 on 4 March local (still 3 March in UTC): a new day,
 	 * a second standing charge. 1000 Wh x 0.5 = 0.5 across midnight.
 	 */
 	rating_read(id.meter, 2, "2025-03-03T16:30:00Z", 1000);
-	rating_expect("2025-03-03,2025-03-04", "SELECT string_agg(day::text, "
+	rating_expect("2025-03-03,2025-03-04",
+	    "SELECT string_agg(day::text, "
 	    "',' ORDER BY day) FROM prepaid.ledger WHERE meter_id = '%s' "
-	    "AND kind = 'standing'", id.meter);
+	    "AND kind = 'standing'",
+	    id.meter);
 	rating_sum(id.meter, "kind = 'charge'", "-0.5");
 	/* 23:00 local on 6 March: the 5th and the 6th. */
 	rating_read(id.meter, 3, "2025-03-06T15:00:00Z", 1000);
@@ -795,10 +828,12 @@ START_TEST(test_standing_charge_per_local_day)
 	rating_read(id.meter, 4, "2025-03-06T15:59:00Z", 1000);
 	rating_expect("2025-03-03,2025-03-04,2025-03-05,2025-03-06",
 	    "SELECT string_agg(day::text, ',' ORDER BY day) FROM prepaid.ledger "
-	    "WHERE meter_id = '%s' AND kind = 'standing'", id.meter);
+	    "WHERE meter_id = '%s' AND kind = 'standing'",
+	    id.meter);
 	/* Four days x 1.2 = 4.8, each row exactly 1.2. */
 	rating_sum(id.meter, "kind = 'standing'", "-4.8");
-	rating_expect("0", "SELECT count(*) FROM prepaid.ledger WHERE "
+	rating_expect("0",
+	    "SELECT count(*) FROM prepaid.ledger WHERE "
 	    "meter_id = '%s' AND kind = 'standing' AND amount <> -1.2",
 	    id.meter);
 	/* 4.8 + 0.5 = 5.3 */
@@ -810,8 +845,8 @@ START_TEST(test_service_fee_per_kwh_added_to_price)
 {
 	struct rating_ids id;
 
-	rating_meter(&id, "service", "Asia/Shanghai",
-	    "{\"price\": 0.5283, \"service_per_kwh\": 0.05}");
+	rating_meter(
+	    &id, "service", "Asia/Shanghai", "{\"price\": 0.5283, \"service_per_kwh\": 0.05}");
 	rating_read(id.meter, 1, "2025-03-03T02:00:00Z", 0);
 	/* 1234 Wh x (0.5283 + 0.05) / 1000 = 1234 x 0.5783 / 1000 = 0.7136222 */
 	rating_read(id.meter, 2, "2025-03-03T03:00:00Z", 1234);
@@ -830,16 +865,21 @@ START_TEST(test_amounts_exact_to_seven_decimals_views_round_to_fen)
 	rating_read(id.meter, 1, "2025-03-03T02:00:00Z", 0);
 	/* 1 Wh x 0.5283 / 1000 = 0.0005283, not rounded. */
 	rating_read(id.meter, 2, "2025-03-03T02:15:00Z", 1);
-	rating_expect("-0.0005283", "SELECT amount::text FROM prepaid.ledger "
-	    "WHERE meter_id = '%s' AND to_seq = 2", id.meter);
+	rating_expect("-0.0005283",
+	    "SELECT amount::text FROM prepaid.ledger "
+	    "WHERE meter_id = '%s' AND to_seq = 2",
+	    id.meter);
 	/* Two more 1 Wh intervals: 3 x 0.0005283 = 0.0015849, no drift. */
 	rating_read(id.meter, 3, "2025-03-03T02:30:00Z", 2);
 	rating_read(id.meter, 4, "2025-03-03T02:45:00Z", 3);
 	rating_balance(id.meter, "-0.0015849");
-	rating_expect("t", "SELECT balance_exact = -0.0015849 AND balance = 0 "
+	rating_expect("t",
+	    "SELECT balance_exact = -0.0015849 AND balance = 0 "
 	    "AND balance::text = '0.00' FROM prepaid.balances WHERE "
-	    "meter_id = '%s'", id.meter);
-	rating_expect("t", "SELECT site_id = '%s' AND last_reading_at = "
+	    "meter_id = '%s'",
+	    id.meter);
+	rating_expect("t",
+	    "SELECT site_id = '%s' AND last_reading_at = "
 	    "'2025-03-03T02:45:00Z' FROM prepaid.balances WHERE meter_id = '%s'",
 	    id.site, id.meter);
 
@@ -848,13 +888,16 @@ START_TEST(test_amounts_exact_to_seven_decimals_views_round_to_fen)
 	rating_read(half.meter, 1, "2025-03-03T02:00:00Z", 0);
 	rating_read(half.meter, 2, "2025-03-03T03:00:00Z", 10);
 	rating_balance(half.meter, "-0.005");
-	rating_expect("-0.01", "SELECT balance::text FROM prepaid.balances "
-	    "WHERE meter_id = '%s'", half.meter);
+	rating_expect("-0.01",
+	    "SELECT balance::text FROM prepaid.balances "
+	    "WHERE meter_id = '%s'",
+	    half.meter);
 	/* Credit 0.01: 0.005 -> 0.01. */
-	rating_sql("SELECT prepaid.credit('%s', 0.01, 'round-%s')", half.meter,
-	    rating_tag);
-	rating_expect("0.01", "SELECT balance::text FROM prepaid.balances "
-	    "WHERE meter_id = '%s'", half.meter);
+	rating_sql("SELECT prepaid.credit('%s', 0.01, 'round-%s')", half.meter, rating_tag);
+	rating_expect("0.01",
+	    "SELECT balance::text FROM prepaid.balances "
+	    "WHERE meter_id = '%s'",
+	    half.meter);
 	rating_balance(half.meter, "0.005");
 }
 END_TEST
@@ -872,12 +915,16 @@ START_TEST(test_register_down_is_noted_never_charged)
 	/* Meter replaced: the register starts again from 100. */
 	rating_read(id.meter, 3, "2025-03-03T04:00:00Z", 100);
 	rating_sum(id.meter, "true", "-0.5");
-	rating_expect("t", "SELECT count(*) = 1 AND bool_and(state = 'noted' "
+	rating_expect("t",
+	    "SELECT count(*) = 1 AND bool_and(state = 'noted' "
 	    "AND from_seq = 2 AND to_seq = 3 AND from_wh = 6000 AND to_wh = 100) "
 	    "FROM prepaid.anomalies WHERE meter_id = '%s' AND kind = "
-	    "'register_down'", id.meter);
-	rating_expect("0", "SELECT count(*) FROM prepaid.ledger WHERE "
-	    "meter_id = '%s' AND to_seq = 3", id.meter);
+	    "'register_down'",
+	    id.meter);
+	rating_expect("0",
+	    "SELECT count(*) FROM prepaid.ledger WHERE "
+	    "meter_id = '%s' AND to_seq = 3",
+	    id.meter);
 	/* Charging resumes from the new register: 1000 Wh x 0.5 = 0.5. */
 	rating_read(id.meter, 4, "2025-03-03T05:00:00Z", 1100);
 	rating_sum(id.meter, "to_seq = 4", "-0.5");
@@ -898,24 +945,29 @@ START_TEST(test_implausible_jump_held_until_accepted)
 	/* 50000 Wh in 15 min is 200 kW; the limit is 60 kW x 0.25 h = 15000 Wh. */
 	rating_read(id.meter, 3, "2025-03-03T02:30:00Z", 51000);
 	rating_sum(id.meter, "true", "-0.5");
-	rating_expect("t", "SELECT count(*) = 1 AND bool_and(state = 'open' "
+	rating_expect("t",
+	    "SELECT count(*) = 1 AND bool_and(state = 'open' "
 	    "AND from_seq = 2 AND to_seq = 3 AND energy_wh = 50000 AND "
 	    "limit_wh = 15000) FROM prepaid.anomalies WHERE meter_id = '%s' "
-	    "AND kind = 'implausible_jump'", id.meter);
+	    "AND kind = 'implausible_jump'",
+	    id.meter);
 	/* Charging goes on from the new reading: 1000 Wh, 0.5; 1.0 in all. */
 	rating_read(id.meter, 4, "2025-03-03T02:45:00Z", 52000);
 	rating_sum(id.meter, "true", "-1.0");
 	rating_balance(id.meter, "-1.0");
 
-	snprintf(aid, sizeof aid, "%s", rating_sql("SELECT id FROM "
-	    "prepaid.anomalies WHERE meter_id = '%s'", id.meter));
-	rating_sql("SELECT prepaid.accept_anomaly(%s, 'confirmed by phone')",
-	    aid);
+	snprintf(aid, sizeof aid, "%s",
+	    rating_sql("SELECT id FROM "
+	               "prepaid.anomalies WHERE meter_id = '%s'",
+	        id.meter));
+	rating_sql("SELECT prepaid.accept_anomaly(%s, 'confirmed by phone')", aid);
 	/* Accepted: 50000 Wh x 0.5 = 25.0 for its interval; 26.0 in all. */
 	rating_sum(id.meter, "from_seq = 2 AND to_seq = 3", "-25.0");
 	rating_balance(id.meter, "-26.0");
-	rating_expect("accepted", "SELECT state FROM prepaid.anomalies "
-	    "WHERE id = %s", aid);
+	rating_expect("accepted",
+	    "SELECT state FROM prepaid.anomalies "
+	    "WHERE id = %s",
+	    aid);
 	/* Accepting again never charges again (an error or a no-op). */
 	rating_sql_any("SELECT prepaid.accept_anomaly(%s, 'again')", aid);
 	rating_balance(id.meter, "-26.0");
@@ -930,34 +982,44 @@ START_TEST(test_implausible_jump_rejected_is_never_charged)
 	rating_meter(&id, "jumpreject", "Asia/Shanghai", "{\"price\": 0.5}");
 	/* A meter limit of 10 kW overrides the site's 60 kW. */
 	rating_sql("UPDATE prepaid.meters SET max_power_w = 10000 "
-	    "WHERE meter_id = '%s'", id.meter);
+	           "WHERE meter_id = '%s'",
+	    id.meter);
 	rating_read(id.meter, 1, "2025-03-03T02:00:00Z", 0);
 	/*
 	 * 1000 Wh in 10 s: the limit uses at least 60 s, 10 kW x 60 s =
 	 * 166.67 Wh; held.
 	 */
 	rating_read(id.meter, 2, "2025-03-03T02:00:10Z", 1000);
-	rating_expect("open", "SELECT state FROM prepaid.anomalies WHERE "
-	    "meter_id = '%s' AND kind = 'implausible_jump'", id.meter);
+	rating_expect("open",
+	    "SELECT state FROM prepaid.anomalies WHERE "
+	    "meter_id = '%s' AND kind = 'implausible_jump'",
+	    id.meter);
 	/* 2000 Wh in 1 h (2 kW), fine: 1.0 */
 	rating_read(id.meter, 3, "2025-03-03T03:00:10Z", 3000);
 	/* 30000 Wh in 1 h, beyond 10000 Wh: held. */
 	rating_read(id.meter, 4, "2025-03-03T04:00:10Z", 33000);
-	rating_expect("2", "SELECT count(*) FROM prepaid.anomalies WHERE "
-	    "meter_id = '%s' AND state = 'open'", id.meter);
-	snprintf(aid, sizeof aid, "%s", rating_sql("SELECT id FROM "
-	    "prepaid.anomalies WHERE meter_id = '%s' AND to_seq = 4",
-	    id.meter));
+	rating_expect("2",
+	    "SELECT count(*) FROM prepaid.anomalies WHERE "
+	    "meter_id = '%s' AND state = 'open'",
+	    id.meter);
+	snprintf(aid, sizeof aid, "%s",
+	    rating_sql("SELECT id FROM "
+	               "prepaid.anomalies WHERE meter_id = '%s' AND to_seq = 4",
+	        id.meter));
 	rating_sql("SELECT prepaid.reject_anomaly(%s, 'glitch')", aid);
-	rating_expect("rejected", "SELECT state FROM prepaid.anomalies "
-	    "WHERE id = %s", aid);
+	rating_expect("rejected",
+	    "SELECT state FROM prepaid.anomalies "
+	    "WHERE id = %s",
+	    aid);
 	/* And an accept after the reject must not charge it either. */
 	rating_sql_any("SELECT prepaid.accept_anomaly(%s, 'too late')", aid);
 	rating_read(id.meter, 5, "2025-03-03T05:00:10Z", 34000);
 	/* 1.0 + 1000 Wh x 0.5 = 0.5: 1.5; the jumps never charged. */
 	rating_sum(id.meter, "true", "-1.5");
-	rating_expect("0", "SELECT count(*) FROM prepaid.ledger WHERE "
-	    "meter_id = '%s' AND to_seq IN (2, 4)", id.meter);
+	rating_expect("0",
+	    "SELECT count(*) FROM prepaid.ledger WHERE "
+	    "meter_id = '%s' AND to_seq IN (2, 4)",
+	    id.meter);
 	rating_balance(id.meter, "-1.5");
 }
 END_TEST
@@ -966,19 +1028,18 @@ START_TEST(test_duplicates_and_late_readings_never_charge_twice)
 {
 	struct rating_ids id;
 	static const struct rating_reading first[] = {
-		{ 1, "2025-03-03T02:00:00Z", 0 },
-		{ 2, "2025-03-03T02:15:00Z", 1000 },
-		{ 2, "2025-03-03T02:15:00Z", 1000 },	/* in-batch repeat */
+	    {1, "2025-03-03T02:00:00Z", 0}, {2, "2025-03-03T02:15:00Z", 1000},
+	    {2, "2025-03-03T02:15:00Z", 1000}, /* in-batch repeat */
 	};
 	static const struct rating_reading late[] = {
-		{ 4, "2025-03-03T02:45:00Z", 3000 },
-		{ 3, "2025-03-03T02:30:00Z", 2000 },
-		{ 2, "2025-03-03T02:15:00Z", 1000 },
+	    {4, "2025-03-03T02:45:00Z", 3000},
+	    {3, "2025-03-03T02:30:00Z", 2000},
+	    {2, "2025-03-03T02:15:00Z", 1000},
 	};
 	static const struct rating_reading disorder[] = {
-		{ 8, "2025-03-03T03:45:00Z", 7500 },
-		{ 7, "2025-03-03T03:30:00Z", 6000 },
-		{ 8, "2025-03-03T03:45:00Z", 7500 },
+	    {8, "2025-03-03T03:45:00Z", 7500},
+	    {7, "2025-03-03T03:30:00Z", 6000},
+	    {8, "2025-03-03T03:45:00Z", 7500},
 	};
 
 	rating_meter(&id, "repeats", "Asia/Shanghai", "{\"price\": 0.5}");
@@ -992,19 +1053,20 @@ START_TEST(test_duplicates_and_late_readings_never_charge_twice)
 	/* The gap filled late (with a repeat of 2): stored, not charged. */
 	ck_assert_int_eq(rating_ingest(id.meter, late, RATING_NELEM(late)), 2);
 	ck_assert_str_eq(rating_sql("SELECT count(*) FROM prepaid.readings "
-	    "WHERE meter_id = '%s'", id.meter), "5");
+	                            "WHERE meter_id = '%s'",
+	                     id.meter),
+	    "5");
 	rating_sum(id.meter, "true", "-2.0");
-	rating_expect("0", "SELECT count(*) FROM prepaid.ledger WHERE "
+	rating_expect("0",
+	    "SELECT count(*) FROM prepaid.ledger WHERE "
 	    "meter_id = '%s' AND (to_seq IN (3, 4) OR from_seq IN (3, 4))",
 	    id.meter);
 	/* Next in order: 1000 Wh, 0.5. */
 	rating_read(id.meter, 6, "2025-03-03T03:15:00Z", 5000);
 	/* Out of order in one batch, with a repeat: 2500 Wh, 1.25. */
-	ck_assert_int_eq(rating_ingest(id.meter, disorder,
-	    RATING_NELEM(disorder)), 2);
+	ck_assert_int_eq(rating_ingest(id.meter, disorder, RATING_NELEM(disorder)), 2);
 	/* Everything again, in one batch: nothing new. */
-	ck_assert_int_eq(rating_ingest(id.meter, disorder,
-	    RATING_NELEM(disorder)), 0);
+	ck_assert_int_eq(rating_ingest(id.meter, disorder, RATING_NELEM(disorder)), 0);
 	rating_read(id.meter, 5, "2025-03-03T03:00:00Z", 4000);
 	/* 0.5 + 1.5 + 0.5 + 1.25 = 3.75 for 7500 Wh */
 	rating_energy(id.meter, "kind = 'charge'", 7500);
@@ -1023,36 +1085,44 @@ START_TEST(test_credit_idempotent_on_reference_and_audited)
 	rating_sql("SELECT prepaid.register_meter('%s')", id.meter);
 	snprintf(ref, sizeof ref, "wx-%s-1", rating_tag);
 
-	snprintf(e1, sizeof e1, "%s", rating_sql("SELECT prepaid.credit('%s', "
-	    "100.00, '%s')", id.meter, ref));
+	snprintf(e1, sizeof e1, "%s",
+	    rating_sql("SELECT prepaid.credit('%s', "
+	               "100.00, '%s')",
+	        id.meter, ref));
 	/* The same reference again: the first entry, nothing credited. */
-	ck_assert_str_eq(rating_sql("SELECT prepaid.credit('%s', 100.00, '%s')",
-	    id.meter, ref), e1);
+	ck_assert_str_eq(
+	    rating_sql("SELECT prepaid.credit('%s', 100.00, '%s')", id.meter, ref), e1);
 	rating_balance(id.meter, "100");
-	rating_expect("t", "SELECT count(*) = 1 AND bool_and(kind = 'payment' "
+	rating_expect("t",
+	    "SELECT count(*) = 1 AND bool_and(kind = 'payment' "
 	    "AND amount = 100 AND reference = '%s') FROM prepaid.ledger "
-	    "WHERE meter_id = '%s'", ref, id.meter);
+	    "WHERE meter_id = '%s'",
+	    ref, id.meter);
 	/* Another reference credits again: 150.5 */
 	rating_sql("SELECT prepaid.credit('%s', 50.5, '%s-2')", id.meter, ref);
 	rating_balance(id.meter, "150.5");
 
 	/* An adjustment, negative, with its reason and author: 145.0 */
-	rating_sql("SELECT prepaid.adjust('%s', -5.5, 'meter test fee')",
-	    id.meter);
-	rating_expect("t", "SELECT count(*) = 1 AND bool_and(amount = -5.5 AND "
+	rating_sql("SELECT prepaid.adjust('%s', -5.5, 'meter test fee')", id.meter);
+	rating_expect("t",
+	    "SELECT count(*) = 1 AND bool_and(amount = -5.5 AND "
 	    "reason = 'meter test fee' AND author = session_user) FROM "
 	    "prepaid.ledger WHERE meter_id = '%s' AND kind = 'adjustment'",
 	    id.meter);
 	rating_balance(id.meter, "145.0");
-	rating_expect("145.00", "SELECT balance::text FROM prepaid.balances "
-	    "WHERE meter_id = '%s'", id.meter);
+	rating_expect("145.00",
+	    "SELECT balance::text FROM prepaid.balances "
+	    "WHERE meter_id = '%s'",
+	    id.meter);
 
 	/* Audit rows naming the database role, for credits and adjustment. */
-	rating_expect("t", "SELECT count(*) FILTER (WHERE action ILIKE "
+	rating_expect("t",
+	    "SELECT count(*) FILTER (WHERE action ILIKE "
 	    "'%%credit%%') >= 2 AND count(*) FILTER (WHERE action ILIKE "
 	    "'%%adjust%%') = 1 AND bool_and(actor = session_user AND at IS NOT "
 	    "NULL) FROM prepaid.operator_audit WHERE "
-	    "meter_id = '%s'", id.meter);
+	    "meter_id = '%s'",
+	    id.meter);
 }
 END_TEST
 
@@ -1062,12 +1132,12 @@ START_TEST(test_ledger_is_append_only)
 
 	rating_names(&id, "appendonly");
 	rating_sql("SELECT prepaid.register_meter('%s')", id.meter);
-	rating_sql("SELECT prepaid.credit('%s', 10, 'ao-%s')", id.meter,
-	    rating_tag);
-	rating_sql_fails("", "UPDATE prepaid.ledger SET amount = 1000 "
-	    "WHERE meter_id = '%s'", id.meter);
-	rating_sql_fails("", "DELETE FROM prepaid.ledger WHERE meter_id = '%s'",
+	rating_sql("SELECT prepaid.credit('%s', 10, 'ao-%s')", id.meter, rating_tag);
+	rating_sql_fails("",
+	    "UPDATE prepaid.ledger SET amount = 1000 "
+	    "WHERE meter_id = '%s'",
 	    id.meter);
+	rating_sql_fails("", "DELETE FROM prepaid.ledger WHERE meter_id = '%s'", id.meter);
 	rating_balance(id.meter, "10");
 }
 END_TEST
@@ -1081,33 +1151,47 @@ START_TEST(test_bad_tariff_definitions_raise_errors)
 	rating_names(&id, "bad");
 	rating_sql("SELECT prepaid.create_tariff('%s', 'bad')", id.tariff);
 	/* The first tier must start at 0 kWh (the message names from_kwh). */
-	rating_sql_fails("from_kwh", "SELECT prepaid.create_tariff_version('%s', "
+	rating_sql_fails("from_kwh",
+	    "SELECT prepaid.create_tariff_version('%s', "
 	    "'%s', '{\"tiers\": [{\"from_kwh\": 10, \"price\": 0.5}]}')",
 	    id.tariff, RATING_EPOCH);
 	/* Tiers must rise. */
-	rating_sql_fails("tiers", "SELECT prepaid.create_tariff_version('%s', "
+	rating_sql_fails("tiers",
+	    "SELECT prepaid.create_tariff_version('%s', "
 	    "'%s', '{\"tiers\": [{\"from_kwh\": 0, \"price\": 0.5}, "
-	    "{\"from_kwh\": 0, \"price\": 0.6}]}')", id.tariff, RATING_EPOCH);
+	    "{\"from_kwh\": 0, \"price\": 0.6}]}')",
+	    id.tariff, RATING_EPOCH);
 	/* Bands must start at 00:00. */
-	rating_sql_fails("bands", "SELECT prepaid.create_tariff_version('%s', "
+	rating_sql_fails("bands",
+	    "SELECT prepaid.create_tariff_version('%s', "
 	    "'%s', '{\"bands\": {\"work\": [{\"start\": \"08:00\", \"band\": "
-	    "\"peak\", \"price\": 0.6}]}}')", id.tariff, RATING_EPOCH);
+	    "\"peak\", \"price\": 0.6}]}}')",
+	    id.tariff, RATING_EPOCH);
 	/* No negative prices. */
-	rating_sql_fails("price", "SELECT prepaid.create_tariff_version('%s', "
-	    "'%s', '{\"price\": -0.5}')", id.tariff, RATING_EPOCH);
+	rating_sql_fails("price",
+	    "SELECT prepaid.create_tariff_version('%s', "
+	    "'%s', '{\"price\": -0.5}')",
+	    id.tariff, RATING_EPOCH);
 	/* Some price is required. */
-	rating_sql_fails("price", "SELECT prepaid.create_tariff_version('%s', "
-	    "'%s', '{\"standing_per_day\": 1}')", id.tariff, RATING_EPOCH);
+	rating_sql_fails("price",
+	    "SELECT prepaid.create_tariff_version('%s', "
+	    "'%s', '{\"standing_per_day\": 1}')",
+	    id.tariff, RATING_EPOCH);
 	/* period_start_day is 1..28. */
-	rating_sql_fails("period_start_day", "SELECT "
+	rating_sql_fails("period_start_day",
+	    "SELECT "
 	    "prepaid.create_tariff_version('%s', '%s', '{\"price\": 0.5, "
-	    "\"period_start_day\": 31}')", id.tariff, RATING_EPOCH);
+	    "\"period_start_day\": 31}')",
+	    id.tariff, RATING_EPOCH);
 	/* An unknown tariff for a version, or to assign. */
-	rating_sql_fails("", "SELECT prepaid.create_tariff_version('%s_nosuch', "
-	    "'%s', '{\"price\": 0.5}')", id.tariff, RATING_EPOCH);
+	rating_sql_fails("",
+	    "SELECT prepaid.create_tariff_version('%s_nosuch', "
+	    "'%s', '{\"price\": 0.5}')",
+	    id.tariff, RATING_EPOCH);
 	/* None of them left a version behind: a good one still goes in. */
 	rating_sql("SELECT prepaid.create_tariff_version('%s', '%s', "
-	    "'{\"price\": 0.5}')", id.tariff, RATING_EPOCH);
+	           "'{\"price\": 0.5}')",
+	    id.tariff, RATING_EPOCH);
 }
 END_TEST
 
@@ -1128,7 +1212,8 @@ END_TEST
 #define RATING_FAST_N 60
 START_TEST(test_fast_path_charges_exactly_as_full_rating)
 {
-	static const char def[] = "{\"tiers\": [{\"from_kwh\": 0, \"price\": 0},"
+	static const char def[] =
+	    "{\"tiers\": [{\"from_kwh\": 0, \"price\": 0},"
 	    " {\"from_kwh\": 6, \"price\": 0.05}], \"free_kwh\": 1,"
 	    " \"service_per_kwh\": 0.01, \"standing_per_day\": 0.2, " RATING_TOU_BANDS "}";
 	static char ts[RATING_FAST_N][32];
@@ -1155,30 +1240,34 @@ START_TEST(test_fast_path_charges_exactly_as_full_rating)
 		rating_ingest(fast.meter, &r[i], 1);
 	rating_ingest(full.meter, r, RATING_FAST_N);
 
-#define RATING_FAST_Q "SELECT coalesce(string_agg(k || '=' || v, ' ' ORDER BY k), '') FROM (" \
-	    " SELECT 'total' AS k, sum(amount)::text AS v FROM prepaid.ledger WHERE meter_id = '%s'" \
-	    " UNION ALL SELECT 'standing', sum(amount)::text FROM prepaid.ledger" \
-	    "  WHERE meter_id = '%s' AND kind = 'standing'" \
-	    " UNION ALL SELECT 'band:' || band, sum(energy_wh)::text || '/' || sum(amount)::text" \
-	    "  FROM prepaid.ledger WHERE meter_id = '%s' AND kind = 'charge' GROUP BY band" \
-	    " UNION ALL SELECT 'tier:' || tier, sum(energy_wh)::text || '/' || sum(amount)::text" \
-	    "  FROM prepaid.ledger WHERE meter_id = '%s' AND kind = 'charge' GROUP BY tier) x"
+#define RATING_FAST_Q                                                                              \
+	"SELECT coalesce(string_agg(k || '=' || v, ' ' ORDER BY k), '') FROM ("                    \
+	" SELECT 'total' AS k, sum(amount)::text AS v FROM prepaid.ledger WHERE meter_id = '%s'"   \
+	" UNION ALL SELECT 'standing', sum(amount)::text FROM prepaid.ledger"                      \
+	"  WHERE meter_id = '%s' AND kind = 'standing'"                                            \
+	" UNION ALL SELECT 'band:' || band, sum(energy_wh)::text || '/' || sum(amount)::text"      \
+	"  FROM prepaid.ledger WHERE meter_id = '%s' AND kind = 'charge' GROUP BY band"            \
+	" UNION ALL SELECT 'tier:' || tier, sum(energy_wh)::text || '/' || sum(amount)::text"      \
+	"  FROM prepaid.ledger WHERE meter_id = '%s' AND kind = 'charge' GROUP BY tier) x"
 	{
-		char *a = strdup(rating_sql(RATING_FAST_Q, fast.meter, fast.meter, fast.meter,
-		    fast.meter));
-		const char *b = rating_sql(RATING_FAST_Q, full.meter, full.meter, full.meter,
-		    full.meter);
+		char *a = strdup(
+		    rating_sql(RATING_FAST_Q, fast.meter, fast.meter, fast.meter, fast.meter));
+		const char *b =
+		    rating_sql(RATING_FAST_Q, full.meter, full.meter, full.meter, full.meter);
 
 		ck_assert_msg(strcmp(a, b) == 0, "fast path: %s\nfull rating: %s", a, b);
 		free(a);
 	}
 	/* The one-reading batches left a rate cache for the fast path to use. */
-	rating_expect("t", "SELECT rate_until IS NOT NULL FROM prepaid.meters"
-	    " WHERE meter_id = '%s'", fast.meter);
+	rating_expect("t",
+	    "SELECT rate_until IS NOT NULL FROM prepaid.meters"
+	    " WHERE meter_id = '%s'",
+	    fast.meter);
 	/* All energy after the first reading was charged (some of it free). */
 	rating_energy(fast.meter, "kind = 'charge'", wh - r[0].wh);
 	rating_balance(fast.meter, rating_sql("SELECT sum(amount) FROM prepaid.ledger"
-	    " WHERE meter_id = '%s'", full.meter));
+	                                      " WHERE meter_id = '%s'",
+	                               full.meter));
 }
 END_TEST
 
@@ -1242,8 +1331,7 @@ main(void)
 	/* Four base-36 characters from the clock and the process. */
 	{
 		static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
-		unsigned long v = (unsigned long)time(NULL) * 31UL +
-		    (unsigned long)getpid();
+		unsigned long v = (unsigned long)time(NULL) * 31UL + (unsigned long)getpid();
 		int i;
 
 		for (i = 0; i < 4; i++) {
@@ -1254,7 +1342,7 @@ main(void)
 	}
 	if (getenv("PGDATABASE") == NULL && getenv("PGHOST") == NULL) {
 		fprintf(stderr, "check_rating: no PostgreSQL in the environment "
-		    "(run it through tests/it/rating.sh)\n");
+		                "(run it through tests/it/rating.sh)\n");
 		return 77;
 	}
 	sr = srunner_create(rating_suite());

@@ -58,17 +58,21 @@ END_TEST
 START_TEST(canonical_sorts_by_name_in_byte_order)
 {
 	const struct signer_param p[] = {
-		{ "b", "1" }, { "SignatureMethod", "2" }, { "B", "3" },
-		{ "a", "4" }, { "SignName", "5" }, { "Ab", "6" }, { "AB", "7" },
-		{ "Sign", "8" },
+	    {"b", "1"},
+	    {"SignatureMethod", "2"},
+	    {"B", "3"},
+	    {"a", "4"},
+	    {"SignName", "5"},
+	    {"Ab", "6"},
+	    {"AB", "7"},
+	    {"Sign", "8"},
 	};
 	const char *why = NULL;
 	char *got = signer_aliyun_canonical(p, ARRAY_SIZE(p), &why);
 
 	/* Upper case before lower case; "SignName" before "SignatureMethod"
 	 * since 'N' < 'a' — the pair the SendSms example depends on. */
-	ck_assert_str_eq(got,
-	    "AB=7&Ab=6&B=3&Sign=8&SignName=5&SignatureMethod=2&a=4&b=1");
+	ck_assert_str_eq(got, "AB=7&Ab=6&B=3&Sign=8&SignName=5&SignatureMethod=2&a=4&b=1");
 	/* The caller's array is left as it was. */
 	ck_assert_str_eq(p[0].name, "b");
 	ck_assert_str_eq(p[7].name, "Sign");
@@ -78,9 +82,9 @@ END_TEST
 
 START_TEST(canonical_rejects_duplicates_and_empty_names)
 {
-	const struct signer_param dup[] = { { "A", "1" }, { "B", "2" }, { "A", "3" } };
-	const struct signer_param noname[] = { { "", "1" } };
-	const struct signer_param novalue[] = { { "A", NULL } };
+	const struct signer_param dup[] = {{"A", "1"}, {"B", "2"}, {"A", "3"}};
+	const struct signer_param noname[] = {{"", "1"}};
+	const struct signer_param novalue[] = {{"A", NULL}};
 	const char *why = NULL;
 	char *got;
 
@@ -109,29 +113,30 @@ END_TEST
 START_TEST(aliyun_classic_describe_regions_example)
 {
 	const struct signer_param p[] = {
-		{ "TimeStamp", "2016-02-23T12:46:24Z" }, { "Format", "XML" },
-		{ "AccessKeyId", "testid" }, { "Action", "DescribeRegions" },
-		{ "SignatureMethod", "HMAC-SHA1" },
-		{ "SignatureNonce", "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf" },
-		{ "Version", "2014-05-26" }, { "SignatureVersion", "1.0" },
+	    {"TimeStamp", "2016-02-23T12:46:24Z"},
+	    {"Format", "XML"},
+	    {"AccessKeyId", "testid"},
+	    {"Action", "DescribeRegions"},
+	    {"SignatureMethod", "HMAC-SHA1"},
+	    {"SignatureNonce", "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf"},
+	    {"Version", "2014-05-26"},
+	    {"SignatureVersion", "1.0"},
 	};
 	const char *why = NULL;
 	char *canonical, *sts, *sig;
 
 	canonical = signer_aliyun_canonical(p, ARRAY_SIZE(p), &why);
-	ck_assert_str_eq(canonical,
-	    "AccessKeyId=testid&Action=DescribeRegions&Format=XML"
-	    "&SignatureMethod=HMAC-SHA1"
-	    "&SignatureNonce=3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf"
-	    "&SignatureVersion=1.0&TimeStamp=2016-02-23T12%3A46%3A24Z"
-	    "&Version=2014-05-26");
+	ck_assert_str_eq(canonical, "AccessKeyId=testid&Action=DescribeRegions&Format=XML"
+	                            "&SignatureMethod=HMAC-SHA1"
+	                            "&SignatureNonce=3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf"
+	                            "&SignatureVersion=1.0&TimeStamp=2016-02-23T12%3A46%3A24Z"
+	                            "&Version=2014-05-26");
 	sts = signer_aliyun_string_to_sign("GET", canonical);
-	ck_assert_str_eq(sts,
-	    "GET&%2F&AccessKeyId%3Dtestid%26Action%3DDescribeRegions"
-	    "%26Format%3DXML%26SignatureMethod%3DHMAC-SHA1"
-	    "%26SignatureNonce%3D3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf"
-	    "%26SignatureVersion%3D1.0%26TimeStamp%3D2016-02-23T12%253A46%253A24Z"
-	    "%26Version%3D2014-05-26");
+	ck_assert_str_eq(sts, "GET&%2F&AccessKeyId%3Dtestid%26Action%3DDescribeRegions"
+	                      "%26Format%3DXML%26SignatureMethod%3DHMAC-SHA1"
+	                      "%26SignatureNonce%3D3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf"
+	                      "%26SignatureVersion%3D1.0%26TimeStamp%3D2016-02-23T12%253A46%253A24Z"
+	                      "%26Version%3D2014-05-26");
 	sig = signer_aliyun_signature("testsecret", sts);
 	ck_assert_str_eq(sig, "CT9X0VtwR86fNWSnsc6v8YGOjuE=");
 	free(canonical);
@@ -150,27 +155,26 @@ END_TEST
 START_TEST(aliyun_form_describe_regions_example)
 {
 	const struct signer_aliyun_req req = {
-		.access_key_id = "testid",
-		.access_key_secret = "testsecret",
-		.method = "GET",
-		.action = "DescribeRegions",
-		.version = "2014-05-26",
-		.format = "XML",
-		.region_id = NULL,
-		.nonce = "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf",
-		.timestamp = 1456231584, /* date -u -d 2016-02-23T12:46:24Z +%s */
+	    .access_key_id = "testid",
+	    .access_key_secret = "testsecret",
+	    .method = "GET",
+	    .action = "DescribeRegions",
+	    .version = "2014-05-26",
+	    .format = "XML",
+	    .region_id = NULL,
+	    .nonce = "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf",
+	    .timestamp = 1456231584, /* date -u -d 2016-02-23T12:46:24Z +%s */
 	};
 	const char *why = NULL;
 	char *form = signer_aliyun_form(&req, NULL, 0, &why);
 
 	ck_assert_ptr_nonnull(form);
-	ck_assert_str_eq(form,
-	    "AccessKeyId=testid&Action=DescribeRegions&Format=XML"
-	    "&SignatureMethod=HMAC-SHA1"
-	    "&SignatureNonce=3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf"
-	    "&SignatureVersion=1.0&Timestamp=2016-02-23T12%3A46%3A24Z"
-	    "&Version=2014-05-26"
-	    "&Signature=OLeaidS1JvxuMvnyHOwuJ%2BuX5qY%3D");
+	ck_assert_str_eq(form, "AccessKeyId=testid&Action=DescribeRegions&Format=XML"
+	                       "&SignatureMethod=HMAC-SHA1"
+	                       "&SignatureNonce=3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf"
+	                       "&SignatureVersion=1.0&Timestamp=2016-02-23T12%3A46%3A24Z"
+	                       "&Version=2014-05-26"
+	                       "&Signature=OLeaidS1JvxuMvnyHOwuJ%2BuX5qY%3D");
 	free(form);
 }
 END_TEST
@@ -186,53 +190,50 @@ END_TEST
 START_TEST(aliyun_form_send_sms_example)
 {
 	const struct signer_aliyun_req req = {
-		.access_key_id = "testId",
-		.access_key_secret = "testSecret",
-		.method = "GET",
-		.action = "SendSms",
-		.version = "2017-05-25",
-		.format = "XML",
-		.region_id = "cn-hangzhou",
-		.nonce = "45e25e9b-0a6f-4070-8c85-2956eda1b466",
-		.timestamp = 1499827339, /* date -u -d 2017-07-12T02:42:19Z +%s */
+	    .access_key_id = "testId",
+	    .access_key_secret = "testSecret",
+	    .method = "GET",
+	    .action = "SendSms",
+	    .version = "2017-05-25",
+	    .format = "XML",
+	    .region_id = "cn-hangzhou",
+	    .nonce = "45e25e9b-0a6f-4070-8c85-2956eda1b466",
+	    .timestamp = 1499827339, /* date -u -d 2017-07-12T02:42:19Z +%s */
 	};
 	const struct signer_param biz[] = {
-		{ "PhoneNumbers", "15300000001" },
-		{ "SignName", "阿里云短信测试专用" },
-		{ "TemplateParam", "{\"customer\":\"test\"}" },
-		{ "TemplateCode", "SMS_71390007" },
-		{ "OutId", "123" },
+	    {"PhoneNumbers", "15300000001"},
+	    {"SignName", "阿里云短信测试专用"},
+	    {"TemplateParam", "{\"customer\":\"test\"}"},
+	    {"TemplateCode", "SMS_71390007"},
+	    {"OutId", "123"},
 	};
-	const char *query =
-	    "AccessKeyId=testId&Action=SendSms&Format=XML&OutId=123"
-	    "&PhoneNumbers=15300000001&RegionId=cn-hangzhou"
-	    "&SignName=%E9%98%BF%E9%87%8C%E4%BA%91%E7%9F%AD%E4%BF%A1%E6%B5%8B"
-	    "%E8%AF%95%E4%B8%93%E7%94%A8"
-	    "&SignatureMethod=HMAC-SHA1"
-	    "&SignatureNonce=45e25e9b-0a6f-4070-8c85-2956eda1b466"
-	    "&SignatureVersion=1.0&TemplateCode=SMS_71390007"
-	    "&TemplateParam=%7B%22customer%22%3A%22test%22%7D"
-	    "&Timestamp=2017-07-12T02%3A42%3A19Z&Version=2017-05-25";
+	const char *query = "AccessKeyId=testId&Action=SendSms&Format=XML&OutId=123"
+	                    "&PhoneNumbers=15300000001&RegionId=cn-hangzhou"
+	                    "&SignName=%E9%98%BF%E9%87%8C%E4%BA%91%E7%9F%AD%E4%BF%A1%E6%B5%8B"
+	                    "%E8%AF%95%E4%B8%93%E7%94%A8"
+	                    "&SignatureMethod=HMAC-SHA1"
+	                    "&SignatureNonce=45e25e9b-0a6f-4070-8c85-2956eda1b466"
+	                    "&SignatureVersion=1.0&TemplateCode=SMS_71390007"
+	                    "&TemplateParam=%7B%22customer%22%3A%22test%22%7D"
+	                    "&Timestamp=2017-07-12T02%3A42%3A19Z&Version=2017-05-25";
 	const char *why = NULL;
 	char *form, *sts, want[1024];
 
 	sts = signer_aliyun_string_to_sign("GET", query);
-	ck_assert_str_eq(sts,
-	    "GET&%2F&AccessKeyId%3DtestId%26Action%3DSendSms%26Format%3DXML"
-	    "%26OutId%3D123%26PhoneNumbers%3D15300000001%26RegionId%3Dcn-hangzhou"
-	    "%26SignName%3D%25E9%2598%25BF%25E9%2587%258C%25E4%25BA%2591%25E7"
-	    "%259F%25AD%25E4%25BF%25A1%25E6%25B5%258B%25E8%25AF%2595%25E4%25B8"
-	    "%2593%25E7%2594%25A8%26SignatureMethod%3DHMAC-SHA1"
-	    "%26SignatureNonce%3D45e25e9b-0a6f-4070-8c85-2956eda1b466"
-	    "%26SignatureVersion%3D1.0%26TemplateCode%3DSMS_71390007"
-	    "%26TemplateParam%3D%257B%2522customer%2522%253A%2522test%2522%257D"
-	    "%26Timestamp%3D2017-07-12T02%253A42%253A19Z%26Version%3D2017-05-25");
+	ck_assert_str_eq(sts, "GET&%2F&AccessKeyId%3DtestId%26Action%3DSendSms%26Format%3DXML"
+	                      "%26OutId%3D123%26PhoneNumbers%3D15300000001%26RegionId%3Dcn-hangzhou"
+	                      "%26SignName%3D%25E9%2598%25BF%25E9%2587%258C%25E4%25BA%2591%25E7"
+	                      "%259F%25AD%25E4%25BF%25A1%25E6%25B5%258B%25E8%25AF%2595%25E4%25B8"
+	                      "%2593%25E7%2594%25A8%26SignatureMethod%3DHMAC-SHA1"
+	                      "%26SignatureNonce%3D45e25e9b-0a6f-4070-8c85-2956eda1b466"
+	                      "%26SignatureVersion%3D1.0%26TemplateCode%3DSMS_71390007"
+	                      "%26TemplateParam%3D%257B%2522customer%2522%253A%2522test%2522%257D"
+	                      "%26Timestamp%3D2017-07-12T02%253A42%253A19Z%26Version%3D2017-05-25");
 	free(sts);
 
 	form = signer_aliyun_form(&req, biz, ARRAY_SIZE(biz), &why);
 	ck_assert_ptr_nonnull(form);
-	snprintf(want, sizeof want, "%s&Signature=zJDF%%2BLrzhj%%2FThnlvIToysFRq6t4%%3D",
-	    query);
+	snprintf(want, sizeof want, "%s&Signature=zJDF%%2BLrzhj%%2FThnlvIToysFRq6t4%%3D", query);
 	ck_assert_str_eq(form, want);
 	free(form);
 }
@@ -245,41 +246,41 @@ END_TEST
  * dgst -sha1 -hmac 'test-secret&' gives e4zq/4eBVqKZ8D/rrb8kCgz5Qvs=.
  */
 static const struct signer_param post_biz[] = {
-	{ "PhoneNumbers", "13800000000" },
-	{ "SignName", "物业中心" },
-	{ "TemplateCode", "SMS_12345678" },
-	{ "TemplateParam", "{\"name\":\"Zhang & \\\"Li\\\"\",\"amount\":\"12.50*\","
-	    "\"link\":\"https://pay.example/a b~c+d\"}" },
+    {"PhoneNumbers", "13800000000"},
+    {"SignName", "物业中心"},
+    {"TemplateCode", "SMS_12345678"},
+    {"TemplateParam", "{\"name\":\"Zhang & \\\"Li\\\"\",\"amount\":\"12.50*\","
+                      "\"link\":\"https://pay.example/a b~c+d\"}"},
 };
 
 static struct signer_aliyun_req
 post_req(const char *secret)
 {
 	struct signer_aliyun_req req = {
-		.access_key_id = "LTAI-test-id",
-		.access_key_secret = secret,
-		.method = NULL, /* POST */
-		.action = "SendSms",
-		.version = "2017-05-25",
-		.format = NULL, /* JSON */
-		.region_id = "cn-hangzhou",
-		.nonce = "8d3b1c2e-0f4a-4b5c-9d6e-7f8091a2b3c4",
-		.timestamp = 1767225600, /* 2026-01-01T00:00:00Z */
+	    .access_key_id = "LTAI-test-id",
+	    .access_key_secret = secret,
+	    .method = NULL, /* POST */
+	    .action = "SendSms",
+	    .version = "2017-05-25",
+	    .format = NULL, /* JSON */
+	    .region_id = "cn-hangzhou",
+	    .nonce = "8d3b1c2e-0f4a-4b5c-9d6e-7f8091a2b3c4",
+	    .timestamp = 1767225600, /* 2026-01-01T00:00:00Z */
 	};
 
 	return req;
 }
 
-#define POST_FORM_UNSIGNED \
-	"AccessKeyId=LTAI-test-id&Action=SendSms&Format=JSON" \
-	"&PhoneNumbers=13800000000&RegionId=cn-hangzhou" \
-	"&SignName=%E7%89%A9%E4%B8%9A%E4%B8%AD%E5%BF%83" \
-	"&SignatureMethod=HMAC-SHA1" \
-	"&SignatureNonce=8d3b1c2e-0f4a-4b5c-9d6e-7f8091a2b3c4" \
-	"&SignatureVersion=1.0&TemplateCode=SMS_12345678" \
-	"&TemplateParam=%7B%22name%22%3A%22Zhang%20%26%20%5C%22Li%5C%22%22" \
-	"%2C%22amount%22%3A%2212.50%2A%22%2C%22link%22%3A%22https%3A%2F%2F" \
-	"pay.example%2Fa%20b~c%2Bd%22%7D" \
+#define POST_FORM_UNSIGNED                                                                         \
+	"AccessKeyId=LTAI-test-id&Action=SendSms&Format=JSON"                                      \
+	"&PhoneNumbers=13800000000&RegionId=cn-hangzhou"                                           \
+	"&SignName=%E7%89%A9%E4%B8%9A%E4%B8%AD%E5%BF%83"                                           \
+	"&SignatureMethod=HMAC-SHA1"                                                               \
+	"&SignatureNonce=8d3b1c2e-0f4a-4b5c-9d6e-7f8091a2b3c4"                                     \
+	"&SignatureVersion=1.0&TemplateCode=SMS_12345678"                                          \
+	"&TemplateParam=%7B%22name%22%3A%22Zhang%20%26%20%5C%22Li%5C%22%22"                        \
+	"%2C%22amount%22%3A%2212.50%2A%22%2C%22link%22%3A%22https%3A%2F%2F"                        \
+	"pay.example%2Fa%20b~c%2Bd%22%7D"                                                          \
 	"&Timestamp=2026-01-01T00%3A00%3A00Z&Version=2017-05-25"
 
 START_TEST(aliyun_form_post_send_sms_computed)
@@ -289,8 +290,7 @@ START_TEST(aliyun_form_post_send_sms_computed)
 	char *form = signer_aliyun_form(&req, post_biz, ARRAY_SIZE(post_biz), &why);
 
 	ck_assert_ptr_nonnull(form);
-	ck_assert_str_eq(form, POST_FORM_UNSIGNED
-	    "&Signature=e4zq%2F4eBVqKZ8D%2Frrb8kCgz5Qvs%3D");
+	ck_assert_str_eq(form, POST_FORM_UNSIGNED "&Signature=e4zq%2F4eBVqKZ8D%2Frrb8kCgz5Qvs%3D");
 	free(form);
 }
 END_TEST
@@ -304,8 +304,7 @@ START_TEST(aliyun_one_byte_of_secret_changes_signature)
 	char *form = signer_aliyun_form(&req, post_biz, ARRAY_SIZE(post_biz), &why);
 
 	ck_assert_ptr_nonnull(form);
-	ck_assert_str_eq(form, POST_FORM_UNSIGNED
-	    "&Signature=BL4NehBxChoMDraILoQPuujBHhs%3D");
+	ck_assert_str_eq(form, POST_FORM_UNSIGNED "&Signature=BL4NehBxChoMDraILoQPuujBHhs%3D");
 	free(form);
 }
 END_TEST
@@ -313,9 +312,9 @@ END_TEST
 START_TEST(aliyun_form_rejects_bad_requests)
 {
 	struct signer_aliyun_req req = post_req("test-secret");
-	const struct signer_param sig[] = { { "Signature", "x" } };
-	const struct signer_param ts[] = { { "Timestamp", "x" } };
-	const struct signer_param dup[] = { { "OutId", "1" }, { "OutId", "2" } };
+	const struct signer_param sig[] = {{"Signature", "x"}};
+	const struct signer_param ts[] = {{"Timestamp", "x"}};
+	const struct signer_param dup[] = {{"OutId", "1"}, {"OutId", "2"}};
 	const char *why = NULL;
 
 	ck_assert_ptr_null(signer_aliyun_form(&req, sig, 1, &why));
@@ -344,26 +343,26 @@ END_TEST
 
 /* --- Tencent TC3-HMAC-SHA256 ------------------------------------------- */
 
-#define CVM_PAYLOAD \
-	"{\"Limit\": 1, \"Filters\": [{\"Values\": [\"\\u672a\\u547d\\u540d\"]," \
+#define CVM_PAYLOAD                                                                                \
+	"{\"Limit\": 1, \"Filters\": [{\"Values\": [\"\\u672a\\u547d\\u540d\"],"                   \
 	" \"Name\": \"instance-name\"}]}"
 
 static struct signer_tc3_req
 cvm_req(void)
 {
 	struct signer_tc3_req req = {
-		.secret_id = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3*******",
-		.secret_key = "Gu5t9xGARNpq86cd98joQYCN3*******",
-		.service = "cvm",
-		.host = "cvm.tencentcloudapi.com",
-		.action = "DescribeInstances",
-		.version = "2017-03-12",
-		.region = "ap-guangzhou",
-		.timestamp = 1551113065,
-		.content_type = "application/json; charset=utf-8",
-		.payload = CVM_PAYLOAD,
-		.payload_len = sizeof CVM_PAYLOAD - 1,
-		.sign_action = false,
+	    .secret_id = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3*******",
+	    .secret_key = "Gu5t9xGARNpq86cd98joQYCN3*******",
+	    .service = "cvm",
+	    .host = "cvm.tencentcloudapi.com",
+	    .action = "DescribeInstances",
+	    .version = "2017-03-12",
+	    .region = "ap-guangzhou",
+	    .timestamp = 1551113065,
+	    .content_type = "application/json; charset=utf-8",
+	    .payload = CVM_PAYLOAD,
+	    .payload_len = sizeof CVM_PAYLOAD - 1,
+	    .sign_action = false,
 	};
 
 	return req;
@@ -429,27 +428,27 @@ START_TEST(tc3_cvm_example_signing_action)
 }
 END_TEST
 
-#define SMS_PAYLOAD \
-	"{\"PhoneNumberSet\":[\"+8613800000000\"],\"SmsSdkAppId\":\"1400006666\"," \
-	"\"SignName\":\"物业中心\",\"TemplateId\":\"1234567\"," \
+#define SMS_PAYLOAD                                                                                \
+	"{\"PhoneNumberSet\":[\"+8613800000000\"],\"SmsSdkAppId\":\"1400006666\","                 \
+	"\"SignName\":\"物业中心\",\"TemplateId\":\"1234567\","                                \
 	"\"TemplateParamSet\":[\"302\",\"12.50\"]}"
 
 static struct signer_tc3_req
 sms_req(const char *key)
 {
 	struct signer_tc3_req req = {
-		.secret_id = "AKIDtest0000",
-		.secret_key = key,
-		.service = "sms",
-		.host = "sms.tencentcloudapi.com",
-		.action = "SendSms",
-		.version = "2021-01-11",
-		.region = "ap-guangzhou",
-		.timestamp = 1767196800, /* 2025-12-31T16:00:00Z */
-		.content_type = NULL,
-		.payload = SMS_PAYLOAD,
-		.payload_len = sizeof SMS_PAYLOAD - 1,
-		.sign_action = false,
+	    .secret_id = "AKIDtest0000",
+	    .secret_key = key,
+	    .service = "sms",
+	    .host = "sms.tencentcloudapi.com",
+	    .action = "SendSms",
+	    .version = "2021-01-11",
+	    .region = "ap-guangzhou",
+	    .timestamp = 1767196800, /* 2025-12-31T16:00:00Z */
+	    .content_type = NULL,
+	    .payload = SMS_PAYLOAD,
+	    .payload_len = sizeof SMS_PAYLOAD - 1,
+	    .sign_action = false,
 	};
 
 	return req;
@@ -483,7 +482,8 @@ START_TEST(tc3_send_sms_computed)
 	    "TC3-HMAC-SHA256 Credential=AKIDtest0000/2025-12-31/sms/tc3_request, "
 	    "SignedHeaders=content-type;host, Signature=" SMS_SIGNATURE);
 
-	ck_assert_str_eq(out.headers[0], "Authorization: TC3-HMAC-SHA256 "
+	ck_assert_str_eq(out.headers[0],
+	    "Authorization: TC3-HMAC-SHA256 "
 	    "Credential=AKIDtest0000/2025-12-31/sms/tc3_request, "
 	    "SignedHeaders=content-type;host, Signature=" SMS_SIGNATURE);
 	ck_assert_str_eq(out.headers[1], "Content-Type: application/json; charset=utf-8");
@@ -529,7 +529,8 @@ START_TEST(tc3_one_byte_of_secret_changes_signature)
 
 	ck_assert(signer_tc3_sign(&req, &out, &why));
 	ck_assert_ptr_null(strstr(out.authorization, SMS_SIGNATURE));
-	ck_assert_ptr_nonnull(strstr(out.authorization, "Signature="
+	ck_assert_ptr_nonnull(strstr(out.authorization,
+	    "Signature="
 	    "d5a05af0d9a0ee44e4a1e41ef9cc24d8436af346fb676338874fa3b80fa4ed9a"));
 	signer_tc3_free(&out);
 }

@@ -60,7 +60,7 @@ parse_fails(const char *text, const char *const *known, const char *expect)
 static void
 render_fails(const char *text, enum template_mode mode, const char *value, const char *expect)
 {
-	struct template_var vars[] = { { "v", value }, { NULL, NULL } };
+	struct template_var vars[] = {{"v", value}, {NULL, NULL}};
 	struct template *t = parse_ok(text);
 	char *cause = NULL, *out;
 
@@ -74,14 +74,14 @@ render_fails(const char *text, enum template_mode mode, const char *value, const
 
 START_TEST(json_body_keeps_hostile_name_intact_and_valid)
 {
-	struct template_var vars[] = { { "name", hostile }, { "phone", "+8613800138000" },
-		{ "balance", "-12.35" }, { NULL, NULL } };
+	struct template_var vars[] = {
+	    {"name", hostile}, {"phone", "+8613800138000"}, {"balance", "-12.35"}, {NULL, NULL}};
 	json_error_t jerr;
 	json_t *root, *v;
 	char *out, expect_text[256];
 
 	out = render_ok("{\"to\":\"{{phone}}\",\"name\":\"{{ name }}\","
-			"\"text\":\"{{name}}, balance {{balance}} yuan\",\"obj\":{\"n\":1}}",
+	                "\"text\":\"{{name}}, balance {{balance}} yuan\",\"obj\":{\"n\":1}}",
 	    TEMPLATE_JSON, vars);
 	root = json_loads(out, 0, &jerr);
 	ck_assert_msg(root != NULL, "not JSON (%s): %s", jerr.text, out);
@@ -104,8 +104,8 @@ END_TEST
 
 START_TEST(json_placeholders_ending_in_json_go_in_as_json)
 {
-	struct template_var vars[] = { { "params_json", "{\"name\":\"O\\\"B\",\"n\":\"1\"}" },
-		{ "name", "A&B" }, { NULL, NULL } };
+	struct template_var vars[] = {
+	    {"params_json", "{\"name\":\"O\\\"B\",\"n\":\"1\"}"}, {"name", "A&B"}, {NULL, NULL}};
 	json_error_t jerr;
 	json_t *root;
 	char *out;
@@ -114,12 +114,14 @@ START_TEST(json_placeholders_ending_in_json_go_in_as_json)
 	out = render_ok("{\"p\":{{params_json}},\"n\":\"{{name}}\"}", TEMPLATE_JSON, vars);
 	root = json_loads(out, 0, &jerr);
 	ck_assert_msg(root != NULL, "not JSON (%s): %s", jerr.text, out);
-	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(root, "p"), "name")), "O\"B");
+	ck_assert_str_eq(
+	    json_string_value(json_object_get(json_object_get(root, "p"), "name")), "O\"B");
 	json_decref(root);
 	free(out);
 	/* In a form it is one escaped field like any other value. */
 	out = render_ok("TemplateParam={{params_json}}", TEMPLATE_FORM, vars);
-	ck_assert_str_eq(out, "TemplateParam=%7B%22name%22%3A%22O%5C%22B%22%2C%22n%22%3A%221%22%7D");
+	ck_assert_str_eq(
+	    out, "TemplateParam=%7B%22name%22%3A%22O%5C%22B%22%2C%22n%22%3A%221%22%7D");
 	free(out);
 }
 END_TEST
@@ -127,7 +129,7 @@ END_TEST
 START_TEST(json_every_control_byte_round_trips)
 {
 	char value[64], *out;
-	struct template_var vars[] = { { "v", value }, { NULL, NULL } };
+	struct template_var vars[] = {{"v", value}, {NULL, NULL}};
 	json_error_t jerr;
 	json_t *root;
 	size_t i, n = 0;
@@ -220,8 +222,8 @@ form_get(const char *body, const char *key)
 START_TEST(form_body_decodes_back_to_the_values)
 {
 	const char *text = "a&b=c+d e 王小明 100% ~x*y";
-	struct template_var vars[] = { { "phone", "+86 138-0013-8000" }, { "text", text },
-		{ "name", hostile }, { NULL, NULL } };
+	struct template_var vars[] = {
+	    {"phone", "+86 138-0013-8000"}, {"text", text}, {"name", hostile}, {NULL, NULL}};
 	char *out, *v;
 	size_t i, nfields = 1;
 
@@ -230,9 +232,9 @@ START_TEST(form_body_decodes_back_to_the_values)
 	for (i = 0; out[i] != '\0'; i++) {
 		if (out[i] == '&')
 			nfields++;
-		ck_assert_msg(strchr("%+&=-._~", out[i]) != NULL ||
-			(out[i] >= 'A' && out[i] <= 'Z') || (out[i] >= 'a' && out[i] <= 'z') ||
-			(out[i] >= '0' && out[i] <= '9'),
+		ck_assert_msg(
+		    strchr("%+&=-._~", out[i]) != NULL || (out[i] >= 'A' && out[i] <= 'Z') ||
+		        (out[i] >= 'a' && out[i] <= 'z') || (out[i] >= '0' && out[i] <= '9'),
 		    "unescaped 0x%02x in %s", (unsigned char)out[i], out);
 	}
 	ck_assert_uint_eq(nfields, 4);
@@ -255,19 +257,20 @@ END_TEST
 
 START_TEST(url_mode_percent_encodes_components)
 {
-	struct template_var vars[] = { { "q", "a b/c?d&e=f+g~h.i_j-k 王" }, { "id", "m-1.2" },
-		{ NULL, NULL } };
+	struct template_var vars[] = {
+	    {"q", "a b/c?d&e=f+g~h.i_j-k 王"}, {"id", "m-1.2"}, {NULL, NULL}};
 	char *out;
 
 	out = render_ok("https://gw.example/send/{{id}}?q={{q}}&x=1", TEMPLATE_URL, vars);
-	ck_assert_str_eq(out, "https://gw.example/send/m-1.2?q=a%20b%2Fc%3Fd%26e%3Df%2Bg~h.i_j-k%20%E7%8E%8B&x=1");
+	ck_assert_str_eq(out,
+	    "https://gw.example/send/m-1.2?q=a%20b%2Fc%3Fd%26e%3Df%2Bg~h.i_j-k%20%E7%8E%8B&x=1");
 	free(out);
 }
 END_TEST
 
 START_TEST(raw_mode_inserts_values_as_they_are)
 {
-	struct template_var vars[] = { { "name", hostile }, { "balance", "-0.01" }, { NULL, NULL } };
+	struct template_var vars[] = {{"name", hostile}, {"balance", "-0.01"}, {NULL, NULL}};
 	char *out, expect[256];
 
 	out = render_ok("尊敬的{{name}}：您的余额为{{balance}}元。", TEMPLATE_RAW, vars);
@@ -284,7 +287,7 @@ END_TEST
 
 START_TEST(header_mode_refuses_injection)
 {
-	struct template_var vars[] = { { "v", "Bearer abc\ttoken 王" }, { NULL, NULL } };
+	struct template_var vars[] = {{"v", "Bearer abc\ttoken 王"}, {NULL, NULL}};
 	char *out;
 
 	out = render_ok("X-Name: {{v}}", TEMPLATE_HEADER, vars);
@@ -304,15 +307,15 @@ START_TEST(invalid_utf8_is_rejected_in_escaping_modes)
 	static const struct {
 		const char *value, *why;
 	} bad[] = {
-		{ "a\x80", "byte 0x80 at 1" },          /* lone continuation */
-		{ "\xc0\xaf", "byte 0xc0 at 0" },       /* overlong '/' */
-		{ "ab\xe0\x80\xaf", "byte 0xe0 at 2" }, /* overlong, 3 bytes */
-		{ "\xed\xa0\x80", "byte 0xed at 0" },   /* UTF-16 surrogate */
-		{ "\xf4\x90\x80\x80", "byte 0xf4 at 0" }, /* past U+10FFFF */
-		{ "王\xe7\x8e", "byte 0xe7 at 3" },     /* truncated */
-		{ "\xff", "byte 0xff at 0" },
+	    {"a\x80", "byte 0x80 at 1"}, /* lone continuation */
+	    {"\xc0\xaf", "byte 0xc0 at 0"}, /* overlong '/' */
+	    {"ab\xe0\x80\xaf", "byte 0xe0 at 2"}, /* overlong, 3 bytes */
+	    {"\xed\xa0\x80", "byte 0xed at 0"}, /* UTF-16 surrogate */
+	    {"\xf4\x90\x80\x80", "byte 0xf4 at 0"}, /* past U+10FFFF */
+	    {"王\xe7\x8e", "byte 0xe7 at 3"}, /* truncated */
+	    {"\xff", "byte 0xff at 0"},
 	};
-	enum template_mode modes[] = { TEMPLATE_JSON, TEMPLATE_FORM, TEMPLATE_URL, TEMPLATE_HEADER };
+	enum template_mode modes[] = {TEMPLATE_JSON, TEMPLATE_FORM, TEMPLATE_URL, TEMPLATE_HEADER};
 	char expect[200];
 	size_t i, m;
 
@@ -326,7 +329,7 @@ START_TEST(invalid_utf8_is_rejected_in_escaping_modes)
 	}
 	/* The largest code point and a 4-byte emoji are fine. */
 	{
-		struct template_var vars[] = { { "v", "\xf4\x8f\xbf\xbf😀" }, { NULL, NULL } };
+		struct template_var vars[] = {{"v", "\xf4\x8f\xbf\xbf😀"}, {NULL, NULL}};
 		char *out = render_ok("\"{{v}}\"", TEMPLATE_JSON, vars);
 
 		ck_assert_str_eq(out, "\"\xf4\x8f\xbf\xbf😀\"");
@@ -337,8 +340,8 @@ END_TEST
 
 START_TEST(unknown_placeholder_names_it_and_its_offset)
 {
-	static const char *const known[] = { "name", "balance", "meter.id", NULL };
-	struct template_var vars[] = { { "name", "x" }, { NULL, NULL } };
+	static const char *const known[] = {"name", "balance", "meter.id", NULL};
+	struct template_var vars[] = {{"name", "x"}, {NULL, NULL}};
 	struct template *t;
 	char *cause = NULL;
 
@@ -367,16 +370,20 @@ START_TEST(malformed_placeholders_fail_with_offsets)
 	parse_fails("ok {{a}} {{b}", NULL, "unterminated '{{' at offset 9");
 	parse_fails("x{{}}", NULL, "empty placeholder at offset 1");
 	parse_fails("x{{ \t }}", NULL, "empty placeholder at offset 1");
-	parse_fails("{{Name}}", NULL, "invalid placeholder name 'Name' at offset 0 (names are [a-z0-9_.])");
-	parse_fails("ab{{a b}}", NULL, "invalid placeholder name 'a b' at offset 2 (names are [a-z0-9_.])");
-	parse_fails("{{{name}}}", NULL, "invalid placeholder name '{name' at offset 0 (names are [a-z0-9_.])");
-	parse_fails("{{a-b}}", NULL, "invalid placeholder name 'a-b' at offset 0 (names are [a-z0-9_.])");
+	parse_fails(
+	    "{{Name}}", NULL, "invalid placeholder name 'Name' at offset 0 (names are [a-z0-9_.])");
+	parse_fails(
+	    "ab{{a b}}", NULL, "invalid placeholder name 'a b' at offset 2 (names are [a-z0-9_.])");
+	parse_fails("{{{name}}}", NULL,
+	    "invalid placeholder name '{name' at offset 0 (names are [a-z0-9_.])");
+	parse_fails(
+	    "{{a-b}}", NULL, "invalid placeholder name 'a-b' at offset 0 (names are [a-z0-9_.])");
 }
 END_TEST
 
 START_TEST(literal_braces)
 {
-	struct template_var vars[] = { { "name", "Lei" }, { NULL, NULL } };
+	struct template_var vars[] = {{"name", "Lei"}, {NULL, NULL}};
 	char *out;
 
 	out = render_ok("{{{{not a placeholder}} {{name}} }} { } {x}", TEMPLATE_RAW, vars);
