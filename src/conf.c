@@ -146,6 +146,29 @@ static const struct conf_key conf_key_table[] = {
         "our seller_id (2088...); unset: not checked", NULL, 0},
     {"payments", "alipay_public_key_file", CONF_FILE, NULL, 0, 0, true, O(ali_public_key_file),
         "the Alipay public key file (PEM)", NULL, 0},
+    {"payments", "wechat_merchant_key_file", CONF_FILE, NULL, 0, 0, true,
+        O(wechat_merchant_key_file), "merchant API private key (PEM); unset: no WeChat Pay calls",
+        NULL, 0},
+    {"payments", "wechat_merchant_serial", CONF_STRING, NULL, 0, 0, true, O(wechat_merchant_serial),
+        "serial number of the merchant API certificate", NULL, 0},
+    {"payments", "wechat_api_url", CONF_STRING, "https://api.mch.weixin.qq.com", 0, 0, true,
+        O(wechat_api_url), "WeChat Pay API base URL", NULL, 0},
+    {"payments", "wechat_notify_url", CONF_STRING, NULL, 0, 0, true, O(wechat_notify_url),
+        "public https URL of wechat_path, sent with each order", NULL, 0},
+    {"payments", "alipay_app_key_file", CONF_FILE, NULL, 0, 0, true, O(alipay_app_key_file),
+        "Alipay app private key (PEM); unset: no Alipay calls", NULL, 0},
+    {"payments", "alipay_gateway_url", CONF_STRING, "https://openapi.alipay.com/gateway.do", 0, 0,
+        true, O(alipay_gateway_url), "Alipay OpenAPI gateway URL", NULL, 0},
+    {"payments", "alipay_notify_url", CONF_STRING, NULL, 0, 0, true, O(alipay_notify_url),
+        "public https URL of alipay_path, sent with each order", NULL, 0},
+    {"payments", "api_timeout_ms", CONF_INT, "10000", 1000, 120000, true, O(api_timeout_ms),
+        "timeout of one call to a provider, milliseconds", NULL, 0},
+    {"payments", "query_after", CONF_STRING, "60 300 900 3600", 0, 0, true, O(query_after),
+        "seconds after creation a pending order is queried, ascending", NULL, 0},
+    {"payments", "query_retry_s", CONF_INT, "60", 1, 86400, true, O(query_retry_s),
+        "a provider call left unanswered is tried again after, seconds", NULL, 0},
+    {"payments", "query_poll_s", CONF_INT, "10", 1, 3600, true, O(query_poll_s),
+        "how often due orders and refunds are looked for, seconds", NULL, 0},
 
     {"log", "level", CONF_STRING, "info", 0, 0, true, O(log_level), "error, warning, info or debug",
         NULL, 0},
@@ -1742,6 +1765,74 @@ conf_check_pay_path(struct conf_parse *p, size_t off, const char *path, const ch
 	return -1;
 }
 
+/* "60 300 900 3600": 1..16 ascending positive seconds. */
+static bool
+conf_ladder_ok(const char *s)
+{
+	long prev = 0, v;
+	int n = 0;
+	char *end;
+
+	while (*s != '\0') {
+		while (*s == ' ' || *s == '\t')
+			s++;
+		if (*s == '\0')
+			break;
+		errno = 0;
+		v = strtol(s, &end, 10);
+		if (end == s || errno != 0 || v <= prev || v > 30L * 86400 || ++n > 16 ||
+		    (*end != '\0' && *end != ' ' && *end != '\t'))
+			return false;
+		prev = v;
+		s = end;
+	}
+	return n > 0;
+}
+
+/* Calls to a provider need its ids, the keys to verify its answers, and
+ * the public callback URL sent with each order. */
+static int
+conf_check_payout(struct conf_parse *p)
+{
+	struct conf *c = p->c;
+	char why[256];
+	const char *missing;
+
+	if (!conf_ladder_ok(c->query_after)) {
+		conf_key_error(p, conf_line_of(p, O(query_after)), conf_key_at(O(query_after)),
+		    "must be 1 to 16 ascending whole numbers of seconds, separated by spaces");
+		return -1;
+	}
+	if (c->wechat_merchant_key_file != NULL) {
+		missing = c->wechat_merchant_serial == NULL ? "wechat_merchant_serial"
+		          : c->wx_mchid == NULL             ? "wechat_mchid"
+		          : c->wx_appids == NULL            ? "wechat_appids"
+		          : c->wechat_notify_url == NULL    ? "wechat_notify_url"
+		          : c->wx_platform_certs == NULL && c->wx_public_key_file == NULL
+		              ? "wechat_platform_certs or wechat_public_key_file"
+		              : NULL;
+		if (missing != NULL) {
+			snprintf(why, sizeof why, "calls to WeChat Pay need payments.%s", missing);
+			conf_key_error(p, conf_line_of(p, O(wechat_merchant_key_file)),
+			    conf_key_at(O(wechat_merchant_key_file)), why);
+			return -1;
+		}
+	}
+	if (c->alipay_app_key_file != NULL) {
+		missing = c->ali_app_id == NULL            ? "alipay_app_id"
+		          : c->ali_public_key_file == NULL ? "alipay_public_key_file"
+		          : c->alipay_notify_url == NULL   ? "alipay_notify_url"
+		                                           : NULL;
+		if (missing != NULL) {
+			snprintf(why, sizeof why, "calls to Alipay need payments.%s", missing);
+			conf_key_error(p, conf_line_of(p, O(alipay_app_key_file)),
+			    conf_key_at(O(alipay_app_key_file)), why);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /* A provider's callback needs its merchant ids and keys. */
 static int
 conf_check_payments(struct conf_parse *p)
@@ -1789,7 +1880,7 @@ conf_check_payments(struct conf_parse *p)
 			return -1;
 		}
 	}
-	return 0;
+	return conf_check_payout(p);
 }
 
 /*

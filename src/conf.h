@@ -162,6 +162,18 @@ struct conf {
 	char *ali_app_id;
 	char *ali_seller_id; /* optional */
 	char *ali_public_key_file;
+	/* [payments]: calls to the providers (payout.c); names as the keys */
+	char *wechat_merchant_key_file; /* apiclient_key.pem; unset: no WeChat calls */
+	char *wechat_merchant_serial; /* serial of the merchant API certificate */
+	char *wechat_api_url; /* https://api.mch.weixin.qq.com */
+	char *wechat_notify_url; /* public URL of wechat_path, sent with orders */
+	char *alipay_app_key_file; /* the app private key; unset: no Alipay calls */
+	char *alipay_gateway_url; /* https://openapi.alipay.com/gateway.do */
+	char *alipay_notify_url; /* public URL of alipay_path, sent with orders */
+	int api_timeout_ms; /* one provider call, queueing included */
+	char *query_after; /* seconds after creation a pending order is queried */
+	int query_retry_s; /* a call without an answer is tried again after */
+	int query_poll_s; /* how often due orders and refunds are looked for */
 
 	/* [log] */
 	char *log_level; /* error, warning, info, debug */

@@ -40,6 +40,7 @@
 #include "notify.h"
 #include "outbox.h"
 #include "payments.h"
+#include "payout.h"
 #include "pgconn.h"
 #include "sdnotify.h"
 
@@ -63,6 +64,7 @@ struct daemon {
 	struct ladder *ladder;
 	struct httpd *httpd;
 	struct payments *payments;
+	struct payout *payout;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *tick, *watchdog, *partitions, *stop_timer;
 	bool schema_ok, ingest_up, control_up, commands_up, mqtt_up;
@@ -497,6 +499,7 @@ daemon_reload(struct daemon *d)
 	if (d->httpd != NULL)
 		httpd_reconfigure(d->httpd, nc);
 	payments_reconfigure(d->payments, nc);
+	payout_reconfigure(d->payout, nc);
 	ingest_set_conf(d->ingest, nc);
 	outbox_set_conf(d->outbox, nc);
 	notify_set_conf(d->notify, nc);
@@ -561,6 +564,11 @@ daemon_run(struct conf *conf)
 
 	d->payments = payments_new(d->base, d->httpd, conf, err, sizeof err);
 	if (d->payments == NULL) {
+		fprintf(stderr, "prepaidd: %s\n", err);
+		return 1;
+	}
+	d->payout = payout_new(d->base, conf, err, sizeof err);
+	if (d->payout == NULL) {
 		fprintf(stderr, "prepaidd: %s\n", err);
 		return 1;
 	}
@@ -635,6 +643,7 @@ daemon_run(struct conf *conf)
 		log_info("exiting");
 	mqtt_disconnect(d->mqtt);
 	payments_free(d->payments);
+	payout_free(d->payout);
 	ladder_free(d->ladder);
 	notify_free(d->notify);
 	outbox_free(d->outbox);
@@ -709,7 +718,8 @@ main(int argc, char **argv)
 	}
 	if (check) {
 		/* The start loads the payment keys itself (payments_new). */
-		if (payments_check(conf, err, sizeof err) != 0) {
+		if (payments_check(conf, err, sizeof err) != 0 ||
+		    payout_check(conf, err, sizeof err) != 0) {
 			fprintf(stderr, "%s\n", err);
 			conf_free(conf);
 			return 1;

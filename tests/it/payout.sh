@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+#
+# tests/it/payout.sh: prepaidd's calls to the providers, against
+# tests/fakepay (fake WeChat Pay v3 and Alipay servers on loopback that
+# check the merchant's signature as the providers do and sign their
+# answers) and a real PostgreSQL. Proves that an order paid at the
+# provider whose notification is lost is found by a query and credited
+# once, and that the notification arriving afterwards is a duplicate
+# (WeChat and Alipay); that a query that times out, or whose answer does
+# not verify, credits nothing and is tried again; that an expired order is
+# closed at the provider and here, and a payment arriving for it afterwards
+# is held as disputed; that a refund larger than the balance is refused
+# before anything is sent; that a confirmed refund debits the balance once,
+# and asking again with the same number debits nothing more (WeChat and
+# Alipay), audited with the login role.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
+set -euo pipefail
+. "${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/lib.sh"
+
+skip_unless_tools
+pay_keys
+FAKEPAY=$top_builddir/tests/fakepay
+[ -x "$FAKEPAY" ] || fail "$FAKEPAY is not built (make check builds it)"
+command -v openssl >/dev/null || skip "no openssl command"
+
+# The merchant's keys: the daemon signs with the private halves, the fake
+# verifies with the public ones. The fake signs its answers with the keys
+# paysign made (the daemon verifies them as it verifies notifications).
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEYS/merchant.key" 2>/dev/null
+openssl pkey -in "$KEYS/merchant.key" -pubout -out "$KEYS/wx_merchant.pub"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEYS/app.key" 2>/dev/null
+openssl pkey -in "$KEYS/app.key" -pubout -out "$KEYS/ali_app.pub"
+MSERIAL=3775B6A45ACD588826D15E583A95F5DD00000001
+
+FP_PORT=$(free_port)
+FP_LOG=$LIB_TMP/fakepay.log
+$LIB_SETSID "$FAKEPAY" "$FP_PORT" "$KEYS" "$FP_LOG" "$MSERIAL" >"$LIB_TMP/fakepay.out" 2>&1 &
+LIB_PIDS+=("$!")
+deadline=$(($(lib_now_ms) + 10000))
+until grep -q "listening on $FP_PORT" "$LIB_TMP/fakepay.out"; do
+	[ "$(lib_now_ms)" -lt "$deadline" ] || fail "fakepay did not start: $(cat "$LIB_TMP/fakepay.out")"
+	sleep 0.1
+done
+FP=http://127.0.0.1:$FP_PORT
+fake()
+{
+	curl -sS -X "${2:-POST}" "$FP$1"
+}
+
+pg_start
+broker_start
+daemon_config "${PAY_KEYS_CONF[@]}" \
+	payments.wechat_merchant_key_file="$KEYS/merchant.key" \
+	payments.wechat_merchant_serial="$MSERIAL" \
+	payments.wechat_api_url="$FP" \
+	payments.wechat_notify_url=https://pay.example.com/pay/wechat \
+	payments.alipay_app_key_file="$KEYS/app.key" \
+	payments.alipay_gateway_url="$FP/gateway.do" \
+	payments.alipay_notify_url=https://pay.example.com/pay/alipay \
+	payments.api_timeout_ms=1500 \
+	payments.query_after="1 2 3 4 5 6" \
+	payments.query_retry_s=2 \
+	payments.query_poll_s=1 \
+	payments.notify_occupant=false
+"$top_builddir/prepaidd" -n -c "$CONF" >/dev/null || fail "prepaidd -n refused the config"
+daemon_migrate
+daemon_start
+WX=http://127.0.0.1:$HTTP_PORT/pay/wechat
+ALI=http://127.0.0.1:$HTTP_PORT/pay/alipay
+
+psql_q "SELECT prepaid.register_meter('PO1'); SELECT prepaid.register_meter('PO2');" >/dev/null
+balance()
+{
+	psql_q "SELECT round(balance, 2) FROM prepaid.meters WHERE meter_id = '$1'"
+}
+order()
+{
+	psql_q "SELECT prepaid.create_order('$1', $2, '$3'${4:+, interval '$4'})"
+}
+json_field()
+{
+	python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
+}
+
+note "WeChat: paid, notification lost -> the query credits once; the late notification is a duplicate"
+o1=$(order PO1 50.00 wechat)
+txn1=$(fake "/_fake/pay?provider=wechat&out_trade_no=$o1&fen=5000" | json_field txn)
+wait_until "SELECT count(*) = 1 FROM prepaid.payments WHERE out_trade_no = '$o1'
+    AND state = 'credited' AND provider_txn = '$txn1' AND amount_fen = 5000" 15 \
+    "the query found the payment and credited it"
+assert_eq "50.00" "$(balance PO1)" "PO1 balance after the query's credit"
+assert_eq paid "$(psql_q "SELECT state FROM prepaid.orders WHERE out_trade_no = '$o1'")" "order paid"
+"$PAYSIGN" wechat "$WX" --keys "$KEYS" --serial "$WX_SERIAL" --out-trade-no "$o1" \
+    --transaction-id "$txn1" --total 5000 --expect 204 >/dev/null ||
+    fail "the late notification was not answered 204"
+assert_eq 1 "$(daemon_metric payments_duplicate_total)" "the late notification counted a duplicate"
+assert_eq "50.00" "$(balance PO1)" "PO1 credited once"
+assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.ledger WHERE meter_id = 'PO1' AND kind = 'payment'")" \
+    "one ledger credit"
+grep -q "^GET /v3/pay/transactions/out-trade-no/$o1?mchid=1900000001 -> 200 SUCCESS" "$FP_LOG" ||
+    fail "the fake never answered a signed query for $o1: $(cat "$FP_LOG")"
+
+note "Alipay: paid, notification lost -> the query credits once; the late notification is a duplicate"
+o2=$(order PO2 20.00 alipay)
+fake "/_fake/order?provider=alipay&out_trade_no=$o2&fen=2000" >/dev/null
+wait_until "SELECT provider_state = 'WAIT_BUYER_PAY' AND queries >= 1 FROM prepaid.orders
+    WHERE out_trade_no = '$o2'" 15 "queried on the ladder: not paid yet"
+txn2=$(fake "/_fake/pay?provider=alipay&out_trade_no=$o2" | json_field txn)
+wait_until "SELECT count(*) = 1 FROM prepaid.payments WHERE out_trade_no = '$o2'
+    AND state = 'credited' AND provider_txn = '$txn2' AND amount_fen = 2000" 15 \
+    "the Alipay query found the payment and credited it"
+out=$("$PAYSIGN" alipay "$ALI" --keys "$KEYS" --out-trade-no "$o2" --trade-no "$txn2" \
+    --total 20.00 --expect 200)
+echo "$out" | grep -q 'body=success' || fail "late Alipay notification not answered success: $out"
+assert_eq 2 "$(daemon_metric payments_duplicate_total)" "the late Alipay notification is a duplicate"
+assert_eq "20.00" "$(balance PO2)" "PO2 credited once"
+
+note "a query that times out, then one not signed by WeChat Pay, credit nothing; the next credits"
+o3=$(order PO1 7.77 wechat)
+fake "/_fake/order?provider=wechat&out_trade_no=$o3&fen=777" >/dev/null
+fake "/_fake/pay?provider=wechat&out_trade_no=$o3" >/dev/null
+fake "/_fake/fault?mode=timeout&count=1" >/dev/null
+wait_log "payout: wechat query $o3: .*(Timeout|timed out)" 1 15
+fake "/_fake/fault?mode=badsig&count=-1" >/dev/null
+wait_log "payout: wechat query $o3: answer 200 not believed" 1 15
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.payments WHERE out_trade_no = '$o3'")" \
+    "nothing recorded from an unverified answer"
+fake "/_fake/fault?mode=none" >/dev/null
+wait_until "SELECT count(*) = 1 FROM prepaid.payments WHERE out_trade_no = '$o3'
+    AND state = 'credited'" 15 "credited once the answers verify"
+assert_eq "57.77" "$(balance PO1)" "PO1 balance after 7.77"
+
+note "an expired order is closed at the provider and here; a payment arriving later is held"
+o4=$(order PO1 9.00 wechat '2 seconds')
+fake "/_fake/order?provider=wechat&out_trade_no=$o4&fen=900" >/dev/null
+o5=$(order PO2 9.00 alipay '2 seconds')
+fake "/_fake/order?provider=alipay&out_trade_no=$o5&fen=900" >/dev/null
+wait_until "SELECT count(*) = 2 FROM prepaid.orders WHERE out_trade_no IN ('$o4', '$o5')
+    AND state = 'expired' AND closed_at IS NOT NULL" 20 "both expired orders closed here"
+orders=$(fake /_fake/orders GET)
+python3 - "$orders" "$o4" "$o5" <<'EOF' || fail "the fake did not close both orders: $orders"
+import json, sys
+got = {o["out_trade_no"]: o for o in json.loads(sys.argv[1])}
+for otn, state in ((sys.argv[2], "CLOSED"), (sys.argv[3], "TRADE_CLOSED")):
+    assert got[otn]["state"] == state and got[otn]["closes"] >= 1, got[otn]
+EOF
+echo "ok - closed at WeChat Pay (CLOSED) and Alipay (TRADE_CLOSED)"
+"$PAYSIGN" wechat "$WX" --keys "$KEYS" --serial "$WX_SERIAL" --out-trade-no "$o4" \
+    --transaction-id 4200000000000000000099 --total 900 --expect 204 >/dev/null
+assert_eq disputed "$(psql_q "SELECT state FROM prepaid.payments
+    WHERE provider_txn = '4200000000000000000099'")" "a payment for an order closed here is held"
+assert_eq "57.77" "$(balance PO1)" "nothing credited for the closed order"
+
+note "refunds: larger than the balance refused before sending; confirmed -> debited once"
+err=$(psql_q "SELECT prepaid.refund('$o2', 25.00, 'RF00000001', 'too much')" 2>&1) &&
+    fail "a refund larger than the payment was accepted"
+echo "$err" | grep -q "more than the 20.00 yuan left" || fail "unexpected refusal: $err"
+psql_q "SELECT prepaid.adjust('PO2', -15.00, 'test: use')" >/dev/null
+err=$(psql_q "SELECT prepaid.refund('$o2', 6.00, 'RF00000001', 'too much')" 2>&1) &&
+    fail "a refund larger than the balance was accepted"
+echo "$err" | grep -q "larger than the balance of meter PO2" || fail "unexpected refusal: $err"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.refunds")" "no refund row for a refusal"
+sleep 1.5
+assert_eq 0 "$(grep -c "alipay.trade.refund\|/v3/refund" "$FP_LOG" || true)" \
+    "nothing sent to a provider for a refused refund"
+
+assert_eq queued "$(psql_q "SELECT prepaid.refund('$o1', 10.00, 'RF00000002', 'moved out')")" \
+    "WeChat refund queued"
+wait_until "SELECT state = 'refunded' FROM prepaid.refunds WHERE refund_no = 'RF00000002'" 15 \
+    "WeChat confirmed the refund"
+assert_eq "47.77" "$(balance PO1)" "PO1 debited 10.00 once confirmed"
+assert_eq refunded "$(psql_q "SELECT prepaid.refund('$o1', 10.00, 'RF00000002', 'moved out')")" \
+    "the same refund number again: already refunded"
+sleep 2
+assert_eq "47.77" "$(balance PO1)" "PO1 debited once"
+assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.ledger WHERE reference = 'refund:RF00000002'")" \
+    "one ledger debit"
+err=$(psql_q "SELECT prepaid.refund('$o1', 11.00, 'RF00000002')" 2>&1) &&
+    fail "the same refund number with another amount was accepted"
+assert_eq postgres "$(psql_q "SELECT actor FROM prepaid.operator_audit
+    WHERE action = 'refund' AND detail->>'refund_no' = 'RF00000002'")" "audited with the login role"
+
+assert_eq queued "$(psql_q "SELECT prepaid.refund('$o2', 5.00, 'RF00000003')")" "Alipay refund queued"
+wait_until "SELECT state = 'refunded' FROM prepaid.refunds WHERE refund_no = 'RF00000003'" 15 \
+    "Alipay confirmed the refund"
+assert_eq "0.00" "$(balance PO2)" "PO2 debited 5.00"
+refunds=$(fake /_fake/refunds GET)
+assert_eq 2 "$(echo "$refunds" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" \
+    "the providers refunded twice in all, once per refund number"
+
+note "the merchant key never reaches the log"
+if grep -q "PRIVATE KEY\|WECHATPAY2-SHA256-RSA2048" "$DAEMON_LOG"; then
+	fail "a key or an Authorization header in the log"
+fi
+echo "ok - no key material in the log"
+daemon_stop
+echo "all payout tests passed"
