@@ -63,6 +63,7 @@ struct payout_call {
 	payout_order_cb cb;
 	void *arg;
 	char *pay_url;
+	char error[160]; /* an order refused before any call */
 	struct httpc_req *req;
 	struct payout_call *prev, *next;
 };
@@ -728,7 +729,7 @@ payout_wap_cb(evutil_socket_t fd, short what, void *arg)
 	memset(&r, 0, sizeof r);
 	r.pay_url = c->pay_url;
 	if (c->pay_url == NULL)
-		r.error = "the order could not be signed";
+		r.error = c->error[0] != '\0' ? c->error : "the order could not be signed";
 	c->cb(c->arg, &r);
 	payout_call_free(c);
 }
@@ -750,7 +751,10 @@ payout_create_order(struct payout *p, const struct payout_order *o, payout_order
 	snprintf(c->otn, sizeof c->otn, "%s", o->out_trade_no != NULL ? o->out_trade_no : "");
 	if ((wechat && p->keys.wx_priv == NULL) || (!wechat && p->keys.ali_priv == NULL) ||
 	    !payapi_trade_no_ok(o->out_trade_no) || o->amount_fen <= 0) {
-		c->pay_url = NULL;
+		snprintf(c->error, sizeof c->error, "%s",
+		    !payapi_trade_no_ok(o->out_trade_no) || o->amount_fen <= 0
+		        ? "not a valid order number and amount"
+		        : "this provider is not configured (no merchant key)");
 		event_base_once(p->base, -1, EV_TIMEOUT, payout_wap_cb, c, &now);
 		return;
 	}
@@ -773,6 +777,7 @@ payout_create_order(struct payout *p, const struct payout_order *o, payout_order
 		body = payapi_wx_order_body(o->channel, &wo, err, sizeof err);
 		if (body == NULL) {
 			log_warn("payout: order %s: %s", c->otn, err);
+			snprintf(c->error, sizeof c->error, "%s", err);
 			event_base_once(p->base, -1, EV_TIMEOUT, payout_wap_cb, c, &now);
 			return;
 		}

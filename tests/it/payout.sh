@@ -188,6 +188,67 @@ refunds=$(fake /_fake/refunds GET)
 assert_eq 2 "$(echo "$refunds" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" \
     "the providers refunded twice in all, once per refund number"
 
+note "orders at the providers, as the pay page creates them (payout_create_order)"
+PAYORDER=$top_builddir/tests/payorder
+porder()
+{
+	local otn=$2
+	PAYORDER_EXPIRES_AT=$(psql_q "SELECT extract(epoch FROM expires_at)::bigint
+	    FROM prepaid.orders WHERE out_trade_no = '$otn'") "$PAYORDER" "$CONF" "$@"
+}
+o6=$(order PO1 12.34 wechat)
+r=$(porder native "$o6" 1234) || fail "native order: $r"
+assert_eq "weixin://wxpay/bizpayurl?pr=$o6" "$(echo "$r" | json_field code_url)" "Native: code_url"
+r2=$(porder native "$o6" 1234) || fail "native order again: $r2"
+assert_eq "$r" "$r2" "the same order again: the same code_url (idempotent on out_trade_no)"
+r=$(porder native "$o6" 1300) && fail "the same out_trade_no with another amount was accepted: $r"
+echo "$r" | grep -q OUT_TRADE_NO_USED || fail "not OUT_TRADE_NO_USED: $r"
+echo "ok - the same out_trade_no with another amount: OUT_TRADE_NO_USED"
+o7=$(order PO1 1.00 wechat)
+r=$(porder jsapi "$o7" 100) && fail "a JSAPI order without openid was sent: $r"
+r=$(porder jsapi "$o7" 100 oUpF8uMuAJO_M2pxb1Q9zNjWeS6o) || fail "jsapi order: $r"
+assert_eq "wx$o7" "$(echo "$r" | json_field prepay_id)" "JSAPI: prepay_id"
+echo "$r" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jsapi"]
+assert j["appId"] == "wxd678efh567hg6787" and j["signType"] == "RSA", j
+assert j["package"] == "prepay_id=wx" + sys.argv[3], j
+open(sys.argv[1], "w").write("%s\n%s\n%s\n%s\n" % (j["appId"], j["timeStamp"], j["nonceStr"], j["package"]))
+open(sys.argv[2], "w").write(j["paySign"])
+' "$LIB_TMP/jsapi.msg" "$LIB_TMP/jsapi.sig" "$o7"
+base64 -d "$LIB_TMP/jsapi.sig" >"$LIB_TMP/jsapi.bin"
+openssl dgst -sha256 -verify "$KEYS/wx_merchant.pub" -signature "$LIB_TMP/jsapi.bin" \
+    "$LIB_TMP/jsapi.msg" >/dev/null || fail "paySign does not verify with the merchant key"
+echo "ok - JSAPI page parameters signed with the merchant key (openssl verifies)"
+o8=$(order PO1 2.00 wechat)
+r=$(porder h5 "$o8" 200 203.0.113.9) || fail "h5 order: $r"
+echo "$r" | json_field h5_url | grep -q "^https://wx.tenpay.com/.*prepay_id=wx$o8" ||
+    fail "H5: no h5_url: $r"
+echo "ok - H5: h5_url"
+o9=$(order PO2 3.00 alipay)
+r=$(porder precreate "$o9" 300) || fail "precreate: $r"
+assert_eq "https://qr.alipay.com/fake" "$(echo "$r" | json_field qr_code)" "Alipay precreate: qr_code"
+o10=$(order PO2 4.56 alipay)
+r=$(porder wap "$o10" 456 https://pay.example.com/done) || fail "wap: $r"
+url=$(echo "$r" | json_field pay_url)
+case "$url" in "$FP/gateway.do?"*) ;; *) fail "WAP URL not at the gateway: $url" ;; esac
+page=$(curl -sS "$url")
+echo "$page" | grep -q "Pay 4.56 for $o10" || fail "the fake gateway did not accept the WAP URL: $page"
+echo "ok - Alipay WAP: a signed URL the gateway accepts"
+page=$(curl -sS "${url/total_amount%22%3A%224.56/total_amount%22%3A%220.01}")
+echo "$page" | grep -q "isv.invalid-signature" || fail "a tampered WAP URL was accepted: $page"
+echo "ok - a tampered WAP URL is refused by the gateway"
+orders=$(fake /_fake/orders GET)
+python3 - "$orders" "$o6" "$o7" "$o8" "$o9" "$o10" <<'PYEOF' || fail "the fake's orders: $orders"
+import json, sys
+got = {o["out_trade_no"]: o for o in json.loads(sys.argv[1])}
+want = dict(zip(sys.argv[2:], ["native", "jsapi", "h5", "precreate", "wap"]))
+for otn, kind in want.items():
+    assert got[otn]["kind"] == kind, (otn, got.get(otn))
+assert got[sys.argv[2]]["fen"] == 1234
+PYEOF
+echo "ok - the providers hold one order each, of its channel"
+
 note "the merchant key never reaches the log"
 if grep -q "PRIVATE KEY\|WECHATPAY2-SHA256-RSA2048" "$DAEMON_LOG"; then
 	fail "a key or an Authorization header in the log"
