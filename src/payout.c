@@ -63,7 +63,7 @@ struct payout_call {
 	payout_order_cb cb;
 	void *arg;
 	char *pay_url;
-	char error[160]; /* an order refused before any call */
+	char error[256]; /* an order refused before any call */
 	struct httpc_req *req;
 	struct payout_call *prev, *next;
 };
