@@ -5,6 +5,8 @@
  * answers are read from the bytes as they came.
  */
 #include <errno.h>
+#include <iconv.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <zlib.h>
 
 #include "common.h"
 #include "payapi.h"
@@ -806,4 +809,372 @@ payapi_ali_trade_parse(const json_t *resp, struct payapi_trade *t, char *err, si
 		return payapi_fail(
 		    err, errlen, PAY_EFORMAT, "a paid trade without trade_no or amount");
 	return PAY_OK;
+}
+
+/* ------------------------------------------------------------- bills */
+
+void
+payapi_bill_free(struct payapi_bill *b)
+{
+	free(b->rows);
+	memset(b, 0, sizeof *b);
+}
+
+static struct payapi_bill_row *
+payapi_bill_add(struct payapi_bill *b)
+{
+	struct payapi_bill_row *r;
+
+	b->rows = xreallocarray(b->rows, b->n + 1, sizeof *b->rows);
+	r = &b->rows[b->n++];
+	memset(r, 0, sizeof *r);
+	return r;
+}
+
+/* Split one line into at most max fields on sep (a string); fields are
+ * pointers into line, which is modified. */
+static size_t
+payapi_split(char *line, const char *sep, char **f, size_t max)
+{
+	size_t n = 0, sl = strlen(sep);
+	char *p = line, *q;
+
+	while (n < max) {
+		f[n++] = p;
+		if ((q = strstr(p, sep)) == NULL)
+			break;
+		*q = '\0';
+		p = q + sl;
+	}
+	return n;
+}
+
+static char *
+payapi_trim(char *s)
+{
+	char *e;
+
+	while (*s == ' ' || *s == '\t' || *s == '`')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+		*--e = '\0';
+	return s;
+}
+
+static int
+payapi_col(char **h, size_t n, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(payapi_trim(h[i]), name) == 0)
+			return (int)i;
+	return -1;
+}
+
+#define PAYAPI_BILL_COLS 64
+
+/* Lines of buf (a copy, NUL-terminated), LF or CRLF. */
+static char *
+payapi_next_line(char **p)
+{
+	char *s = *p, *e;
+
+	if (s == NULL || *s == '\0')
+		return NULL;
+	e = strchr(s, '\n');
+	if (e != NULL) {
+		*e = '\0';
+		*p = e + 1;
+	} else
+		*p = NULL;
+	if ((e = strchr(s, '\r')) != NULL && e[1] == '\0')
+		*e = '\0';
+	return s;
+}
+
+static int
+payapi_bill_money(const char *s, int64_t *fen)
+{
+	if (*s == '-')
+		s++;
+	return pay_money_parse(s, strlen(s), fen);
+}
+
+int
+payapi_wx_bill_parse(const char *csv, size_t len, struct payapi_bill *b, char *err, size_t errlen)
+{
+	char *buf = xmalloc(len + 1), *p, *line, *h[PAYAPI_BILL_COLS], *f[PAYAPI_BILL_COLS];
+	size_t nh, nf;
+	int ctxn, cotn, cst, camt, crefund, rc = PAY_OK;
+	long lineno = 1;
+
+	memset(b, 0, sizeof *b);
+	memcpy(buf, csv, len);
+	buf[len] = '\0';
+	if (strlen(buf) != len) {
+		free(buf);
+		return payapi_fail(err, errlen, PAY_EFORMAT, "the bill holds a NUL byte");
+	}
+	p = buf;
+	if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0)
+		p += 3;
+	if ((line = payapi_next_line(&p)) == NULL) {
+		free(buf);
+		return payapi_fail(err, errlen, PAY_EFORMAT, "an empty bill");
+	}
+	nh = payapi_split(line, ",", h, PAYAPI_BILL_COLS);
+	ctxn = payapi_col(h, nh, "微信订单号");
+	cotn = payapi_col(h, nh, "商户订单号");
+	cst = payapi_col(h, nh, "交易状态");
+	camt = payapi_col(h, nh, "订单金额");
+	if (camt < 0)
+		camt = payapi_col(h, nh, "应结订单金额");
+	crefund = payapi_col(h, nh, "退款金额");
+	if (ctxn < 0 || cotn < 0 || cst < 0 || camt < 0) {
+		free(buf);
+		return payapi_fail(err, errlen, PAY_EFORMAT,
+		    "the bill's header lacks 微信订单号, 商户订单号, 交易状态 or 订单金额");
+	}
+	while ((line = payapi_next_line(&p)) != NULL) {
+		const char *st;
+		struct payapi_bill_row *r;
+		int64_t fen;
+
+		lineno++;
+		if (*payapi_trim(line) == '\0')
+			continue;
+		if (strncmp(line, "总交易单数", strlen("总交易单数")) == 0)
+			break;
+		nf = payapi_split(line, ",`", f, PAYAPI_BILL_COLS);
+		if (nf != nh) {
+			rc = payapi_fail(err, errlen, PAY_EFORMAT,
+			    "bill line %ld: %zu fields, not %zu", lineno, nf, nh);
+			break;
+		}
+		st = payapi_trim(f[cst]);
+		if (strcmp(st, "SUCCESS") != 0 && strcmp(st, "REFUND") != 0)
+			continue;
+		r = payapi_bill_add(b);
+		r->refund = strcmp(st, "REFUND") == 0;
+		snprintf(r->txn, sizeof r->txn, "%s", payapi_trim(f[ctxn]));
+		snprintf(r->otn, sizeof r->otn, "%s", payapi_trim(f[cotn]));
+		if ((r->refund && crefund < 0) ||
+		    payapi_bill_money(payapi_trim(f[r->refund ? crefund : camt]), &fen) != PAY_OK ||
+		    r->txn[0] == '\0') {
+			rc = payapi_fail(err, errlen, PAY_EFORMAT,
+			    "bill line %ld: no transaction id or amount", lineno);
+			break;
+		}
+		r->fen = fen;
+	}
+	free(buf);
+	return rc;
+}
+
+int
+payapi_ali_bill_parse(const char *csv, size_t len, struct payapi_bill *b, char *err, size_t errlen)
+{
+	char *buf = xmalloc(len + 1), *p, *line, *h[PAYAPI_BILL_COLS], *f[PAYAPI_BILL_COLS];
+	size_t nh = 0, nf;
+	int ctxn = -1, cotn = -1, ckind = -1, camt = -1, rc = PAY_OK;
+	long lineno = 0;
+
+	memset(b, 0, sizeof *b);
+	memcpy(buf, csv, len);
+	buf[len] = '\0';
+	p = buf;
+	if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0)
+		p += 3;
+	while ((line = payapi_next_line(&p)) != NULL) {
+		struct payapi_bill_row *r;
+		const char *kind;
+		int64_t fen;
+
+		lineno++;
+		if (line[0] == '#' || *payapi_trim(line) == '\0') {
+			if (nh > 0 && line[0] == '#')
+				break; /* the end of the detail */
+			continue;
+		}
+		if (nh == 0) {
+			nh = payapi_split(line, ",", h, PAYAPI_BILL_COLS);
+			ctxn = payapi_col(h, nh, "支付宝交易号");
+			cotn = payapi_col(h, nh, "商户订单号");
+			ckind = payapi_col(h, nh, "业务类型");
+			camt = payapi_col(h, nh, "订单金额（元）");
+			if (ctxn < 0 || cotn < 0 || ckind < 0 || camt < 0) {
+				rc = payapi_fail(err, errlen, PAY_EFORMAT,
+				    "the bill's header lacks 支付宝交易号, 商户订单号, 业务类型 or "
+				    "订单金额（元）");
+				break;
+			}
+			continue;
+		}
+		nf = payapi_split(line, ",", f, PAYAPI_BILL_COLS);
+		if (nf < nh) {
+			rc = payapi_fail(err, errlen, PAY_EFORMAT,
+			    "bill line %ld: %zu fields, not %zu", lineno, nf, nh);
+			break;
+		}
+		kind = payapi_trim(f[ckind]);
+		if (strcmp(kind, "交易") != 0 && strcmp(kind, "退款") != 0)
+			continue;
+		r = payapi_bill_add(b);
+		r->refund = strcmp(kind, "退款") == 0;
+		snprintf(r->txn, sizeof r->txn, "%s", payapi_trim(f[ctxn]));
+		snprintf(r->otn, sizeof r->otn, "%s", payapi_trim(f[cotn]));
+		if (payapi_bill_money(payapi_trim(f[camt]), &fen) != PAY_OK || r->txn[0] == '\0') {
+			rc = payapi_fail(err, errlen, PAY_EFORMAT,
+			    "bill line %ld: no trade number or amount", lineno);
+			break;
+		}
+		r->fen = fen;
+	}
+	if (rc == PAY_OK && nh == 0)
+		rc = payapi_fail(err, errlen, PAY_EFORMAT, "the bill has no header");
+	free(buf);
+	return rc;
+}
+
+char *
+payapi_bill_json(const struct payapi_bill *b)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	for (i = 0; i < b->n; i++)
+		json_array_append_new(
+		    a, json_pack("{s:s, s:s, s:s, s:I}", "txn", b->rows[i].txn, "otn",
+		           b->rows[i].otn, "kind", b->rows[i].refund ? "refund" : "payment", "fen",
+		           (json_int_t)b->rows[i].fen));
+	return payapi_dump(a);
+}
+
+void
+payapi_sha1_hex(const void *buf, size_t len, char out[41])
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n = 0, i;
+
+	EVP_Digest(buf, len, md, &n, EVP_sha1(), NULL);
+	for (i = 0; i < n && i < 20; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+	out[2 * (n < 20 ? n : 20)] = '\0';
+}
+
+static uint32_t
+payapi_le32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint16_t
+payapi_le16(const unsigned char *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+#define PAYAPI_UNZIP_MAX (64 * 1024 * 1024)
+
+int
+payapi_unzip_detail(
+    const void *zip, size_t len, char **out, size_t *outlen, char *err, size_t errlen)
+{
+	const unsigned char *z = zip, *e = NULL, *c;
+	size_t i, cd, count, k;
+
+	*out = NULL;
+	*outlen = 0;
+	for (i = len >= 22 ? len - 22 : 0; len >= 22; i--) {
+		if (payapi_le32(z + i) == 0x06054b50) {
+			e = z + i;
+			break;
+		}
+		if (i == 0 || len - i > 22 + 65535)
+			break;
+	}
+	if (e == NULL)
+		return payapi_fail(err, errlen, PAY_EFORMAT, "not a ZIP archive");
+	count = payapi_le16(e + 10);
+	cd = payapi_le32(e + 16);
+	for (k = 0, c = z + cd; k < count; k++) {
+		size_t nlen, xlen, clen, method, csize, usize, off, data;
+		z_stream zs;
+		int zr;
+
+		if (c < z || (size_t)(c - z) + 46 > len || payapi_le32(c) != 0x02014b50)
+			return payapi_fail(err, errlen, PAY_EFORMAT, "a bad ZIP central directory");
+		method = payapi_le16(c + 10);
+		csize = payapi_le32(c + 20);
+		usize = payapi_le32(c + 24);
+		nlen = payapi_le16(c + 28);
+		xlen = payapi_le16(c + 30);
+		clen = payapi_le16(c + 32);
+		off = payapi_le32(c + 42);
+		if ((size_t)(c - z) + 46 + nlen > len)
+			return payapi_fail(err, errlen, PAY_EFORMAT, "a bad ZIP central directory");
+		if (memchr(c + 46, '(', nlen) != NULL) {
+			c += 46 + nlen + xlen + clen;
+			continue;
+		}
+		if (off + 30 > len || payapi_le32(z + off) != 0x04034b50)
+			return payapi_fail(err, errlen, PAY_EFORMAT, "a bad ZIP local header");
+		data = off + 30 + payapi_le16(z + off + 26) + payapi_le16(z + off + 28);
+		if (data > len || csize > len - data || usize > PAYAPI_UNZIP_MAX)
+			return payapi_fail(err, errlen, PAY_EFORMAT, "a ZIP entry out of bounds");
+		*out = xmalloc(usize + 1);
+		if (method == 0 && csize == usize) {
+			memcpy(*out, z + data, usize);
+		} else if (method == 8) {
+			memset(&zs, 0, sizeof zs);
+			if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) {
+				free(*out);
+				*out = NULL;
+				return payapi_fail(err, errlen, PAY_EFORMAT, "zlib cannot start");
+			}
+			zs.next_in = (unsigned char *)(uintptr_t)(z + data);
+			zs.avail_in = (uInt)csize;
+			zs.next_out = (unsigned char *)*out;
+			zs.avail_out = (uInt)usize;
+			zr = inflate(&zs, Z_FINISH);
+			inflateEnd(&zs);
+			if (zr != Z_STREAM_END || zs.total_out != usize) {
+				free(*out);
+				*out = NULL;
+				return payapi_fail(
+				    err, errlen, PAY_EFORMAT, "a ZIP entry does not inflate");
+			}
+		} else {
+			free(*out);
+			*out = NULL;
+			return payapi_fail(err, errlen, PAY_EFORMAT, "ZIP method %zu", method);
+		}
+		(*out)[usize] = '\0';
+		*outlen = usize;
+		return PAY_OK;
+	}
+	return payapi_fail(err, errlen, PAY_EFORMAT, "no detail file in the ZIP archive");
+}
+
+char *
+payapi_gbk_to_utf8(const char *in, size_t len, size_t *outlen)
+{
+	iconv_t cd = iconv_open("UTF-8", "GB18030");
+	size_t cap = len * 2 + 16, left = cap, inleft = len;
+	char *out, *o, *i = (char *)(uintptr_t)in;
+
+	if (cd == (iconv_t)-1)
+		return NULL;
+	out = o = xmalloc(cap + 1);
+	if (iconv(cd, &i, &inleft, &o, &left) == (size_t)-1) {
+		iconv_close(cd);
+		free(out);
+		return NULL;
+	}
+	iconv_close(cd);
+	*o = '\0';
+	*outlen = (size_t)(o - out);
+	return out;
 }

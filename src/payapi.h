@@ -165,4 +165,42 @@ int payapi_wx_trade_parse(
 /* An alipay_trade_query_response object (from payapi_ali_answer). */
 int payapi_ali_trade_parse(const json_t *resp, struct payapi_trade *t, char *err, size_t errlen);
 
+/* --- daily bills */
+
+struct payapi_bill_row {
+	char txn[65]; /* transaction_id / trade_no */
+	char otn[65];
+	bool refund; /* a refund row (its amount positive) */
+	int64_t fen;
+};
+
+struct payapi_bill {
+	struct payapi_bill_row *rows;
+	size_t n;
+};
+
+/* A WeChat Pay trade bill (bill_type ALL or SUCCESS): header row, data rows
+ * of backtick-prefixed fields, then the summary. Columns by header name;
+ * SUCCESS rows are payments (订单金额, else 应结订单金额), REFUND rows refunds
+ * (退款金额). *b is the caller's to free, also on failure. */
+int payapi_wx_bill_parse(
+    const char *csv, size_t len, struct payapi_bill *b, char *err, size_t errlen);
+/* The detail CSV of an Alipay trade bill, already in UTF-8: '#' lines,
+ * the header, data rows; 业务类型 交易 is a payment, 退款 a refund (its
+ * negative amount made positive). */
+int payapi_ali_bill_parse(
+    const char *csv, size_t len, struct payapi_bill *b, char *err, size_t errlen);
+void payapi_bill_free(struct payapi_bill *b);
+/* [{"txn":..,"otn":..,"kind":"payment"|"refund","fen":N},...] */
+char *payapi_bill_json(const struct payapi_bill *b);
+/* The lower-case hex SHA-1 of buf (WeChat's hash_value). */
+void payapi_sha1_hex(const void *buf, size_t len, char out[41]);
+/* The one entry of a ZIP archive whose name does not contain '(' (Alipay:
+ * the detail, not the "(汇总)" summary), stored or deflated; *out is the
+ * caller's. 0, or PAY_EFORMAT with err. */
+int payapi_unzip_detail(
+    const void *zip, size_t len, char **out, size_t *outlen, char *err, size_t errlen);
+/* GBK (GB18030) to UTF-8; NULL if the bytes are not GBK. */
+char *payapi_gbk_to_utf8(const char *in, size_t len, size_t *outlen);
+
 #endif

@@ -367,6 +367,81 @@ START_TEST(money_and_times)
 }
 END_TEST
 
+static char *
+slurp(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = xmalloc(1 << 16);
+
+	ck_assert_ptr_nonnull(f);
+	*len = fread(buf, 1, (1 << 16) - 1, f);
+	buf[*len] = '\0';
+	fclose(f);
+	return buf;
+}
+
+/* tests/data/pay/wechat_bill.csv: a bill_type=ALL bill as WeChat Pay serves
+ * it (BOM, CRLF, backticks, the summary), written by python3 (README). */
+START_TEST(wechat_bill_parses_by_header_name)
+{
+	struct payapi_bill b;
+	size_t len;
+	char *csv = slurp(DATA("wechat_bill.csv"), &len), err[128], hex[41], *j;
+
+	ck_assert_int_eq(payapi_wx_bill_parse(csv, len, &b, err, sizeof err), PAY_OK);
+	ck_assert_uint_eq(b.n, 3);
+	ck_assert_str_eq(b.rows[0].txn, "4200000001");
+	ck_assert_str_eq(b.rows[0].otn, "PP20261206000000000000001");
+	ck_assert(!b.rows[0].refund);
+	ck_assert_int_eq(b.rows[0].fen, 5000);
+	ck_assert_int_eq(b.rows[1].fen, 7);
+	ck_assert(b.rows[2].refund);
+	ck_assert_int_eq(b.rows[2].fen, 1000);
+	j = payapi_bill_json(&b);
+	ck_assert_ptr_nonnull(
+	    strstr(j, "{\"txn\":\"4200000002\",\"otn\":\"PP20261206000000000000002\","
+	              "\"kind\":\"payment\",\"fen\":7}"));
+	free(j);
+	payapi_bill_free(&b);
+	/* sha1sum tests/data/pay/wechat_bill.csv */
+	payapi_sha1_hex(csv, len, hex);
+	ck_assert_str_eq(hex, "842a23ae2563cd841a10c50e47c58ca107e4eaf8");
+	ck_assert_int_eq(payapi_wx_bill_parse("a,b\n", 4, &b, err, sizeof err), PAY_EFORMAT);
+	payapi_bill_free(&b);
+	free(csv);
+}
+END_TEST
+
+/* tests/data/pay/alipay_bill.zip: the detail and the summary CSVs in GBK,
+ * the detail deflated, made by python3 zipfile (README). */
+START_TEST(alipay_bill_unzips_converts_and_parses)
+{
+	struct payapi_bill b;
+	size_t len, dlen, ulen;
+	char *zip = slurp(DATA("alipay_bill.zip"), &len), *det, *utf8, err[128];
+
+	ck_assert_int_eq(payapi_unzip_detail(zip, len, &det, &dlen, err, sizeof err), PAY_OK);
+	utf8 = payapi_gbk_to_utf8(det, dlen, &ulen);
+	free(det);
+	ck_assert_ptr_nonnull(utf8);
+	ck_assert_ptr_nonnull(strstr(utf8, "#支付宝业务明细查询"));
+	ck_assert_int_eq(payapi_ali_bill_parse(utf8, ulen, &b, err, sizeof err), PAY_OK);
+	ck_assert_uint_eq(b.n, 2);
+	ck_assert_str_eq(b.rows[0].txn, "2026120622001400000000000001");
+	ck_assert_str_eq(b.rows[0].otn, "PP20261206000000000000003");
+	ck_assert_int_eq(b.rows[0].fen, 2000);
+	ck_assert(b.rows[1].refund);
+	ck_assert_int_eq(b.rows[1].fen, 500);
+	payapi_bill_free(&b);
+	/* truncated archives are refused, never read past */
+	ck_assert_int_eq(
+	    payapi_unzip_detail(zip, len / 2, &det, &dlen, err, sizeof err), PAY_EFORMAT);
+	ck_assert_int_eq(payapi_unzip_detail("PK", 2, &det, &dlen, err, sizeof err), PAY_EFORMAT);
+	free(utf8);
+	free(zip);
+}
+END_TEST
+
 static Suite *
 payapi_suite(void)
 {
@@ -385,6 +460,8 @@ payapi_suite(void)
 	tcase_add_test(tc, alipay_not_exist_is_its_own_state);
 	tcase_add_test(tc, member_span_skips_strings_and_nesting);
 	tcase_add_test(tc, money_and_times);
+	tcase_add_test(tc, wechat_bill_parses_by_header_name);
+	tcase_add_test(tc, alipay_bill_unzips_converts_and_parses);
 	suite_add_tcase(s, tc);
 	return s;
 }
