@@ -5,7 +5,8 @@
 -- key, so a later notification is a duplicate); an order that expires
 -- unpaid is closed at the provider, then here. Refunds are asked for by
 -- finance staff with prepaid.refund(), sent by the daemon from
--- prepaid.refunds, and debited only when the provider confirms.
+-- prepaid.refunds, and debited only when the provider confirms. Each day
+-- the providers' bills are compared with what was credited.
 -- Documented in prepaidd-sql(7), section PAYOUT.
 
 -- ------------------------------------------------------------ orders
@@ -245,3 +246,196 @@ SELECT r.refund_no, r.provider, r.out_trade_no, r.meter_id, round(r.amount_fen /
        r.state, r.provider_state, r.attempts, r.last_error, r.requested_by, r.requested_at,
        r.confirmed_at, r.ledger_entry
 FROM prepaid.refunds r;
+
+-- ------------------------------------------------------ reconciliation
+
+-- One comparison of a provider's daily bill (a Beijing calendar day) with
+-- what was credited here. Queued by the daemon each day at [payments]
+-- reconcile_at for the day before, or by prepaid.reconcile() from psql for
+-- any day; the daemon downloads the bill, loads its rows into
+-- prepaid.bill_entries, and the differences are in
+-- prepaid.reconciliation_discrepancies.
+CREATE TABLE prepaid.reconciliations (
+	id            bigserial PRIMARY KEY,
+	provider      text NOT NULL CHECK (provider IN ('wechat', 'alipay')),
+	bill_date     date NOT NULL,
+	state         text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'done', 'failed')),
+	requested_by  text NOT NULL DEFAULT session_user,
+	requested_at  timestamptz NOT NULL DEFAULT now(),
+	attempts      integer NOT NULL DEFAULT 0,
+	next_at       timestamptz NOT NULL DEFAULT now(),
+	finished_at   timestamptz,
+	bill_rows     integer,
+	discrepancies integer,
+	last_error    text
+);
+CREATE INDEX reconciliations_due ON prepaid.reconciliations (next_at) WHERE state = 'queued';
+CREATE INDEX reconciliations_day ON prepaid.reconciliations (provider, bill_date);
+
+CREATE TABLE prepaid.bill_entries (
+	reconciliation_id bigint NOT NULL REFERENCES prepaid.reconciliations ON DELETE CASCADE,
+	provider          text NOT NULL,
+	bill_date         date NOT NULL,
+	provider_txn      text NOT NULL,
+	out_trade_no      text,
+	kind              text NOT NULL CHECK (kind IN ('payment', 'refund')),
+	amount_fen        bigint NOT NULL
+);
+CREATE INDEX bill_entries_txn ON prepaid.bill_entries (provider, provider_txn);
+CREATE INDEX bill_entries_rec ON prepaid.bill_entries (reconciliation_id);
+
+-- Queue a reconciliation of p_day (both providers, or p_provider) now:
+-- for psql, to re-run any day. Returns the ids queued.
+CREATE FUNCTION prepaid.reconcile(p_day date, p_provider text DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+	IF p_day IS NULL OR p_day > (now() AT TIME ZONE 'Asia/Shanghai')::date THEN
+		RAISE EXCEPTION 'reconcile: a bill is for a past Beijing day (got %)', p_day
+		    USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF p_provider IS NOT NULL AND p_provider NOT IN ('wechat', 'alipay') THEN
+		RAISE EXCEPTION 'reconcile: provider must be wechat or alipay'
+		    USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	INSERT INTO prepaid.reconciliations (provider, bill_date)
+	SELECT p, p_day
+	FROM unnest(CASE WHEN p_provider IS NULL THEN ARRAY['wechat', 'alipay']
+	                 ELSE ARRAY[p_provider] END) p
+	RETURNING id;
+END $$;
+
+-- The daily run: queue p_day for each provider not reconciled (or queued)
+-- for it yet, whatever the number of daemons. Called by the daemon.
+CREATE FUNCTION prepaid.reconcile_daily(p_day date, p_providers text[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+	v_n integer;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('prepaid.reconcile_daily'));
+	INSERT INTO prepaid.reconciliations (provider, bill_date)
+	SELECT p, p_day FROM unnest(p_providers) p
+	WHERE NOT EXISTS (SELECT 1 FROM prepaid.reconciliations r
+	                  WHERE r.provider = p AND r.bill_date = p_day);
+	GET DIAGNOSTICS v_n = ROW_COUNT;
+	RETURN v_n;
+END $$;
+
+-- Reconciliations to run, claimed for p_retry_s seconds; one tried 10
+-- times without a bill is failed, with an alert. Called by the daemon.
+CREATE FUNCTION prepaid.reconcile_due(p_providers text[], p_retry_s integer, p_limit integer)
+RETURNS TABLE (id bigint, provider text, bill_date date)
+LANGUAGE plpgsql AS $$
+DECLARE
+	v_failed bigint;
+BEGIN
+	WITH f AS (
+		UPDATE prepaid.reconciliations r SET state = 'failed', finished_at = now()
+		WHERE r.state = 'queued' AND r.attempts >= 10 AND r.next_at <= now()
+		RETURNING r.id, r.provider, r.bill_date, r.last_error)
+	SELECT count(*) INTO STRICT v_failed FROM (
+		SELECT pg_notify('prepaid_alerts', format('reconciliation %s of the %s bill of %s failed: %s',
+		    f.id, f.provider, f.bill_date, f.last_error)) FROM f) x;
+	RETURN QUERY
+	UPDATE prepaid.reconciliations r SET attempts = r.attempts + 1,
+	    next_at = now() + make_interval(secs => p_retry_s)
+	FROM (SELECT x.id FROM prepaid.reconciliations x
+	      WHERE x.state = 'queued' AND x.next_at <= now() AND x.provider = ANY (p_providers)
+	      ORDER BY x.next_at LIMIT p_limit FOR UPDATE SKIP LOCKED) d
+	WHERE r.id = d.id
+	RETURNING r.id, r.provider, r.bill_date;
+END $$;
+
+-- Why the last attempt got no bill. Called by the daemon.
+CREATE FUNCTION prepaid.reconcile_error(p_id bigint, p_error text) RETURNS void
+LANGUAGE sql AS $$
+	UPDATE prepaid.reconciliations SET last_error = p_error WHERE id = p_id;
+$$;
+
+-- Paid at the provider but not credited here; credited here but not in
+-- the bill (by the Beijing day the payment arrived); amounts that differ.
+-- Per provider and day, from the latest reconciliation done.
+CREATE VIEW prepaid.reconciliation_discrepancies AS
+WITH latest AS (
+	SELECT DISTINCT ON (r.provider, r.bill_date) r.*
+	FROM prepaid.reconciliations r WHERE r.state = 'done'
+	ORDER BY r.provider, r.bill_date, r.id DESC),
+bill AS (
+	SELECT b.* FROM prepaid.bill_entries b JOIN latest l ON l.id = b.reconciliation_id
+	WHERE b.kind = 'payment'),
+ours AS (
+	SELECT p.*, (p.received_at AT TIME ZONE 'Asia/Shanghai')::date AS day
+	FROM prepaid.payments p WHERE p.state IN ('credited', 'applied'))
+SELECT b.reconciliation_id, b.provider, b.bill_date, 'not_credited'::text AS kind,
+       b.provider_txn, b.out_trade_no, b.amount_fen AS bill_fen, NULL::bigint AS credited_fen,
+       (SELECT p.payment_id FROM prepaid.payments p
+        WHERE p.provider = b.provider AND p.provider_txn = b.provider_txn) AS payment_id
+FROM bill b
+WHERE NOT EXISTS (SELECT 1 FROM ours o
+                  WHERE o.provider = b.provider AND o.provider_txn = b.provider_txn)
+UNION ALL
+SELECT l.id, l.provider, l.bill_date, 'not_in_bill', o.provider_txn, o.out_trade_no, NULL,
+       o.amount_fen, o.payment_id
+FROM latest l JOIN ours o ON o.provider = l.provider AND o.day = l.bill_date
+WHERE NOT EXISTS (SELECT 1 FROM bill b
+                  WHERE b.reconciliation_id = l.id AND b.provider_txn = o.provider_txn)
+UNION ALL
+SELECT b.reconciliation_id, b.provider, b.bill_date, 'amount_differs', b.provider_txn,
+       b.out_trade_no, b.amount_fen, o.amount_fen, o.payment_id
+FROM bill b JOIN ours o ON o.provider = b.provider AND o.provider_txn = b.provider_txn
+WHERE o.amount_fen <> b.amount_fen;
+
+-- The bill's payments per provider and day next to prepaid.payments_daily
+-- (credited and applied).
+CREATE VIEW prepaid.reconciliation_totals AS
+WITH latest AS (
+	SELECT DISTINCT ON (r.provider, r.bill_date) r.*
+	FROM prepaid.reconciliations r WHERE r.state = 'done'
+	ORDER BY r.provider, r.bill_date, r.id DESC)
+SELECT l.provider, l.bill_date, l.id AS reconciliation_id,
+       (SELECT count(*) FROM prepaid.bill_entries b
+        WHERE b.reconciliation_id = l.id AND b.kind = 'payment') AS bill_payments,
+       (SELECT round(coalesce(sum(b.amount_fen), 0) / 100.0, 2) FROM prepaid.bill_entries b
+        WHERE b.reconciliation_id = l.id AND b.kind = 'payment') AS bill_amount,
+       (SELECT coalesce(sum(d.payments), 0) FROM prepaid.payments_daily d
+        WHERE d.day = l.bill_date AND d.provider = l.provider
+          AND d.state IN ('credited', 'applied')) AS credited_payments,
+       (SELECT coalesce(sum(d.amount), 0) FROM prepaid.payments_daily d
+        WHERE d.day = l.bill_date AND d.provider = l.provider
+          AND d.state IN ('credited', 'applied')) AS credited_amount,
+       l.discrepancies
+FROM latest l;
+
+-- Load a downloaded bill (p_entries: [{"txn","otn","kind","fen"}, ...]):
+-- the reconciliation is done; returns the number of discrepancies, and
+-- alerts when there are any. Called by the daemon.
+CREATE FUNCTION prepaid.reconcile_load(p_id bigint, p_entries jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+	r prepaid.reconciliations;
+	v_n integer;
+BEGIN
+	SELECT * INTO r FROM prepaid.reconciliations WHERE id = p_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'no reconciliation %', p_id USING ERRCODE = 'no_data_found';
+	END IF;
+	DELETE FROM prepaid.bill_entries WHERE reconciliation_id = p_id;
+	INSERT INTO prepaid.bill_entries (reconciliation_id, provider, bill_date, provider_txn,
+	    out_trade_no, kind, amount_fen)
+	SELECT p_id, r.provider, r.bill_date, e->>'txn', nullif(e->>'otn', ''), e->>'kind',
+	       (e->>'fen')::bigint
+	FROM jsonb_array_elements(p_entries) e;
+	UPDATE prepaid.reconciliations SET state = 'done', finished_at = now(), last_error = NULL,
+	    bill_rows = jsonb_array_length(p_entries)
+	WHERE id = p_id;
+	SELECT count(*) INTO v_n FROM prepaid.reconciliation_discrepancies d
+	WHERE d.reconciliation_id = p_id;
+	UPDATE prepaid.reconciliations SET discrepancies = v_n WHERE id = p_id;
+	IF v_n > 0 THEN
+		PERFORM pg_notify('prepaid_alerts', format('reconciliation %s: the %s bill of %s differs '
+		    'from the payments credited in %s place(s) (see prepaid.reconciliation_discrepancies)',
+		    p_id, r.provider, r.bill_date, v_n));
+	END IF;
+	RETURN v_n;
+END $$;

@@ -169,6 +169,8 @@ static const struct conf_key conf_key_table[] = {
         "a provider call left unanswered is tried again after, seconds", NULL, 0},
     {"payments", "query_poll_s", CONF_INT, "10", 1, 3600, true, O(query_poll_s),
         "how often due orders and refunds are looked for, seconds", NULL, 0},
+    {"payments", "reconcile_at", CONF_STRING, "10:30", 0, 0, true, O(reconcile_at),
+        "Beijing time of day the previous day's bills are compared (HH:MM)", NULL, 0},
 
     {"log", "level", CONF_STRING, "info", 0, 0, true, O(log_level), "error, warning, info or debug",
         NULL, 0},
@@ -1801,6 +1803,15 @@ conf_check_payout(struct conf_parse *p)
 	if (!conf_ladder_ok(c->query_after)) {
 		conf_key_error(p, conf_line_of(p, O(query_after)), conf_key_at(O(query_after)),
 		    "must be 1 to 16 ascending whole numbers of seconds, separated by spaces");
+		return -1;
+	}
+	if (strlen(c->reconcile_at) != 5 || !isdigit((unsigned char)c->reconcile_at[0]) ||
+	    !isdigit((unsigned char)c->reconcile_at[1]) || c->reconcile_at[2] != ':' ||
+	    !isdigit((unsigned char)c->reconcile_at[3]) ||
+	    !isdigit((unsigned char)c->reconcile_at[4]) || atoi(c->reconcile_at) > 23 ||
+	    atoi(c->reconcile_at + 3) > 59) {
+		conf_key_error(p, conf_line_of(p, O(reconcile_at)), conf_key_at(O(reconcile_at)),
+		    "must be HH:MM (Beijing time), e.g. 10:30");
 		return -1;
 	}
 	if (c->wechat_merchant_key_file != NULL) {

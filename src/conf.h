@@ -174,6 +174,7 @@ struct conf {
 	char *query_after; /* seconds after creation a pending order is queried */
 	int query_retry_s; /* a call without an answer is tried again after */
 	int query_poll_s; /* how often due orders and refunds are looked for */
+	char *reconcile_at; /* HH:MM Beijing time: yesterday's bills are fetched */
 
 	/* [log] */
 	char *log_level; /* error, warning, info, debug */

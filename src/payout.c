@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <event2/event.h>
@@ -46,7 +47,15 @@ struct payout_keys {
 	EVP_PKEY *ali_pub; /* verifies Alipay answers */
 };
 
-enum payout_kind { CALL_QUERY, CALL_CLOSE, CALL_REFUND, CALL_REFUND_QUERY, CALL_ORDER };
+enum payout_kind {
+	CALL_QUERY,
+	CALL_CLOSE,
+	CALL_REFUND,
+	CALL_REFUND_QUERY,
+	CALL_ORDER,
+	CALL_BILL,
+	CALL_BILL_FILE
+};
 
 struct payout_call {
 	struct payout *p;
@@ -64,6 +73,10 @@ struct payout_call {
 	void *arg;
 	char *pay_url;
 	char error[256]; /* an order refused before any call */
+	/* bills */
+	char rec_id[24];
+	char bill_date[16];
+	char hash[48]; /* WeChat: SHA-1 of the file */
 	struct httpc_req *req;
 	struct payout_call *prev, *next;
 };
@@ -77,10 +90,11 @@ struct payout {
 	struct event *tick;
 	bool scanning;
 	struct payout_call *calls;
+	char reconciled_day[16]; /* the Beijing day the daily run was asked for */
 };
 
 static const char *const payout_kind_names[] = {
-    "query", "close", "refund", "refund query", "order"};
+    "query", "close", "refund", "refund query", "order", "bill", "bill download"};
 
 /* ---------------------------------------------------------------- keys */
 
@@ -260,8 +274,11 @@ payout_fail_order(struct payout_call *c, const char *why)
 }
 
 /* Sign and send a WeChat Pay request (body NULL: GET). */
+/* Sign and send a WeChat Pay request (body NULL: GET) to the API's path,
+ * or to full_url (a bill download) whose path and query are path. */
 static void
-payout_wx_send(struct payout_call *c, const char *method, const char *path, const char *body)
+payout_wx_send_url(struct payout_call *c, const char *method, const char *full_url,
+    const char *path, const char *body, size_t body_max)
 {
 	struct payout *p = c->p;
 	const struct conf *conf = p->conf;
@@ -274,7 +291,10 @@ payout_wx_send(struct payout_call *c, const char *method, const char *path, cons
 	auth = payapi_wx_authorization(p->keys.wx_priv, conf->wx_mchid,
 	    conf->wechat_merchant_serial, method, path, now_wall_us() / 1000000, nonce, body, blen);
 	xasprintf(&hauth, "Authorization: %s", auth != NULL ? auth : "");
-	xasprintf(&url, "%s%s", conf->wechat_api_url, path);
+	if (full_url != NULL)
+		url = xstrdup(full_url);
+	else
+		xasprintf(&url, "%s%s", conf->wechat_api_url, path);
 	headers[0] = hauth;
 	headers[1] = "Accept: application/json";
 	headers[2] = body != NULL ? "Content-Type: application/json" : "Content-Type:";
@@ -286,6 +306,7 @@ payout_wx_send(struct payout_call *c, const char *method, const char *path, cons
 	r.body = body;
 	r.body_len = blen;
 	r.timeout_ms = conf->api_timeout_ms;
+	r.body_max = body_max;
 	r.tag = "wechatpay";
 	c->req = auth != NULL ? httpc_send(p->http, &r, payout_done, c, &cause) : NULL;
 	if (c->req == NULL) {
@@ -299,6 +320,12 @@ payout_wx_send(struct payout_call *c, const char *method, const char *path, cons
 	free(url);
 	free(hauth);
 	free(auth);
+}
+
+static void
+payout_wx_send(struct payout_call *c, const char *method, const char *path, const char *body)
+{
+	payout_wx_send_url(c, method, NULL, path, body, 0);
 }
 
 /* Sign and send an Alipay gateway request. */
@@ -412,6 +439,141 @@ payout_refund(struct payout *p, bool wechat, bool processing, const char *no, co
 		payout_ali_send(c, "alipay.trade.refund", s);
 	}
 	free(s);
+}
+
+#define PAYOUT_BILL_MAX (64 * 1024 * 1024)
+
+static void
+payout_bill(struct payout *p, bool wechat, const char *id, const char *date)
+{
+	struct payout_call *c = payout_call_new(p, CALL_BILL, wechat);
+	char *s;
+
+	snprintf(c->rec_id, sizeof c->rec_id, "%s", id);
+	snprintf(c->bill_date, sizeof c->bill_date, "%s", date);
+	snprintf(c->otn, sizeof c->otn, "%s", date);
+	log_info("payout: reconciliation %s: fetching the %s bill of %s", id,
+	    wechat ? "wechat" : "alipay", date);
+	if (wechat) {
+		s = payapi_wx_bill_path(date);
+		payout_wx_send(c, "GET", s, NULL);
+	} else {
+		s = payapi_ali_biz_bill(date);
+		payout_ali_send(c, "alipay.data.dataservice.bill.downloadurl.query", s);
+	}
+	free(s);
+}
+
+/* Download a bill file at once (its URL lives 30 s). */
+static void
+payout_bill_file(struct payout_call *from, const char *url, const char *hash)
+{
+	struct payout *p = from->p;
+	struct payout_call *c = payout_call_new(p, CALL_BILL_FILE, from->wechat);
+	struct httpc_request r;
+	const char *path;
+	char *cause = NULL;
+
+	snprintf(c->rec_id, sizeof c->rec_id, "%s", from->rec_id);
+	snprintf(c->bill_date, sizeof c->bill_date, "%s", from->bill_date);
+	snprintf(c->otn, sizeof c->otn, "%s", from->bill_date);
+	snprintf(c->hash, sizeof c->hash, "%s", hash != NULL ? hash : "");
+	if (from->wechat) {
+		/* Signed like any request, over the URL's path and query. */
+		path = strstr(url, "://");
+		path = path != NULL ? strchr(path + 3, '/') : NULL;
+		payout_wx_send_url(c, "GET", url, path != NULL ? path : "/", NULL, PAYOUT_BILL_MAX);
+		return;
+	}
+	memset(&r, 0, sizeof r);
+	r.url = url;
+	r.method = "GET";
+	r.timeout_ms = p->conf->api_timeout_ms;
+	r.body_max = PAYOUT_BILL_MAX;
+	r.tag = "alipay";
+	c->req = httpc_send(p->http, &r, payout_done, c, &cause);
+	if (c->req == NULL) {
+		log_error("payout: alipay bill download: %s", cause);
+		payout_call_free(c);
+	}
+	free(cause);
+}
+
+static void
+payout_bill_error(struct payout_call *c, const char *why)
+{
+	const char *params[2] = {c->rec_id, why};
+
+	log_warn("payout: reconciliation %s (%s bill of %s): %s (tried again later)", c->rec_id,
+	    c->wechat ? "wechat" : "alipay", c->bill_date, why);
+	payout_db(c->p, "recording a bill error", "SELECT prepaid.reconcile_error($1::bigint, $2)",
+	    2, params);
+}
+
+static void
+payout_bill_loaded(void *arg, PGresult *res, const char *err)
+{
+	char *id = arg;
+
+	if (err != NULL || res == NULL)
+		log_warn("payout: reconciliation %s: loading the bill failed: %s", id,
+		    err != NULL ? err : "connection lost");
+	else if (PQntuples(res) == 1)
+		log_info(
+		    "payout: reconciliation %s done: %s discrepancies", id, PQgetvalue(res, 0, 0));
+	free(id);
+}
+
+static void
+payout_bill_load(struct payout_call *c, const struct payapi_bill *b)
+{
+	char *json = payapi_bill_json(b);
+	const char *params[2] = {c->rec_id, json};
+
+	pgconn_query(c->p->pg, "SELECT prepaid.reconcile_load($1::bigint, $2::jsonb)", 2, params,
+	    payout_bill_loaded, xstrdup(c->rec_id));
+	free(json);
+}
+
+/* A downloaded bill file: checked, parsed, loaded. */
+static void
+payout_bill_body(struct payout_call *c, const struct httpc_result *res)
+{
+	struct payapi_bill b;
+	char hex[41], why[256], *det = NULL, *utf8 = NULL;
+	size_t dlen, ulen;
+	int rc;
+
+	memset(&b, 0, sizeof b);
+	if (res->status != 200 || res->truncated) {
+		snprintf(why, sizeof why, "bill download: HTTP %ld%s", res->status,
+		    res->truncated ? " (too large)" : "");
+		payout_bill_error(c, why);
+		return;
+	}
+	if (c->wechat) {
+		payapi_sha1_hex(res->body, res->body_len, hex);
+		if (strcasecmp(hex, c->hash) != 0) {
+			payout_bill_error(c, "the bill's SHA-1 is not its hash_value");
+			return;
+		}
+		rc = payapi_wx_bill_parse(res->body, res->body_len, &b, why, sizeof why);
+	} else if ((rc = payapi_unzip_detail(
+	                res->body, res->body_len, &det, &dlen, why, sizeof why)) == PAY_OK) {
+		utf8 = payapi_gbk_to_utf8(det, dlen, &ulen);
+		if (utf8 == NULL) {
+			rc = PAY_EFORMAT;
+			snprintf(why, sizeof why, "the bill is not GBK text");
+		} else
+			rc = payapi_ali_bill_parse(utf8, ulen, &b, why, sizeof why);
+	}
+	if (rc == PAY_OK)
+		payout_bill_load(c, &b);
+	else
+		payout_bill_error(c, why);
+	payapi_bill_free(&b);
+	free(utf8);
+	free(det);
 }
 
 /* ------------------------------------------------------------ answers */
@@ -531,6 +693,11 @@ payout_wx_answer(struct payout_call *c, const struct httpc_result *res)
 	const char *code = NULL, *v;
 	int rc;
 
+	if (c->kind == CALL_BILL_FILE) {
+		/* Not signed: its integrity is the SHA-1 of the signed answer. */
+		payout_bill_body(c, res);
+		return;
+	}
 	if (res->status >= 200 && res->status < 300) {
 		rc = pay_wechat_verify(p->keys.wx_pub, httpc_result_header(res, "Wechatpay-Serial"),
 		    httpc_result_header(res, "Wechatpay-Timestamp"),
@@ -587,6 +754,23 @@ payout_wx_answer(struct payout_call *c, const struct httpc_result *res)
 		else
 			payout_refund_result(c, "retry", NULL, code != NULL ? code : "no answer");
 		break;
+	case CALL_BILL:
+		if (res->status == 200 &&
+		    (v = json_string_value(json_object_get(j, "download_url"))) != NULL)
+			payout_bill_file(c, v, json_string_value(json_object_get(j, "hash_value")));
+		else if (res->status == 400 && code != NULL &&
+		         strcmp(code, "NO_STATEMENT_EXIST") == 0) {
+			struct payapi_bill none = {NULL, 0};
+
+			payout_bill_load(c, &none); /* no trade that day */
+		} else {
+			snprintf(
+			    why, sizeof why, "bill: %ld %s", res->status, code != NULL ? code : "");
+			payout_bill_error(c, why);
+		}
+		break;
+	case CALL_BILL_FILE:
+		break;
 	case CALL_ORDER: {
 		struct payout_order_result r;
 		const char *id;
@@ -628,6 +812,10 @@ payout_ali_answer(struct payout_call *c, const struct httpc_result *res)
 	json_t *r = NULL;
 	const char *code, *sub;
 
+	if (c->kind == CALL_BILL_FILE) {
+		payout_bill_body(c, res);
+		return;
+	}
 	if (res->status != 200 || payapi_ali_answer(p->keys.ali_pub, c->method, res->body,
 	                              res->body_len, &r, why, sizeof why) != PAY_OK) {
 		if (res->status != 200)
@@ -638,6 +826,8 @@ payout_ali_answer(struct payout_call *c, const struct httpc_result *res)
 			payout_fail_order(c, "the provider's answer did not verify");
 		if (c->kind == CALL_REFUND)
 			payout_refund_result(c, "retry", NULL, why);
+		if (c->kind == CALL_BILL)
+			payout_bill_error(c, why);
 		return;
 	}
 	code = json_string_value(json_object_get(r, "code"));
@@ -672,6 +862,23 @@ payout_ali_answer(struct payout_call *c, const struct httpc_result *res)
 		else
 			payout_refund_result(c, "retry", NULL, sub != NULL ? sub : code);
 		break;
+	case CALL_BILL: {
+		const char *url = json_string_value(json_object_get(r, "bill_download_url"));
+
+		if (strcmp(code, "10000") == 0 && url != NULL)
+			payout_bill_file(c, url, NULL);
+		else if (sub != NULL && strcmp(sub, "isp.bill_not_exist") == 0) {
+			struct payapi_bill none = {NULL, 0};
+
+			payout_bill_load(c, &none); /* no trade that day */
+		} else {
+			snprintf(why, sizeof why, "bill: %s %s", code, sub != NULL ? sub : "");
+			payout_bill_error(c, why);
+		}
+		break;
+	}
+	case CALL_BILL_FILE:
+		break;
 	case CALL_ORDER: {
 		struct payout_order_result o;
 
@@ -704,6 +911,8 @@ payout_done(void *arg, const struct httpc_result *res)
 			payout_fail_order(c, "the provider did not answer in time");
 		else if (c->kind == CALL_REFUND || c->kind == CALL_REFUND_QUERY)
 			payout_refund_result(c, "retry", NULL, res->error);
+		else if (c->kind == CALL_BILL || c->kind == CALL_BILL_FILE)
+			payout_bill_error(c, res->error);
 	} else {
 		log_debug("payout: %s %s %s: %ld%s%s", c->wechat ? "wechat" : "alipay",
 		    payout_kind_names[c->kind], c->otn, res->status, rid != NULL ? " request " : "",
@@ -825,13 +1034,32 @@ payout_providers(const struct payout *p)
 }
 
 static void
-payout_refunds_due(void *arg, PGresult *res, const char *err)
+payout_reconcile_due(void *arg, PGresult *res, const char *err)
 {
 	struct payout *p = arg;
 	int i;
 
 	p->scanning = false;
 	if (err != NULL || res == NULL) {
+		log_ratelimited(LOG_LVL_WARN, "payout-scan", 60, "payout: reconciliations due: %s",
+		    err != NULL ? err : "connection lost");
+		return;
+	}
+	for (i = 0; i < PQntuples(res); i++)
+		payout_bill(p, strcmp(PQgetvalue(res, i, 1), "wechat") == 0, PQgetvalue(res, i, 0),
+		    PQgetvalue(res, i, 2));
+}
+
+static void
+payout_refunds_due(void *arg, PGresult *res, const char *err)
+{
+	struct payout *p = arg;
+	char retry[16];
+	const char *params[3];
+	int i;
+
+	if (err != NULL || res == NULL) {
+		p->scanning = false;
 		log_ratelimited(LOG_LVL_WARN, "payout-scan", 60, "payout: refunds due: %s",
 		    err != NULL ? err : "connection lost");
 		return;
@@ -845,6 +1073,12 @@ payout_refunds_due(void *arg, PGresult *res, const char *err)
 		    strtoll(PQgetvalue(res, i, 4), NULL, 10),
 		    PQgetisnull(res, i, 5) ? NULL : PQgetvalue(res, i, 5));
 	}
+	snprintf(retry, sizeof retry, "%d", p->conf->query_retry_s);
+	params[0] = payout_providers(p);
+	params[1] = retry;
+	params[2] = "4";
+	pgconn_query(p->pg, "SELECT * FROM prepaid.reconcile_due($1::text[], $2::int, $3::int)", 3,
+	    params, payout_reconcile_due, p);
 }
 
 static void
@@ -873,6 +1107,27 @@ payout_orders_due(void *arg, PGresult *res, const char *err)
 	    params, payout_refunds_due, p);
 }
 
+/* Once a Beijing day, at reconcile_at: queue yesterday's bills (the
+ * database makes it once whatever the number of daemons). */
+static void
+payout_daily(struct payout *p)
+{
+	int64_t now = now_wall_us() / 1000000;
+	char bj[32], today[16], yesterday[16];
+	const char *params[2];
+
+	payapi_cn_time(now, false, bj, sizeof bj);
+	snprintf(today, sizeof today, "%.10s", bj);
+	if (strcmp(today, p->reconciled_day) == 0 || strncmp(bj + 11, p->conf->reconcile_at, 5) < 0)
+		return;
+	snprintf(p->reconciled_day, sizeof p->reconciled_day, "%s", today);
+	payapi_cn_yesterday(now, yesterday, sizeof yesterday);
+	params[0] = yesterday;
+	params[1] = payout_providers(p);
+	payout_db(p, "queueing the daily reconciliation",
+	    "SELECT prepaid.reconcile_daily($1::date, $2::text[])", 2, params);
+}
+
 static void
 payout_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -884,6 +1139,7 @@ payout_tick(evutil_socket_t fd, short what, void *arg)
 	UNUSED(what);
 	if (p->scanning || payout_providers(p) == NULL || !pgconn_ready(p->pg))
 		return;
+	payout_daily(p);
 	p->scanning = true;
 	payout_ladder(p->conf->query_after, ladder, sizeof ladder);
 	snprintf(retry, sizeof retry, "%d", p->conf->query_retry_s);

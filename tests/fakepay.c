@@ -29,7 +29,13 @@
  *        notexist (ORDER_NOT_EXIST / ACQ.TRADE_NOT_EXIST), badsig (the
  *        answer's signature is wrong), none
  *   POST /_fake/refund_mode?mode=success|processing  how refunds end
+ *   POST /_fake/amend?provider=P&out_trade_no=NO&bill_fen=N  the bill shows
+ *        another amount for that order
  *   GET  /_fake/orders, GET /_fake/refunds  what the fake holds (JSON)
+ * Bills: GET /v3/bill/tradebill (signed answer with a download_url and the
+ * SHA-1), GET /v3/billdownload/file?token= (the CSV, signed request,
+ * unsigned answer); alipay.data.dataservice.bill.downloadurl.query, then
+ * GET /_bill/TOKEN (a ZIP of GBK CSVs). Paid orders of the Beijing day.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +47,9 @@
 #include <sys/queue.h>
 #include <time.h>
 #include <unistd.h>
+#include <iconv.h>
+#include <stdint.h>
+#include <zlib.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -52,6 +61,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 
 #include "common.h"
@@ -68,6 +78,7 @@ struct fp_order {
 	char paid_at[40];
 	bool scanned; /* Alipay precreate: exists at the provider only once scanned */
 	int closes, queries;
+	long long bill_fen; /* >0: the amount the bill shows instead */
 };
 
 struct fp_refund {
@@ -92,6 +103,17 @@ static char fp_fault[16] = "none";
 static long fp_fault_count;
 static bool fp_refund_processing;
 static unsigned long fp_seq;
+static long fp_port;
+
+/* Bill files served once by token: WeChat CSV, Alipay ZIP. */
+struct fp_file {
+	char token[24];
+	char *data;
+	size_t len;
+	const char *ctype;
+};
+static struct fp_file fp_files[64];
+static size_t fp_nfiles;
 
 /* ------------------------------------------------------------ crypto */
 
@@ -355,6 +377,212 @@ fp_fault_take(void)
 		return last;
 	}
 	return fp_fault;
+}
+
+/* ------------------------------------------------------------ bills */
+
+static const char *
+fp_file_add(char *data, size_t len, const char *ctype)
+{
+	struct fp_file *f = &fp_files[fp_nfiles++ % ARRAY_SIZE(fp_files)];
+
+	free(f->data);
+	snprintf(f->token, sizeof f->token, "T%lu", ++fp_seq);
+	f->data = data;
+	f->len = len;
+	f->ctype = ctype;
+	return f->token;
+}
+
+static long long
+fp_bill_amount(const struct fp_order *o)
+{
+	return o->bill_fen > 0 ? o->bill_fen : o->fen;
+}
+
+/* The WeChat ALL bill of date: header, backticked rows, summary. */
+static char *
+fp_wx_bill(const char *date, size_t *n)
+{
+	struct sbuf b = {0};
+	long long total = 0;
+	size_t i, rows = 0;
+
+	sbuf_adds(&b,
+	    "\xEF\xBB\xBF交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,"
+	    "用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,"
+	    "微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,"
+	    "商户数据包,手续费,费率,订单金额,申请退款金额,费率备注\r\n");
+	for (i = 0; i < fp_norders; i++) {
+		const struct fp_order *o = &fp_orders[i];
+		long long a = fp_bill_amount(o);
+
+		if (strcmp(o->provider, "wechat") != 0 || o->txn[0] == '\0' ||
+		    strncmp(o->paid_at, date, 10) != 0)
+			continue;
+		sbuf_printf(&b,
+		    "`%.10s %.8s,`wxd678efh567hg6787,`1900000001,`0,`,`%s,`%s,`oUpF8uMu,`NATIVE,"
+		    "`SUCCESS,`OTHERS,`CNY,`%lld.%02lld,`0.00,`0,`0,`0.00,`0.00,`,`,`电费,`,"
+		    "`0.00000,`0.60%%,`%lld.%02lld,`0.00,`\r\n",
+		    o->paid_at, o->paid_at + 11, o->txn, o->otn, a / 100, a % 100, a / 100,
+		    a % 100);
+		total += a;
+		rows++;
+	}
+	sbuf_printf(&b,
+	    "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,"
+	    "申请退款总金额\r\n`%zu,`%lld.%02lld,`0.00,`0.00,`0.00000,`%lld.%02lld,`0.00\r\n",
+	    rows, total / 100, total % 100, total / 100, total % 100);
+	*n = b.len;
+	return b.p;
+}
+
+static char *
+fp_gbk(const char *utf8, size_t *n)
+{
+	iconv_t cd = iconv_open("GBK", "UTF-8");
+	size_t inl = strlen(utf8), cap = inl * 2 + 16, left = cap;
+	char *out = xmalloc(cap), *o = out, *i = (char *)(uintptr_t)utf8;
+
+	if (cd == (iconv_t)-1 || iconv(cd, &i, &inl, &o, &left) == (size_t)-1) {
+		fprintf(stderr, "fakepay: iconv to GBK failed\n");
+		exit(1);
+	}
+	iconv_close(cd);
+	*n = (size_t)(o - out);
+	return out;
+}
+
+static void
+fp_le(struct sbuf *b, unsigned long v, int bytes)
+{
+	char c[4];
+	int k;
+
+	for (k = 0; k < bytes; k++)
+		c[k] = (char)((v >> (8 * k)) & 0xff);
+	sbuf_add(b, c, (size_t)bytes);
+}
+
+/* A ZIP archive of two deflated entries (names and contents as given). */
+static char *
+fp_zip(const char *const *names, char *const *data, const size_t *lens, size_t n, size_t *outlen)
+{
+	struct sbuf z = {0}, cd = {0};
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned long crc = crc32(0, (const Bytef *)data[i], (uInt)lens[i]);
+		uLong cap = compressBound((uLong)lens[i]) + 64;
+		unsigned char *def = xmalloc(cap);
+		z_stream zs;
+		size_t off = z.len, nl = strlen(names[i]);
+
+		memset(&zs, 0, sizeof zs);
+		deflateInit2(&zs, 6, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
+		zs.next_in = (Bytef *)data[i];
+		zs.avail_in = (uInt)lens[i];
+		zs.next_out = def;
+		zs.avail_out = (uInt)cap;
+		deflate(&zs, Z_FINISH);
+		deflateEnd(&zs);
+		fp_le(&z, 0x04034b50, 4);
+		fp_le(&z, 20, 2);
+		fp_le(&z, 0, 2);
+		fp_le(&z, 8, 2);
+		fp_le(&z, 0, 4);
+		fp_le(&z, crc, 4);
+		fp_le(&z, zs.total_out, 4);
+		fp_le(&z, lens[i], 4);
+		fp_le(&z, nl, 2);
+		fp_le(&z, 0, 2);
+		sbuf_add(&z, names[i], nl);
+		sbuf_add(&z, (const char *)def, zs.total_out);
+		fp_le(&cd, 0x02014b50, 4);
+		fp_le(&cd, 20, 2);
+		fp_le(&cd, 20, 2);
+		fp_le(&cd, 0, 2);
+		fp_le(&cd, 8, 2);
+		fp_le(&cd, 0, 4);
+		fp_le(&cd, crc, 4);
+		fp_le(&cd, zs.total_out, 4);
+		fp_le(&cd, lens[i], 4);
+		fp_le(&cd, nl, 2);
+		fp_le(&cd, 0, 2);
+		fp_le(&cd, 0, 2);
+		fp_le(&cd, 0, 2);
+		fp_le(&cd, 0, 2);
+		fp_le(&cd, 0, 4);
+		fp_le(&cd, off, 4);
+		sbuf_add(&cd, names[i], nl);
+		free(def);
+	}
+	i = z.len;
+	sbuf_add(&z, cd.p, cd.len);
+	fp_le(&z, 0x06054b50, 4);
+	fp_le(&z, 0, 4);
+	fp_le(&z, n, 2);
+	fp_le(&z, n, 2);
+	fp_le(&z, cd.len, 4);
+	fp_le(&z, i, 4);
+	fp_le(&z, 0, 2);
+	free(cd.p);
+	*outlen = z.len;
+	return z.p;
+}
+
+/* The Alipay trade bill of date: a ZIP of the GBK detail and summary. */
+static char *
+fp_ali_bill(const char *date, size_t *n)
+{
+	struct sbuf d = {0};
+	size_t i, lens[2];
+	char *data[2], *names[2], *zip;
+	const char *cnames[2];
+
+	sbuf_printf(&d,
+	    "#支付宝业务明细查询\n#账号：[20880000000000010156]\n#起始日期：[%s 00:00:00]\n"
+	    "#-----------------------------------------业务明细列表-------------\n"
+	    "支付宝交易号,商户订单号,业务类型,商品名称,创建时间,完成时间,门店编号,门店名称,"
+	    "操作员,终端号,对方账户,订单金额（元）,商家实收（元）,支付宝红包（元）,备注\n",
+	    date);
+	for (i = 0; i < fp_norders; i++) {
+		const struct fp_order *o = &fp_orders[i];
+		long long a = fp_bill_amount(o);
+
+		if (strcmp(o->provider, "alipay") != 0 || o->txn[0] == '\0' ||
+		    strncmp(o->paid_at, date, 10) != 0)
+			continue;
+		sbuf_printf(&d,
+		    "%s\t,%s\t,交易            ,电费     "
+		    ",%s,%s,,,,,159****5620,%lld.%02lld,%lld.%02lld,"
+		    "0.00,\n",
+		    o->txn, o->otn, o->paid_at, o->paid_at, a / 100, a % 100, a / 100, a % 100);
+	}
+	sbuf_adds(&d, "#-----------------------------------------业务明细列表结束---------\n"
+	              "#导出时间：[fake]\n");
+	data[0] = fp_gbk(d.p, &lens[0]);
+	data[1] = fp_gbk("#支付宝业务汇总查询\n门店编号,门店名称\n合计,\n", &lens[1]);
+	names[0] = fp_gbk("20880000000000010156_业务明细.csv", &i);
+	names[0] = xrealloc(names[0], i + 1);
+	names[0][i] = '\0';
+	names[1] = fp_gbk("20880000000000010156_业务明细(汇总).csv", &i);
+	names[1] = xrealloc(names[1], i + 1);
+	names[1][i] = '\0';
+	cnames[0] = names[1]; /* the summary first, as Alipay lists them */
+	cnames[1] = names[0];
+	{
+		char *dd[2] = {data[1], data[0]};
+		size_t ll[2] = {lens[1], lens[0]};
+
+		zip = fp_zip(cnames, dd, ll, 2, n);
+	}
+	free(d.p);
+	free(data[0]);
+	free(data[1]);
+	free(names[0]);
+	free(names[1]);
+	return zip;
 }
 
 /* ------------------------------------------------------------ WeChat */
@@ -650,6 +878,45 @@ fp_wechat(struct evhttp_request *req, const char *path)
 		free(s);
 		goto out;
 	}
+	if (strncmp(path, "/v3/bill/tradebill?bill_date=", 29) == 0) {
+		char date[11], hex[41], *csv, *ans;
+		unsigned char md[20];
+		size_t n, k;
+		const char *tok;
+
+		snprintf(date, sizeof date, "%.10s", path + 29);
+		csv = fp_wx_bill(date, &n);
+		SHA1((const unsigned char *)csv, n, md);
+		for (k = 0; k < 20; k++)
+			snprintf(hex + 2 * k, 3, "%02x", md[k]);
+		tok = fp_file_add(csv, n, "text/csv; charset=utf-8");
+		xasprintf(&ans,
+		    "{\"hash_type\":\"SHA1\",\"hash_value\":\"%s\",\"download_url\":"
+		    "\"http://127.0.0.1:%ld/v3/billdownload/file?token=%s\"}",
+		    hex, fp_port, tok);
+		fp_wx_reply(req, 200, ans, "tradebill");
+		free(ans);
+		goto out;
+	}
+	if (strncmp(path, "/v3/billdownload/file?token=", 28) == 0) {
+		size_t k;
+
+		for (k = 0; k < ARRAY_SIZE(fp_files); k++)
+			if (fp_files[k].data != NULL && strcmp(fp_files[k].token, path + 28) == 0) {
+				struct evbuffer *eb = evbuffer_new();
+
+				evhttp_add_header(evhttp_request_get_output_headers(req),
+				    "Content-Type", fp_files[k].ctype);
+				evbuffer_add(eb, fp_files[k].data, fp_files[k].len);
+				fprintf(fp_log, "GET %s -> 200 bill\n", path);
+				fflush(fp_log);
+				evhttp_send_reply(req, 200, "OK", eb);
+				evbuffer_free(eb);
+				goto out;
+			}
+		fp_wx_error(req, 404, "NO_STATEMENT_EXIST", "no such file");
+		goto out;
+	}
 	fp_wx_error(req, 404, "NOT_FOUND", "no such API");
 out:
 	free(body);
@@ -879,6 +1146,25 @@ fp_alipay(struct evhttp_request *req)
 		fp_ali_reply(req, method, inner, true);
 		goto out;
 	}
+	if (strcmp(method, "alipay.data.dataservice.bill.downloadurl.query") == 0) {
+		const char *date = json_string_value(json_object_get(b, "bill_date"));
+		char url[128], *zip;
+		size_t zlen;
+
+		if (date == NULL || strlen(date) != 10) {
+			fp_ali_reply(
+			    req, method, fp_ali_fail("isv.invalid-parameter", "参数不合法"), true);
+			goto out;
+		}
+		zip = fp_ali_bill(date, &zlen);
+		snprintf(url, sizeof url, "http://127.0.0.1:%ld/_bill/%s", fp_port,
+		    fp_file_add(zip, zlen, "application/zip"));
+		fp_ali_reply(req, method,
+		    json_pack("{s:s, s:s, s:s}", "code", "10000", "msg", "Success",
+		        "bill_download_url", url),
+		    true);
+		goto out;
+	}
 	fp_ali_reply(req, method, fp_ali_fail("isv.invalid-method", "不存在的方法名"), true);
 out:
 	json_decref(b);
@@ -937,6 +1223,17 @@ fp_hook(struct evhttp_request *req, const char *path)
 		o = fp_order_add(prov, otn, "hook", atoll(v));
 		o->scanned = true;
 		fp_reply(req, 200, "text/plain", "ok", "order");
+	} else if (strcmp(path, "/_fake/amend") == 0) {
+		prov = evhttp_find_header(&q, "provider");
+		otn = evhttp_find_header(&q, "out_trade_no");
+		v = evhttp_find_header(&q, "bill_fen");
+		o = prov != NULL && otn != NULL ? fp_order_find(prov, otn) : NULL;
+		if (o == NULL || v == NULL) {
+			fp_reply(req, 404, "text/plain", "no such order, or no bill_fen", NULL);
+			goto out;
+		}
+		o->bill_fen = atoll(v);
+		fp_reply(req, 200, "text/plain", "ok", "amend");
 	} else if (strcmp(path, "/_fake/fault") == 0) {
 		v = evhttp_find_header(&q, "mode");
 		snprintf(fp_fault, sizeof fp_fault, "%s", v != NULL ? v : "none");
@@ -989,7 +1286,24 @@ fp_request_cb(struct evhttp_request *req, void *arg)
 	UNUSED(arg);
 	if (path == NULL)
 		path = "/";
-	if (strncmp(path, "/_fake/", 7) == 0)
+	if (strncmp(path, "/_bill/", 7) == 0) {
+		size_t k;
+
+		for (k = 0; k < ARRAY_SIZE(fp_files); k++)
+			if (fp_files[k].data != NULL && strcmp(fp_files[k].token, path + 7) == 0) {
+				struct evbuffer *eb = evbuffer_new();
+
+				evhttp_add_header(evhttp_request_get_output_headers(req),
+				    "Content-Type", fp_files[k].ctype);
+				evbuffer_add(eb, fp_files[k].data, fp_files[k].len);
+				fprintf(fp_log, "GET %s -> 200 bill\n", path);
+				fflush(fp_log);
+				evhttp_send_reply(req, 200, "OK", eb);
+				evbuffer_free(eb);
+				return;
+			}
+		fp_reply(req, 404, "text/plain", "gone", NULL);
+	} else if (strncmp(path, "/_fake/", 7) == 0)
 		fp_hook(req, path);
 	else if (strcmp(path, "/gateway.do") == 0)
 		fp_alipay(req);
@@ -1021,7 +1335,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "usage: fakepay PORT KEYDIR LOGFILE MERCHANT_SERIAL\n");
 		return 2;
 	}
-	port = strtol(argv[1], NULL, 10);
+	port = fp_port = strtol(argv[1], NULL, 10);
 	fp_wx_merchant = fp_load(argv[2], "wx_merchant.pub", false);
 	fp_wx_platform = fp_load(argv[2], "wx_platform.key", true);
 	fp_ali_app = fp_load(argv[2], "ali_app.pub", false);

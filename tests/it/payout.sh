@@ -12,7 +12,12 @@
 # is held as disputed; that a refund larger than the balance is refused
 # before anything is sent; that a confirmed refund debits the balance once,
 # and asking again with the same number debits nothing more (WeChat and
-# Alipay), audited with the login role.
+# Alipay), audited with the login role; that orders are created at the
+# providers as the pay page will (every channel, idempotent); and that the
+# daily bills are downloaded (WeChat CSV checked by its SHA-1, Alipay ZIP of
+# GBK CSVs) and a payment missing here, one credited here missing from the
+# bill and one whose amount differs are in the discrepancy view, with an
+# alert.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
 . "${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/lib.sh"
@@ -61,7 +66,8 @@ daemon_config "${PAY_KEYS_CONF[@]}" \
 	payments.query_after="1 2 3 4 5 6" \
 	payments.query_retry_s=2 \
 	payments.query_poll_s=1 \
-	payments.notify_occupant=false
+	payments.notify_occupant=false \
+	payments.reconcile_at=00:00
 "$top_builddir/prepaidd" -n -c "$CONF" >/dev/null || fail "prepaidd -n refused the config"
 daemon_migrate
 daemon_start
@@ -248,6 +254,36 @@ for otn, kind in want.items():
 assert got[sys.argv[2]]["fen"] == 1234
 PYEOF
 echo "ok - the providers hold one order each, of its channel"
+
+note "the daily run at reconcile_at fetched yesterday's bills (empty): nothing differs"
+wait_until "SELECT count(*) = 2 FROM prepaid.reconciliations
+    WHERE bill_date = (now() AT TIME ZONE 'Asia/Shanghai')::date - 1 AND state = 'done'
+      AND bill_rows = 0 AND discrepancies = 0 AND requested_by = 'postgres'" 15 \
+    "yesterday's WeChat Pay and Alipay bills reconciled"
+
+note "reconciliation: a bill with a payment missing here, one amount differing, one credited here missing"
+fake "/_fake/pay?provider=wechat&out_trade_no=PPGHOSTWX00001&fen=999" >/dev/null
+fake "/_fake/pay?provider=alipay&out_trade_no=PPGHOSTALI0001&fen=500" >/dev/null
+fake "/_fake/amend?provider=wechat&out_trade_no=$o3&bill_fen=770" >/dev/null
+o12=$(order PO1 3.00 wechat)
+"$PAYSIGN" wechat "$WX" --keys "$KEYS" --serial "$WX_SERIAL" --out-trade-no "$o12" \
+    --transaction-id 4200000000000000000777 --total 300 --expect 204 >/dev/null ||
+    fail "the notification of $o12 was not answered 204"
+today=$(psql_q "SELECT (now() AT TIME ZONE 'Asia/Shanghai')::date")
+assert_eq 2 "$(psql_q "SELECT count(*) FROM prepaid.reconcile('$today')")" \
+    "prepaid.reconcile() queues today for both providers"
+wait_until "SELECT count(*) = 2 FROM prepaid.reconciliations WHERE bill_date = '$today'
+    AND state = 'done'" 20 "both bills downloaded and compared"
+got=$(psql_q "SELECT string_agg(provider || '|' || kind || '|' || coalesce(out_trade_no, '-') || '|'
+    || coalesce(bill_fen::text, '-') || '|' || coalesce(credited_fen::text, '-'), ',' ORDER BY provider, kind)
+    FROM prepaid.reconciliation_discrepancies WHERE bill_date = '$today'")
+assert_eq "alipay|not_credited|PPGHOSTALI0001|500|-,wechat|amount_differs|$o3|770|777,wechat|not_credited|PPGHOSTWX00001|999|-,wechat|not_in_bill|$o12|-|300" \
+    "$got" "the discrepancies, and nothing else"
+wait_log "reconciliation [0-9]+: the wechat bill of $today differs from the payments credited in 3 place" 1 10
+assert_eq "3|67.69|3|60.77" "$(psql_q "SELECT bill_payments || '|' || bill_amount || '|' ||
+    credited_payments || '|' || credited_amount FROM prepaid.reconciliation_totals
+    WHERE provider = 'wechat' AND bill_date = '$today'")" \
+    "totals: the bill (50.00 + 7.70 + 9.99) next to payments_daily (50.00 + 7.77 + 3.00)"
 
 note "the merchant key never reaches the log"
 if grep -q "PRIVATE KEY\|WECHATPAY2-SHA256-RSA2048" "$DAEMON_LOG"; then
