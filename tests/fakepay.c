@@ -29,6 +29,7 @@
  *        notexist (ORDER_NOT_EXIST / ACQ.TRADE_NOT_EXIST), badsig (the
  *        answer's signature is wrong), none
  *   POST /_fake/refund_mode?mode=success|processing  how refunds end
+ *   POST /_fake/refund_done?provider=P&no=NO  a refund processing succeeds
  *   POST /_fake/amend?provider=P&out_trade_no=NO&bill_fen=N  the bill shows
  *        another amount for that order
  *   GET  /_fake/orders, GET /_fake/refunds  what the fake holds (JSON)
@@ -1240,6 +1241,18 @@ fp_hook(struct evhttp_request *req, const char *path)
 		v = evhttp_find_header(&q, "count");
 		fp_fault_count = v != NULL ? atol(v) : 1;
 		fp_reply(req, 200, "text/plain", "ok", fp_fault);
+	} else if (strcmp(path, "/_fake/refund_done") == 0) {
+		struct fp_refund *r;
+
+		v = evhttp_find_header(&q, "no");
+		prov = evhttp_find_header(&q, "provider");
+		r = v != NULL && prov != NULL ? fp_refund_find(prov, v) : NULL;
+		if (r == NULL) {
+			fp_reply(req, 404, "text/plain", "no such refund", NULL);
+			goto out;
+		}
+		snprintf(r->status, sizeof r->status, "SUCCESS");
+		fp_reply(req, 200, "text/plain", "ok", "refund done");
 	} else if (strcmp(path, "/_fake/refund_mode") == 0) {
 		v = evhttp_find_header(&q, "mode");
 		fp_refund_processing = v != NULL && strcmp(v, "processing") == 0;

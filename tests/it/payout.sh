@@ -186,13 +186,27 @@ err=$(psql_q "SELECT prepaid.refund('$o1', 11.00, 'RF00000002')" 2>&1) &&
 assert_eq postgres "$(psql_q "SELECT actor FROM prepaid.operator_audit
     WHERE action = 'refund' AND detail->>'refund_no' = 'RF00000002'")" "audited with the login role"
 
+note "a WeChat refund still processing is asked about again, debited only once it succeeds"
+fake "/_fake/refund_mode?mode=processing" >/dev/null
+assert_eq queued "$(psql_q "SELECT prepaid.refund('$o3', 1.00, 'RF00000004')")" "refund queued"
+wait_until "SELECT state = 'processing' FROM prepaid.refunds WHERE refund_no = 'RF00000004'" 15 \
+    "accepted by WeChat Pay, still processing"
+assert_eq "47.77" "$(balance PO1)" "nothing debited while processing"
+fake "/_fake/refund_done?provider=wechat&no=RF00000004" >/dev/null
+wait_until "SELECT state = 'refunded' AND provider_state = 'SUCCESS' FROM prepaid.refunds
+    WHERE refund_no = 'RF00000004'" 15 "the refund query found it done"
+assert_eq "46.77" "$(balance PO1)" "debited 1.00 once it succeeded"
+grep -q "^GET /v3/refund/domestic/refunds/RF00000004 -> 200 SUCCESS" "$FP_LOG" ||
+    fail "the daemon never queried the refund"
+fake "/_fake/refund_mode?mode=success" >/dev/null
+
 assert_eq queued "$(psql_q "SELECT prepaid.refund('$o2', 5.00, 'RF00000003')")" "Alipay refund queued"
 wait_until "SELECT state = 'refunded' FROM prepaid.refunds WHERE refund_no = 'RF00000003'" 15 \
     "Alipay confirmed the refund"
 assert_eq "0.00" "$(balance PO2)" "PO2 debited 5.00"
 refunds=$(fake /_fake/refunds GET)
-assert_eq 2 "$(echo "$refunds" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" \
-    "the providers refunded twice in all, once per refund number"
+assert_eq 3 "$(echo "$refunds" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" \
+    "the providers refunded three times in all, once per refund number"
 
 note "orders at the providers, as the pay page creates them (payout_create_order)"
 PAYORDER=$top_builddir/tests/payorder
