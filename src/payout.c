@@ -38,7 +38,19 @@
 #include "payverify.h"
 #include "pgconn.h"
 
-#define PAYOUT_BATCH 50
+#define PAYOUT_BATCH 200
+/* Calls signed per turn of the event loop: an RSA-2048 signature costs
+ * about a millisecond, so a batch is spread over turns and the loop keeps
+ * serving readings and callbacks in between. */
+#define PAYOUT_PER_TURN 2
+
+/* An order due, waiting for its turn to be signed and sent. */
+struct payout_job {
+	bool wechat, expired;
+	char otn[65];
+	int64_t fen;
+	struct payout_job *next;
+};
 
 struct payout_keys {
 	EVP_PKEY *wx_priv; /* merchant API key: signs WeChat requests */
@@ -91,6 +103,8 @@ struct payout {
 	bool scanning;
 	struct payout_call *calls;
 	char reconciled_day[16]; /* the Beijing day the daily run was asked for */
+	struct payout_job *jobs, *jobs_tail;
+	struct event *pump;
 };
 
 static const char *const payout_kind_names[] = {
@@ -1095,9 +1109,24 @@ payout_orders_due(void *arg, PGresult *res, const char *err)
 		    err != NULL ? err : "connection lost");
 		return;
 	}
-	for (i = 0; i < PQntuples(res); i++)
-		payout_query(p, strcmp(PQgetvalue(res, i, 1), "wechat") == 0, PQgetvalue(res, i, 0),
-		    strtoll(PQgetvalue(res, i, 2), NULL, 10), PQgetvalue(res, i, 3)[0] == 't');
+	for (i = 0; i < PQntuples(res); i++) {
+		struct payout_job *j = xcalloc(1, sizeof *j);
+
+		j->wechat = strcmp(PQgetvalue(res, i, 1), "wechat") == 0;
+		snprintf(j->otn, sizeof j->otn, "%s", PQgetvalue(res, i, 0));
+		j->fen = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+		j->expired = PQgetvalue(res, i, 3)[0] == 't';
+		if (p->jobs_tail != NULL)
+			p->jobs_tail->next = j;
+		else
+			p->jobs = j;
+		p->jobs_tail = j;
+	}
+	if (p->jobs != NULL) {
+		struct timeval zero = {0, 0};
+
+		evtimer_add(p->pump, &zero);
+	}
 	snprintf(retry, sizeof retry, "%d", p->conf->query_retry_s);
 	snprintf(limit, sizeof limit, "%d", PAYOUT_BATCH);
 	params[0] = payout_providers(p);
@@ -1105,6 +1134,30 @@ payout_orders_due(void *arg, PGresult *res, const char *err)
 	params[2] = limit;
 	pgconn_query(p->pg, "SELECT * FROM prepaid.refund_due($1::text[], $2::int, $3::int)", 3,
 	    params, payout_refunds_due, p);
+}
+
+/* Send a few queries, then let the loop serve everything else. */
+static void
+payout_pump(evutil_socket_t fd, short what, void *arg)
+{
+	struct payout *p = arg;
+	struct payout_job *j;
+	int n;
+
+	UNUSED(fd);
+	UNUSED(what);
+	for (n = 0; n < PAYOUT_PER_TURN && (j = p->jobs) != NULL; n++) {
+		p->jobs = j->next;
+		if (p->jobs == NULL)
+			p->jobs_tail = NULL;
+		payout_query(p, j->wechat, j->otn, j->fen, j->expired);
+		free(j);
+	}
+	if (p->jobs != NULL) {
+		struct timeval zero = {0, 0};
+
+		evtimer_add(p->pump, &zero);
+	}
 }
 
 /* Once a Beijing day, at reconcile_at: queue yesterday's bills (the
@@ -1137,7 +1190,7 @@ payout_tick(evutil_socket_t fd, short what, void *arg)
 
 	UNUSED(fd);
 	UNUSED(what);
-	if (p->scanning || payout_providers(p) == NULL || !pgconn_ready(p->pg))
+	if (p->scanning || p->jobs != NULL || payout_providers(p) == NULL || !pgconn_ready(p->pg))
 		return;
 	payout_daily(p);
 	p->scanning = true;
@@ -1180,10 +1233,11 @@ payout_new(struct event_base *base, const struct conf *conf, char *err, size_t e
 		return NULL;
 	}
 	memset(&hc, 0, sizeof hc);
-	hc.max_host_connections = 32;
+	hc.max_host_connections = 256;
 	p->http = httpc_new(base, &hc);
 	memset(&ph, 0, sizeof ph);
 	p->pg = pgconn_new(base, "payout", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	p->pump = evtimer_new(base, payout_pump, p);
 	payout_arm_tick(p);
 	if (payout_providers(p) != NULL)
 		log_info("payout: calls to %s%s%s (queries after %s s, timeout %d ms)",
@@ -1222,6 +1276,13 @@ payout_free(struct payout *p)
 		payout_call_free(p->calls);
 	if (p->tick != NULL)
 		event_free(p->tick);
+	event_free(p->pump);
+	while (p->jobs != NULL) {
+		struct payout_job *j = p->jobs;
+
+		p->jobs = j->next;
+		free(j);
+	}
 	pgconn_free(p->pg);
 	payout_keys_free(&p->keys);
 	free(p);

@@ -30,6 +30,8 @@
  *        answer's signature is wrong), none
  *   POST /_fake/refund_mode?mode=success|processing  how refunds end
  *   POST /_fake/refund_done?provider=P&no=NO  a refund processing succeeds
+ *   POST /_fake/delay?ms=N  provider calls answered N ms late (0: at once)
+ *   GET  /_fake/stats  {"calls":N,"max_in_flight":M} (M: delayed at once)
  *   POST /_fake/amend?provider=P&out_trade_no=NO&bill_fen=N  the bill shows
  *        another amount for that order
  *   GET  /_fake/orders, GET /_fake/refunds  what the fake holds (JSON)
@@ -103,6 +105,8 @@ static size_t fp_nrefunds;
 static char fp_fault[16] = "none";
 static long fp_fault_count;
 static bool fp_refund_processing;
+static long fp_delay_ms; /* provider calls answered after this */
+static long fp_inflight, fp_max_inflight, fp_calls;
 static unsigned long fp_seq;
 static long fp_port;
 
@@ -1253,6 +1257,14 @@ fp_hook(struct evhttp_request *req, const char *path)
 		}
 		snprintf(r->status, sizeof r->status, "SUCCESS");
 		fp_reply(req, 200, "text/plain", "ok", "refund done");
+	} else if (strcmp(path, "/_fake/stats") == 0) {
+		xasprintf(&s, "{\"calls\":%ld,\"max_in_flight\":%ld}", fp_calls, fp_max_inflight);
+		fp_reply(req, 200, "application/json", s, NULL);
+		free(s);
+	} else if (strcmp(path, "/_fake/delay") == 0) {
+		v = evhttp_find_header(&q, "ms");
+		fp_delay_ms = v != NULL ? atol(v) : 0;
+		fp_reply(req, 200, "text/plain", "ok", "delay");
 	} else if (strcmp(path, "/_fake/refund_mode") == 0) {
 		v = evhttp_find_header(&q, "mode");
 		fp_refund_processing = v != NULL && strcmp(v, "processing") == 0;
@@ -1289,6 +1301,17 @@ out:
 	evhttp_clear_headers(&q);
 }
 
+static void fp_request_cb(struct evhttp_request *req, void *arg);
+
+static void
+fp_delayed_cb(evutil_socket_t fd, short what, void *arg)
+{
+	UNUSED(fd);
+	UNUSED(what);
+	fp_inflight--;
+	fp_request_cb(arg, fp_delayed_cb);
+}
+
 static void
 fp_request_cb(struct evhttp_request *req, void *arg)
 {
@@ -1296,9 +1319,18 @@ fp_request_cb(struct evhttp_request *req, void *arg)
 	char full[2048];
 	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
 
-	UNUSED(arg);
 	if (path == NULL)
 		path = "/";
+	if (fp_delay_ms > 0 && arg != (void *)fp_delayed_cb && strncmp(path, "/_fake/", 7) != 0) {
+		struct timeval tv = {fp_delay_ms / 1000, (fp_delay_ms % 1000) * 1000};
+
+		if (++fp_inflight > fp_max_inflight)
+			fp_max_inflight = fp_inflight;
+		event_base_once(fp_base, -1, EV_TIMEOUT, fp_delayed_cb, req, &tv);
+		return;
+	}
+	if (strncmp(path, "/_fake/", 7) != 0)
+		fp_calls++;
 	if (strncmp(path, "/_bill/", 7) == 0) {
 		size_t k;
 
