@@ -30,6 +30,9 @@
  *        answer's signature is wrong), none
  *   POST /_fake/refund_mode?mode=success|processing  how refunds end
  *   POST /_fake/refund_done?provider=P&no=NO  a refund processing succeeds
+ *   POST /_fake/refund_notify?no=NO&url=URL  a WeChat refund processing
+ *        succeeds and its REFUND.SUCCESS notification (encrypted with
+ *        KEYDIR/apiv3.key, signed) is posted to URL; answers {"status":N}
  *   POST /_fake/delay?ms=N  provider calls answered N ms late (0: at once)
  *   GET  /_fake/stats  {"calls":N,"max_in_flight":M} (M: delayed at once)
  *   POST /_fake/amend?provider=P&out_trade_no=NO&bill_fen=N  the bill shows
@@ -97,6 +100,7 @@ static struct event_base *fp_base;
 static FILE *fp_log;
 static EVP_PKEY *fp_wx_merchant, *fp_wx_platform, *fp_ali_app, *fp_alipay_key;
 static char *fp_platform_serial;
+static unsigned char fp_apiv3[32]; /* encrypts the notifications it sends */
 static const char *fp_merchant_serial;
 static struct fp_order *fp_orders;
 static size_t fp_norders;
@@ -1179,6 +1183,125 @@ out:
 	free(body);
 }
 
+/* ------------------------------------------------------ notifications */
+
+/* A refund notification as WeChat Pay sends it: the resource encrypted
+ * with the APIv3 key (AES-256-GCM, AAD "refund"), the body signed with the
+ * platform key; posted to the daemon, its answer relayed to the test. */
+struct fp_notify {
+	struct evhttp_request *hook; /* the test's request, answered at the end */
+	struct evhttp_connection *conn;
+};
+
+static void
+fp_notify_done(struct evhttp_request *r, void *arg)
+{
+	struct fp_notify *n = arg;
+	char ans[64];
+
+	snprintf(ans, sizeof ans, "{\"status\":%d}",
+	    r != NULL ? evhttp_request_get_response_code(r) : 0);
+	fp_reply(n->hook, 200, "application/json", ans, "notified");
+	/* the connection is freed once this callback has returned */
+	evhttp_connection_free_on_completion(n->conn);
+	free(n);
+}
+
+static char *
+fp_wx_envelope(const char *plain, const char *event, const char *aad)
+{
+	unsigned char *ct, tag[16], nonce[13];
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	int len = 0, fin = 0;
+	size_t plen = strlen(plain), i;
+	char *b64, *out, when[40];
+	json_t *env;
+
+	RAND_bytes(nonce, 12);
+	for (i = 0; i < 12; i++)
+		nonce[i] = (unsigned char)("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"[nonce[i] % 32]);
+	nonce[12] = '\0';
+	ct = xmalloc(plen + 16);
+	if (EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
+	    EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, 12, NULL) != 1 ||
+	    EVP_EncryptInit_ex(ctx, NULL, NULL, fp_apiv3, nonce) != 1 ||
+	    EVP_EncryptUpdate(ctx, NULL, &len, (const unsigned char *)aad, (int)strlen(aad)) != 1 ||
+	    EVP_EncryptUpdate(ctx, ct, &len, (const unsigned char *)plain, (int)plen) != 1 ||
+	    EVP_EncryptFinal_ex(ctx, ct + len, &fin) != 1 ||
+	    EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, tag) != 1) {
+		fprintf(stderr, "fakepay: AES-256-GCM failed\n");
+		exit(1);
+	}
+	EVP_CIPHER_CTX_free(ctx);
+	memcpy(ct + plen, tag, 16);
+	b64 = xmalloc(4 * ((plen + 16 + 2) / 3) + 1);
+	EVP_EncodeBlock((unsigned char *)b64, ct, (int)(plen + 16));
+	fp_now(true, when, sizeof when);
+	env = json_pack("{s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s, s:s}}", "id", "EV-fake",
+	    "create_time", when, "resource_type", "encrypt-resource", "event_type", event,
+	    "summary", "退款成功", "resource", "original_type", aad, "algorithm",
+	    "AEAD_AES_256_GCM", "ciphertext", b64, "associated_data", aad, "nonce",
+	    (const char *)nonce);
+	json_object_set_new(env, "id", json_sprintf("EV-%lu", ++fp_seq));
+	out = json_dumps(env, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(env);
+	free(b64);
+	free(ct);
+	return out;
+}
+
+static void
+fp_refund_notify(struct evhttp_request *hook, const struct fp_refund *r, const char *url)
+{
+	struct evhttp_uri *u = evhttp_uri_parse(url);
+	const struct fp_order *o = fp_order_find("wechat", r->otn);
+	struct fp_notify *n;
+	struct evhttp_request *req;
+	struct evkeyvalq *h;
+	char *plain, *body, *msg, *sig, ts[24], nonce[24], when[40];
+	json_t *j;
+
+	if (u == NULL || evhttp_uri_get_host(u) == NULL || o == NULL) {
+		fp_reply(hook, 400, "text/plain", "bad url or refund", NULL);
+		if (u != NULL)
+			evhttp_uri_free(u);
+		return;
+	}
+	fp_now(true, when, sizeof when);
+	j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:{s:I, s:I, s:I, s:I}}", "mchid",
+	    "1900000001", "out_trade_no", o->otn, "transaction_id", o->txn, "out_refund_no", r->no,
+	    "refund_id", r->id, "refund_status", "SUCCESS", "success_time", when, "amount", "total",
+	    (json_int_t)o->fen, "refund", (json_int_t)r->fen, "payer_total", (json_int_t)o->fen,
+	    "payer_refund", (json_int_t)r->fen);
+	plain = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(j);
+	body = fp_wx_envelope(plain, "REFUND.SUCCESS", "refund");
+	free(plain);
+	snprintf(ts, sizeof ts, "%lld", (long long)time(NULL));
+	snprintf(nonce, sizeof nonce, "RN%lu", ++fp_seq);
+	xasprintf(&msg, "%s\n%s\n%s\n", ts, nonce, body);
+	sig = fp_sign(fp_wx_platform, msg, strlen(msg));
+	n = xcalloc(1, sizeof *n);
+	n->hook = hook;
+	n->conn = evhttp_connection_base_new(fp_base, NULL, evhttp_uri_get_host(u),
+	    (ev_uint16_t)(evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : 80));
+	req = evhttp_request_new(fp_notify_done, n);
+	h = evhttp_request_get_output_headers(req);
+	evhttp_add_header(h, "Host", evhttp_uri_get_host(u));
+	evhttp_add_header(h, "Content-Type", "application/json");
+	evhttp_add_header(h, "Wechatpay-Timestamp", ts);
+	evhttp_add_header(h, "Wechatpay-Nonce", nonce);
+	evhttp_add_header(h, "Wechatpay-Signature", sig);
+	evhttp_add_header(h, "Wechatpay-Serial", fp_platform_serial);
+	evbuffer_add(evhttp_request_get_output_buffer(req), body, strlen(body));
+	evhttp_make_request(n->conn, req, EVHTTP_REQ_POST,
+	    evhttp_uri_get_path(u) != NULL ? evhttp_uri_get_path(u) : "/");
+	evhttp_uri_free(u);
+	free(sig);
+	free(msg);
+	free(body);
+}
+
 /* ------------------------------------------------------------ hooks */
 
 static void
@@ -1265,6 +1388,17 @@ fp_hook(struct evhttp_request *req, const char *path)
 		v = evhttp_find_header(&q, "ms");
 		fp_delay_ms = v != NULL ? atol(v) : 0;
 		fp_reply(req, 200, "text/plain", "ok", "delay");
+	} else if (strcmp(path, "/_fake/refund_notify") == 0) {
+		struct fp_refund *r;
+
+		v = evhttp_find_header(&q, "no");
+		r = v != NULL ? fp_refund_find("wechat", v) : NULL;
+		if (r == NULL || evhttp_find_header(&q, "url") == NULL) {
+			fp_reply(req, 404, "text/plain", "no such refund, or no url", NULL);
+			goto out;
+		}
+		snprintf(r->status, sizeof r->status, "SUCCESS");
+		fp_refund_notify(req, r, evhttp_find_header(&q, "url"));
 	} else if (strcmp(path, "/_fake/refund_mode") == 0) {
 		v = evhttp_find_header(&q, "mode");
 		fp_refund_processing = v != NULL && strcmp(v, "processing") == 0;
@@ -1386,6 +1520,17 @@ main(int argc, char **argv)
 	fp_ali_app = fp_load(argv[2], "ali_app.pub", false);
 	fp_alipay_key = fp_load(argv[2], "alipay.key", true);
 	fp_platform_serial = fp_cert_serial(argv[2]);
+	{
+		char path[1024];
+		FILE *f;
+
+		snprintf(path, sizeof path, "%s/apiv3.key", argv[2]);
+		if ((f = fopen(path, "r")) == NULL || fread(fp_apiv3, 1, 32, f) != 32) {
+			fprintf(stderr, "fakepay: %s: no 32-byte APIv3 key\n", path);
+			return 2;
+		}
+		fclose(f);
+	}
 	fp_merchant_serial = argv[4];
 	if ((fp_log = fopen(argv[3], "a")) == NULL) {
 		fprintf(stderr, "fakepay: %s: %s\n", argv[3], strerror(errno));

@@ -12,7 +12,8 @@
 # is held as disputed; that a refund larger than the balance is refused
 # before anything is sent; that a confirmed refund debits the balance once,
 # and asking again with the same number debits nothing more (WeChat and
-# Alipay), audited with the login role; that orders are created at the
+# Alipay), audited with the login role, and that a refund still processing
+# is debited once its query or its WeChat notification says it succeeded; that orders are created at the
 # providers as the pay page will (every channel, idempotent); and that the
 # daily bills are downloaded (WeChat CSV checked by its SHA-1, Alipay ZIP of
 # GBK CSVs) and a payment missing here, one credited here missing from the
@@ -200,13 +201,31 @@ grep -q "^GET /v3/refund/domestic/refunds/RF00000004 -> 200 SUCCESS" "$FP_LOG" |
     fail "the daemon never queried the refund"
 fake "/_fake/refund_mode?mode=success" >/dev/null
 
+note "a WeChat REFUND.SUCCESS notification confirms a refund still processing: debited once"
+fake "/_fake/refund_mode?mode=processing" >/dev/null
+assert_eq queued "$(psql_q "SELECT prepaid.refund('$o1', 2.00, 'RF00000005')")" "refund queued"
+wait_until "SELECT state = 'processing' FROM prepaid.refunds WHERE refund_no = 'RF00000005'" 15 \
+    "accepted by WeChat Pay, still processing"
+assert_eq '{"status":204}' "$(fake "/_fake/refund_notify?no=RF00000005&url=$WX")" \
+    "the refund notification answered 204"
+wait_until "SELECT state = 'refunded' AND provider_state = 'REFUND.SUCCESS' FROM prepaid.refunds
+    WHERE refund_no = 'RF00000005'" 10 "confirmed by the notification"
+assert_eq "44.77" "$(balance PO1)" "debited 2.00"
+assert_eq '{"status":204}' "$(fake "/_fake/refund_notify?no=RF00000005&url=$WX")" \
+    "the notification again answered 204"
+sleep 2.5 # the refund query would find it done too
+assert_eq "44.77" "$(balance PO1)" "debited once"
+assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.ledger WHERE reference = 'refund:RF00000005'")" \
+    "one ledger debit"
+fake "/_fake/refund_mode?mode=success" >/dev/null
+
 assert_eq queued "$(psql_q "SELECT prepaid.refund('$o2', 5.00, 'RF00000003')")" "Alipay refund queued"
 wait_until "SELECT state = 'refunded' FROM prepaid.refunds WHERE refund_no = 'RF00000003'" 15 \
     "Alipay confirmed the refund"
 assert_eq "0.00" "$(balance PO2)" "PO2 debited 5.00"
 refunds=$(fake /_fake/refunds GET)
-assert_eq 3 "$(echo "$refunds" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" \
-    "the providers refunded three times in all, once per refund number"
+assert_eq 4 "$(echo "$refunds" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" \
+    "the providers refunded four times in all, once per refund number"
 
 note "orders at the providers, as the pay page creates them (payout_create_order)"
 PAYORDER=$top_builddir/tests/payorder
