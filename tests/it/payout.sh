@@ -13,7 +13,9 @@
 # before anything is sent; that a confirmed refund debits the balance once,
 # and asking again with the same number debits nothing more (WeChat and
 # Alipay), audited with the login role, and that a refund still processing
-# is debited once its query or its WeChat notification says it succeeded; that orders are created at the
+# is debited once its query or its WeChat notification says it succeeded;
+# that ACQ.SYSTEM_ERROR and 429 answers are asked again; that -n checks the
+# merchant key and a reload naming a bad one keeps the key in use; that orders are created at the
 # providers as the pay page will (every channel, idempotent); and that the
 # daily bills are downloaded (WeChat CSV checked by its SHA-1, Alipay ZIP of
 # GBK CSVs) and a payment missing here, one credited here missing from the
@@ -55,20 +57,23 @@ fake()
 
 pg_start
 broker_start
-daemon_config "${PAY_KEYS_CONF[@]}" \
-	payments.wechat_merchant_key_file="$KEYS/merchant.key" \
-	payments.wechat_merchant_serial="$MSERIAL" \
-	payments.wechat_api_url="$FP" \
-	payments.wechat_notify_url=https://pay.example.com/pay/wechat \
-	payments.alipay_app_key_file="$KEYS/app.key" \
-	payments.alipay_gateway_url="$FP/gateway.do" \
-	payments.alipay_notify_url=https://pay.example.com/pay/alipay \
-	payments.api_timeout_ms=1500 \
-	payments.query_after="1 2 3 4 5 6" \
-	payments.query_retry_s=2 \
-	payments.query_poll_s=1 \
-	payments.notify_occupant=false \
+PAYOUT_CONF=(
+	"${PAY_KEYS_CONF[@]}"
+	payments.wechat_merchant_key_file="$KEYS/merchant.key"
+	payments.wechat_merchant_serial="$MSERIAL"
+	payments.wechat_api_url="$FP"
+	payments.wechat_notify_url=https://pay.example.com/pay/wechat
+	payments.alipay_app_key_file="$KEYS/app.key"
+	payments.alipay_gateway_url="$FP/gateway.do"
+	payments.alipay_notify_url=https://pay.example.com/pay/alipay
+	payments.api_timeout_ms=1500
+	payments.query_after="1 2 3 4 5 6"
+	payments.query_retry_s=2
+	payments.query_poll_s=1
+	payments.notify_occupant=false
 	payments.reconcile_at=00:00
+)
+daemon_config "${PAYOUT_CONF[@]}"
 "$top_builddir/prepaidd" -n -c "$CONF" >/dev/null || fail "prepaidd -n refused the config"
 daemon_migrate
 daemon_start
@@ -137,6 +142,38 @@ wait_until "SELECT count(*) = 1 FROM prepaid.payments WHERE out_trade_no = '$o3'
     AND state = 'credited'" 15 "credited once the answers verify"
 assert_eq "57.77" "$(balance PO1)" "PO1 balance after 7.77"
 
+note "Alipay answering ACQ.SYSTEM_ERROR, then HTTP 429: nothing recorded, asked again, credited once"
+o13=$(order PO2 1.11 alipay)
+fake "/_fake/order?provider=alipay&out_trade_no=$o13&fen=111" >/dev/null
+fake "/_fake/pay?provider=alipay&out_trade_no=$o13" >/dev/null
+fake "/_fake/fault?mode=500&count=1" >/dev/null
+wait_log "payout: alipay query $o13: 40004 ACQ.SYSTEM_ERROR \(asked again later\)" 1 15
+fake "/_fake/fault?mode=429&count=1" >/dev/null
+wait_log "payout: alipay query $o13: answer not believed: HTTP 429" 1 15
+wait_until "SELECT count(*) = 1 FROM prepaid.payments WHERE out_trade_no = '$o13'
+    AND state = 'credited' AND amount_fen = 111" 15 "credited once the provider answers"
+assert_eq "21.11" "$(balance PO2)" "PO2 balance after 1.11"
+
+note "the merchant key: checked by -n, never logged; a reload naming a bad one keeps it in use"
+daemon_config "${PAYOUT_CONF[@]}" payments.wechat_merchant_key_file="$KEYS/apiv3.key"
+out=$("$top_builddir/prepaidd" -n -c "$CONF" 2>&1) && fail "-n accepted a bad merchant key"
+echo "$out" | grep -q "^$CONF:[0-9]*: payments.wechat_merchant_key_file: .*no PEM private key" ||
+    fail "-n did not name the key and its line: $out"
+echo "ok - -n names the file, line and key: $out"
+from=$(daemon_log_lines)
+daemon_reload
+wait_log "payout: .*wechat_merchant_key_file.*previous keys stay in use" "$from" 10
+o14=$(order PO1 0.50 wechat)
+fake "/_fake/order?provider=wechat&out_trade_no=$o14&fen=50" >/dev/null
+fake "/_fake/pay?provider=wechat&out_trade_no=$o14" >/dev/null
+wait_until "SELECT count(*) = 1 FROM prepaid.payments WHERE out_trade_no = '$o14'
+    AND state = 'credited'" 15 "queries still signed with the key in use"
+daemon_config "${PAYOUT_CONF[@]}"
+from=$(daemon_log_lines)
+daemon_reload
+wait_log "reload: configuration .* applied" "$from" 10
+assert_eq "58.27" "$(balance PO1)" "PO1 balance after 0.50"
+
 note "an expired order is closed at the provider and here; a payment arriving later is held"
 o4=$(order PO1 9.00 wechat '2 seconds')
 fake "/_fake/order?provider=wechat&out_trade_no=$o4&fen=900" >/dev/null
@@ -156,14 +193,14 @@ echo "ok - closed at WeChat Pay (CLOSED) and Alipay (TRADE_CLOSED)"
     --transaction-id 4200000000000000000099 --total 900 --expect 204 >/dev/null
 assert_eq disputed "$(psql_q "SELECT state FROM prepaid.payments
     WHERE provider_txn = '4200000000000000000099'")" "a payment for an order closed here is held"
-assert_eq "57.77" "$(balance PO1)" "nothing credited for the closed order"
+assert_eq "58.27" "$(balance PO1)" "nothing credited for the closed order"
 
 note "refunds: larger than the balance refused before sending; confirmed -> debited once"
 err=$(psql_q "SELECT prepaid.refund('$o2', 25.00, 'RF00000001', 'too much')" 2>&1) &&
     fail "a refund larger than the payment was accepted"
 echo "$err" | grep -q "more than the 20.00 yuan left" || fail "unexpected refusal: $err"
 psql_q "SELECT prepaid.adjust('PO2', -15.00, 'test: use')" >/dev/null
-err=$(psql_q "SELECT prepaid.refund('$o2', 6.00, 'RF00000001', 'too much')" 2>&1) &&
+err=$(psql_q "SELECT prepaid.refund('$o2', 6.50, 'RF00000001', 'too much')" 2>&1) &&
     fail "a refund larger than the balance was accepted"
 echo "$err" | grep -q "larger than the balance of meter PO2" || fail "unexpected refusal: $err"
 assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.refunds")" "no refund row for a refusal"
@@ -175,11 +212,11 @@ assert_eq queued "$(psql_q "SELECT prepaid.refund('$o1', 10.00, 'RF00000002', 'm
     "WeChat refund queued"
 wait_until "SELECT state = 'refunded' FROM prepaid.refunds WHERE refund_no = 'RF00000002'" 15 \
     "WeChat confirmed the refund"
-assert_eq "47.77" "$(balance PO1)" "PO1 debited 10.00 once confirmed"
+assert_eq "48.27" "$(balance PO1)" "PO1 debited 10.00 once confirmed"
 assert_eq refunded "$(psql_q "SELECT prepaid.refund('$o1', 10.00, 'RF00000002', 'moved out')")" \
     "the same refund number again: already refunded"
 sleep 2
-assert_eq "47.77" "$(balance PO1)" "PO1 debited once"
+assert_eq "48.27" "$(balance PO1)" "PO1 debited once"
 assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.ledger WHERE reference = 'refund:RF00000002'")" \
     "one ledger debit"
 err=$(psql_q "SELECT prepaid.refund('$o1', 11.00, 'RF00000002')" 2>&1) &&
@@ -192,11 +229,11 @@ fake "/_fake/refund_mode?mode=processing" >/dev/null
 assert_eq queued "$(psql_q "SELECT prepaid.refund('$o3', 1.00, 'RF00000004')")" "refund queued"
 wait_until "SELECT state = 'processing' FROM prepaid.refunds WHERE refund_no = 'RF00000004'" 15 \
     "accepted by WeChat Pay, still processing"
-assert_eq "47.77" "$(balance PO1)" "nothing debited while processing"
+assert_eq "48.27" "$(balance PO1)" "nothing debited while processing"
 fake "/_fake/refund_done?provider=wechat&no=RF00000004" >/dev/null
 wait_until "SELECT state = 'refunded' AND provider_state = 'SUCCESS' FROM prepaid.refunds
     WHERE refund_no = 'RF00000004'" 15 "the refund query found it done"
-assert_eq "46.77" "$(balance PO1)" "debited 1.00 once it succeeded"
+assert_eq "47.27" "$(balance PO1)" "debited 1.00 once it succeeded"
 grep -q "^GET /v3/refund/domestic/refunds/RF00000004 -> 200 SUCCESS" "$FP_LOG" ||
     fail "the daemon never queried the refund"
 fake "/_fake/refund_mode?mode=success" >/dev/null
@@ -210,11 +247,11 @@ assert_eq '{"status":204}' "$(fake "/_fake/refund_notify?no=RF00000005&url=$WX")
     "the refund notification answered 204"
 wait_until "SELECT state = 'refunded' AND provider_state = 'REFUND.SUCCESS' FROM prepaid.refunds
     WHERE refund_no = 'RF00000005'" 10 "confirmed by the notification"
-assert_eq "44.77" "$(balance PO1)" "debited 2.00"
+assert_eq "45.27" "$(balance PO1)" "debited 2.00"
 assert_eq '{"status":204}' "$(fake "/_fake/refund_notify?no=RF00000005&url=$WX")" \
     "the notification again answered 204"
 sleep 2.5 # the refund query would find it done too
-assert_eq "44.77" "$(balance PO1)" "debited once"
+assert_eq "45.27" "$(balance PO1)" "debited once"
 assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.ledger WHERE reference = 'refund:RF00000005'")" \
     "one ledger debit"
 fake "/_fake/refund_mode?mode=success" >/dev/null
@@ -222,7 +259,7 @@ fake "/_fake/refund_mode?mode=success" >/dev/null
 assert_eq queued "$(psql_q "SELECT prepaid.refund('$o2', 5.00, 'RF00000003')")" "Alipay refund queued"
 wait_until "SELECT state = 'refunded' FROM prepaid.refunds WHERE refund_no = 'RF00000003'" 15 \
     "Alipay confirmed the refund"
-assert_eq "0.00" "$(balance PO2)" "PO2 debited 5.00"
+assert_eq "1.11" "$(balance PO2)" "PO2 debited 5.00"
 refunds=$(fake /_fake/refunds GET)
 assert_eq 4 "$(echo "$refunds" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" \
     "the providers refunded four times in all, once per refund number"
@@ -313,10 +350,10 @@ got=$(psql_q "SELECT string_agg(provider || '|' || kind || '|' || coalesce(out_t
 assert_eq "alipay|not_credited|PPGHOSTALI0001|500|-,wechat|amount_differs|$o3|770|777,wechat|not_credited|PPGHOSTWX00001|999|-,wechat|not_in_bill|$o12|-|300" \
     "$got" "the discrepancies, and nothing else"
 wait_log "reconciliation [0-9]+: the wechat bill of $today differs from the payments credited in 3 place" 1 10
-assert_eq "3|67.69|3|60.77" "$(psql_q "SELECT bill_payments || '|' || bill_amount || '|' ||
+assert_eq "4|68.19|4|61.27" "$(psql_q "SELECT bill_payments || '|' || bill_amount || '|' ||
     credited_payments || '|' || credited_amount FROM prepaid.reconciliation_totals
     WHERE provider = 'wechat' AND bill_date = '$today'")" \
-    "totals: the bill (50.00 + 7.70 + 9.99) next to payments_daily (50.00 + 7.77 + 3.00)"
+    "totals: the bill (50.00 + 7.70 + 9.99 + 0.50) next to payments_daily (50.00 + 7.77 + 3.00 + 0.50)"
 
 note "the merchant key never reaches the log"
 if grep -q "PRIVATE KEY\|WECHATPAY2-SHA256-RSA2048" "$DAEMON_LOG"; then
