@@ -15,8 +15,9 @@
 # Alipay), audited with the login role, and that a refund still processing
 # is debited once its query or its WeChat notification says it succeeded;
 # that ACQ.SYSTEM_ERROR and 429 answers are asked again; that -n checks the
-# merchant key and a reload naming a bad one keeps the key in use; that orders are created at the
-# providers as the pay page will (every channel, idempotent); and that the
+# merchant key and a reload naming a bad one keeps the key in use; that
+# orders are created at the providers as the pay page will (every channel,
+# idempotent); and that the
 # daily bills are downloaded (WeChat CSV checked by its SHA-1, Alipay ZIP of
 # GBK CSVs) and a payment missing here, one credited here missing from the
 # bill and one whose amount differs are in the discrepancy view, with an
