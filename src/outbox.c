@@ -9,8 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
 #include "log.h"
 #include "metrics.h"
 #include "outbox.h"
@@ -43,17 +41,19 @@ outbox_publish(struct outbox *ob, PGresult *res, int row)
 	const char *meter = PQgetvalue(res, row, 1);
 	const char *action = PQgetvalue(res, row, 2);
 	long long left = strtoll(PQgetvalue(res, row, 5), NULL, 10);
-	json_t *o;
+	struct meter_cmd cmd;
 	char *body, *topic;
 	int mid;
 
-	o = json_pack(
-	    "{s:s, s:s, s:s}", "id", id, "action", action, "valid_until", PQgetvalue(res, row, 4));
-	if (!PQgetisnull(res, row, 3))
-		json_object_set_new(
-		    o, "from_seq", json_integer(strtoll(PQgetvalue(res, row, 3), NULL, 10)));
-	body = json_dumps(o, JSON_COMPACT);
-	json_decref(o);
+	memset(&cmd, 0, sizeof cmd);
+	snprintf(cmd.id, sizeof cmd.id, "%s", id);
+	snprintf(cmd.action, sizeof cmd.action, "%s", action);
+	cmd.has_valid_until = payload_parse_rfc3339(PQgetvalue(res, row, 4), &cmd.valid_until_us);
+	if (!PQgetisnull(res, row, 3)) {
+		cmd.has_from_seq = true;
+		cmd.from_seq = strtoll(PQgetvalue(res, row, 3), NULL, 10);
+	}
+	body = cmd.has_valid_until ? payload_encode_cmd(&cmd) : NULL;
 	xasprintf(&topic, "%s/%s/cmd", ob->conf->mqtt_topic_prefix, meter);
 	if (left < 1)
 		left = 1;
@@ -63,9 +63,8 @@ outbox_publish(struct outbox *ob, PGresult *res, int row)
 		log_info("command %s: %s sent to meter %s (attempt %s, valid %llds more)", id,
 		    action, meter, PQgetvalue(res, row, 6), left);
 	} else
-		log_warn("command %s: %s for meter %s not published (broker away); "
-		         "it will be re-sent",
-		    id, action, meter);
+		log_warn("command %s: %s for meter %s not published (%s); it will be re-sent", id,
+		    action, meter, body ? "broker away" : "cannot encode it");
 	free(body);
 	free(topic);
 }
