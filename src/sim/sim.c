@@ -5,7 +5,8 @@
  * press after a delay, close, keep-power, resend of held readings) and
  * reports relay events. Integration tests, the quickstart demo and the
  * benchmark drive it, so its command line and its stdout lines are a
- * contract too (see prepaid-sim(1)). Like the daemon it runs libmosquitto
+ * contract too (see prepaid-sim(1)). Commands are decoded by payload.c,
+ * the code that encodes them in the daemon. Like the daemon it runs libmosquitto
  * on a libevent loop, on one thread, with no library thread and no locks.
  * It speaks MQTT 3.1.1: a v5 broker would impose its receive maximum (20 by
  * default in mosquitto) on the publish window and spoil the load mode.
