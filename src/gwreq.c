@@ -174,7 +174,7 @@ gwreq_sign_aliyun(
 {
 	struct signer_param p[64];
 	struct signer_aliyun_req ar;
-	const char *why = NULL;
+	char *why = NULL;
 	size_t np = gwreq_form_pairs(out->body, p, ARRAY_SIZE(p));
 	char *signed_body;
 
@@ -189,6 +189,7 @@ gwreq_sign_aliyun(
 	signed_body = signer_aliyun_form(&ar, p, np, &why);
 	if (signed_body == NULL) {
 		xasprintf(cause, "aliyun signer: %s", why ? why : "refused");
+		free(why);
 		return false;
 	}
 	free(out->body);
@@ -205,7 +206,7 @@ gwreq_sign_tencent(const struct conf_gateway *gw, const struct gwreq_msg *msg, s
 	struct signer_tc3 tc3;
 	char host[256] = "";
 	const char *h = strstr(out->url, "://");
-	const char *why = NULL;
+	char *why = NULL;
 	size_t j;
 
 	if (h != NULL) {
@@ -229,6 +230,7 @@ gwreq_sign_tencent(const struct conf_gateway *gw, const struct gwreq_msg *msg, s
 	tr.payload_len = out->body_len;
 	if (!signer_tc3_sign(&tr, &tc3, &why)) {
 		xasprintf(cause, "tencent signer: %s", why ? why : "refused");
+		free(why);
 		return false;
 	}
 	for (j = 0; tc3.headers[j] != NULL && *nh < GWREQ_HEADERS_MAX - 1; j++)

@@ -2,10 +2,13 @@
  * main.c: prepaidd's start-up, signals and the wiring between modules.
  *
  * Start-up order: options; configuration (-n stops here); --migrate (stops
- * here); the event loop; signals; the HTTP listener; two PostgreSQL
- * connections ("ingest" for reading batches, "control" for the schema
- * check, LISTEN/NOTIFY, the command outbox and partition upkeep); the broker
- * link; then the loop runs until SIGTERM/SIGINT. READY is told to systemd
+ * here); the event loop; signals; the HTTP listener; the payment callbacks
+ * (with a pool of [payments] connections PostgreSQL connections of their
+ * own); three PostgreSQL connections ("ingest" for reading batches;
+ * "control" for the schema check, LISTEN prepaid_alerts and
+ * prepaid_messages, the message dispatcher, the ladder and partition
+ * upkeep; "commands" for the command outbox and LISTEN prepaid_commands);
+ * the broker link; then the loop runs until SIGTERM/SIGINT. READY is told to systemd
  * once the schema is verified, and both PostgreSQL and the broker are
  * connected.
  *

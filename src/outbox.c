@@ -1,6 +1,6 @@
 /*
  * outbox.c: the command outbox of outbox.h. One claim round trip at a time
- * on the control connection; a NOTIFY or a poll tick during a claim sets a
+ * on the "commands" connection (its own, see main.c); a NOTIFY or a poll tick during a claim sets a
  * flag so that another claim follows. Claiming is skipped while the broker
  * is away: rows stay due in the database and nothing is marked sent that
  * could not be published.

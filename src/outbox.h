@@ -26,7 +26,7 @@ struct outbox *outbox_new(
 void outbox_free(struct outbox *ob);
 void outbox_set_conf(struct outbox *ob, const struct conf *conf);
 
-/* The control connection is up with the right schema (LISTEN is issued here). */
+/* Its connection is up and the schema is right (LISTEN is issued here). */
 void outbox_set_ready(struct outbox *ob, bool ready);
 /* A NOTIFY on prepaid_commands, or the broker came back: claim now. */
 void outbox_kick(struct outbox *ob);

@@ -2,7 +2,9 @@
  * payload.h: the meter contract of DESIGN.md as pure functions — topic
  * parsing, meter id validation, decoding/validating reading, event and
  * acknowledgement payloads, and encoding (for the daemon) and decoding (for
- * the simulator) the commands sent on <prefix>/<id>/cmd. No I/O and no global state: this is what
+ * the simulator) the commands sent on <prefix>/<id>/cmd. A refusal gives a
+ * one-line reason the caller neither frees nor keeps: in the caller's why
+ * buffer, or a static phrase. No I/O and no global state: this is what
  * the unit tests and the libFuzzer harness call.
  */
 #ifndef PREPAIDD_PAYLOAD_H
