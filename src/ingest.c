@@ -227,7 +227,7 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 	char reason[256];
 	enum topic_kind kind;
 	struct payload_sink sink = {ingest_on_reading, ingest_on_item_reject, in};
-	size_t maxb = (size_t)in->conf->ingest_max_payload;
+	size_t maxb = (size_t)in->conf->ingest_max_payload_bytes;
 
 	metrics.messages_received++;
 	in->cur_topic = topic;

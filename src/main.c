@@ -503,9 +503,9 @@ daemon_reload(struct daemon *d)
 	ingest_set_conf(d->ingest, nc);
 	outbox_set_conf(d->outbox, nc);
 	notify_set_conf(d->notify, nc);
-	pgconn_set_conninfo(d->pg_ingest, nc->db_conninfo);
-	pgconn_set_conninfo(d->pg_control, nc->db_conninfo);
-	pgconn_set_conninfo(d->pg_commands, nc->db_conninfo);
+	pgconn_set_conninfo(d->pg_ingest, nc->database_conninfo);
+	pgconn_set_conninfo(d->pg_control, nc->database_conninfo);
+	pgconn_set_conninfo(d->pg_commands, nc->database_conninfo);
 	apply_log_level(nc, verbose_flag);
 	conf_free(d->conf);
 	d->conf = nc;
@@ -572,18 +572,18 @@ daemon_run(struct conf *conf)
 	ph.on_connect = ingest_connected;
 	ph.on_disconnect = ingest_lost;
 	ph.arg = d;
-	d->pg_ingest =
-	    pgconn_new(d->base, "ingest", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_ingest = pgconn_new(
+	    d->base, "ingest", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 	ph.on_connect = control_connected;
 	ph.on_disconnect = control_lost;
 	ph.on_notify = control_notified;
-	d->pg_control =
-	    pgconn_new(d->base, "control", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_control = pgconn_new(
+	    d->base, "control", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 	ph.on_connect = commands_connected;
 	ph.on_disconnect = commands_lost;
 	ph.on_notify = commands_notified;
-	d->pg_commands =
-	    pgconn_new(d->base, "commands", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_commands = pgconn_new(
+	    d->base, "commands", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 
 	memset(&ih, 0, sizeof ih);
 	ih.on_pressure = ingest_pressure_cb;
@@ -722,7 +722,7 @@ main(int argc, char **argv)
 		return 0;
 	}
 	if (migrate) {
-		rc = migrate_run(conf->db_conninfo) == 0 ? 0 : 1;
+		rc = migrate_run(conf->database_conninfo) == 0 ? 0 : 1;
 		conf_free(conf);
 		return rc;
 	}

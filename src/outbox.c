@@ -84,7 +84,7 @@ outbox_claimed(void *arg, PGresult *res, const char *err)
 			outbox_publish(ob, res, i);
 	}
 	/* A full page means more may be due; a wake-up during the claim too. */
-	if (ob->again || (err == NULL && n >= ob->conf->cmd_claim_batch)) {
+	if (ob->again || (err == NULL && n >= ob->conf->commands_claim_batch)) {
 		ob->again = false;
 		outbox_claim(ob);
 	}
@@ -102,9 +102,9 @@ outbox_claim(struct outbox *ob)
 		ob->again = true;
 		return;
 	}
-	snprintf(limit, sizeof limit, "%d", ob->conf->cmd_claim_batch);
-	snprintf(initial, sizeof initial, "%d milliseconds", ob->conf->cmd_retry_initial_ms);
-	snprintf(max, sizeof max, "%d milliseconds", ob->conf->cmd_retry_max_ms);
+	snprintf(limit, sizeof limit, "%d", ob->conf->commands_claim_batch);
+	snprintf(initial, sizeof initial, "%d milliseconds", ob->conf->commands_retry_initial_ms);
+	snprintf(max, sizeof max, "%d milliseconds", ob->conf->commands_retry_max_ms);
 	ob->claiming = true;
 	metrics.command_claims++;
 	pgconn_query(ob->pc, outbox_claim_sql, 3, params, outbox_claimed, ob);
@@ -123,8 +123,8 @@ outbox_arm_poll(struct outbox *ob)
 {
 	struct timeval tv;
 
-	tv.tv_sec = ob->conf->cmd_poll_interval_ms / 1000;
-	tv.tv_usec = (ob->conf->cmd_poll_interval_ms % 1000) * 1000;
+	tv.tv_sec = ob->conf->commands_poll_interval_ms / 1000;
+	tv.tv_usec = (ob->conf->commands_poll_interval_ms % 1000) * 1000;
 	event_del(ob->poll_timer);
 	event_add(ob->poll_timer, &tv);
 }

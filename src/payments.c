@@ -115,34 +115,35 @@ pay_keys_load(const struct conf *c, struct pay_keys *k, char *err, size_t errlen
 	int rc = 0;
 
 	memset(k, 0, sizeof *k);
-	if (c->wx_path != NULL) {
+	if (c->payments_wechat_path != NULL) {
 		k->wx = pay_keyring_new();
-		if (pay_secret_load(c->wx_apiv3_key_file, k->apiv3, why, sizeof why) != 0)
-			return pay_key_error(
-			    c, &c->wx_apiv3_key_file, "wechat_apiv3_key_file", why, err, errlen);
-		if (c->wx_platform_certs != NULL) {
-			list = xstrdup(c->wx_platform_certs);
+		if (pay_secret_load(c->payments_wechat_apiv3_key_file, k->apiv3, why, sizeof why) !=
+		    0)
+			return pay_key_error(c, &c->payments_wechat_apiv3_key_file,
+			    "wechat_apiv3_key_file", why, err, errlen);
+		if (c->payments_wechat_platform_certs != NULL) {
+			list = xstrdup(c->payments_wechat_platform_certs);
 			for (f = strtok_r(list, " \t", &save); f != NULL && rc == 0;
 			     f = strtok_r(NULL, " \t", &save)) {
 				if (pay_keyring_add_file(k->wx, NULL, f, why, sizeof why) != 0)
-					rc = pay_key_error(c, &c->wx_platform_certs,
+					rc = pay_key_error(c, &c->payments_wechat_platform_certs,
 					    "wechat_platform_certs", why, err, errlen);
 			}
 			free(list);
 			if (rc != 0)
 				return rc;
 		}
-		if (c->wx_public_key_file != NULL &&
-		    pay_keyring_add_file(
-		        k->wx, c->wx_public_key_id, c->wx_public_key_file, why, sizeof why) != 0)
-			return pay_key_error(
-			    c, &c->wx_public_key_file, "wechat_public_key_file", why, err, errlen);
+		if (c->payments_wechat_public_key_file != NULL &&
+		    pay_keyring_add_file(k->wx, c->payments_wechat_public_key_id,
+		        c->payments_wechat_public_key_file, why, sizeof why) != 0)
+			return pay_key_error(c, &c->payments_wechat_public_key_file,
+			    "wechat_public_key_file", why, err, errlen);
 	}
-	if (c->ali_path != NULL) {
-		k->ali = pay_pubkey_load(c->ali_public_key_file, why, sizeof why);
+	if (c->payments_alipay_path != NULL) {
+		k->ali = pay_pubkey_load(c->payments_alipay_public_key_file, why, sizeof why);
 		if (k->ali == NULL)
-			return pay_key_error(
-			    c, &c->ali_public_key_file, "alipay_public_key_file", why, err, errlen);
+			return pay_key_error(c, &c->payments_alipay_public_key_file,
+			    "alipay_public_key_file", why, err, errlen);
 	}
 	return 0;
 }
@@ -358,7 +359,8 @@ pay_timeout(evutil_socket_t fd, short what, void *arg)
 	log_ratelimited(LOG_LVL_WARN, "pay-slow", 10,
 	    "payments: %s out_trade_no=%s transaction=%s: no answer from PostgreSQL within "
 	    "%d ms: 503 (the provider retries)",
-	    pay_provider_names[r->provider], r->out_trade_no, r->txn, r->p->conf->pay_answer_ms);
+	    pay_provider_names[r->provider], r->out_trade_no, r->txn,
+	    r->p->conf->payments_answer_within_ms);
 	pay_answer(r, 503, "database busy, retry");
 }
 
@@ -460,8 +462,8 @@ pay_submit(struct pay_req *r, const char *sql, int n, const char *const *params)
 		return;
 	}
 	r->in_db = true;
-	tv.tv_sec = p->conf->pay_answer_ms / 1000;
-	tv.tv_usec = (p->conf->pay_answer_ms % 1000) * 1000;
+	tv.tv_sec = p->conf->payments_answer_within_ms / 1000;
+	tv.tv_usec = (p->conf->payments_answer_within_ms % 1000) * 1000;
 	r->timer = evtimer_new(p->base, pay_timeout, r);
 	evtimer_add(r->timer, &tv);
 	pgconn_query(pc, sql, n, params, pay_recorded, r);
@@ -490,7 +492,7 @@ pay_record(struct pay_req *r, const char *status, const char *notify_id, const c
 	params[5] = notify_id;
 	params[6] = pay_time_ok(paid_at) ? paid_at : NULL;
 	params[7] = at;
-	params[8] = r->p->conf->pay_notify_occupant ? "true" : "false";
+	params[8] = r->p->conf->payments_notify_occupant ? "true" : "false";
 	params[9] = r->p->hooks.on_command != NULL ? "true" : "false";
 	pay_submit(r, pay_record_sql, 10, params);
 }
@@ -574,7 +576,7 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 	rc = pay_wechat_verify(p->keys.wx, evhttp_find_header(h, "Wechatpay-Serial"),
 	    evhttp_find_header(h, "Wechatpay-Timestamp"), evhttp_find_header(h, "Wechatpay-Nonce"),
 	    evhttp_find_header(h, "Wechatpay-Signature"), body, len, now_wall_us() / 1000000,
-	    c->wx_max_skew, why, sizeof why);
+	    c->payments_wechat_max_skew, why, sizeof why);
 	if (rc == PAY_ESERIAL &&
 	    pay_serial_printable(v = evhttp_find_header(h, "Wechatpay-Serial"))) {
 		/* Rotation: name the key WeChat Pay now signs with. */
@@ -600,7 +602,8 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 		pay_refuse(r, 400, msg, false);
 		goto out;
 	}
-	pay_wechat_classify(&env, plain, plen, c->wx_mchid, c->wx_appids, &cls);
+	pay_wechat_classify(
+	    &env, plain, plen, c->payments_wechat_mchid, c->payments_wechat_appids, &cls);
 	pay_act(r, &cls);
 	pay_class_free(&cls);
 out:
@@ -636,7 +639,7 @@ pay_alipay_handle(struct pay_req *r, const char *body, size_t len)
 		goto out;
 	}
 	/* Verified: from here the fields are Alipay's. */
-	pay_alipay_classify(&f, c->ali_app_id, c->ali_seller_id, &cls);
+	pay_alipay_classify(&f, c->payments_alipay_app_id, c->payments_alipay_seller_id, &cls);
 	pay_act(r, &cls);
 	pay_class_free(&cls);
 out:
@@ -724,7 +727,7 @@ payments_new(
 		free(p);
 		return NULL;
 	}
-	if (conf->wx_path == NULL && conf->ali_path == NULL)
+	if (conf->payments_wechat_path == NULL && conf->payments_alipay_path == NULL)
 		return p;
 	if (httpd == NULL) {
 		snprintf(err, errlen,
@@ -739,20 +742,21 @@ payments_new(
 	ph.on_connect = pay_connected;
 	ph.on_disconnect = pay_lost;
 	ph.arg = p;
-	p->npg = conf->pay_connections;
+	p->npg = conf->payments_connections;
 	p->pg = xcalloc((size_t)p->npg, sizeof *p->pg);
 	for (i = 0; i < p->npg; i++)
-		p->pg[i] =
-		    pgconn_new(base, "payments", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
-	if (conf->wx_path != NULL) {
-		httpd_route_post(httpd, conf->wx_path, pay_wechat_cb, p);
+		p->pg[i] = pgconn_new(base, "payments", conf->database_conninfo,
+		    conf->database_reconnect_max_ms, &ph);
+	if (conf->payments_wechat_path != NULL) {
+		httpd_route_post(httpd, conf->payments_wechat_path, pay_wechat_cb, p);
 		log_info("payments: WeChat Pay callbacks on %s (merchant %s, %zu key(s))",
-		    conf->wx_path, conf->wx_mchid, pay_keyring_count(p->keys.wx));
+		    conf->payments_wechat_path, conf->payments_wechat_mchid,
+		    pay_keyring_count(p->keys.wx));
 	}
-	if (conf->ali_path != NULL) {
-		httpd_route_post(httpd, conf->ali_path, pay_alipay_cb, p);
-		log_info("payments: Alipay notifications on %s (app %s)", conf->ali_path,
-		    conf->ali_app_id);
+	if (conf->payments_alipay_path != NULL) {
+		httpd_route_post(httpd, conf->payments_alipay_path, pay_alipay_cb, p);
+		log_info("payments: Alipay notifications on %s (app %s)",
+		    conf->payments_alipay_path, conf->payments_alipay_app_id);
 	}
 	return p;
 }
@@ -773,7 +777,7 @@ payments_reconfigure(struct payments *p, const struct conf *conf)
 	}
 	p->conf = conf;
 	for (i = 0; i < p->npg; i++)
-		pgconn_set_conninfo(p->pg[i], conf->db_conninfo);
+		pgconn_set_conninfo(p->pg[i], conf->database_conninfo);
 }
 
 void
