@@ -8,7 +8,7 @@
  * with the message's params; the gateway's url, headers and body templates
  * are rendered with the placeholders below, each escaped for where it
  * lands; then auth or a signer; then one HTTP request. The outcome goes
- * back through prepaid.finish_message() on the same connection.
+ * back through prepaid_internal.finish_message() on the same connection.
  *
  * Placeholders of gateway templates: to, text, subject, name, meter,
  * balance, amount_due, link, language, message_id, params_json (the
@@ -143,8 +143,8 @@ notify_flush(struct notify *n)
 	json_array_clear(n->outcomes);
 	params[0] = body;
 	n->finishing = true;
-	pgconn_query(
-	    n->pc, "SELECT prepaid.finish_messages($1::jsonb)", 1, params, notify_finished, n);
+	pgconn_query(n->pc, "SELECT prepaid_internal.finish_messages($1::jsonb)", 1, params,
+	    notify_finished, n);
 	free(body);
 }
 
@@ -800,7 +800,8 @@ notify_claim(struct notify *n)
 		n->claiming = true;
 		pgconn_query(n->pc,
 		    "SELECT message_id, attempt, meter_id, channel, gateway, to_address, language, "
-		    "subject, body, params FROM prepaid.claim_messages($1::text[], $2::text[], "
+		    "subject, body, params FROM prepaid_internal.claim_messages($1::text[], "
+		    "$2::text[], "
 		    "$3::bool[], $4::int[], $5::interval)",
 		    5, params, notify_claimed, n);
 	} /* else: a completion claims again */
