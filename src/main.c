@@ -179,7 +179,7 @@ partitions_upkeep(struct daemon *d)
 	const char *params[1] = {ahead};
 
 	snprintf(ahead, sizeof ahead, "%d", d->conf->ingest_partitions_ahead);
-	pgconn_query(d->pg_control, "SELECT prepaid.ensure_partitions($1::int)", 1, params,
+	pgconn_query(d->pg_control, "SELECT prepaid_internal.ensure_partitions($1::int)", 1, params,
 	    partitions_done, d);
 }
 
@@ -229,6 +229,11 @@ schema_checked(void *arg, PGresult *res, const char *err)
 	if (have > want)
 		log_warn(
 		    "database: schema version %d is newer than this prepaidd (%d)", have, want);
+	if (err == NULL &&
+	    (PQgetisnull(res, 0, 1) || strcmp(PQgetvalue(res, 0, 1), sql_code_hash) != 0))
+		log_warn("database: its functions and views are not this prepaidd's (sql/*.sql, "
+		         "sha256 %.12s): run `prepaidd -c %s --migrate`",
+		    sql_code_hash, d->conf->path);
 	if (!d->schema_ok)
 		log_info("database: schema version %d", have);
 	d->schema_ok = true;

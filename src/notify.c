@@ -7,7 +7,7 @@
  * Each message: gwreq.c builds the request (its text and subject from the
  * message's templates, the gateway's url, headers and body around them,
  * auth or a signature); then one HTTP request. The outcome goes back
- * through prepaid.finish_messages() on the same connection.
+ * through prepaid_internal.finish_messages() on the same connection.
  *
  * Secrets (conf_gateway.secret) go to libcurl and signers only; recipients
  * are masked in log lines; bodies are never logged.
@@ -123,8 +123,8 @@ notify_flush(struct notify *n)
 	json_array_clear(n->outcomes);
 	params[0] = body;
 	n->finishing = true;
-	pgconn_query(
-	    n->pc, "SELECT prepaid.finish_messages($1::jsonb)", 1, params, notify_finished, n);
+	pgconn_query(n->pc, "SELECT prepaid_internal.finish_messages($1::jsonb)", 1, params,
+	    notify_finished, n);
 	free(body);
 }
 
@@ -525,7 +525,8 @@ notify_claim(struct notify *n)
 		n->claiming = true;
 		pgconn_query(n->pc,
 		    "SELECT message_id, attempt, meter_id, channel, gateway, to_address, language, "
-		    "subject, body, params FROM prepaid.claim_messages($1::text[], $2::text[], "
+		    "subject, body, params FROM prepaid_internal.claim_messages($1::text[], "
+		    "$2::text[], "
 		    "$3::bool[], $4::int[], $5::interval)",
 		    5, params, notify_claimed, n);
 	} /* else: a completion claims again */

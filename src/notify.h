@@ -1,12 +1,12 @@
 /*
  * notify.h: the message dispatcher. prepaid.messages is the outbox; this
  * module LISTENs for prepaid_messages, claims due messages of the channels
- * it has gateways for through prepaid.claim_messages() (SKIP LOCKED and a
+ * it has gateways for through prepaid_internal.claim_messages() (SKIP LOCKED and a
  * lease, so several daemons never send the same attempt twice), has
  * gwreq.c build the message and the gateway's request from their
  * templates (conf.h [gateway NAME], signed where the provider wants),
  * sends it with the HTTP client on the event loop (httpc.c) and records
- * the outcome through prepaid.finish_messages(): sent; retry later
+ * the outcome through prepaid_internal.finish_messages(): sent; retry later
  * (transport error, timeout, 429 honouring Retry-After, 5xx) with backoff
  * up to the gateway's max_attempts; or failed for good.
  */

@@ -31,7 +31,7 @@ static const char outbox_claim_sql[] =
     "SELECT id, meter_id, action, from_seq, "
     "to_char(valid_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
     "ceil(extract(epoch FROM valid_until - clock_timestamp()))::bigint, attempts "
-    "FROM prepaid.claim_commands($1::int, $2::interval, $3::interval)";
+    "FROM prepaid_internal.claim_commands($1::int, $2::interval, $3::interval)";
 
 /* Publish one claimed command; it is marked sent already (and will be re-sent). */
 static void

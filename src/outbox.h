@@ -1,7 +1,7 @@
 /*
  * outbox.h: commands to meters. The rows of prepaid.commands are the truth;
  * this module LISTENs for prepaid_commands, claims due commands through
- * prepaid.claim_commands() (FOR UPDATE SKIP LOCKED, so several daemons never
+ * prepaid_internal.claim_commands() (FOR UPDATE SKIP LOCKED, so several daemons never
  * publish the same attempt twice), and publishes them to <prefix>/<id>/cmd
  * (QoS 1, never retained, MQTT v5 message expiry = time left until
  * valid_until) after the claim has committed. Re-sends and expiry are the

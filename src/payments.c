@@ -2,7 +2,7 @@
  * payments.c: the payment callbacks of payments.h.
  *
  * A callback is answered exactly once: refused at once when it does not
- * verify, after the commit of prepaid.record_payment() when it does, or 503
+ * verify, after the commit of prepaid_internal.record_payment() when it does, or 503
  * when the database is away or has not answered within answer_within_ms
  * (WeChat counts an answer after 5 s as a failure). A result that arrives
  * after a 503 is only logged: the provider's retry finds the payment
@@ -471,10 +471,10 @@ pay_submit(struct pay_req *r, const char *sql, int n, const char *const *params)
 
 static const char pay_record_sql[] =
     "SELECT outcome, payment_id, meter_id, command_id, round(balance, 2) "
-    "FROM prepaid.record_payment($1, $2, $3, $4::bigint, $5, $6, $7::timestamptz, "
+    "FROM prepaid_internal.record_payment($1, $2, $3, $4::bigint, $5, $6, $7::timestamptz, "
     "$8::timestamptz, $9::boolean, $10::boolean)";
-static const char pay_notice_sql[] =
-    "SELECT prepaid.record_payment_notice($1, $2, $3, $4, $5, $6, $7::bigint, $8::timestamptz)";
+static const char pay_notice_sql[] = "SELECT prepaid_internal.record_payment_notice($1, $2, $3, "
+                                     "$4, $5, $6, $7::bigint, $8::timestamptz)";
 
 static void
 pay_record(struct pay_req *r, const char *status, const char *notify_id, const char *paid_at)
