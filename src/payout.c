@@ -2,16 +2,16 @@
  * payout.c: the provider calls of payout.h.
  *
  * Every query_poll_s seconds one connection asks PostgreSQL for the orders
- * due (prepaid.payout_due: the next step of the query_after ladder, or
- * expired) and the refunds due (prepaid.refund_due); both claim their rows
+ * due (prepaid_internal.payout_due: the next step of the query_after ladder, or
+ * expired) and the refunds due (prepaid_internal.refund_due); both claim their rows
  * for query_retry_s, so a call that gets no answer is simply tried again
  * later, with the same numbers. Answers:
- *   query: paid -> prepaid.record_payment (as a notification, under the
+ *   query: paid -> prepaid_internal.record_payment (as a notification, under the
  *     provider's transaction id), then payout_answered; not paid and
  *     expired -> close; otherwise payout_answered records the state;
  *   close: done (or the order is unknown there) -> payout_answered closes
  *     the order here;
- *   refund: success -> prepaid.refund_answered debits once; processing ->
+ *   refund: success -> prepaid_internal.refund_answered debits once; processing ->
  *     asked again later (WeChat: refund query); refused -> failed.
  * A 2xx answer without a valid signature is not believed (logged, the claim
  * expires). The merchant keys and the Authorization header are never
@@ -137,38 +137,39 @@ payout_keys_load(const struct conf *c, struct payout_keys *k, char *err, size_t 
 	int rc = 0;
 
 	memset(k, 0, sizeof *k);
-	if (c->wechat_merchant_key_file != NULL) {
-		k->wx_priv = payapi_privkey_load(c->wechat_merchant_key_file, why, sizeof why);
+	if (c->payments_wechat_merchant_key_file != NULL) {
+		k->wx_priv =
+		    payapi_privkey_load(c->payments_wechat_merchant_key_file, why, sizeof why);
 		if (k->wx_priv == NULL)
-			return payout_key_error(c, &c->wechat_merchant_key_file,
+			return payout_key_error(c, &c->payments_wechat_merchant_key_file,
 			    "wechat_merchant_key_file", why, err, errlen);
 		k->wx_pub = pay_keyring_new();
-		if (c->wx_platform_certs != NULL) {
-			list = xstrdup(c->wx_platform_certs);
+		if (c->payments_wechat_platform_certs != NULL) {
+			list = xstrdup(c->payments_wechat_platform_certs);
 			for (f = strtok_r(list, " \t", &save); f != NULL && rc == 0;
 			     f = strtok_r(NULL, " \t", &save))
 				if (pay_keyring_add_file(k->wx_pub, NULL, f, why, sizeof why) != 0)
-					rc = payout_key_error(c, &c->wx_platform_certs,
+					rc = payout_key_error(c, &c->payments_wechat_platform_certs,
 					    "wechat_platform_certs", why, err, errlen);
 			free(list);
 			if (rc != 0)
 				return rc;
 		}
-		if (c->wx_public_key_file != NULL &&
-		    pay_keyring_add_file(k->wx_pub, c->wx_public_key_id, c->wx_public_key_file, why,
-		        sizeof why) != 0)
-			return payout_key_error(
-			    c, &c->wx_public_key_file, "wechat_public_key_file", why, err, errlen);
+		if (c->payments_wechat_public_key_file != NULL &&
+		    pay_keyring_add_file(k->wx_pub, c->payments_wechat_public_key_id,
+		        c->payments_wechat_public_key_file, why, sizeof why) != 0)
+			return payout_key_error(c, &c->payments_wechat_public_key_file,
+			    "wechat_public_key_file", why, err, errlen);
 	}
-	if (c->alipay_app_key_file != NULL) {
-		k->ali_priv = payapi_privkey_load(c->alipay_app_key_file, why, sizeof why);
+	if (c->payments_alipay_app_key_file != NULL) {
+		k->ali_priv = payapi_privkey_load(c->payments_alipay_app_key_file, why, sizeof why);
 		if (k->ali_priv == NULL)
-			return payout_key_error(
-			    c, &c->alipay_app_key_file, "alipay_app_key_file", why, err, errlen);
-		k->ali_pub = pay_pubkey_load(c->ali_public_key_file, why, sizeof why);
+			return payout_key_error(c, &c->payments_alipay_app_key_file,
+			    "alipay_app_key_file", why, err, errlen);
+		k->ali_pub = pay_pubkey_load(c->payments_alipay_public_key_file, why, sizeof why);
 		if (k->ali_pub == NULL)
-			return payout_key_error(
-			    c, &c->ali_public_key_file, "alipay_public_key_file", why, err, errlen);
+			return payout_key_error(c, &c->payments_alipay_public_key_file,
+			    "alipay_public_key_file", why, err, errlen);
 	}
 	return 0;
 }
@@ -189,7 +190,7 @@ payout_check(const struct conf *conf, char *err, size_t errlen)
 static void
 payout_appid(const struct conf *c, char *buf, size_t len)
 {
-	const char *s = c->wx_appids != NULL ? c->wx_appids : "";
+	const char *s = c->payments_wechat_appids != NULL ? c->payments_wechat_appids : "";
 	size_t n;
 
 	s += strspn(s, " \t");
@@ -302,13 +303,14 @@ payout_wx_send_url(struct payout_call *c, const char *method, const char *full_u
 	size_t blen = body != NULL ? strlen(body) : 0;
 
 	payapi_nonce(nonce);
-	auth = payapi_wx_authorization(p->keys.wx_priv, conf->wx_mchid,
-	    conf->wechat_merchant_serial, method, path, now_wall_us() / 1000000, nonce, body, blen);
+	auth = payapi_wx_authorization(p->keys.wx_priv, conf->payments_wechat_mchid,
+	    conf->payments_wechat_merchant_serial, method, path, now_wall_us() / 1000000, nonce,
+	    body, blen);
 	xasprintf(&hauth, "Authorization: %s", auth != NULL ? auth : "");
 	if (full_url != NULL)
 		url = xstrdup(full_url);
 	else
-		xasprintf(&url, "%s%s", conf->wechat_api_url, path);
+		xasprintf(&url, "%s%s", conf->payments_wechat_api_url, path);
 	headers[0] = hauth;
 	headers[1] = "Accept: application/json";
 	headers[2] = body != NULL ? "Content-Type: application/json" : "Content-Type:";
@@ -319,7 +321,7 @@ payout_wx_send_url(struct payout_call *c, const char *method, const char *full_u
 	r.headers = headers;
 	r.body = body;
 	r.body_len = blen;
-	r.timeout_ms = conf->api_timeout_ms;
+	r.timeout_ms = conf->payments_api_timeout_ms;
 	r.body_max = body_max;
 	r.tag = "wechatpay";
 	c->req = auth != NULL ? httpc_send(p->http, &r, payout_done, c, &cause) : NULL;
@@ -356,8 +358,9 @@ payout_ali_send(struct payout_call *c, const char *method, const char *biz)
 
 	c->method = method;
 	payapi_cn_time(now_wall_us() / 1000000, false, ts, sizeof ts);
-	if (payapi_ali_request(p->keys.ali_priv, conf->ali_app_id, method, biz, ts,
-	        c->kind == CALL_ORDER ? conf->alipay_notify_url : NULL, NULL, &ar) != PAY_OK) {
+	if (payapi_ali_request(p->keys.ali_priv, conf->payments_alipay_app_id, method, biz, ts,
+	        c->kind == CALL_ORDER ? conf->payments_alipay_notify_url : NULL, NULL,
+	        &ar) != PAY_OK) {
 		log_error("payout: alipay %s %s: the app key cannot sign",
 		    payout_kind_names[c->kind], c->otn);
 		if (c->kind == CALL_ORDER)
@@ -365,14 +368,14 @@ payout_ali_send(struct payout_call *c, const char *method, const char *biz)
 		payout_call_free(c);
 		return;
 	}
-	xasprintf(&url, "%s?%s", conf->alipay_gateway_url, ar.query);
+	xasprintf(&url, "%s?%s", conf->payments_alipay_gateway_url, ar.query);
 	memset(&r, 0, sizeof r);
 	r.url = url;
 	r.method = "POST";
 	r.headers = headers;
 	r.body = ar.body;
 	r.body_len = strlen(ar.body);
-	r.timeout_ms = conf->api_timeout_ms;
+	r.timeout_ms = conf->payments_api_timeout_ms;
 	r.tag = "alipay";
 	c->req = httpc_send(p->http, &r, payout_done, c, &cause);
 	if (c->req == NULL) {
@@ -399,7 +402,7 @@ payout_query(struct payout *p, bool wechat, const char *otn, int64_t fen, bool e
 	c->fen = fen;
 	c->expired = expired;
 	if (wechat) {
-		s = payapi_wx_query_path(otn, p->conf->wx_mchid);
+		s = payapi_wx_query_path(otn, p->conf->payments_wechat_mchid);
 		payout_wx_send(c, "GET", s, NULL);
 	} else {
 		s = payapi_ali_biz_trade(otn);
@@ -419,7 +422,7 @@ payout_close(struct payout *p, bool wechat, const char *otn)
 	    wechat ? "wechat" : "alipay", otn);
 	if (wechat) {
 		path = payapi_wx_close_path(otn);
-		body = payapi_wx_close_body(p->conf->wx_mchid);
+		body = payapi_wx_close_body(p->conf->payments_wechat_mchid);
 		payout_wx_send(c, "POST", path, body);
 		free(path);
 		free(body);
@@ -446,7 +449,8 @@ payout_refund(struct payout *p, bool wechat, bool processing, const char *no, co
 		s = payapi_wx_refund_query_path(no);
 		payout_wx_send(c, "GET", s, NULL);
 	} else if (wechat) {
-		s = payapi_wx_refund_body(otn, no, fen, total, reason, p->conf->wechat_notify_url);
+		s = payapi_wx_refund_body(
+		    otn, no, fen, total, reason, p->conf->payments_wechat_notify_url);
 		payout_wx_send(c, "POST", PAYAPI_WX_REFUND_PATH, s);
 	} else {
 		s = payapi_ali_biz_refund(otn, fen, no, reason);
@@ -502,7 +506,7 @@ payout_bill_file(struct payout_call *from, const char *url, const char *hash)
 	memset(&r, 0, sizeof r);
 	r.url = url;
 	r.method = "GET";
-	r.timeout_ms = p->conf->api_timeout_ms;
+	r.timeout_ms = p->conf->payments_api_timeout_ms;
 	r.body_max = PAYOUT_BILL_MAX;
 	r.tag = "alipay";
 	c->req = httpc_send(p->http, &r, payout_done, c, &cause);
@@ -520,8 +524,8 @@ payout_bill_error(struct payout_call *c, const char *why)
 
 	log_warn("payout: reconciliation %s (%s bill of %s): %s (tried again later)", c->rec_id,
 	    c->wechat ? "wechat" : "alipay", c->bill_date, why);
-	payout_db(c->p, "recording a bill error", "SELECT prepaid.reconcile_error($1::bigint, $2)",
-	    2, params);
+	payout_db(c->p, "recording a bill error",
+	    "SELECT prepaid_internal.reconcile_error($1::bigint, $2)", 2, params);
 }
 
 static void
@@ -544,8 +548,8 @@ payout_bill_load(struct payout_call *c, const struct payapi_bill *b)
 	char *json = payapi_bill_json(b);
 	const char *params[2] = {c->rec_id, json};
 
-	pgconn_query(c->p->pg, "SELECT prepaid.reconcile_load($1::bigint, $2::jsonb)", 2, params,
-	    payout_bill_loaded, xstrdup(c->rec_id));
+	pgconn_query(c->p->pg, "SELECT prepaid_internal.reconcile_load($1::bigint, $2::jsonb)", 2,
+	    params, payout_bill_loaded, xstrdup(c->rec_id));
 	free(json);
 }
 
@@ -598,7 +602,7 @@ payout_answered(struct payout *p, const char *otn, const char *state, bool close
 	const char *params[3] = {otn, state, closed ? "true" : "false"};
 
 	payout_db(p, "recording a provider's answer",
-	    "SELECT prepaid.payout_answered($1, $2, $3::boolean)", 3, params);
+	    "SELECT prepaid_internal.payout_answered($1, $2, $3::boolean)", 3, params);
 }
 
 static void
@@ -640,10 +644,11 @@ payout_paid(struct payout_call *c, const struct payapi_trade *t)
 	 * paid in time and found after its expiry by a query is still paid in
 	 * time. */
 	params[7] = t->paid_at[0] != '\0' ? t->paid_at : now;
-	params[8] = p->conf->pay_notify_occupant ? "true" : "false";
+	params[8] = p->conf->payments_notify_occupant ? "true" : "false";
 	params[9] = "false";
 	pgconn_query(p->pg,
-	    "SELECT outcome, meter_id FROM prepaid.record_payment($1, $2, $3, $4::bigint, $5, $6, "
+	    "SELECT outcome, meter_id FROM prepaid_internal.record_payment($1, $2, $3, $4::bigint, "
+	    "$5, $6, "
 	    "$7::timestamptz, $8::timestamptz, $9::boolean, $10::boolean)",
 	    10, params, payout_recorded, xstrdup(c->otn));
 	payout_answered(p, c->otn, t->status, false);
@@ -693,7 +698,7 @@ payout_refund_result(
 		log_error("payout: refund %s of order %s refused by %s: %s", c->refund_no, c->otn,
 		    c->wechat ? "wechat" : "alipay", error != NULL ? error : state);
 	payout_db(c->p, "recording a refund's answer",
-	    "SELECT prepaid.refund_answered($1, $2, $3, $4)", 4, params);
+	    "SELECT prepaid_internal.refund_answered($1, $2, $3, $4)", 4, params);
 }
 
 /* The answer to a WeChat Pay call, believed only when signed. */
@@ -717,7 +722,7 @@ payout_wx_answer(struct payout_call *c, const struct httpc_result *res)
 		    httpc_result_header(res, "Wechatpay-Timestamp"),
 		    httpc_result_header(res, "Wechatpay-Nonce"),
 		    httpc_result_header(res, "Wechatpay-Signature"), res->body, res->body_len,
-		    now_wall_us() / 1000000, p->conf->wx_max_skew, why, sizeof why);
+		    now_wall_us() / 1000000, p->conf->payments_wechat_max_skew, why, sizeof why);
 		if (rc != PAY_OK) {
 			log_error("payout: wechat %s %s: answer %ld not believed: %s",
 			    payout_kind_names[c->kind], c->otn, res->status, why);
@@ -989,10 +994,10 @@ payout_create_order(struct payout *p, const struct payout_order *o, payout_order
 			payapi_cn_time(o->expires_at, true, expire, sizeof expire);
 		memset(&wo, 0, sizeof wo);
 		wo.appid = appid;
-		wo.mchid = conf->wx_mchid;
+		wo.mchid = conf->payments_wechat_mchid;
 		wo.description = o->description;
 		wo.out_trade_no = o->out_trade_no;
-		wo.notify_url = conf->wechat_notify_url;
+		wo.notify_url = conf->payments_wechat_notify_url;
 		wo.time_expire = o->expires_at > 0 ? expire : NULL;
 		wo.total_fen = o->amount_fen;
 		wo.openid = o->openid;
@@ -1022,9 +1027,10 @@ payout_create_order(struct payout *p, const struct payout_order *o, payout_order
 		body = payapi_ali_biz_wap(
 		    o->out_trade_no, o->amount_fen, o->description, o->return_url, tx);
 		payapi_cn_time(now_wall_us() / 1000000, false, ts, sizeof ts);
-		if (payapi_ali_request(p->keys.ali_priv, conf->ali_app_id, "alipay.trade.wap.pay",
-		        body, ts, conf->alipay_notify_url, o->return_url, &ar) == PAY_OK) {
-			c->pay_url = payapi_ali_page_url(conf->alipay_gateway_url, &ar);
+		if (payapi_ali_request(p->keys.ali_priv, conf->payments_alipay_app_id,
+		        "alipay.trade.wap.pay", body, ts, conf->payments_alipay_notify_url,
+		        o->return_url, &ar) == PAY_OK) {
+			c->pay_url = payapi_ali_page_url(conf->payments_alipay_gateway_url, &ar);
 			payapi_ali_req_free(&ar);
 		}
 		free(body);
@@ -1087,12 +1093,13 @@ payout_refunds_due(void *arg, PGresult *res, const char *err)
 		    strtoll(PQgetvalue(res, i, 4), NULL, 10),
 		    PQgetisnull(res, i, 5) ? NULL : PQgetvalue(res, i, 5));
 	}
-	snprintf(retry, sizeof retry, "%d", p->conf->query_retry_s);
+	snprintf(retry, sizeof retry, "%d", p->conf->payments_query_retry_s);
 	params[0] = payout_providers(p);
 	params[1] = retry;
 	params[2] = "4";
-	pgconn_query(p->pg, "SELECT * FROM prepaid.reconcile_due($1::text[], $2::int, $3::int)", 3,
-	    params, payout_reconcile_due, p);
+	pgconn_query(p->pg,
+	    "SELECT * FROM prepaid_internal.reconcile_due($1::text[], $2::int, $3::int)", 3, params,
+	    payout_reconcile_due, p);
 }
 
 static void
@@ -1127,13 +1134,14 @@ payout_orders_due(void *arg, PGresult *res, const char *err)
 
 		evtimer_add(p->pump, &zero);
 	}
-	snprintf(retry, sizeof retry, "%d", p->conf->query_retry_s);
+	snprintf(retry, sizeof retry, "%d", p->conf->payments_query_retry_s);
 	snprintf(limit, sizeof limit, "%d", PAYOUT_BATCH);
 	params[0] = payout_providers(p);
 	params[1] = retry;
 	params[2] = limit;
-	pgconn_query(p->pg, "SELECT * FROM prepaid.refund_due($1::text[], $2::int, $3::int)", 3,
-	    params, payout_refunds_due, p);
+	pgconn_query(p->pg,
+	    "SELECT * FROM prepaid_internal.refund_due($1::text[], $2::int, $3::int)", 3, params,
+	    payout_refunds_due, p);
 }
 
 /* Send a few queries, then let the loop serve everything else. */
@@ -1171,14 +1179,15 @@ payout_daily(struct payout *p)
 
 	payapi_cn_time(now, false, bj, sizeof bj);
 	snprintf(today, sizeof today, "%.10s", bj);
-	if (strcmp(today, p->reconciled_day) == 0 || strncmp(bj + 11, p->conf->reconcile_at, 5) < 0)
+	if (strcmp(today, p->reconciled_day) == 0 ||
+	    strncmp(bj + 11, p->conf->payments_reconcile_at, 5) < 0)
 		return;
 	snprintf(p->reconciled_day, sizeof p->reconciled_day, "%s", today);
 	payapi_cn_yesterday(now, yesterday, sizeof yesterday);
 	params[0] = yesterday;
 	params[1] = payout_providers(p);
 	payout_db(p, "queueing the daily reconciliation",
-	    "SELECT prepaid.reconcile_daily($1::date, $2::text[])", 2, params);
+	    "SELECT prepaid_internal.reconcile_daily($1::date, $2::text[])", 2, params);
 }
 
 static void
@@ -1194,16 +1203,16 @@ payout_tick(evutil_socket_t fd, short what, void *arg)
 		return;
 	payout_daily(p);
 	p->scanning = true;
-	payout_ladder(p->conf->query_after, ladder, sizeof ladder);
-	snprintf(retry, sizeof retry, "%d", p->conf->query_retry_s);
+	payout_ladder(p->conf->payments_query_after, ladder, sizeof ladder);
+	snprintf(retry, sizeof retry, "%d", p->conf->payments_query_retry_s);
 	snprintf(limit, sizeof limit, "%d", PAYOUT_BATCH);
 	params[0] = ladder;
 	params[1] = retry;
 	params[2] = payout_providers(p);
 	params[3] = limit;
 	pgconn_query(p->pg,
-	    "SELECT * FROM prepaid.payout_due($1::int[], $2::int, $3::text[], $4::int)", 4, params,
-	    payout_orders_due, p);
+	    "SELECT * FROM prepaid_internal.payout_due($1::int[], $2::int, $3::text[], $4::int)", 4,
+	    params, payout_orders_due, p);
 }
 
 /* ---------------------------------------------------------- lifecycle */
@@ -1211,7 +1220,7 @@ payout_tick(evutil_socket_t fd, short what, void *arg)
 static void
 payout_arm_tick(struct payout *p)
 {
-	struct timeval tv = {p->conf->query_poll_s, 0};
+	struct timeval tv = {p->conf->payments_query_poll_s, 0};
 
 	if (p->tick == NULL)
 		p->tick = event_new(p->base, -1, EV_PERSIST, payout_tick, p);
@@ -1236,15 +1245,16 @@ payout_new(struct event_base *base, const struct conf *conf, char *err, size_t e
 	hc.max_host_connections = 256;
 	p->http = httpc_new(base, &hc);
 	memset(&ph, 0, sizeof ph);
-	p->pg = pgconn_new(base, "payout", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	p->pg = pgconn_new(
+	    base, "payout", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 	p->pump = evtimer_new(base, payout_pump, p);
 	payout_arm_tick(p);
 	if (payout_providers(p) != NULL)
 		log_info("payout: calls to %s%s%s (queries after %s s, timeout %d ms)",
-		    p->keys.wx_priv != NULL ? conf->wechat_api_url : "",
+		    p->keys.wx_priv != NULL ? conf->payments_wechat_api_url : "",
 		    p->keys.wx_priv != NULL && p->keys.ali_priv != NULL ? " and " : "",
-		    p->keys.ali_priv != NULL ? conf->alipay_gateway_url : "", conf->query_after,
-		    conf->api_timeout_ms);
+		    p->keys.ali_priv != NULL ? conf->payments_alipay_gateway_url : "",
+		    conf->payments_query_after, conf->payments_api_timeout_ms);
 	return p;
 }
 
@@ -1262,7 +1272,7 @@ payout_reconfigure(struct payout *p, const struct conf *conf)
 		p->keys = k;
 	}
 	p->conf = conf;
-	pgconn_set_conninfo(p->pg, conf->db_conninfo);
+	pgconn_set_conninfo(p->pg, conf->database_conninfo);
 	payout_arm_tick(p);
 }
 

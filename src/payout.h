@@ -8,7 +8,7 @@
  * Every call goes through the libcurl multi loop (httpc.c), never blocks,
  * has [payments] api_timeout_ms, and is signed with the merchant's key
  * (payapi.c); an answer is believed only after its signature verified. A
- * payment a query finds is recorded by prepaid.record_payment under the
+ * payment a query finds is recorded by prepaid_internal.record_payment under the
  * same unique key a notification uses, so whichever comes second is a
  * duplicate. Calls are idempotent at the providers: the same out_trade_no
  * with the same parameters, the same refund number.
