@@ -289,6 +289,21 @@ payout_fail_order(struct payout_call *c, const char *why)
 }
 
 /* Sign and send a WeChat Pay request (body NULL: GET). */
+static void payout_wap_cb(evutil_socket_t fd, short what, void *arg);
+
+/* An order that cannot even be sent: its callback runs from the loop, as
+ * payout.h promises, never from inside payout_create_order(). */
+static void
+payout_order_later(struct payout_call *c, const char *why)
+{
+	struct timeval now = {0, 0};
+
+	snprintf(c->error, sizeof c->error, "%s", why);
+	free(c->pay_url);
+	c->pay_url = NULL;
+	event_base_once(c->p->base, -1, EV_TIMEOUT, payout_wap_cb, c, &now);
+}
+
 /* Sign and send a WeChat Pay request (body NULL: GET) to the API's path,
  * or to full_url (a bill download) whose path and query are path. */
 static void
@@ -329,8 +344,9 @@ payout_wx_send_url(struct payout_call *c, const char *method, const char *full_u
 		log_error("payout: wechat %s %s: cannot send: %s", payout_kind_names[c->kind],
 		    c->otn, auth == NULL ? "the merchant key cannot sign" : cause);
 		if (c->kind == CALL_ORDER)
-			payout_fail_order(c, "the request could not be sent");
-		payout_call_free(c);
+			payout_order_later(c, "the request could not be sent");
+		else
+			payout_call_free(c);
 	}
 	free(cause);
 	free(url);
@@ -364,8 +380,9 @@ payout_ali_send(struct payout_call *c, const char *method, const char *biz)
 		log_error("payout: alipay %s %s: the app key cannot sign",
 		    payout_kind_names[c->kind], c->otn);
 		if (c->kind == CALL_ORDER)
-			payout_fail_order(c, "the request could not be signed");
-		payout_call_free(c);
+			payout_order_later(c, "the request could not be signed");
+		else
+			payout_call_free(c);
 		return;
 	}
 	xasprintf(&url, "%s?%s", conf->payments_alipay_gateway_url, ar.query);
@@ -382,8 +399,9 @@ payout_ali_send(struct payout_call *c, const char *method, const char *biz)
 		log_error("payout: alipay %s %s: cannot send: %s", payout_kind_names[c->kind],
 		    c->otn, cause);
 		if (c->kind == CALL_ORDER)
-			payout_fail_order(c, "the request could not be sent");
-		payout_call_free(c);
+			payout_order_later(c, "the request could not be sent");
+		else
+			payout_call_free(c);
 	}
 	free(cause);
 	free(url);
