@@ -970,6 +970,8 @@ payapi_wx_bill_parse(const char *csv, size_t len, struct payapi_bill *b, char *e
 		r->fen = fen;
 	}
 	free(buf);
+	if (rc != PAY_OK)
+		payapi_bill_free(b);
 	return rc;
 }
 
@@ -1035,6 +1037,8 @@ payapi_ali_bill_parse(const char *csv, size_t len, struct payapi_bill *b, char *
 	if (rc == PAY_OK && nh == 0)
 		rc = payapi_fail(err, errlen, PAY_EFORMAT, "the bill has no header");
 	free(buf);
+	if (rc != PAY_OK)
+		payapi_bill_free(b);
 	return rc;
 }
 
@@ -1083,7 +1087,7 @@ payapi_unzip_detail(
     const void *zip, size_t len, char **out, size_t *outlen, char *err, size_t errlen)
 {
 	const unsigned char *z = zip, *e = NULL, *c;
-	size_t i, cd, count, k;
+	size_t i, co, count, k;
 
 	*out = NULL;
 	*outlen = 0;
@@ -1098,14 +1102,15 @@ payapi_unzip_detail(
 	if (e == NULL)
 		return payapi_fail(err, errlen, PAY_EFORMAT, "not a ZIP archive");
 	count = payapi_le16(e + 10);
-	cd = payapi_le32(e + 16);
-	for (k = 0, c = z + cd; k < count; k++) {
+	co = payapi_le32(e + 16); /* offsets, never pointers past the buffer */
+	for (k = 0; k < count; k++) {
 		size_t nlen, xlen, clen, method, csize, usize, off, data;
 		z_stream zs;
 		int zr;
 
-		if (c < z || (size_t)(c - z) + 46 > len || payapi_le32(c) != 0x02014b50)
+		if (co > len || len - co < 46 || payapi_le32(z + co) != 0x02014b50)
 			return payapi_fail(err, errlen, PAY_EFORMAT, "a bad ZIP central directory");
+		c = z + co;
 		method = payapi_le16(c + 10);
 		csize = payapi_le32(c + 20);
 		usize = payapi_le32(c + 24);
@@ -1113,10 +1118,10 @@ payapi_unzip_detail(
 		xlen = payapi_le16(c + 30);
 		clen = payapi_le16(c + 32);
 		off = payapi_le32(c + 42);
-		if ((size_t)(c - z) + 46 + nlen > len)
+		if (len - co - 46 < nlen)
 			return payapi_fail(err, errlen, PAY_EFORMAT, "a bad ZIP central directory");
 		if (memchr(c + 46, '(', nlen) != NULL) {
-			c += 46 + nlen + xlen + clen;
+			co += 46 + nlen + xlen + clen;
 			continue;
 		}
 		if (off + 30 > len || payapi_le32(z + off) != 0x04034b50)

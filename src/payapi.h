@@ -182,7 +182,7 @@ struct payapi_bill {
 /* A WeChat Pay trade bill (bill_type ALL or SUCCESS): header row, data rows
  * of backtick-prefixed fields, then the summary. Columns by header name;
  * SUCCESS rows are payments (订单金额, else 应结订单金额), REFUND rows refunds
- * (退款金额). *b is the caller's to free, also on failure. */
+ * (退款金额). *b is the caller's to free; on failure it is empty. */
 int payapi_wx_bill_parse(
     const char *csv, size_t len, struct payapi_bill *b, char *err, size_t errlen);
 /* The detail CSV of an Alipay trade bill, already in UTF-8: '#' lines,
