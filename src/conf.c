@@ -109,6 +109,11 @@ static const struct conf_key conf_key_table[] = {
 
     {"http", "max_connections", CONF_INT, "256", 1, 100000, false, O(http_max_connections),
         "connections served at once; more are closed", NULL, 0},
+    {"http", "max_connections_per_address", CONF_INT, "32", 0, 100000, true,
+        O(http_max_connections_per_address),
+        "connections of one address still sending their request; 0: no cap", NULL, 0},
+    {"http", "header_deadline_ms", CONF_INT, "5000", 100, 600000, true, O(http_header_deadline_ms),
+        "a request head must arrive whole within, milliseconds", NULL, 0},
     {"http", "deadline_ms", CONF_INT, "10000", 100, 600000, true, O(http_deadline_ms),
         "a request must arrive whole within, milliseconds", NULL, 0},
     {"http", "max_body_bytes", CONF_INT, "65536", 1024, 16777216, false, O(http_max_body),

@@ -142,6 +142,8 @@ struct conf {
 	char *http_listen; /* address, default 127.0.0.1 */
 	int http_port;
 	int http_max_connections; /* connections served at once; more are closed */
+	int http_max_connections_per_address; /* waiting ones; 0: no cap */
+	int http_header_deadline_ms; /* the request head must arrive within this */
 	int http_deadline_ms; /* a request must arrive whole within this */
 	int http_max_body; /* bytes of a request body */
 	int http_max_headers; /* request header lines */
