@@ -96,8 +96,14 @@ struct conf_gateway {
 	int retry_max_ms;
 };
 
+#define CONF_WARNINGS_MAX 16
+
 struct conf {
 	char *path; /* the file it was read from */
+	/* What conf_load found risky but accepted ("FILE:LINE: key: why"): the
+	 * caller prints them (-n) or logs them (start, reload). */
+	char *warnings[CONF_WARNINGS_MAX];
+	int nwarnings;
 	int *key_lines; /* line of each key of the table; 0: the default */
 
 	/* [database] */
@@ -220,6 +226,13 @@ const struct conf_gateway *conf_gateway_find(const struct conf *c, const char *n
  * mqtt_password is read from mqtt_password_file (trailing newline stripped).
  */
 struct conf *conf_load(const char *path, char *err, size_t errlen);
+/*
+ * How open a secret file with this st_mode may be: 0 fine; 1 worth a
+ * warning (readable by everyone, or by a group the daemon is not in:
+ * own_group false); -1 refused (a key, key true, readable by everyone).
+ * why says which and what to do.
+ */
+int conf_secret_mode(unsigned mode, bool own_group, bool key, char *why, size_t len);
 void conf_free(struct conf *c);
 
 /*

@@ -475,6 +475,16 @@ daemon_stop(struct daemon *d)
 	evtimer_add(d->stop_timer, &tv);
 }
 
+/* Secrets found readable by others: accepted, but said at every load. */
+static void
+daemon_conf_warnings(const struct conf *c)
+{
+	int i;
+
+	for (i = 0; i < c->nwarnings; i++)
+		log_warn("%s", c->warnings[i]);
+}
+
 static void
 daemon_reload(struct daemon *d)
 {
@@ -489,6 +499,7 @@ daemon_reload(struct daemon *d)
 		sdnotify_ready();
 		return;
 	}
+	daemon_conf_warnings(nc);
 	if (conf_needs_restart(d->conf, nc, what, sizeof what))
 		log_warn("reload: %s (and possibly other keys) changed; such keys take effect "
 		         "only after a restart",
@@ -629,6 +640,7 @@ daemon_run(struct conf *conf)
 
 	log_info("prepaidd %s starting (config %s, broker %s:%d, topics %s/+/reading|event|ack)",
 	    PACKAGE_VERSION, conf->path, conf->mqtt_host, conf->mqtt_port, conf->mqtt_topic_prefix);
+	daemon_conf_warnings(conf);
 	event_base_dispatch(d->base);
 
 	if (d->exit_code == 0)
@@ -671,7 +683,7 @@ main(int argc, char **argv)
 	bool check = false, migrate = false;
 	struct conf *conf;
 	char err[512];
-	int ch, rc;
+	int ch, rc, i;
 
 	while ((ch = getopt_long(argc, argv, "c:nvh", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -714,6 +726,8 @@ main(int argc, char **argv)
 			conf_free(conf);
 			return 1;
 		}
+		for (i = 0; i < conf->nwarnings; i++)
+			fprintf(stderr, "warning: %s\n", conf->warnings[i]);
 		printf("configuration OK\n");
 		conf_free(conf);
 		return 0;

@@ -10,7 +10,10 @@
 # second, reconnecting when cut off, from 10 addresses) and a flood of
 # forged callbacks at once, at least 99% of valid signed WeChat Pay
 # callbacks (tests/paysign, 20 a second) are answered 204 within 1 s each.
-# The figures are printed. Under AddressSanitizer (a build configured with
+# The figures are printed. Secrets: a config file readable by everyone is
+# warned about at start and by -n; a world-readable APIv3 key is refused by
+# -n, by a start and by a reload (which keeps the keys in use), naming the
+# key and the file. Under AddressSanitizer (a build configured with
 # --enable-asan) the flood is scaled down to 300 slow clients and 4 forgers,
 # as the sanitized daemon is several times slower.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
@@ -32,6 +35,7 @@ daemon_config \
 	payments.notify_occupant=false \
 	log.level=warning
 daemon_migrate
+chmod 644 "$CONF"
 daemon_start
 WX=http://127.0.0.1:$HTTP_PORT/pay/wechat
 
@@ -163,4 +167,35 @@ assert_eq "$ok" "$(psql_q "SELECT count(*) FROM prepaid.payments p JOIN prepaid.
     USING (out_trade_no) WHERE o.meter_id LIKE 'LF%'")" "each answered callback recorded"
 echo "ok - $ok of $N valid callbacks answered within 1 s under the flood"
 assert_eq 200 "$(daemon_healthz)" "healthy after the flood"
+
+note "secrets: a config readable by everyone is warned about, a world-readable APIv3 key refused"
+wait_log "warning: $CONF: the configuration file is readable by everyone \(mode 0644\)"
+"$top_builddir/prepaidd" -n -c "$CONF" >"$LIB_TMP/n.out" 2>"$LIB_TMP/n.err" ||
+    fail "prepaidd -n failed: $(cat "$LIB_TMP/n.err")"
+grep -q "configuration OK" "$LIB_TMP/n.out" || fail "prepaidd -n did not say configuration OK"
+grep -q "^warning: $CONF: the configuration file is readable by everyone" "$LIB_TMP/n.err" ||
+    fail "prepaidd -n did not warn about the open config: $(cat "$LIB_TMP/n.err")"
+echo "ok - -n warns about the config file readable by everyone"
+chmod 644 "$KEYS/apiv3.key"
+rc=0
+"$top_builddir/prepaidd" -n -c "$CONF" >"$LIB_TMP/n.out" 2>"$LIB_TMP/n.err" || rc=$?
+assert_eq 1 "$rc" "prepaidd -n exit status with a world-readable APIv3 key"
+grep -q "payments.wechat_apiv3_key_file: $KEYS/apiv3.key is readable by everyone (mode 0644): refused" \
+    "$LIB_TMP/n.err" || fail "-n did not name the key and file: $(cat "$LIB_TMP/n.err")"
+echo "ok - -n refuses it, naming the key and the file"
+from=$(($(daemon_log_lines) + 1))
+daemon_reload
+wait_log "reload failed: .*payments.wechat_apiv3_key_file: .*apiv3.key is readable by everyone" "$from"
+psql_q "SELECT prepaid.register_meter('LS0002')" >/dev/null
+o2=$(psql_q "SELECT prepaid.create_order('LS0002', 2.00, 'wechat')")
+"$PAYSIGN" wechat "$WX" --keys "$KEYS" --serial "$WX_SERIAL" --out-trade-no "$o2" \
+    --transaction-id 4200000702 --total 200 --expect 204 >/dev/null ||
+    fail "the refused reload dropped the keys in use"
+assert_eq 2.0000000 "$(balance LS0002)" "credited with the keys kept over the refused reload"
+rc=0
+"$top_builddir/prepaidd" -c "$CONF" >"$LIB_TMP/start.out" 2>&1 || rc=$?
+assert_eq 1 "$rc" "a start with a world-readable APIv3 key fails"
+grep -q "wechat_apiv3_key_file: .*refused" "$LIB_TMP/start.out" ||
+    fail "the refused start did not say why: $(cat "$LIB_TMP/start.out")"
+chmod 600 "$KEYS/apiv3.key"
 daemon_stop
