@@ -10,7 +10,8 @@
 # second, reconnecting when cut off, from 10 addresses) and a flood of
 # forged callbacks at once, at least 99% of valid signed WeChat Pay
 # callbacks (tests/paysign, 20 a second) are answered 204 within 1 s each.
-# The figures are printed. Secrets: a config file readable by everyone is
+# The figures are printed. The flood's audit rows stay bounded by
+# [payments] rejects_keep, and a verified refusal is kept. Secrets: a config file readable by everyone is
 # warned about at start and by -n; a world-readable APIv3 key is refused by
 # -n, by a start and by a reload (which keeps the keys in use), naming the
 # key and the file. Under AddressSanitizer (a build configured with
@@ -33,6 +34,7 @@ daemon_config \
 	http.deadline_ms=4000 \
 	"${PAY_KEYS_CONF[@]}" \
 	payments.notify_occupant=false \
+	payments.rejects_keep=500 \
 	log.level=warning
 daemon_migrate
 chmod 644 "$CONF"
@@ -112,6 +114,11 @@ t1=$(lib_now_ms)
 [ $((t1 - t0)) -lt 5000 ] || fail "the slow head was cut off after $((t1 - t0)) ms, not ~2 s"
 echo "ok - slow head cut off after $((t1 - t0)) ms"
 
+psql_q "INSERT INTO prepaid.payment_rejects (received_at, provider, reason, http_status, peer,
+    verified, out_trade_no, provider_txn, amount_fen)
+    VALUES (now(), 'wechat', 'test: refused by the database', 500, '127.0.0.1:1', true,
+    'PTEST', '4200000799', 100)" >/dev/null
+
 note "slow clients and a forgery flood at once: valid callbacks still answered within 1 s"
 SLOW=1000
 FORGERS=8
@@ -167,6 +174,17 @@ assert_eq "$ok" "$(psql_q "SELECT count(*) FROM prepaid.payments p JOIN prepaid.
     USING (out_trade_no) WHERE o.meter_id LIKE 'LF%'")" "each answered callback recorded"
 echo "ok - $ok of $N valid callbacks answered within 1 s under the flood"
 assert_eq 200 "$(daemon_healthz)" "healthy after the flood"
+
+note "retention: payment_rejects keeps the newest 500 unverified rows, and every verified one"
+n=$(psql_q "SELECT count(*) FROM prepaid.payment_rejects WHERE NOT verified")
+total=$(psql_q "SELECT max(id) FROM prepaid.payment_rejects")
+[ "$n" -ge 500 ] && [ "$n" -le 600 ] ||
+    fail "$n unverified rows in payment_rejects after $total audited (rejects_keep = 500)"
+echo "ok - $n unverified rows kept of $total audited (rejects_keep = 500)"
+assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.payment_rejects WHERE verified")" \
+    "the verified refusal from before the flood is kept"
+assert_eq 0 "$(psql_q "SELECT prepaid.prune_payment_rejects(100000)")" \
+    "a prune with a larger bound deletes nothing"
 
 note "secrets: a config readable by everyone is warned about, a world-readable APIv3 key refused"
 wait_log "warning: $CONF: the configuration file is readable by everyone \(mode 0644\)"
