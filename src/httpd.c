@@ -42,6 +42,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -65,6 +66,8 @@
  * burst of callbacks from one address, all sent at once, is not cut by its
  * own members before their requests are read. */
 #define HTTPD_GRACE_US 250000
+/* File descriptors left for everything but the listener's connections. */
+#define HTTPD_FDS_SPARE 128
 /* After a raw 431, how long the peer has to read it before the close. */
 #define HTTPD_LINGER_US 1000000
 
@@ -103,6 +106,8 @@ struct httpd {
 	int max_headers;
 	struct event *sweep;
 	struct event *admit; /* newcomers: address and caps */
+	struct evconnlistener *lev;
+	struct event *resume; /* accepting again after running out of files */
 	struct httpd_route routes[HTTPD_ROUTES_MAX];
 	int nroutes;
 };
@@ -452,6 +457,42 @@ httpd_sweep(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/*
+ * accept() failed for another reason than a retry: out of file descriptors
+ * above all (EMFILE, ENFILE). libevent would call accept() again at once,
+ * in a loop, while the socket stays readable: pause for a sweep instead,
+ * while the caps close connections.
+ */
+/* The listener's argument is evhttp's; the daemon has one httpd. */
+static struct httpd *httpd_listening;
+
+static void
+httpd_accept_error(struct evconnlistener *lev, void *arg)
+{
+	struct httpd *h = httpd_listening;
+	struct timeval tv = {0, HTTPD_SWEEP_MS * 1000};
+	int e = EVUTIL_SOCKET_ERROR();
+
+	UNUSED(arg);
+	if (h == NULL || h->lev != lev)
+		return;
+	evconnlistener_disable(lev);
+	evtimer_add(h->resume, &tv);
+	log_ratelimited(LOG_LVL_WARN, "http-accept", 60,
+	    "http: cannot accept a connection: %s; pausing %d ms (%d open)",
+	    evutil_socket_error_to_string(e), HTTPD_SWEEP_MS, h->nconns);
+}
+
+static void
+httpd_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct httpd *h = arg;
+
+	UNUSED(fd);
+	UNUSED(what);
+	evconnlistener_enable(h->lev);
+}
+
 /* The answer went out: the next request on this connection gets new
  * deadlines. */
 static void
@@ -596,12 +637,22 @@ httpd_new(struct event_base *base, const struct conf *conf, httpd_health_fn heal
 	struct sockaddr_storage ss;
 	int sslen = (int)sizeof ss;
 	struct evconnlistener *lev;
+	struct rlimit rl;
 	char where[INET6_ADDRSTRLEN + 16];
 
 	h->base = base;
 	h->health = health;
 	h->arg = arg;
 	h->max_conns = conf->http_max_connections;
+	/* Running out of files would stop accept() for everyone: stay below. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    (rlim_t)h->max_conns + HTTPD_FDS_SPARE > rl.rlim_cur) {
+		h->max_conns =
+		    rl.rlim_cur > HTTPD_FDS_SPARE + 16 ? (int)(rl.rlim_cur - HTTPD_FDS_SPARE) : 16;
+		log_warn("http: [http] max_connections = %d does not fit in %llu open files "
+		         "(LimitNOFILE); using %d",
+		    conf->http_max_connections, (unsigned long long)rl.rlim_cur, h->max_conns);
+	}
 	httpd_reconfigure(h, conf);
 	h->http = evhttp_new(base);
 	evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
@@ -633,6 +684,10 @@ httpd_new(struct event_base *base, const struct conf *conf, httpd_health_fn heal
 		httpd_free(h);
 		return NULL;
 	}
+	h->lev = lev;
+	h->resume = evtimer_new(base, httpd_resume, h);
+	httpd_listening = h;
+	evconnlistener_set_error_cb(lev, httpd_accept_error);
 	log_info(
 	    "http: listening on %s:%d (/healthz, /metrics)", conf->http_listen, conf->http_port);
 	return h;
@@ -646,6 +701,8 @@ httpd_free(struct httpd *h)
 
 	if (h == NULL)
 		return;
+	if (httpd_listening == h)
+		httpd_listening = NULL;
 	evhttp_free(h->http);
 	while ((hc = h->conns) != NULL) {
 		h->conns = hc->next;
@@ -655,6 +712,8 @@ httpd_free(struct httpd *h)
 		event_free(h->sweep);
 	if (h->admit != NULL)
 		event_free(h->admit);
+	if (h->resume != NULL)
+		event_free(h->resume);
 	for (i = 0; i < h->nroutes; i++)
 		free(h->routes[i].path);
 	free(h);
