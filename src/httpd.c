@@ -516,10 +516,16 @@ httpd_accept(struct httpd *h, struct evhttp_request *req, int methods)
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	int n = 0;
 
+	metrics.http_requests++;
+	if (hc != NULL && hc->phase == HTTPD_CLOSING) {
+		/* Closed for a cap or a 431 while evhttp still had its bytes:
+		 * nobody reads this answer, and no handler runs. */
+		httpd_reply(req, 503, "Service Unavailable", "text/plain", "closed\n");
+		return false;
+	}
 	if (hc != NULL)
 		hc->phase = HTTPD_OWNED;
 	evhttp_request_set_on_complete_cb(req, httpd_complete, h);
-	metrics.http_requests++;
 	if ((evhttp_request_get_command(req) & methods) == 0) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
 		    methods & EVHTTP_REQ_POST ? "POST" : "GET, HEAD");
