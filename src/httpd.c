@@ -249,7 +249,16 @@ httpd_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg
 	unsigned char chunk[1024];
 	size_t len, at, n, i;
 
-	if (info->n_added == 0 || (hc->phase != HTTPD_HEAD && hc->phase != HTTPD_NEW))
+	if (info->n_added == 0)
+		return;
+	if (hc->phase == HTTPD_CLOSING && hc->close_us != 0) {
+		/* After a raw 431: read and drop what still comes until the
+		 * close, so that evhttp never answers it and the peer, still
+		 * sending, is not reset before it reads the 431. */
+		evbuffer_drain(buf, evbuffer_get_length(buf));
+		return;
+	}
+	if (hc->phase != HTTPD_HEAD && hc->phase != HTTPD_NEW)
 		return;
 	len = evbuffer_get_length(buf);
 	at = len - info->n_added;
@@ -273,6 +282,8 @@ httpd_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg
 		at += n;
 		if (hc->phase != HTTPD_BODY && hc->head_bytes > HTTPD_HEAD_MAX) {
 			httpd_head_too_large(hc);
+			if (hc->close_us != 0)
+				evbuffer_drain(buf, evbuffer_get_length(buf));
 			return;
 		}
 	}
@@ -666,6 +677,10 @@ httpd_new(struct event_base *base, const struct conf *conf, httpd_health_fn heal
 	 * evhttp's own limit, which answers 400, stays out of the way. */
 	evhttp_set_max_headers_size(h->http, 4 * HTTPD_HEAD_MAX);
 	evhttp_set_max_body_size(h->http, (ev_ssize_t)conf->http_max_body);
+	/* A body past it is read and dropped before the 413 (within the
+	 * deadline), so that a client still sending it reads the 413 rather
+	 * than a reset. */
+	evhttp_set_flags(h->http, EVHTTP_SERVER_LINGERING_CLOSE);
 	/* The idle timeout stays as a second line behind the deadline. */
 	evhttp_set_timeout(h->http, 10);
 	evhttp_set_bevcb(h->http, httpd_bevcb, h);
