@@ -151,7 +151,7 @@ static const struct conf_key conf_key_table[] = {
         "our seller_id (2088...); unset: not checked", NULL, 0},
     {"payments", "alipay_public_key_file", CONF_FILE, NULL, 0, 0, true, O(ali_public_key_file),
         "the Alipay public key file (PEM)", NULL, 0},
-    {"payments", "rejects_keep", CONF_INT, "100000", 100, 100000000, true, O(pay_rejects_keep),
+    {"payments", "rejects_keep", CONF_INT, "100000", 100, 100000000, true, O(payments_rejects_keep),
         "unverified refusals kept in prepaid.payment_rejects", NULL, 0},
 
     {"log", "level", CONF_STRING, "info", 0, 0, true, O(log_level), "error, warning, info or debug",

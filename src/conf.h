@@ -170,7 +170,7 @@ struct conf {
 	char *ali_app_id;
 	char *ali_seller_id; /* optional */
 	char *ali_public_key_file;
-	int pay_rejects_keep; /* unverified rows kept in prepaid.payment_rejects */
+	int payments_rejects_keep; /* unverified rows kept in prepaid.payment_rejects */
 
 	/* [log] */
 	char *log_level; /* error, warning, info, debug */

@@ -390,7 +390,7 @@ pay_audit(struct pay_req *r, const char *peer, int code, const char *reason, boo
 	 * unverified rows stay (sql/912_hardening.sql). */
 	if (++p->audits_unpruned >= PAY_PRUNE_EVERY) {
 		p->audits_unpruned = 0;
-		snprintf(keep, sizeof keep, "%d", p->conf->pay_rejects_keep);
+		snprintf(keep, sizeof keep, "%d", p->conf->payments_rejects_keep);
 		params[0] = keep;
 		pgconn_query(pc, "SELECT prepaid.prune_payment_rejects($1::int)", 1, params,
 		    pay_prune_done, NULL);
