@@ -676,7 +676,7 @@ httpd_new(struct event_base *base, const struct conf *conf, httpd_health_fn heal
 	/* The head is measured in httpd_input (431 past HTTPD_HEAD_MAX);
 	 * evhttp's own limit, which answers 400, stays out of the way. */
 	evhttp_set_max_headers_size(h->http, 4 * HTTPD_HEAD_MAX);
-	evhttp_set_max_body_size(h->http, (ev_ssize_t)conf->http_max_body);
+	evhttp_set_max_body_size(h->http, (ev_ssize_t)conf->http_max_body_bytes);
 	/* A body past it is read and dropped before the 413 (within the
 	 * deadline), so that a client still sending it reads the 413 rather
 	 * than a reset. */

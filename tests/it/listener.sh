@@ -195,7 +195,7 @@ total=$(psql_q "SELECT max(id) FROM prepaid.payment_rejects")
 echo "ok - $n unverified rows kept of $total audited (rejects_keep = 500)"
 assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.payment_rejects WHERE verified")" \
     "the verified refusal from before the flood is kept"
-assert_eq 0 "$(psql_q "SELECT prepaid.prune_payment_rejects(100000)")" \
+assert_eq 0 "$(psql_q "SELECT prepaid_internal.prune_payment_rejects(100000)")" \
     "a prune with a larger bound deletes nothing"
 
 note "secrets: a config readable by everyone is warned about, a world-readable APIv3 key refused"
