@@ -78,6 +78,10 @@ static const char migrate_roles_sql[] =
     " IF NOT has_database_privilege('prepaid_owner', current_database(), 'CREATE') THEN"
     "  EXECUTE format('GRANT CREATE ON DATABASE %I TO prepaid_owner', current_database());"
     " END IF;"
+    " IF NOT has_database_privilege('prepaid_owner', current_database(), 'CREATE') THEN"
+    "  RAISE EXCEPTION 'prepaid_owner may not create schemas in database %: only its owner or"
+    " a superuser can allow it', current_database() USING ERRCODE = 'insufficient_privilege';"
+    " END IF;"
     "END $$";
 
 /*
