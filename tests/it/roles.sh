@@ -188,6 +188,8 @@ psql_q "UPDATE prepaid.clock SET movable = false"
 
 start_as()
 {
+	# A port free now: the one picked at the start may have been taken since.
+	HTTP_PORT=$(free_port)
 	daemon_config "database.conninfo=host=127.0.0.1 port=$PG_PORT user=$1 dbname=prepaid connect_timeout=5"
 	from=$(($(daemon_log_lines) + 1))
 	daemon_start
