@@ -29,7 +29,9 @@ COMMENT ON TABLE prepaid.restores IS
 -- characters, valid for WeChat Pay and Alipay).
 CREATE OR REPLACE FUNCTION prepaid.create_order(p_meter text, p_amount numeric, p_provider text,
     p_valid_for interval DEFAULT interval '30 minutes') RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_no text;
 BEGIN
@@ -186,7 +188,9 @@ CREATE OR REPLACE FUNCTION prepaid_internal.record_payment(p_provider text, p_tx
     p_received_at timestamptz, p_notify_occupant boolean, p_wake_self boolean,
     OUT outcome text, OUT payment_id bigint, OUT meter_id text, OUT command_id text,
     OUT balance numeric)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	o prepaid.orders;
 	v_reason text;
@@ -260,7 +264,9 @@ END $$;
 CREATE OR REPLACE FUNCTION prepaid_internal.record_payment_notice(p_provider text, p_kind text, p_txn text,
     p_out_trade_no text, p_notify_id text, p_trade_status text, p_amount_fen bigint,
     p_received_at timestamptz) RETURNS boolean
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	INSERT INTO prepaid.payment_notices (provider, kind, provider_txn, out_trade_no, notify_id,
 	    trade_status, amount_fen, received_at)
 	VALUES (p_provider, p_kind, p_txn, p_out_trade_no, coalesce(p_notify_id, ''), p_trade_status,
@@ -275,7 +281,9 @@ $$;
 -- order or to p_meter. Audited.
 CREATE OR REPLACE FUNCTION prepaid.apply_payment(p_payment bigint, p_meter text DEFAULT NULL,
     p_note text DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	pay prepaid.payments;
 	v_meter text;
@@ -317,7 +325,9 @@ COMMENT ON FUNCTION prepaid.apply_payment(bigint,text,text) IS
 -- Close an unmatched or disputed payment without crediting it (refunded at
 -- the provider, or not ours). Audited.
 CREATE OR REPLACE FUNCTION prepaid.reject_payment(p_payment bigint, p_note text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	pay prepaid.payments;
 BEGIN

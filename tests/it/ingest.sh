@@ -209,8 +209,10 @@ psql_q "DROP TRIGGER test_poison ON prepaid.readings; DROP TRIGGER test_poison O
 
 note "a batch refused once with a retryable error (40001) is sent again whole"
 # A sequence, not a table, is the flag: its nextval survives the rollback of
-# the refused batch.
+# the refused batch. Readings are written as prepaid_owner (ingest_batch is
+# SECURITY DEFINER), so the trigger reaches the flag as that role.
 psql_q "CREATE SEQUENCE public.test_flaky_seq;
+GRANT USAGE ON SEQUENCE public.test_flaky_seq TO prepaid_owner;
 CREATE FUNCTION public.test_flaky() RETURNS trigger LANGUAGE plpgsql AS \$\$
 BEGIN
 	IF nextval('public.test_flaky_seq') = 1 THEN
