@@ -358,7 +358,8 @@ COMMENT ON FUNCTION prepaid.reject_payment(bigint,text) IS
 -- still refused, by the database for one) are evidence about money and are
 -- never deleted. Returns how many rows went.
 CREATE OR REPLACE FUNCTION prepaid_internal.prune_payment_rejects(p_keep integer) RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp AS $$
 	WITH del AS (
 		DELETE FROM prepaid.payment_rejects
 		WHERE NOT verified

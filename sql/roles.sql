@@ -58,7 +58,8 @@ GRANT EXECUTE ON FUNCTION
     prepaid_internal.record_payment(text, text, text, bigint, text, text, timestamptz,
         timestamptz, boolean, boolean),
     prepaid_internal.record_payment_notice(text, text, text, text, text, text, bigint,
-        timestamptz)
+        timestamptz),
+    prepaid_internal.prune_payment_rejects(integer)
 TO prepaid_daemon;
 GRANT SELECT ON prepaid.schema_migrations, prepaid.schema_code TO prepaid_daemon;
 -- Refused payment callbacks are written after the answer, outside a
