@@ -54,7 +54,9 @@ END $$;
 -- Credit a payment. Idempotent on (meter, reference): a repeat returns the
 -- first entry and credits nothing.
 CREATE OR REPLACE FUNCTION prepaid.credit(p_meter text, p_amount numeric, p_reference text) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_id bigint;
 BEGIN
@@ -86,7 +88,9 @@ COMMENT ON FUNCTION prepaid.credit(text,numeric,text) IS
 
 -- Adjust a balance (either sign) with a reason.
 CREATE OR REPLACE FUNCTION prepaid.adjust(p_meter text, p_amount numeric, p_reason text) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_id bigint;
 BEGIN
@@ -113,7 +117,9 @@ COMMENT ON FUNCTION prepaid.adjust(text,numeric,text) IS
 -- Accept a held implausible jump: it is rated now (on the tariff in force
 -- over its interval and the period's consumption so far) and charged.
 CREATE OR REPLACE FUNCTION prepaid.accept_anomaly(p_id bigint, p_note text) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	a prepaid.anomalies;
 	v_n integer;
@@ -138,7 +144,9 @@ COMMENT ON FUNCTION prepaid.accept_anomaly(bigint,text) IS
 
 -- Reject a held jump: it is never charged.
 CREATE OR REPLACE FUNCTION prepaid.reject_anomaly(p_id bigint, p_note text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	a prepaid.anomalies;
 BEGIN
@@ -158,7 +166,9 @@ COMMENT ON FUNCTION prepaid.reject_anomaly(bigint,text) IS
 -- Every meter whose balance is not the sum of its ledger. Always empty.
 CREATE OR REPLACE FUNCTION prepaid.verify_ledger()
 RETURNS TABLE (meter_id text, balance numeric, ledger_sum numeric)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	SELECT m.meter_id, m.balance, coalesce(l.total, 0)
 	FROM prepaid.meters m
 	LEFT JOIN (SELECT x.meter_id, sum(x.amount) AS total FROM prepaid.ledger x GROUP BY x.meter_id) l
@@ -225,7 +235,9 @@ COMMENT ON VIEW prepaid.site_monthly IS
 CREATE OR REPLACE FUNCTION prepaid.statement(p_meter text, p_from date, p_to date)
 RETURNS TABLE (line_no bigint, day date, kind text, detail text, energy_kwh numeric,
     amount numeric, balance numeric)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 WITH opening AS (
 	SELECT coalesce(sum(l.amount), 0) AS amount FROM prepaid.ledger l
 	WHERE l.meter_id = p_meter AND l.day < p_from

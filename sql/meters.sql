@@ -40,7 +40,9 @@ COMMENT ON SCHEMA prepaid_internal IS
 
 -- Register a meter by hand (when [ingest] auto_register is off).
 CREATE OR REPLACE FUNCTION prepaid.register_meter(p_meter text) RETURNS boolean
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	INSERT INTO prepaid.meters (meter_id) VALUES (p_meter)
 	ON CONFLICT (meter_id) DO NOTHING
 	RETURNING true;
@@ -49,7 +51,9 @@ COMMENT ON FUNCTION prepaid.register_meter(text) IS
 	'Register a meter by hand (when [ingest] auto_register is off).';
 
 CREATE OR REPLACE FUNCTION prepaid_internal.ensure_partitions(p_months_ahead integer DEFAULT 3)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_month date;
 	v_name text;
@@ -121,7 +125,9 @@ CREATE TRIGGER commands_notify AFTER INSERT ON prepaid.commands
 -- The general operator function: queue a command for a meter.
 CREATE OR REPLACE FUNCTION prepaid.send_command(p_meter text, p_action text, p_reason text,
     p_valid_for interval DEFAULT interval '10 minutes', p_from_seq bigint DEFAULT NULL)
-RETURNS text LANGUAGE plpgsql AS $$
+RETURNS text LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_id text;
 BEGIN
@@ -147,25 +153,33 @@ COMMENT ON FUNCTION prepaid.send_command(text,text,text,interval,bigint) IS
 
 CREATE OR REPLACE FUNCTION prepaid.trip(p_meter text, p_reason text,
     p_valid_for interval DEFAULT interval '10 minutes') RETURNS text
-LANGUAGE sql AS $$ SELECT prepaid.send_command(p_meter, 'trip', p_reason, p_valid_for) $$;
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$ SELECT prepaid.send_command(p_meter, 'trip', p_reason, p_valid_for) $$;
 COMMENT ON FUNCTION prepaid.trip(text,text,interval) IS
 	'Queue a remote trip (open the relay); returns the command id.';
 
 CREATE OR REPLACE FUNCTION prepaid.arm(p_meter text, p_reason text,
     p_valid_for interval DEFAULT interval '10 minutes') RETURNS text
-LANGUAGE sql AS $$ SELECT prepaid.send_command(p_meter, 'arm', p_reason, p_valid_for) $$;
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$ SELECT prepaid.send_command(p_meter, 'arm', p_reason, p_valid_for) $$;
 COMMENT ON FUNCTION prepaid.arm(text,text,interval) IS
 	'Queue an arm: the occupant restores power with the meter''s button or card; returns the command id.';
 
 CREATE OR REPLACE FUNCTION prepaid.close(p_meter text, p_reason text,
     p_valid_for interval DEFAULT interval '10 minutes') RETURNS text
-LANGUAGE sql AS $$ SELECT prepaid.send_command(p_meter, 'close', p_reason, p_valid_for) $$;
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$ SELECT prepaid.send_command(p_meter, 'close', p_reason, p_valid_for) $$;
 COMMENT ON FUNCTION prepaid.close(text,text,interval) IS
 	'Queue a direct close of the relay; returns the command id.';
 
 CREATE OR REPLACE FUNCTION prepaid.resend(p_meter text, p_from_seq bigint,
     p_valid_for interval DEFAULT interval '5 minutes') RETURNS text
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	SELECT prepaid.send_command(p_meter, 'resend', 'operator resend', p_valid_for, p_from_seq)
 $$;
 COMMENT ON FUNCTION prepaid.resend(text,bigint,interval) IS
@@ -173,7 +187,9 @@ COMMENT ON FUNCTION prepaid.resend(text,bigint,interval) IS
 
 -- Stop a command that has not been acknowledged (it is not published again).
 CREATE OR REPLACE FUNCTION prepaid.cancel_command(p_id text, p_reason text) RETURNS boolean
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	UPDATE prepaid.commands SET state = 'cancelled', detail = p_reason
 	WHERE id = p_id AND state IN ('queued', 'sent')
 	RETURNING true;
@@ -199,7 +215,9 @@ CREATE OR REPLACE FUNCTION prepaid_internal.claim_commands(p_limit integer, p_re
     p_retry_max interval)
 RETURNS TABLE (id text, meter_id text, action text, from_seq bigint,
     valid_until timestamptz, attempts integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	t record;
 	g record;
@@ -289,6 +307,7 @@ CREATE OR REPLACE FUNCTION prepaid_internal.ingest_batch(
     OUT unknown integer, OUT filled integer, OUT events integer,
     OUT acks integer, OUT rejects integer)
 LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
 SET jit = off
 AS $$
 DECLARE

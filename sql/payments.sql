@@ -29,7 +29,9 @@ COMMENT ON TABLE prepaid.restores IS
 -- characters, valid for WeChat Pay and Alipay).
 CREATE OR REPLACE FUNCTION prepaid.create_order(p_meter text, p_amount numeric, p_provider text,
     p_valid_for interval DEFAULT interval '30 minutes') RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_no text;
 BEGIN
@@ -186,7 +188,9 @@ CREATE OR REPLACE FUNCTION prepaid_internal.record_payment(p_provider text, p_tx
     p_received_at timestamptz, p_notify_occupant boolean, p_wake_self boolean,
     OUT outcome text, OUT payment_id bigint, OUT meter_id text, OUT command_id text,
     OUT balance numeric)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	o prepaid.orders;
 	v_reason text;
@@ -260,7 +264,9 @@ END $$;
 CREATE OR REPLACE FUNCTION prepaid_internal.record_payment_notice(p_provider text, p_kind text, p_txn text,
     p_out_trade_no text, p_notify_id text, p_trade_status text, p_amount_fen bigint,
     p_received_at timestamptz) RETURNS boolean
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	INSERT INTO prepaid.payment_notices (provider, kind, provider_txn, out_trade_no, notify_id,
 	    trade_status, amount_fen, received_at)
 	VALUES (p_provider, p_kind, p_txn, p_out_trade_no, coalesce(p_notify_id, ''), p_trade_status,
@@ -275,7 +281,9 @@ $$;
 -- order or to p_meter. Audited.
 CREATE OR REPLACE FUNCTION prepaid.apply_payment(p_payment bigint, p_meter text DEFAULT NULL,
     p_note text DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	pay prepaid.payments;
 	v_meter text;
@@ -317,7 +325,9 @@ COMMENT ON FUNCTION prepaid.apply_payment(bigint,text,text) IS
 -- Close an unmatched or disputed payment without crediting it (refunded at
 -- the provider, or not ours). Audited.
 CREATE OR REPLACE FUNCTION prepaid.reject_payment(p_payment bigint, p_note text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	pay prepaid.payments;
 BEGIN
@@ -340,6 +350,23 @@ COMMENT ON FUNCTION prepaid.reject_payment(bigint,text) IS
 	'Close a held payment without crediting it.';
 
 -- ------------------------------------------------------ manual restore
+
+-- Keep the newest p_keep unverified payment_rejects ([payments]
+-- rejects_keep): a forgery flood audits up to 100 refusals a second. The
+-- daemon calls it after every 100 audited refusals, as ingest_batch prunes
+-- prepaid.rejects. Rows of verified callbacks (a real payment that was
+-- still refused, by the database for one) are evidence about money and are
+-- never deleted. Returns how many rows went.
+CREATE OR REPLACE FUNCTION prepaid_internal.prune_payment_rejects(p_keep integer) RETURNS bigint
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp AS $$
+	WITH del AS (
+		DELETE FROM prepaid.payment_rejects
+		WHERE NOT verified
+		  AND id <= (SELECT max(id) FROM prepaid.payment_rejects) - greatest(p_keep, 100)
+		RETURNING 1)
+	SELECT count(*) FROM del
+$$;
 
 -- The arm (or close) of a restore is acknowledged: armed (or, for a close
 -- with the relay closed, restored); an arm that fails is marked failed for
@@ -454,7 +481,7 @@ COMMENT ON VIEW prepaid.awaiting_restore IS
 	'Meters re-armed after a payment whose power is not back yet.';
 
 -- ==================================================================== payout
--- prepaidd's calls to the providers (src/payout.c; tables in 002_payout.sql):
+-- prepaidd's calls to the providers (src/payout.c; tables in 004_payout.sql):
 -- orders still pending are queried on a ladder and closed at expiry; refunds
 -- asked for by finance staff are sent by the daemon and debited when the
 -- provider confirms; the providers' daily bills are compared with what was
@@ -471,7 +498,9 @@ COMMENT ON VIEW prepaid.awaiting_restore IS
 CREATE OR REPLACE FUNCTION prepaid_internal.payout_due(p_ladder_s integer[], p_retry_s integer, p_providers text[],
     p_limit integer)
 RETURNS TABLE (out_trade_no text, provider text, amount_fen bigint, expired boolean)
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	UPDATE prepaid.orders o SET queried_at = now()
 	FROM (SELECT x.out_trade_no FROM prepaid.orders x
 	      WHERE x.state = 'pending' AND x.provider = ANY (p_providers)
@@ -488,11 +517,13 @@ $$;
 
 -- The provider answered a query (p_closed false) or closed the order
 -- (p_closed true: the order, expired, is closed here too; a payment that
--- still arrives for it is held as disputed by prepaid.record_payment).
+-- still arrives for it is held as disputed by prepaid_internal.record_payment).
 -- Called by the daemon.
 CREATE OR REPLACE FUNCTION prepaid_internal.payout_answered(p_out_trade_no text, p_provider_state text,
     p_closed boolean) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	UPDATE prepaid.orders SET queries = queries + CASE WHEN p_closed THEN 0 ELSE 1 END,
 	    provider_state = p_provider_state,
 	    closed_at = CASE WHEN p_closed THEN now() ELSE closed_at END,
@@ -513,7 +544,9 @@ $$;
 -- Audited with the login role (session_user).
 CREATE OR REPLACE FUNCTION prepaid.refund(p_out_trade_no text, p_amount numeric, p_refund_no text,
     p_reason text DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	r prepaid.refunds;
 	pay prepaid.payments;
@@ -581,7 +614,9 @@ COMMENT ON FUNCTION prepaid.refund(text,numeric,text,text) IS
 CREATE OR REPLACE FUNCTION prepaid_internal.refund_due(p_providers text[], p_retry_s integer, p_limit integer)
 RETURNS TABLE (refund_no text, provider text, out_trade_no text, amount_fen bigint,
     total_fen bigint, reason text, state text)
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	UPDATE prepaid.refunds r SET attempts = r.attempts + 1,
 	    next_at = now() + make_interval(secs => p_retry_s)
 	FROM (SELECT x.refund_no FROM prepaid.refunds x
@@ -599,7 +634,9 @@ $$;
 -- refund's state. Called by the daemon, and by the refund notification.
 CREATE OR REPLACE FUNCTION prepaid_internal.refund_answered(p_refund_no text, p_outcome text, p_provider_state text,
     p_error text DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	r prepaid.refunds;
 	v_entry bigint;
@@ -699,7 +736,9 @@ COMMENT ON TABLE prepaid.bill_entries IS
 -- for psql, to re-run any day. Returns the ids queued.
 CREATE OR REPLACE FUNCTION prepaid.reconcile(p_day date, p_provider text DEFAULT NULL)
 RETURNS SETOF bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	IF p_day IS NULL OR p_day > (now() AT TIME ZONE 'Asia/Shanghai')::date THEN
 		RAISE EXCEPTION 'reconcile: a bill is for a past Beijing day (got %)', p_day
@@ -720,7 +759,9 @@ END $$;
 -- The daily run: queue p_day for each provider not reconciled (or queued)
 -- for it yet, whatever the number of daemons. Called by the daemon.
 CREATE OR REPLACE FUNCTION prepaid_internal.reconcile_daily(p_day date, p_providers text[]) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_n integer;
 BEGIN
@@ -737,7 +778,9 @@ END $$;
 -- times without a bill is failed, with an alert. Called by the daemon.
 CREATE OR REPLACE FUNCTION prepaid_internal.reconcile_due(p_providers text[], p_retry_s integer, p_limit integer)
 RETURNS TABLE (id bigint, provider text, bill_date date)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_failed bigint;
 BEGIN
@@ -763,7 +806,9 @@ COMMENT ON FUNCTION prepaid.reconcile(date,text) IS
 
 -- Why the last attempt got no bill. Called by the daemon.
 CREATE OR REPLACE FUNCTION prepaid_internal.reconcile_error(p_id bigint, p_error text) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	UPDATE prepaid.reconciliations SET last_error = p_error WHERE id = p_id;
 $$;
 
@@ -829,7 +874,9 @@ COMMENT ON VIEW prepaid.reconciliation_totals IS
 -- the reconciliation is done; returns the number of discrepancies, and
 -- alerts when there are any. Called by the daemon.
 CREATE OR REPLACE FUNCTION prepaid_internal.reconcile_load(p_id bigint, p_entries jsonb) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	r prepaid.reconciliations;
 	v_n integer;

@@ -109,6 +109,11 @@ static const struct conf_key conf_key_table[] = {
 
     {"http", "max_connections", CONF_INT, "256", 1, 100000, false, O(http_max_connections),
         "connections served at once; more are closed", NULL, 0},
+    {"http", "max_connections_per_address", CONF_INT, "32", 0, 100000, true,
+        O(http_max_connections_per_address),
+        "connections of one address still sending their request; 0: no cap", NULL, 0},
+    {"http", "header_deadline_ms", CONF_INT, "5000", 100, 600000, true, O(http_header_deadline_ms),
+        "a request head must arrive whole within, milliseconds", NULL, 0},
     {"http", "deadline_ms", CONF_INT, "10000", 100, 600000, true, O(http_deadline_ms),
         "a request must arrive whole within, milliseconds", NULL, 0},
     {"http", "max_body_bytes", CONF_INT, "65536", 1024, 16777216, false, O(http_max_body_bytes),
@@ -175,6 +180,8 @@ static const struct conf_key conf_key_table[] = {
         "how often due orders and refunds are looked for, seconds", NULL, 0},
     {"payments", "reconcile_at", CONF_STRING, "10:30", 0, 0, true, O(payments_reconcile_at),
         "Beijing time of day the previous day's bills are compared (HH:MM)", NULL, 0},
+    {"payments", "rejects_keep", CONF_INT, "100000", 100, 100000000, true, O(payments_rejects_keep),
+        "unverified refusals kept in prepaid.payment_rejects", NULL, 0},
 
     {"log", "level", CONF_STRING, "info", 0, 0, true, O(log_level), "error, warning, info or debug",
         NULL, 0},
@@ -1971,6 +1978,114 @@ conf_check_cross(struct conf_parse *p)
 	return conf_check_payments(p);
 }
 
+/* ------------------------------------------------------------ secrets */
+
+int
+conf_secret_mode(unsigned mode, bool own_group, bool key, char *why, size_t len)
+{
+	if (mode & 0004) {
+		snprintf(why, len, "readable by everyone (mode %04o)%s", mode & 07777,
+		    key ? ": refused, as OpenSSH refuses such a key; chmod o-r it"
+		        : ": chmod o-r it");
+		return key ? -1 : 1;
+	}
+	if ((mode & 0040) && !own_group) {
+		snprintf(why, len,
+		    "readable by its group, which prepaidd is not in (mode %04o): chgrp it to "
+		    "prepaidd's group or chmod g-r it",
+		    mode & 07777);
+		return 1;
+	}
+	return 0;
+}
+
+/* Whether gid is the process's group or one of its supplementary ones. */
+static bool
+conf_own_group(gid_t gid)
+{
+	gid_t groups[256];
+	int n, i;
+
+	if (gid == getegid() || gid == getgid())
+		return true;
+	n = getgroups((int)ARRAY_SIZE(groups), groups);
+	for (i = 0; i < n; i++)
+		if (groups[i] == gid)
+			return true;
+	return false;
+}
+
+/* Check one secret file; subject is "section.key" or "the configuration". */
+static int
+conf_secret(struct conf_parse *p, const char *path, int line, const char *subject, bool key)
+{
+	struct stat st;
+	char why[256];
+	int rc;
+
+	if (path == NULL || stat(path, &st) != 0)
+		return 0; /* unset; a missing file was refused while parsing */
+	rc =
+	    conf_secret_mode((unsigned)st.st_mode, conf_own_group(st.st_gid), key, why, sizeof why);
+	if (rc < 0) {
+		conf_error(p, line, subject, "%s is %s", path, why);
+		return -1;
+	}
+	if (rc > 0 && p->c->nwarnings < CONF_WARNINGS_MAX) {
+		if (line > 0)
+			xasprintf(&p->c->warnings[p->c->nwarnings++], "%s:%d: %s: %s is %s",
+			    p->path, line, subject, path, why);
+		else
+			xasprintf(&p->c->warnings[p->c->nwarnings++], "%s: %s is %s", p->path,
+			    subject, why);
+	}
+	return 0;
+}
+
+/*
+ * Files holding secrets: the configuration itself (a conninfo may carry a
+ * password), the MQTT password and client key, the APIv3 key, gateway
+ * secrets. Keys (the MQTT client key, the APIv3 key, a gateway's API
+ * secret) readable by everyone are refused; everything else open is warned
+ * about (conf->warnings).
+ */
+static int
+conf_check_secrets(struct conf_parse *p)
+{
+	static const struct {
+		size_t offset;
+		bool key;
+	} files[] = {
+	    {O(mqtt_password_file), false},
+	    {O(mqtt_tls_key), true},
+	    {O(payments_wechat_apiv3_key_file), true},
+	};
+	const struct conf_key *k;
+	char subject[96];
+	size_t i, j;
+	int g;
+
+	if (conf_secret(p, p->path, 0, "the configuration file", false) != 0)
+		return -1;
+	for (i = 0; i < ARRAY_SIZE(files); i++) {
+		for (j = 0; j < ARRAY_SIZE(conf_key_table); j++)
+			if (conf_key_table[j].offset == files[i].offset)
+				break;
+		k = &conf_key_table[j];
+		conf_subject(subject, sizeof subject, k);
+		if (conf_secret(
+		        p, *(char **)conf_field(p->c, k), p->lines[j], subject, files[i].key) != 0)
+			return -1;
+	}
+	for (g = 0; g < p->c->ngateways; g++) {
+		snprintf(subject, sizeof subject, "gateway.%s.secret_file", p->c->gateways[g].name);
+		if (conf_secret(p, p->c->gateways[g].secret_file,
+		        conf_gw_line(p, &p->c->gateways[g], G(secret_file)), subject, true) != 0)
+			return -1;
+	}
+	return 0;
+}
+
 struct conf *
 conf_load(const char *path, char *err, size_t errlen)
 {
@@ -2010,6 +2125,8 @@ conf_load(const char *path, char *err, size_t errlen)
 		goto fail;
 	}
 	if (conf_check_cross(&p) != 0)
+		goto fail;
+	if (conf_check_secrets(&p) != 0)
 		goto fail;
 	p.c->key_lines = xcalloc(ARRAY_SIZE(conf_key_table), sizeof(int));
 	memcpy(p.c->key_lines, p.lines, sizeof p.lines);
@@ -2051,6 +2168,8 @@ conf_free(struct conf *c)
 	conf_wipe_free(c->mqtt_password);
 	for (i = 0; i < (size_t)c->ngateways; i++)
 		conf_gw_free(&c->gateways[i]);
+	for (i = 0; i < (size_t)c->nwarnings; i++)
+		free(c->warnings[i]);
 	free(c->key_lines);
 	free(c->path);
 	free(c);

@@ -101,8 +101,14 @@ struct conf_gateway {
 	int retry_max_ms;
 };
 
+#define CONF_WARNINGS_MAX 16
+
 struct conf {
 	char *path; /* the file it was read from */
+	/* What conf_load found risky but accepted ("FILE:LINE: key: why"): the
+	 * caller prints them (-n) or logs them (start, reload). */
+	char *warnings[CONF_WARNINGS_MAX];
+	int nwarnings;
 	int *key_lines; /* line of each key of the table; 0: the default */
 
 	/* [database] */
@@ -147,6 +153,8 @@ struct conf {
 	char *http_listen; /* address, default 127.0.0.1 */
 	int http_port;
 	int http_max_connections; /* connections served at once; more are closed */
+	int http_max_connections_per_address; /* waiting ones; 0: no cap */
+	int http_header_deadline_ms; /* the request head must arrive within this */
 	int http_deadline_ms; /* a request must arrive whole within this */
 	int http_max_body_bytes; /* bytes of a request body */
 	int http_max_headers; /* request header lines */
@@ -180,6 +188,7 @@ struct conf {
 	int payments_query_retry_s; /* a call without an answer is tried again after */
 	int payments_query_poll_s; /* how often due orders and refunds are looked for */
 	char *payments_reconcile_at; /* HH:MM Beijing time: yesterday's bills are fetched */
+	int payments_rejects_keep; /* unverified rows kept in prepaid.payment_rejects */
 
 	/* [log] */
 	char *log_level; /* error, warning, info, debug */
@@ -236,6 +245,13 @@ const struct conf_gateway *conf_gateway_find(const struct conf *c, const char *n
  * mqtt_password is read from mqtt_password_file (trailing newline stripped).
  */
 struct conf *conf_load(const char *path, char *err, size_t errlen);
+/*
+ * How open a secret file with this st_mode may be: 0 fine; 1 worth a
+ * warning (readable by everyone, or by a group the daemon is not in:
+ * own_group false); -1 refused (a key, key true, readable by everyone).
+ * why says which and what to do.
+ */
+int conf_secret_mode(unsigned mode, bool own_group, bool key, char *why, size_t len);
 void conf_free(struct conf *c);
 
 /*

@@ -171,16 +171,11 @@ static void
 ingest_add_reject(struct ingest *in, const char *meter, const char *reason)
 {
 	struct sbuf hex = {0};
-	char topic[256];
+	char topic[512];
 	char ts[40];
-	size_t i;
 
-	/* Topics are UTF-8 per MQTT; keep them printable ASCII all the same. */
-	for (i = 0; in->cur_topic[i] != '\0' && i + 1 < sizeof topic; i++) {
-		unsigned char c = (unsigned char)in->cur_topic[i];
-		topic[i] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-	}
-	topic[i] = '\0';
+	/* Printable ASCII kept, every other byte %XX: what came, visibly. */
+	payload_escape_topic(in->cur_topic, topic, sizeof topic);
 	sbuf_hex(&hex, in->cur_payload, in->cur_len, INGEST_REJECT_KEEP_BYTES);
 	payload_format_rfc3339(in->cur_us, ts, sizeof ts);
 	ingest_push_reject(in, meter, topic, reason, hex.p ? hex.p : "", ts);

@@ -1,4 +1,4 @@
--- 002_payout.sql: the tables of prepaidd's calls to the payment providers
+-- 004_payout.sql: the tables of prepaidd's calls to the payment providers
 -- (src/payout.c): where each order stands at its provider (the query ladder,
 -- closing at expiry), refunds asked for by finance staff and sent by the
 -- daemon, and the daily reconciliation of the providers' bills. Functions,
