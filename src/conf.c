@@ -2044,10 +2044,11 @@ conf_secret(struct conf_parse *p, const char *path, int line, const char *subjec
 
 /*
  * Files holding secrets: the configuration itself (a conninfo may carry a
- * password), the MQTT password and client key, the APIv3 key, gateway
- * secrets. Keys (the MQTT client key, the APIv3 key, a gateway's API
- * secret) readable by everyone are refused; everything else open is warned
- * about (conf->warnings).
+ * password), the MQTT password and client key, the APIv3 key, the merchant
+ * keys that sign calls to the providers, gateway secrets. Keys (the MQTT
+ * client key, the APIv3 key, the WeChat Pay merchant key, the Alipay app
+ * key, a gateway's API secret) readable by everyone are refused; everything
+ * else open is warned about (conf->warnings).
  */
 static int
 conf_check_secrets(struct conf_parse *p)
@@ -2059,6 +2060,8 @@ conf_check_secrets(struct conf_parse *p)
 	    {O(mqtt_password_file), false},
 	    {O(mqtt_tls_key), true},
 	    {O(payments_wechat_apiv3_key_file), true},
+	    {O(payments_wechat_merchant_key_file), true},
+	    {O(payments_alipay_app_key_file), true},
 	};
 	const struct conf_key *k;
 	char subject[96];

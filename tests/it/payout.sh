@@ -12,7 +12,7 @@
 # is held as disputed; that a refund larger than the balance is refused
 # before anything is sent; that a confirmed refund debits the balance once,
 # and asking again with the same number debits nothing more (WeChat and
-# Alipay), audited with the login role, and that a refund still processing
+# Alipay), asked for and audited with a finance login, and that a refund still processing
 # is debited once its query or its WeChat notification says it succeeded;
 # that ACQ.SYSTEM_ERROR and 429 answers are asked again; that -n checks the
 # merchant key and a reload naming a bad one keeps the key in use; that
@@ -82,6 +82,14 @@ WX=http://127.0.0.1:$HTTP_PORT/pay/wechat
 ALI=http://127.0.0.1:$HTTP_PORT/pay/alipay
 
 psql_q "SELECT prepaid.register_meter('PO1'); SELECT prepaid.register_meter('PO2');" >/dev/null
+# Finance staff ask for refunds and reconciliations with their own login
+# (prepaid_finance only); the functions run as the owner and record it.
+psql_q "CREATE ROLE fin_zhou LOGIN IN ROLE prepaid_finance" >/dev/null
+psql_fin()
+{
+	"$PG_BINDIR/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 \
+	    -p "$PG_PORT" -U fin_zhou -d prepaid -c "$1"
+}
 balance()
 {
 	psql_q "SELECT round(balance, 2) FROM prepaid.meters WHERE meter_id = '$1'"
@@ -161,6 +169,14 @@ out=$("$top_builddir/prepaidd" -n -c "$CONF" 2>&1) && fail "-n accepted a bad me
 echo "$out" | grep -q "^$CONF:[0-9]*: payments.wechat_merchant_key_file: .*no PEM private key" ||
     fail "-n did not name the key and its line: $out"
 echo "ok - -n names the file, line and key: $out"
+cp "$KEYS/app.key" "$KEYS/app-open.key"
+chmod 0644 "$KEYS/app-open.key"
+daemon_config "${PAYOUT_CONF[@]}" payments.alipay_app_key_file="$KEYS/app-open.key"
+out=$("$top_builddir/prepaidd" -n -c "$CONF" 2>&1) && fail "-n accepted an app key readable by everyone"
+echo "$out" | grep -q "^$CONF:[0-9]*: payments.alipay_app_key_file: .*readable by everyone" ||
+    fail "-n did not refuse the open app key by name: $out"
+echo "ok - an Alipay app key readable by everyone is refused: $out"
+daemon_config "${PAYOUT_CONF[@]}" payments.wechat_merchant_key_file="$KEYS/apiv3.key"
 from=$(daemon_log_lines)
 daemon_reload
 wait_log "payout: .*wechat_merchant_key_file.*previous keys stay in use" "$from" 10
@@ -209,8 +225,8 @@ sleep 1.5
 assert_eq 0 "$(grep -c "alipay.trade.refund\|/v3/refund" "$FP_LOG" || true)" \
     "nothing sent to a provider for a refused refund"
 
-assert_eq queued "$(psql_q "SELECT prepaid.refund('$o1', 10.00, 'RF00000002', 'moved out')")" \
-    "WeChat refund queued"
+assert_eq queued "$(psql_fin "SELECT prepaid.refund('$o1', 10.00, 'RF00000002', 'moved out')")" \
+    "WeChat refund queued (by a finance login)"
 wait_until "SELECT state = 'refunded' FROM prepaid.refunds WHERE refund_no = 'RF00000002'" 15 \
     "WeChat confirmed the refund"
 assert_eq "48.27" "$(balance PO1)" "PO1 debited 10.00 once confirmed"
@@ -222,8 +238,10 @@ assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.ledger WHERE reference = 're
     "one ledger debit"
 err=$(psql_q "SELECT prepaid.refund('$o1', 11.00, 'RF00000002')" 2>&1) &&
     fail "the same refund number with another amount was accepted"
-assert_eq postgres "$(psql_q "SELECT actor FROM prepaid.operator_audit
-    WHERE action = 'refund' AND detail->>'refund_no' = 'RF00000002'")" "audited with the login role"
+assert_eq "fin_zhou|fin_zhou" "$(psql_q "SELECT a.actor || '|' || r.requested_by
+    FROM prepaid.operator_audit a JOIN prepaid.refunds r ON r.refund_no = a.detail->>'refund_no'
+    WHERE a.action = 'refund' AND r.refund_no = 'RF00000002'")" \
+    "audited and requested by the finance login (session_user, not the owner)"
 
 note "a WeChat refund still processing is asked about again, debited only once it succeeds"
 fake "/_fake/refund_mode?mode=processing" >/dev/null
@@ -329,7 +347,7 @@ echo "ok - the providers hold one order each, of its channel"
 note "the daily run at reconcile_at fetched yesterday's bills (empty): nothing differs"
 wait_until "SELECT count(*) = 2 FROM prepaid.reconciliations
     WHERE bill_date = (now() AT TIME ZONE 'Asia/Shanghai')::date - 1 AND state = 'done'
-      AND bill_rows = 0 AND discrepancies = 0 AND requested_by = 'postgres'" 15 \
+      AND bill_rows = 0 AND discrepancies = 0 AND requested_by = '$PG_DAEMON'" 15 \
     "yesterday's WeChat Pay and Alipay bills reconciled"
 
 note "reconciliation: a bill with a payment missing here, one amount differing, one credited here missing"
@@ -341,8 +359,10 @@ o12=$(order PO1 3.00 wechat)
     --transaction-id 4200000000000000000777 --total 300 --expect 204 >/dev/null ||
     fail "the notification of $o12 was not answered 204"
 today=$(psql_q "SELECT (now() AT TIME ZONE 'Asia/Shanghai')::date")
-assert_eq 2 "$(psql_q "SELECT count(*) FROM prepaid.reconcile('$today')")" \
-    "prepaid.reconcile() queues today for both providers"
+assert_eq 2 "$(psql_fin "SELECT count(*) FROM prepaid.reconcile('$today')")" \
+    "prepaid.reconcile() by a finance login queues today for both providers"
+assert_eq "fin_zhou" "$(psql_q "SELECT string_agg(DISTINCT requested_by, ',')
+    FROM prepaid.reconciliations WHERE bill_date = '$today'")" "requested by the finance login"
 wait_until "SELECT count(*) = 2 FROM prepaid.reconciliations WHERE bill_date = '$today'
     AND state = 'done'" 20 "both bills downloaded and compared"
 got=$(psql_q "SELECT string_agg(provider || '|' || kind || '|' || coalesce(out_trade_no, '-') || '|'
