@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -428,6 +429,12 @@ journal_open(const char *dir, uint64_t max_bytes, uint64_t segment_bytes, char *
 	if (j->dirfd < 0) {
 		snprintf(
 		    err, errlen, "journal: cannot open directory %s: %s", dir, strerror(errno));
+		goto fail;
+	}
+	/* One daemon a journal: a second one would replay and trim the first's records. */
+	if (flock(j->dirfd, LOCK_EX | LOCK_NB) != 0) {
+		snprintf(err, errlen, "journal: directory %s is in use by another prepaidd (%s)", dir,
+		    strerror(errno));
 		goto fail;
 	}
 	dfd = dup(j->dirfd);

@@ -48,7 +48,8 @@ struct journal;
 #define JOURNAL_RECORD_MAX (16 * 1024 * 1024 + 4096)
 
 /*
- * Open (creating the directory if needed) and check the journal in dir.
+ * Open (creating the directory if needed), lock (one daemon a directory)
+ * and check the journal in dir.
  * max_bytes bounds the files' total size; segment_bytes is the size at
  * which a segment is closed and the next begun (0: derived from max_bytes).
  * Returns NULL with a message in err.
