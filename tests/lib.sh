@@ -285,6 +285,8 @@ log_type notice
 log_type information
 connection_messages true
 EOF
+	# Settings of a test's own (later lines win), e.g. persistence.
+	[ -z "${BROKER_EXTRA:-}" ] || printf '%s\n' "$BROKER_EXTRA" >>"$dir/mosquitto.conf"
 	$LIB_SETSID "$MOSQUITTO" -c "$dir/mosquitto.conf" >>"$BROKER_LOG" 2>&1 &
 	BROKER_PID=$!
 	deadline=$(($(lib_now_ms) + 10000))
