@@ -373,7 +373,11 @@ jnl_scan(struct journal *j, struct jnl_seg *s, bool last_file, char *err, size_t
 	}
 	if (m != NULL)
 		munmap((void *)(uintptr_t)m, (size_t)st.st_size);
-	if (s->valid_end < s->bytes) {
+	if (last_file && s->bytes < JNL_SEG_HDR) {
+		/* Created, header not yet whole: nothing was ever in it. */
+		s->bytes = 0;
+		s->valid_end = 0;
+	} else if (s->valid_end < s->bytes) {
 		metrics.journal_torn++;
 		if (last_file && s->valid_end >= JNL_SEG_HDR) {
 			log_warn("journal: %s/%s: cutting %" PRIu64 " bytes after the last whole "
@@ -433,8 +437,8 @@ journal_open(const char *dir, uint64_t max_bytes, uint64_t segment_bytes, char *
 	}
 	/* One daemon a journal: a second one would replay and trim the first's records. */
 	if (flock(j->dirfd, LOCK_EX | LOCK_NB) != 0) {
-		snprintf(err, errlen, "journal: directory %s is in use by another prepaidd (%s)", dir,
-		    strerror(errno));
+		snprintf(err, errlen, "journal: directory %s is in use by another prepaidd (%s)",
+		    dir, strerror(errno));
 		goto fail;
 	}
 	dfd = dup(j->dirfd);

@@ -352,6 +352,28 @@ START_TEST(replayed_segments_trimmed_when_committed)
 }
 END_TEST
 
+/* A segment created just before the crash, its header not whole: dropped. */
+START_TEST(torn_segment_header)
+{
+	char path[400];
+	struct journal *j;
+	uint64_t corrupt = metrics.journal_corrupt;
+	int fd;
+
+	snprintf(path, sizeof path, "%s/%016" PRIx64 ".jnl", dir, (uint64_t)7);
+	fd = open(path, O_WRONLY | O_CREAT, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, "PPJSE", 5), 5);
+	close(fd);
+	j = open_j(1 << 20, 0);
+	ck_assert_uint_eq(journal_found(j), 0);
+	ck_assert_uint_eq(metrics.journal_corrupt, corrupt);
+	ck_assert_int_eq(count_files(".jnl"), 0);
+	ck_assert_uint_eq(append(j, 1), 1);
+	journal_close(j);
+}
+END_TEST
+
 START_TEST(full_refuses)
 {
 	struct journal *j = open_j(4096, 0);
@@ -406,6 +428,7 @@ main(void)
 	tcase_add_test(tc, crc_error_in_older_segment);
 	tcase_add_test(tc, trim_out_of_order);
 	tcase_add_test(tc, replayed_segments_trimmed_when_committed);
+	tcase_add_test(tc, torn_segment_header);
 	tcase_add_test(tc, full_refuses);
 	tcase_add_test(tc, state_file);
 	tcase_add_test(tc, crc32c_known_value);
