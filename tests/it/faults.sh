@@ -13,7 +13,8 @@
 # - a broker killed with a backlog queued for the stopped daemon, restarted
 #   without it: the daemon sees its session gone, records the loss and asks
 #   every recently seen meter to resend from its last stored seq + 1,
-#   throttled through the command outbox.
+#   throttled through the command outbox;
+# - a journal past 3/4 of its bound pauses reading, and nothing is lost.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
 . "${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/lib.sh"
@@ -147,6 +148,27 @@ daemon_start
 sleep 1
 assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.session_losses")" \
     "session losses after a restart that kept the session"
+
+note "journal bound: reading pauses past 3/4 of max_mb, nothing lost"
+daemon_stop
+daemon_config database.reconnect_max_ms=1000 mqtt.reconnect_max_ms=1000 journal.max_mb=1 \
+    ingest.queue_bound=100000
+daemon_start
+# The database stalls (a lock on the readings), the queue grows, the journal
+# fills up to its high-water mark.
+"$PG_BINDIR/psql" -X -q -c "BEGIN; LOCK prepaid.readings IN ACCESS EXCLUSIVE MODE;
+    SELECT pg_sleep(6); COMMIT" >/dev/null 2>&1 &
+lock_pid=$!
+sleep 0.5
+sim -i JFL -n 80 -c 100 -r 1 --no-commands --record "$LIB_TMP/jfl.rec" >/dev/null 2>&1 ||
+    fail "simulator failed"
+wait_log "journal: [0-9]+ of 1048576 bytes used .*reading from the broker paused" 1 10
+[ "$(daemon_metric journal_full_total)" -ge 1 ] || fail "prepaidd_journal_full_total not counted"
+echo "ok - journal full counted: $(daemon_metric journal_full_total)"
+wait "$lock_pid" || true
+nothing_lost JFL "$LIB_TMP/jfl.rec"
+wait_log "reading from the broker again" 1 10
+assert_eq 0 "$(daemon_metric journal_overflow_total)" "messages queued without a journal record"
 
 daemon_stop
 echo "PASS: faults"
