@@ -27,6 +27,19 @@ daemon_config database.reconnect_max_ms=1000 mqtt.reconnect_max_ms=1000 \
 daemon_migrate
 daemon_start
 
+# Wait until the daemon's log matches $1 within $2 seconds (grep on the file:
+# a pipe into grep -q can fail with SIGPIPE under pipefail on a long log).
+log_shows()
+{
+	local deadline=$(($(lib_now_ms) + ${2:-10} * 1000))
+
+	until grep -qE "$1" "$DAEMON_LOG"; do
+		[ "$(lib_now_ms)" -lt "$deadline" ] || fail "daemon log did not show /$1/ within ${2:-10}s"
+		sleep 0.2
+	done
+	echo "ok - log shows /$1/"
+}
+
 # kill -9 the daemon and start it again.
 daemon_kill9()
 {
@@ -128,7 +141,7 @@ active=$(psql_q "SELECT count(*) FROM prepaid.meters WHERE last_seq IS NOT NULL
 daemon_start
 wait_until "SELECT count(*) = 1 FROM prepaid.session_losses" 15 "session loss recorded"
 assert_eq "1" "$(daemon_metric mqtt_session_lost_total)" "prepaidd_mqtt_session_lost_total"
-wait_log "the broker did not keep our session" 1 5
+log_shows "the broker did not keep our session" 5
 assert_eq "$active" "$(psql_q "SELECT meters FROM prepaid.session_losses")" \
     "meters asked to resend"
 # One resend per active meter, from its last stored seq + 1.
@@ -141,7 +154,7 @@ assert_eq t "$(psql_q "SELECT last_due - at = ($active - 1) * interval '50 ms'
     FROM prepaid.session_losses")" "resends spread at 20/s"
 wait_until "SELECT count(*) >= 10 FROM prepaid.commands WHERE reason LIKE 'broker session of % lost'
     AND state <> 'queued'" 15 "resends leaving through the outbox"
-wait_log "ALERT: the broker lost the session of prepaidd-test" 1 5
+log_shows "ALERT: the broker lost the session of prepaidd-test" 5
 # The same restart with the session kept raises nothing.
 daemon_stop
 daemon_start
@@ -162,12 +175,12 @@ lock_pid=$!
 sleep 0.5
 sim -i JFL -n 80 -c 100 -r 1 --no-commands --record "$LIB_TMP/jfl.rec" >/dev/null 2>&1 ||
     fail "simulator failed"
-wait_log "journal: [0-9]+ of 1048576 bytes used .*reading from the broker paused" 1 10
+log_shows "journal: [0-9]+ of 1048576 bytes used .*reading from the broker paused" 10
 [ "$(daemon_metric journal_full_total)" -ge 1 ] || fail "prepaidd_journal_full_total not counted"
 echo "ok - journal full counted: $(daemon_metric journal_full_total)"
 wait "$lock_pid" || true
 nothing_lost JFL "$LIB_TMP/jfl.rec"
-wait_log "reading from the broker again" 1 10
+log_shows "reading from the broker again" 10
 assert_eq 0 "$(daemon_metric journal_overflow_total)" "messages queued without a journal record"
 
 daemon_stop

@@ -60,7 +60,11 @@ events_before=$(psql_q "SELECT count(*) FROM prepaid.events")
 acked_before=$(psql_q "SELECT md5(string_agg(id || acked_at || state, ',' ORDER BY id))
     FROM prepaid.commands WHERE action = 'trip'")
 daemon_start
-wait_log "ready: connected" 1 10
+deadline=$(($(lib_now_ms) + 10000))
+until grep -q "ready: connected" "$DAEMON_LOG"; do
+	[ "$(lib_now_ms)" -lt "$deadline" ] || fail "daemon A not ready"
+	sleep 0.2
+done
 sleep 2
 assert_eq 0 "$(psql_q "SELECT count(*) FROM (SELECT 1 FROM prepaid.events
     GROUP BY meter_id, ts, type, relay, cause HAVING count(*) > 1) x")" "events stored twice"
