@@ -461,7 +461,8 @@ journal_open(const char *dir, uint64_t max_bytes, uint64_t segment_bytes, char *
 		jnl_push(j)->first = first;
 	}
 	closedir(d);
-	qsort(j->segs, j->nsegs, sizeof *j->segs, jnl_cmp);
+	if (j->nsegs > 1)
+		qsort(j->segs, j->nsegs, sizeof *j->segs, jnl_cmp);
 	for (i = 0; i < j->nsegs; i++) {
 		if (jnl_scan(j, &j->segs[i], i + 1 == j->nsegs, err, errlen) != 0)
 			goto fail;
