@@ -308,7 +308,7 @@ session_resend(struct daemon *d)
 	snprintf(hours, sizeof hours, "%d", d->conf->mqtt_session_resend_hours);
 	snprintf(rate, sizeof rate, "%d", d->conf->mqtt_session_resend_rate);
 	pgconn_query(d->pg_control,
-	    "SELECT prepaid.broker_session_lost($1::text, $2::int, $3::int)", 3, params,
+	    "SELECT prepaid_internal.broker_session_lost($1::text, $2::int, $3::int)", 3, params,
 	    session_resend_done, d);
 }
 
