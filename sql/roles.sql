@@ -61,6 +61,7 @@ GRANT EXECUTE ON FUNCTION
     prepaid_internal.record_payment_notice(text, text, text, text, text, text, bigint,
         timestamptz),
     prepaid_internal.prune_payment_rejects(integer),
+    prepaid_internal.broker_session_lost(text, integer, integer),
     -- calls to the providers (payout.c): the query ladder, refunds, bills
     prepaid_internal.payout_due(integer[], integer, text[], integer),
     prepaid_internal.payout_answered(text, text, boolean),
@@ -102,6 +103,9 @@ GRANT EXECUTE ON FUNCTION
 TO prepaid_operator, prepaid_finance, prepaid_readonly;
 -- prepaid.now() and prepaid.day_type() read these as the caller.
 GRANT SELECT ON prepaid.clock, prepaid.holidays TO prepaid_readonly;
+-- The record of broker sessions lost, for auditors too (append-only: only
+-- broker_session_lost() writes it, as the owner).
+GRANT SELECT ON prepaid.session_losses TO prepaid_readonly;
 
 -- --------------------------------------------------------------- operator
 

@@ -190,13 +190,21 @@ flood "one address" LP 127.0.0.1 127.0.0.1 100 25
 note "retention: payment_rejects keeps the newest 500 unverified rows, and every verified one"
 n=$(psql_q "SELECT count(*) FROM prepaid.payment_rejects WHERE NOT verified")
 total=$(psql_q "SELECT max(id) FROM prepaid.payment_rejects")
-[ "$n" -ge 500 ] && [ "$n" -le 600 ] ||
+# At most 100 refusals are audited a second, so how many the floods audited
+# depends on the machine: with fewer than 600, nothing need have gone yet.
+[ "$n" -le 600 ] && { [ "$n" -ge 500 ] || [ "$total" -lt 600 ]; } ||
     fail "$n unverified rows in payment_rejects after $total audited (rejects_keep = 500)"
 echo "ok - $n unverified rows kept of $total audited (rejects_keep = 500)"
 assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.payment_rejects WHERE verified")" \
     "the verified refusal from before the flood is kept"
 assert_eq 0 "$(psql_q "SELECT prepaid_internal.prune_payment_rejects(100000)")" \
     "a prune with a larger bound deletes nothing"
+psql_q "SELECT prepaid_internal.prune_payment_rejects(100)" >/dev/null
+n=$(psql_q "SELECT count(*) FROM prepaid.payment_rejects WHERE NOT verified")
+[ "$n" -le 100 ] || fail "$n unverified rows left by a prune to 100"
+assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.payment_rejects WHERE verified")" \
+    "a prune keeps the verified refusal"
+echo "ok - a prune to 100 leaves $n unverified rows and the verified one"
 
 note "secrets: a config readable by everyone is warned about, a world-readable APIv3 key refused"
 wait_log "warning: $CONF: the configuration file is readable by everyone \(mode 0644\)"
