@@ -40,6 +40,7 @@
 #include "notify.h"
 #include "outbox.h"
 #include "payments.h"
+#include "paysite.h"
 #include "pgconn.h"
 #include "sdnotify.h"
 
@@ -63,6 +64,7 @@ struct daemon {
 	struct ladder *ladder;
 	struct httpd *httpd;
 	struct payments *payments;
+	struct paysite *paysite;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *tick, *watchdog, *partitions, *stop_timer;
 	bool schema_ok, ingest_up, control_up, commands_up, mqtt_up;
@@ -468,6 +470,7 @@ daemon_stop(struct daemon *d)
 	mqtt_pause(d->mqtt, true);
 	ingest_drain(d->ingest);
 	payments_stop(d->payments);
+	paysite_stop(d->paysite);
 	if (ingest_idle(d->ingest) && payments_pending(d->payments) == 0) {
 		event_base_loopexit(d->base, NULL);
 		return;
@@ -497,6 +500,7 @@ daemon_reload(struct daemon *d)
 	if (d->httpd != NULL)
 		httpd_reconfigure(d->httpd, nc);
 	payments_reconfigure(d->payments, nc);
+	paysite_reconfigure(d->paysite, nc);
 	ingest_set_conf(d->ingest, nc);
 	outbox_set_conf(d->outbox, nc);
 	notify_set_conf(d->notify, nc);
@@ -561,6 +565,13 @@ daemon_run(struct conf *conf)
 
 	d->payments = payments_new(d->base, d->httpd, conf, err, sizeof err);
 	if (d->payments == NULL) {
+		fprintf(stderr, "prepaidd: %s\n", err);
+		return 1;
+	}
+	/* The pay page; its orders go to the provider module once one is set
+	 * with paysite_set_provider (until then, paypage.stub_handoff_url). */
+	d->paysite = paysite_new(d->base, d->httpd, conf, err, sizeof err);
+	if (d->paysite == NULL) {
 		fprintf(stderr, "prepaidd: %s\n", err);
 		return 1;
 	}
@@ -635,6 +646,7 @@ daemon_run(struct conf *conf)
 		log_info("exiting");
 	mqtt_disconnect(d->mqtt);
 	payments_free(d->payments);
+	paysite_free(d->paysite);
 	ladder_free(d->ladder);
 	notify_free(d->notify);
 	outbox_free(d->outbox);

@@ -1,0 +1,218 @@
+-- 914_paypage.sql: the occupants' pay page. Each meter may have one pay
+-- link, <public_url><path>/<token>, printed as a QR code on the meter box.
+-- The token is 32 random bytes (two gen_random_uuid(), 244 random bits) in
+-- base64url, 43 characters; only its SHA-256 is stored, so the link is
+-- shown once, when it is issued or rotated, and a copy of the database
+-- does not give anyone the links. The daemon serves the page and calls the
+-- pay_page_* functions with the token from the URL: they answer for that
+-- token's meter only, and nothing for a wrong or revoked token. Every
+-- issue, rotation and revocation is audited in prepaid.operator_audit with
+-- the login role (session_user). Documented in prepaidd-sql(7), PAY PAGE.
+
+-- What the daemon says its pay page is (public_url and path from
+-- [paypage]): written by the daemon when it connects, read when a link is
+-- issued.
+CREATE TABLE prepaid.pay_page_settings (
+	one        boolean PRIMARY KEY DEFAULT true CHECK (one),
+	base_url   text NOT NULL,  -- public_url + path, without the trailing /
+	updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE prepaid.pay_links (
+	meter_id     text COLLATE "C" PRIMARY KEY REFERENCES prepaid.meters,
+	token_sha256 bytea NOT NULL UNIQUE CHECK (length(token_sha256) = 32),
+	issued_at    timestamptz NOT NULL DEFAULT now(),
+	issued_by    text NOT NULL DEFAULT session_user,
+	revoked_at   timestamptz,  -- set: the link shows nothing
+	revoked_by   text,
+	reason       text
+);
+COMMENT ON TABLE prepaid.pay_links IS
+	'One pay-page link per meter; only the SHA-256 of its token is kept.';
+
+-- The daemon: the page's public base URL (public_url + path).
+CREATE FUNCTION prepaid.set_pay_page_url(p_base_url text) RETURNS void
+LANGUAGE sql AS $$
+	INSERT INTO prepaid.pay_page_settings (base_url) VALUES (rtrim(p_base_url, '/'))
+	ON CONFLICT (one) DO UPDATE SET base_url = EXCLUDED.base_url, updated_at = now()
+	WHERE prepaid.pay_page_settings.base_url IS DISTINCT FROM EXCLUDED.base_url
+$$;
+
+-- A new token: 32 random bytes in base64url without padding.
+CREATE FUNCTION prepaid.pay_link_token() RETURNS text
+LANGUAGE sql VOLATILE AS $$
+	SELECT rtrim(translate(encode(decode(
+	    replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''),
+	    'hex'), 'base64'), '+/', '-_'), '=')
+$$;
+
+CREATE FUNCTION prepaid.pay_link_url(p_token text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+	v_base text;
+BEGIN
+	SELECT base_url INTO v_base FROM prepaid.pay_page_settings;
+	IF v_base IS NULL THEN
+		RAISE EXCEPTION 'pay page: no public URL known yet'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			      HINT = 'set [paypage] path and public_url in prepaidd.conf and start prepaidd once';
+	END IF;
+	RETURN v_base || '/' || p_token;
+END $$;
+
+-- Give the meter a new token (its old link, if any, stops working);
+-- returns the new link.
+CREATE FUNCTION prepaid.pay_link_new(p_meter text, p_action text, p_reason text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+	v_token text := prepaid.pay_link_token();
+	v_url text := prepaid.pay_link_url(v_token);
+BEGIN
+	PERFORM prepaid.lock_meter(p_meter);
+	INSERT INTO prepaid.pay_links (meter_id, token_sha256, reason)
+	VALUES (p_meter, sha256(convert_to(v_token, 'UTF8')), p_reason)
+	ON CONFLICT (meter_id) DO UPDATE SET
+	    token_sha256 = EXCLUDED.token_sha256, issued_at = now(), issued_by = session_user,
+	    revoked_at = NULL, revoked_by = NULL, reason = EXCLUDED.reason;
+	INSERT INTO prepaid.operator_audit (action, meter_id, detail)
+	VALUES (p_action, p_meter, jsonb_build_object('reason', p_reason));
+	RETURN v_url;
+END $$;
+
+-- The meter's link, issued now if it has none. An active link cannot be
+-- shown again (only its hash is kept): rotate it to print a new one.
+CREATE FUNCTION prepaid.pay_link(p_meter text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+	l prepaid.pay_links;
+BEGIN
+	SELECT * INTO l FROM prepaid.pay_links WHERE meter_id = p_meter;
+	IF FOUND AND l.revoked_at IS NULL THEN
+		RAISE EXCEPTION 'meter "%" has a pay link already, issued % by %', p_meter,
+		    l.issued_at, l.issued_by
+			USING ERRCODE = 'unique_violation',
+			      HINT = 'only a hash of it is kept: prepaid.rotate_pay_link(meter, reason) issues a new one and ends the old';
+	END IF;
+	RETURN prepaid.pay_link_new(p_meter, 'pay_link_issue', NULL);
+END $$;
+
+-- Links for every meter of a site (or of all sites) that has none yet, for
+-- printing labels in one go.
+CREATE FUNCTION prepaid.pay_links_issue(p_site text DEFAULT NULL)
+RETURNS TABLE (meter_id text, url text)
+LANGUAGE plpgsql AS $$
+DECLARE
+	v_meter text;
+BEGIN
+	FOR v_meter IN
+		SELECT m.meter_id FROM prepaid.meters m
+		WHERE (p_site IS NULL OR m.site_id = p_site)
+		  AND NOT EXISTS (SELECT 1 FROM prepaid.pay_links l WHERE l.meter_id = m.meter_id)
+		ORDER BY m.meter_id
+	LOOP
+		meter_id := v_meter;
+		url := prepaid.pay_link_new(v_meter, 'pay_link_issue', NULL);
+		RETURN NEXT;
+	END LOOP;
+END $$;
+
+-- A new link for the meter; the old one shows nothing from now on.
+CREATE FUNCTION prepaid.rotate_pay_link(p_meter text, p_reason text) RETURNS text
+LANGUAGE sql AS $$
+	SELECT prepaid.pay_link_new(p_meter, 'pay_link_rotate', p_reason)
+$$;
+
+-- The meter's link shows nothing from now on; pay_link issues a new one.
+CREATE FUNCTION prepaid.revoke_pay_link(p_meter text, p_reason text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+	UPDATE prepaid.pay_links SET revoked_at = now(), revoked_by = session_user,
+	    reason = p_reason
+	WHERE meter_id = p_meter AND revoked_at IS NULL;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	INSERT INTO prepaid.operator_audit (action, meter_id, detail)
+	VALUES ('pay_link_revoke', p_meter, jsonb_build_object('reason', p_reason));
+	RETURN true;
+END $$;
+
+CREATE VIEW prepaid.pay_link_status AS
+SELECT m.meter_id, m.site_id,
+       CASE WHEN l.meter_id IS NULL THEN 'none'
+            WHEN l.revoked_at IS NULL THEN 'active' ELSE 'revoked' END AS state,
+       l.issued_at, l.issued_by, l.revoked_at, l.revoked_by, l.reason
+FROM prepaid.meters m LEFT JOIN prepaid.pay_links l ON l.meter_id = m.meter_id;
+
+-- ------------------------------------------------ what the daemon calls
+
+-- The meter of an active token, or NULL.
+CREATE FUNCTION prepaid.pay_link_meter(p_token text) RETURNS text
+LANGUAGE sql STABLE AS $$
+	SELECT l.meter_id FROM prepaid.pay_links l
+	WHERE l.token_sha256 = sha256(convert_to(p_token, 'UTF8')) AND l.revoked_at IS NULL
+$$;
+
+-- What the page shows: one row for an active token, none otherwise. use_wh
+-- is the energy charged on each of the last p_days local days, oldest
+-- first (0 for a day with none). restoring: a payment re-armed the meter
+-- and the occupant has not restored power yet.
+CREATE FUNCTION prepaid.pay_page(p_token text, p_days integer DEFAULT 7)
+RETURNS TABLE (meter_id text, balance numeric, relay text, restoring boolean,
+               today date, use_wh bigint[])
+LANGUAGE sql STABLE AS $$
+	SELECT m.meter_id, round(m.balance, 2), m.relay,
+	       EXISTS (SELECT 1 FROM prepaid.restores r
+	               WHERE r.meter_id = m.meter_id AND r.state IN ('pending', 'armed')),
+	       d.today,
+	       ARRAY(SELECT coalesce((SELECT sum(g.energy_wh) FROM prepaid.ledger g
+	                              WHERE g.meter_id = m.meter_id AND g.day = x.day
+	                                AND g.kind = 'charge'), 0)::bigint
+	             FROM generate_series(d.today - (p_days - 1), d.today, interval '1 day') AS x(day))
+	FROM prepaid.meters m
+	JOIN prepaid.sites s ON s.site_id = m.site_id
+	CROSS JOIN LATERAL (SELECT (now() AT TIME ZONE s.time_zone)::date AS today) d
+	WHERE m.meter_id = prepaid.pay_link_meter(p_token)
+	  AND p_days BETWEEN 1 AND 31
+$$;
+
+-- An order for the token's meter (prepaid.create_order), or an error.
+-- At most 10 orders of a meter are pending from the page at once, so a
+-- link cannot fill the orders table.
+CREATE FUNCTION prepaid.pay_page_order(p_token text, p_amount numeric, p_provider text,
+    p_valid_for interval DEFAULT interval '30 minutes')
+RETURNS TABLE (out_trade_no text, meter_id text, amount numeric)
+LANGUAGE plpgsql AS $$
+DECLARE
+	v_meter text := prepaid.pay_link_meter(p_token);
+BEGIN
+	IF v_meter IS NULL THEN
+		RAISE EXCEPTION 'pay page: no such link' USING ERRCODE = 'no_data_found';
+	END IF;
+	IF (SELECT count(*) FROM prepaid.orders o
+	    WHERE o.meter_id = v_meter AND o.state = 'pending' AND o.expires_at > now()
+	      AND o.created_by = session_user) >= 10 THEN
+		RAISE EXCEPTION 'pay page: too many pending orders for meter "%"', v_meter
+			USING ERRCODE = 'program_limit_exceeded';
+	END IF;
+	out_trade_no := prepaid.create_order(v_meter, p_amount, p_provider, p_valid_for);
+	meter_id := v_meter;
+	amount := p_amount;
+	RETURN NEXT;
+END $$;
+
+-- An order of the token's meter as the result page shows it (state as
+-- prepaid.order_status has it); no row for another meter's order.
+CREATE FUNCTION prepaid.pay_page_result(p_token text, p_out_trade_no text)
+RETURNS TABLE (meter_id text, amount numeric, state text, balance numeric, relay text,
+               restoring boolean)
+LANGUAGE sql STABLE AS $$
+	SELECT o.meter_id, o.amount,
+	       CASE WHEN o.state = 'pending' AND o.expires_at <= now() THEN 'expired' ELSE o.state END,
+	       round(m.balance, 2), m.relay,
+	       EXISTS (SELECT 1 FROM prepaid.restores r
+	               WHERE r.meter_id = m.meter_id AND r.state IN ('pending', 'armed'))
+	FROM prepaid.orders o JOIN prepaid.meters m ON m.meter_id = o.meter_id
+	WHERE o.out_trade_no = p_out_trade_no
+	  AND o.meter_id = prepaid.pay_link_meter(p_token)
+$$;
