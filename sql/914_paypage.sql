@@ -160,21 +160,31 @@ $$;
 CREATE FUNCTION prepaid.pay_page(p_token text, p_days integer DEFAULT 7)
 RETURNS TABLE (meter_id text, balance numeric, relay text, restoring boolean,
                today date, use_wh bigint[])
-LANGUAGE sql STABLE AS $$
-	SELECT m.meter_id, round(m.balance, 2), m.relay,
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+	-- PL/pgSQL, not SQL: its plan is kept for the session, and planning
+	-- would cost more than running it.
+	IF p_days NOT BETWEEN 1 AND 31 THEN
+		RAISE EXCEPTION 'pay page: days must be 1 to 31' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	SELECT m.meter_id::text, round(m.balance, 2), m.relay,
 	       EXISTS (SELECT 1 FROM prepaid.restores r
 	               WHERE r.meter_id = m.meter_id AND r.state IN ('pending', 'armed')),
 	       d.today,
-	       ARRAY(SELECT coalesce((SELECT sum(g.energy_wh) FROM prepaid.ledger g
-	                              WHERE g.meter_id = m.meter_id AND g.day = x.day
-	                                AND g.kind = 'charge'), 0)::bigint
-	             FROM generate_series(d.today - (p_days - 1), d.today, interval '1 day') AS x(day))
-	FROM prepaid.meters m
+	       ARRAY(SELECT coalesce(u.wh, 0)::bigint
+	             FROM generate_series(0, p_days - 1) AS x(i)
+	             LEFT JOIN (SELECT g.day, sum(g.energy_wh) AS wh FROM prepaid.ledger g
+	                        WHERE g.meter_id = m.meter_id AND g.kind = 'charge'
+	                          AND g.day > d.today - p_days AND g.day <= d.today
+	                        GROUP BY g.day) u ON u.day = d.today - (p_days - 1) + x.i
+	             ORDER BY x.i)
+	FROM prepaid.pay_links l
+	JOIN prepaid.meters m ON m.meter_id = l.meter_id
 	JOIN prepaid.sites s ON s.site_id = m.site_id
 	CROSS JOIN LATERAL (SELECT (now() AT TIME ZONE s.time_zone)::date AS today) d
-	WHERE m.meter_id = prepaid.pay_link_meter(p_token)
-	  AND p_days BETWEEN 1 AND 31
-$$;
+	WHERE l.token_sha256 = sha256(convert_to(p_token, 'UTF8')) AND l.revoked_at IS NULL;
+END $$;
 
 -- An order for the token's meter (prepaid.create_order), or an error.
 -- At most 10 orders of a meter are pending from the page at once, so a
@@ -206,13 +216,17 @@ END $$;
 CREATE FUNCTION prepaid.pay_page_result(p_token text, p_out_trade_no text)
 RETURNS TABLE (meter_id text, amount numeric, state text, balance numeric, relay text,
                restoring boolean)
-LANGUAGE sql STABLE AS $$
-	SELECT o.meter_id, o.amount,
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+	RETURN QUERY
+	SELECT o.meter_id::text, o.amount,
 	       CASE WHEN o.state = 'pending' AND o.expires_at <= now() THEN 'expired' ELSE o.state END,
 	       round(m.balance, 2), m.relay,
 	       EXISTS (SELECT 1 FROM prepaid.restores r
 	               WHERE r.meter_id = m.meter_id AND r.state IN ('pending', 'armed'))
-	FROM prepaid.orders o JOIN prepaid.meters m ON m.meter_id = o.meter_id
+	FROM prepaid.orders o
+	JOIN prepaid.meters m ON m.meter_id = o.meter_id
+	JOIN prepaid.pay_links l ON l.meter_id = o.meter_id
 	WHERE o.out_trade_no = p_out_trade_no
-	  AND o.meter_id = prepaid.pay_link_meter(p_token)
-$$;
+	  AND l.token_sha256 = sha256(convert_to(p_token, 'UTF8')) AND l.revoked_at IS NULL;
+END $$;

@@ -595,6 +595,9 @@ ps_connected(void *arg, struct pgconn *pc)
 	const char *params[1] = {s->base_url};
 
 	pgconn_query_front(pc, "SELECT prepaid.set_pay_page_url($1)", 1, params, ps_url_set, NULL);
+	/* A view is a few index lookups: compiling it (JIT) would cost more
+	 * than running it. */
+	pgconn_query_front(pc, "SET jit = off", 0, NULL, NULL, NULL);
 }
 
 static void
