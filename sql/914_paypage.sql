@@ -1,6 +1,6 @@
 -- 914_paypage.sql: the occupants' pay page. Each meter may have one pay
 -- link, <public_url><path>/<token>, printed as a QR code on the meter box.
--- The token is 32 random bytes (two gen_random_uuid(), 244 random bits) in
+-- The token is 32 bytes of two gen_random_uuid() (244 random bits) in
 -- base64url, 43 characters; only its SHA-256 is stored, so the link is
 -- shown once, when it is issued or rotated, and a copy of the database
 -- does not give anyone the links. The daemon serves the page and calls the
