@@ -76,8 +76,8 @@ struct paypage_result {
 };
 void paypage_render_result(const struct paypage_result *r, struct sbuf *out);
 
-/* Where a desktop occupant scans: the WeChat Native code_url as a link
- * and text (a QR image is for the provider module to add). */
+/* Where a desktop occupant scans: the WeChat Native code_url as a QR code
+ * (inline SVG, libqrencode) and as a link. */
 void paypage_render_code(
     enum paypage_lang lang, const char *code_url, const char *result, struct sbuf *out);
 

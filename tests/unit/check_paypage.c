@@ -225,6 +225,29 @@ START_TEST(dynamic_values_are_escaped)
 }
 END_TEST
 
+START_TEST(native_code_url_as_a_qr_code)
+{
+	struct sbuf b = {0};
+	const char *svg, *d;
+	int w = 0;
+
+	paypage_render_code(
+	    PAYPAGE_EN, "weixin://wxpay/bizpayurl?pr=AbCdEf123", "/p/T/result/PP1", &b);
+	svg = strstr(b.p, "<svg id=\"qr\"");
+	ck_assert_ptr_nonnull(svg);
+	/* 38 bytes: version 3 (29 modules) at level M, plus the quiet zone */
+	ck_assert_int_eq(sscanf(strstr(svg, "viewBox=\"0 0 ") + 13, "%d", &w), 1);
+	ck_assert_int_eq(w, 29 + 8);
+	/* every QR code starts with the 7-module finder pattern, top left */
+	d = strstr(svg, " d=\"");
+	ck_assert_ptr_nonnull(d);
+	ck_assert_msg(strncmp(d + 4, "M4 4h7v1h-7z", 12) == 0, "first row: %.40s", d + 4);
+	ck_assert_ptr_nonnull(strstr(b.p, "href=\"/p/T/result/PP1\">I have paid"));
+	ck_assert_ptr_null(strstr(b.p, "<script"));
+	free(b.p);
+}
+END_TEST
+
 START_TEST(a_wrong_link_says_nothing)
 {
 	struct sbuf a = {0}, b = {0};
@@ -376,6 +399,7 @@ paypage_suite(void)
 	tcase_add_test(tc, restore_instructions_only_when_armed);
 	tcase_add_test(tc, dynamic_values_are_escaped);
 	tcase_add_test(tc, a_wrong_link_says_nothing);
+	tcase_add_test(tc, native_code_url_as_a_qr_code);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("requests");
 	tcase_add_test(tc, yuan_amounts_parse_exactly);
