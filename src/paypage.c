@@ -552,6 +552,41 @@ paypage_render_code(
 	paypage_foot(b);
 }
 
+/* A JSON text or a URL as a JavaScript string or value inside <script>:
+ * nothing in it can end the script or start markup. */
+static void
+paypage_js(struct sbuf *b, const char *s)
+{
+	for (; *s != '\0'; s++) {
+		if (*s == '<' || *s == '>' || *s == '&' || *s == '\'' || *s == '\n' || *s == '\r')
+			sbuf_printf(b, "\\u%04x", (unsigned char)*s);
+		else
+			sbuf_add(b, s, 1);
+	}
+}
+
+void
+paypage_render_jsapi(enum paypage_lang lang, const char *params, const char *result,
+    const char *nonce, struct sbuf *b)
+{
+	paypage_head(b, lang, T("微信支付", "WeChat Pay"), false);
+	sbuf_printf(b, "<section><h1>%s</h1><p><a id=\"result-link\" href=\"",
+	    T("正在打开微信支付…", "Opening WeChat Pay…"));
+	paypage_html(b, result);
+	sbuf_printf(
+	    b, "\">%s</a></p></section>\n<script nonce=\"", T("查看支付结果", "See the result"));
+	paypage_html(b, nonce);
+	sbuf_adds(b, "\">(function(){var p=");
+	paypage_js(b, params);
+	sbuf_adds(b, ",r='");
+	paypage_js(b, result);
+	sbuf_adds(b, "';function go(){WeixinJSBridge.invoke('getBrandWCPayRequest',p,function(){"
+	             "location.replace(r);});}"
+	             "if(typeof WeixinJSBridge==='undefined'){document.addEventListener("
+	             "'WeixinJSBridgeReady',go,false);}else{go();}})();</script>\n");
+	paypage_foot(b);
+}
+
 void
 paypage_render_nothing(enum paypage_lang lang, struct sbuf *b)
 {
@@ -655,5 +690,9 @@ paypage_stub_handoff(const char *stub_url, const struct paypage_order *o, struct
 	paypage_urlenc(b, paypage_channel_name(o->channel));
 	sbuf_adds(b, "&return_url=");
 	paypage_urlenc(b, o->return_url);
+	if (o->oauth_code != NULL) {
+		sbuf_adds(b, "&oauth_code=");
+		paypage_urlenc(b, o->oauth_code);
+	}
 	return PAYPAGE_REDIRECT;
 }

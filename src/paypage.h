@@ -81,6 +81,16 @@ void paypage_render_result(const struct paypage_result *r, struct sbuf *out);
 void paypage_render_code(
     enum paypage_lang lang, const char *code_url, const char *result, struct sbuf *out);
 
+/*
+ * Inside WeChat: a page whose one script (allowed by nonce, a fresh one
+ * per answer) calls WeixinJSBridge getBrandWCPayRequest with params (the
+ * provider's JSON object, written so it cannot close the script), then
+ * goes to the result page whatever the outcome (an "ok" proves nothing:
+ * the result page asks the database).
+ */
+void paypage_render_jsapi(enum paypage_lang lang, const char *params, const char *result,
+    const char *nonce, struct sbuf *out);
+
 /* The page for a wrong, revoked or malformed link, the same bytes for
  * each: it says nothing about any meter. */
 void paypage_render_nothing(enum paypage_lang lang, struct sbuf *out);
@@ -145,7 +155,17 @@ struct paypage_order {
 	enum paypage_channel channel;
 	const char *client_ip; /* WeChat H5 scene_info.payer_client_ip */
 	const char *return_url; /* absolute: the order's result page */
-	const char *openid; /* JSAPI, after the openid step; else NULL */
+	/*
+	 * JSAPI, the openid step: the first create() has oauth_code NULL and
+	 * answers PAYPAGE_REDIRECT to WeChat's authorize URL (snsapi_base) with
+	 * redirect_uri = oauth_return and state = out_trade_no. WeChat sends
+	 * the occupant back there with ?code=&state=; the page checks the order
+	 * is its token's and still pending and calls create() again with
+	 * oauth_code set, which the provider exchanges for the openid (server
+	 * side) before the JSAPI prepay, answering PAYPAGE_JSAPI.
+	 */
+	const char *oauth_return; /* absolute: <public_url><path>/<token>/wechat */
+	const char *oauth_code; /* the code WeChat returned, or NULL */
 };
 
 enum paypage_handoff_kind {
@@ -153,6 +173,9 @@ enum paypage_handoff_kind {
 	PAYPAGE_CODE_URL, /* show url to scan (WeChat Native) */
 	PAYPAGE_UNAVAILABLE, /* this channel is not set up */
 	PAYPAGE_FAILED, /* the provider refused or did not answer */
+	/* url is the JSON object of getBrandWCPayRequest's parameters (appId,
+	 * timeStamp, nonceStr, package, signType, paySign) */
+	PAYPAGE_JSAPI,
 };
 struct paypage_handoff {
 	enum paypage_handoff_kind kind;
@@ -174,8 +197,9 @@ struct paypage_provider {
 /*
  * The stand-in until the provider module is wired: with stub_url set,
  * every channel is a redirect to stub_url?out_trade_no=..&total_amount=
- * <yuan>&meter=..&channel=..&return_url=.. (a test or demo cashier that
- * pays and sends the browser back); without it, PAYPAGE_UNAVAILABLE.
+ * <yuan>&meter=..&channel=..&return_url=..[&oauth_code=..] (a test or demo
+ * cashier that pays and sends the browser back); without it,
+ * PAYPAGE_UNAVAILABLE.
  * Builds the URL onto out; pure.
  */
 enum paypage_handoff_kind paypage_stub_handoff(

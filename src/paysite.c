@@ -23,14 +23,16 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/rand.h>
 
 #include "log.h"
 #include "paysite.h"
 #include "pgconn.h"
 
 #define PS_AMOUNTS_MAX 16
+#define PS_ALNUM "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
-enum ps_kind { PS_VIEW, PS_PAY, PS_RESULT };
+enum ps_kind { PS_VIEW, PS_PAY, PS_RESULT, PS_OAUTH };
 
 struct ps_req;
 
@@ -63,6 +65,7 @@ struct ps_req {
 	char token[PAYPAGE_TOKEN_LEN + 1];
 	char otn[40];
 	char ip[48];
+	char code[129]; /* WeChat's OAuth code (PS_OAUTH) */
 	struct ps_req *prev, *next;
 };
 
@@ -72,15 +75,15 @@ static const char ps_csp[] = "default-src 'none'; style-src 'unsafe-inline'; img
 /* ------------------------------------------------------------ answers */
 
 static void
-ps_send(struct evhttp_request *req, enum paypage_lang lang, int code, const char *reason,
-    const struct sbuf *body)
+ps_send_csp(struct evhttp_request *req, enum paypage_lang lang, int code, const char *reason,
+    const struct sbuf *body, const char *csp)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	struct evbuffer *buf = evbuffer_new();
 
 	evhttp_add_header(h, "Content-Type", "text/html; charset=utf-8");
 	evhttp_add_header(h, "Content-Language", lang == PAYPAGE_ZH ? "zh-CN" : "en");
-	evhttp_add_header(h, "Content-Security-Policy", ps_csp);
+	evhttp_add_header(h, "Content-Security-Policy", csp);
 	evhttp_add_header(h, "Referrer-Policy", "no-referrer");
 	evhttp_add_header(h, "Cache-Control", "no-store");
 	evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
@@ -90,6 +93,13 @@ ps_send(struct evhttp_request *req, enum paypage_lang lang, int code, const char
 		evbuffer_add(buf, body->p, body->len);
 	evhttp_send_reply(req, code, reason, buf);
 	evbuffer_free(buf);
+}
+
+static void
+ps_send(struct evhttp_request *req, enum paypage_lang lang, int code, const char *reason,
+    const struct sbuf *body)
+{
+	ps_send_csp(req, lang, code, reason, body, ps_csp);
 }
 
 static void
@@ -365,6 +375,26 @@ ps_handed(void *ctx, const struct paypage_handoff *h)
 		paypage_render_code(r->lang, h->url, result, &b);
 		ps_send(req, r->lang, 200, "OK", &b);
 		break;
+	case PAYPAGE_JSAPI: {
+		unsigned char raw[16];
+		char nonce[40], csp[sizeof ps_csp + 80];
+		struct sbuf n = {0};
+
+		/* The one script of the page, allowed by a nonce of this answer. */
+		if (RAND_bytes(raw, sizeof raw) != 1) {
+			ps_message(
+			    req, r->lang, 503, "Service Unavailable", PAYPAGE_MSG_BUSY, back);
+			break;
+		}
+		sbuf_hex(&n, raw, sizeof raw, sizeof raw);
+		snprintf(nonce, sizeof nonce, "%s", n.p);
+		free(n.p);
+		snprintf(csp, sizeof csp, "%s; script-src 'nonce-%s'", ps_csp, nonce);
+		snprintf(result, sizeof result, "%s/result/%s", back, r->otn);
+		paypage_render_jsapi(r->lang, h->url, result, nonce, &b);
+		ps_send_csp(req, r->lang, 200, "OK", &b, csp);
+		break;
+	}
 	case PAYPAGE_UNAVAILABLE:
 		ps_message(req, r->lang, 501, "Not Implemented", PAYPAGE_MSG_UNAVAILABLE, back);
 		break;
@@ -376,6 +406,22 @@ ps_handed(void *ctx, const struct paypage_handoff *h)
 	free(b.p);
 out:
 	ps_req_free(r);
+}
+
+static void ps_stub_create(
+    void *arg, const struct paypage_order *o, paypage_handoff_cb done, void *ctx);
+
+/* Hand the order to the provider module (or the stand-in). */
+static void
+ps_create(struct ps_req *r, const struct paypage_order *o)
+{
+	struct paysite *s = r->s;
+
+	r->busy = true;
+	if (s->has_provider)
+		s->provider.create(s->provider.arg, o, ps_handed, r);
+	else
+		ps_stub_create(s, o, ps_handed, r);
 }
 
 /* The stand-in provider: a redirect to [paypage] stub_handoff_url. */
@@ -399,7 +445,7 @@ ps_ordered(void *arg, PGresult *res, const char *err)
 	struct paysite *s = r->s;
 	struct paypage_order o;
 	const char *state;
-	char back[160], ret[512];
+	char back[160], ret[512], oauth[512];
 
 	r->busy = false;
 	if (r->req == NULL) {
@@ -435,13 +481,58 @@ ps_ordered(void *arg, PGresult *res, const char *err)
 	o.channel = r->channel;
 	o.client_ip = r->ip;
 	o.return_url = ret;
+	snprintf(oauth, sizeof oauth, "%s%s/wechat", s->conf->paypage_public_url, back);
+	o.oauth_return = oauth;
 	log_info("paypage: order %s for meter %s created (%s, from %s)", r->otn, o.meter_id,
 	    paypage_channel_name(r->channel), r->ip);
-	r->busy = true;
-	if (s->has_provider)
-		s->provider.create(s->provider.arg, &o, ps_handed, r);
-	else
-		ps_stub_create(s, &o, ps_handed, r);
+	ps_create(r, &o);
+}
+
+/* Back from WeChat's openid step: the order must be this token's and
+ * still pending; then the provider gets the code. */
+static void
+ps_oauth_back(void *arg, PGresult *res, const char *err)
+{
+	struct ps_req *r = arg;
+	struct paysite *s = r->s;
+	struct paypage_order o;
+	const char *state;
+	char back[160], ret[512];
+
+	r->busy = false;
+	if (r->req == NULL) {
+		ps_req_free(r);
+		return;
+	}
+	if (ps_failed(res, err, &state)) {
+		ps_message(ps_take(r), r->lang, 503, "Service Unavailable", PAYPAGE_MSG_BUSY, NULL);
+		ps_req_free(r);
+		return;
+	}
+	if (PQntuples(res) != 1) {
+		ps_nothing(ps_take(r), r->lang);
+		ps_req_free(r);
+		return;
+	}
+	ps_page_path(s, r->token, back, sizeof back);
+	snprintf(ret, sizeof ret, "%s/result/%s", back, r->otn);
+	if (strcmp(PQgetvalue(res, 0, 2), "pending") != 0) {
+		/* paid, expired or reloaded: show what it is */
+		evhttp_add_header(evhttp_request_get_output_headers(r->req), "Location", ret);
+		ps_send(ps_take(r), r->lang, 303, "See Other", NULL);
+		ps_req_free(r);
+		return;
+	}
+	snprintf(ret, sizeof ret, "%s%s/result/%s", s->conf->paypage_public_url, back, r->otn);
+	memset(&o, 0, sizeof o);
+	o.out_trade_no = r->otn;
+	o.meter_id = PQgetvalue(res, 0, 0);
+	o.amount_fen = ps_fen(PQgetvalue(res, 0, 1));
+	o.channel = PAYPAGE_WECHAT_JSAPI;
+	o.client_ip = r->ip;
+	o.return_url = ret;
+	o.oauth_code = r->code;
+	ps_create(r, &o);
 }
 
 static void
@@ -562,13 +653,37 @@ ps_route(struct evhttp_request *req, void *arg)
 		return;
 	} else if (strncmp(tail, "/result/", 8) == 0 && cmd != EVHTTP_REQ_POST &&
 	           (n = strlen(tail + 8)) >= 6 && n < sizeof r->otn &&
-	           strspn(tail + 8, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-	                            "_-") == n) {
+	           strspn(tail + 8, PS_ALNUM "_-") == n) {
 		r->kind = PS_RESULT;
 		memcpy(r->otn, tail + 8, n + 1);
 		params[0] = r->token;
 		params[1] = r->otn;
 		ps_query(r, ps_result_sql, 2, params, ps_resulted);
+	} else if (strcmp(tail, "/wechat") == 0 && cmd != EVHTTP_REQ_POST) {
+		struct evkeyvalq q;
+		const char *code, *st;
+		bool ok;
+
+		TAILQ_INIT(&q);
+		ok = evhttp_uri_get_query(uri) != NULL &&
+		     evhttp_parse_query_str(evhttp_uri_get_query(uri), &q) == 0 &&
+		     (code = evhttp_find_header(&q, "code")) != NULL &&
+		     (st = evhttp_find_header(&q, "state")) != NULL && (n = strlen(code)) > 0 &&
+		     n < sizeof r->code && strspn(code, PS_ALNUM "_-") == n &&
+		     (n = strlen(st)) >= 6 && n < sizeof r->otn && strspn(st, PS_ALNUM "_-") == n;
+		if (ok) {
+			snprintf(r->code, sizeof r->code, "%s", code);
+			snprintf(r->otn, sizeof r->otn, "%s", st);
+		}
+		evhttp_clear_headers(&q);
+		if (!ok) {
+			ps_nothing(ps_take(r), r->lang);
+			goto done;
+		}
+		r->kind = PS_OAUTH;
+		params[0] = r->token;
+		params[1] = r->otn;
+		ps_query(r, ps_result_sql, 2, params, ps_oauth_back);
 	} else
 		ps_nothing(ps_take(r), r->lang);
 done:

@@ -5,6 +5,8 @@
  *   POST <path>/<token>/pay                      amount=<yuan>&via=alipay|wechat:
  *                                                creates the order, hands over
  *   GET  <path>/<token>/result/<out_trade_no>    the order's result
+ *   GET  <path>/<token>/wechat?code=&state=      back from WeChat's openid
+ *                                                step (state: out_trade_no)
  *
  * Every request is rate-limited per client address first. A token that is
  * malformed, unknown or revoked gets the same 404 page, which names no

@@ -177,6 +177,28 @@ cmp -s "$LIB_TMP/body" "$LIB_TMP/revoked" || true
 body_lacks 'PPM2'
 assert_eq 404 "$(get "$url3/result/$otn" -H 'Accept-Language: en')" "the revoked link's result"
 
+note "WeChat: the channel by browser, and back from the openid step"
+assert_eq 303 "$(get "$url1/pay" -d 'amount=20.00&via=wechat' \
+    -A 'Mozilla/5.0 (X11; Linux x86_64) Chrome/120')" "WeChat Pay from a desktop"
+grep -q 'channel=wechat_native&' "$LIB_TMP/headers" || fail "a desktop is not sent to Native"
+echo "ok - a desktop pays WeChat Native (a code to scan)"
+assert_eq 303 "$(get "$url1/pay" -d 'amount=20.00&via=wechat' \
+    -A 'Mozilla/5.0 (iPhone) AppleWebKit Mobile MicroMessenger/8.0.47')" "WeChat Pay inside WeChat"
+grep -q 'channel=wechat_jsapi&' "$LIB_TMP/headers" || fail "inside WeChat is not JSAPI"
+echo "ok - inside WeChat pays JSAPI"
+otn1=$(psql_q "SELECT out_trade_no FROM prepaid.orders WHERE meter_id = 'PPM1'
+    ORDER BY created_at DESC LIMIT 1")
+assert_eq 303 "$(get "$url1/wechat?code=0a1B2c3D&state=$otn1")" "back from the openid step"
+grep -q "channel=wechat_jsapi&.*&oauth_code=0a1B2c3D" "$LIB_TMP/headers" ||
+    fail "the code did not reach the provider: $(grep -i location "$LIB_TMP/headers")"
+echo "ok - WeChat's code goes to the provider with the order"
+assert_eq 404 "$(get "$url1/wechat?code=0a1B2c3D&state=$otn")" "the openid step with another meter's order"
+assert_eq 404 "$(get "$url1/wechat?state=$otn1")" "the openid step without a code"
+assert_eq 303 "$(get "$url2/wechat?code=x&state=$otn")" "the openid step for a paid order"
+grep -q "^Location: /p/${url2##*/}/result/$otn" "$LIB_TMP/headers" ||
+    fail "a paid order's openid step does not show its result"
+echo "ok - a paid order's openid step shows its result"
+
 note "rate limit per client address"
 daemon_config "${PP_CONF[@]}" paypage.rate_per_minute=60 paypage.rate_burst=5
 daemon_reload

@@ -225,6 +225,32 @@ START_TEST(dynamic_values_are_escaped)
 }
 END_TEST
 
+/* Inside WeChat: the provider's parameters reach the script as data; no
+ * value can end the script. */
+START_TEST(jsapi_page_script_cannot_be_broken_out_of)
+{
+	struct sbuf b = {0};
+	const char *script, *end;
+
+	paypage_render_jsapi(PAYPAGE_EN,
+	    "{\"appId\":\"wx1\",\"package\":\"prepay_id=</"
+	    "script><script>x()\",\"paySign\":\"a'b\"}",
+	    "/p/T/result/PP1", "abc123", &b);
+	script = strstr(b.p, "<script nonce=\"abc123\">");
+	ck_assert_ptr_nonnull(script);
+	end = strstr(script, "</script>");
+	ck_assert_ptr_nonnull(end);
+	/* exactly one script element, and it ends where it should */
+	ck_assert_ptr_null(strstr(end + 1, "<script"));
+	ck_assert_ptr_nonnull(
+	    strstr(script, "prepay_id=\\u003c/script\\u003e\\u003cscript\\u003ex()"));
+	ck_assert_ptr_nonnull(strstr(script, "a\\u0027b"));
+	ck_assert_ptr_nonnull(strstr(script, "getBrandWCPayRequest"));
+	ck_assert_ptr_nonnull(strstr(b.p, "href=\"/p/T/result/PP1\""));
+	free(b.p);
+}
+END_TEST
+
 START_TEST(native_code_url_as_a_qr_code)
 {
 	struct sbuf b = {0};
@@ -400,6 +426,7 @@ paypage_suite(void)
 	tcase_add_test(tc, dynamic_values_are_escaped);
 	tcase_add_test(tc, a_wrong_link_says_nothing);
 	tcase_add_test(tc, native_code_url_as_a_qr_code);
+	tcase_add_test(tc, jsapi_page_script_cannot_be_broken_out_of);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("requests");
 	tcase_add_test(tc, yuan_amounts_parse_exactly);
