@@ -549,7 +549,7 @@ ps_pay(struct ps_req *r)
 	bool ok = false;
 
 	TAILQ_INIT(&form);
-	body = xstrndup((const char *)evbuffer_pullup(in, -1), len);
+	body = len > 0 ? xstrndup((const char *)evbuffer_pullup(in, -1), len) : xstrdup("");
 	ps_page_path(s, r->token, back, sizeof back);
 	if (evhttp_parse_query_str(body, &form) == 0) {
 		amount = evhttp_find_header(&form, "amount");

@@ -33,7 +33,8 @@ struct paysite *paysite_new(struct event_base *base, struct httpd *httpd, const 
 /*
  * Who creates orders at the providers. Until it is called, the stand-in
  * of paypage_stub_handoff() ([paypage] stub_handoff_url) is used. p is
- * copied.
+ * copied. The provider must not call a done callback after paysite_free
+ * (stop its calls first).
  */
 void paysite_set_provider(struct paysite *s, const struct paypage_provider *p);
 /* SIGHUP: amounts, limits, public URL; conf must outlive the paysite. */

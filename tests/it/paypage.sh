@@ -141,6 +141,8 @@ orders()
 }
 assert_eq 400 "$(get "$url2/pay" -d 'amount=33.00&via=alipay')" "an amount not offered"
 assert_eq 400 "$(get "$url2/pay" -d 'amount=50.00&via=paypal')" "a provider not offered"
+assert_eq 400 "$(get "$url2/pay" -X POST -H 'Content-Type: application/x-www-form-urlencoded')" \
+    "an empty form"
 assert_eq 0 "$(orders PPM2)" "orders created by refused posts"
 assert_eq 404 "$(get "$wrong/pay" -d 'amount=50.00&via=alipay')" "pay on a wrong token"
 assert_eq 404 "$(get "$url3/pay" -d 'amount=50.00&via=alipay')" "pay on a revoked token"
