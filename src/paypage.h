@@ -188,7 +188,9 @@ typedef void (*paypage_handoff_cb)(void *ctx, const struct paypage_handoff *h);
 
 struct paypage_provider {
 	/* Create o at the provider (idempotent on out_trade_no) without
-	 * blocking the loop, then call done(ctx, ...) exactly once. */
+	 * blocking the loop, then call done(ctx, ...) exactly once. o and its
+	 * strings are valid only during this call: copy what a later answer
+	 * needs. */
 	void (*create)(
 	    void *arg, const struct paypage_order *o, paypage_handoff_cb done, void *ctx);
 	void *arg;
