@@ -1,13 +1,16 @@
 /*
  * main.c: prepaidd's start-up, signals and the wiring between modules.
  *
- * Start-up order: options; configuration (-n stops here); --migrate (stops
- * here); the event loop; signals; the HTTP listener; two PostgreSQL
- * connections ("ingest" for reading batches, "control" for the schema
- * check, LISTEN/NOTIFY, the command outbox and partition upkeep); the broker
- * link; then the loop runs until SIGTERM/SIGINT. READY is told to systemd
- * once the schema is verified, and both PostgreSQL and the broker are
- * connected.
+ * Start-up order: options; --migrate=conninfo (stops here, the file is not
+ * read); configuration (-n stops here); --migrate (stops here); the event
+ * loop; signals; the HTTP listener; the payment callbacks (with a pool of
+ * [payments] connections PostgreSQL connections of their own); three
+ * PostgreSQL connections ("ingest" for reading batches; "control" for the
+ * schema check, LISTEN prepaid_alerts and prepaid_messages, the message
+ * dispatcher, the ladder and partition upkeep; "commands" for the command
+ * outbox and LISTEN prepaid_commands); the broker link; then the loop runs
+ * until SIGTERM/SIGINT. READY is told to systemd once the schema is
+ * verified, and both PostgreSQL and the broker are connected.
  *
  * Errors: start-up failures exit 1 with a message on stderr; at run time a
  * failure of one connection or one message never stops the daemon. The
@@ -78,11 +81,12 @@ struct daemon {
 static void
 usage(FILE *f)
 {
-	fprintf(f, "usage: prepaidd [-nv] [-c file] [--migrate] [--version]\n"
+	fprintf(f, "usage: prepaidd [-nv] [-c file] [--migrate[=conninfo]] [--version]\n"
 	           "  -c file     configuration file (default " DEFAULT_CONF ")\n"
 	           "  -n          check the configuration, print \"configuration OK\" and exit\n"
 	           "  -v          more logging (debug)\n"
-	           "  --migrate   apply pending database migrations and exit\n"
+	           "  --migrate   apply pending database migrations and exit; with a\n"
+	           "              conninfo, connect with it (the file is not read)\n"
 	           "  --version   print the versions of prepaidd and its libraries\n");
 }
 
@@ -178,7 +182,7 @@ partitions_upkeep(struct daemon *d)
 	const char *params[1] = {ahead};
 
 	snprintf(ahead, sizeof ahead, "%d", d->conf->ingest_partitions_ahead);
-	pgconn_query(d->pg_control, "SELECT prepaid.ensure_partitions($1::int)", 1, params,
+	pgconn_query(d->pg_control, "SELECT prepaid_internal.ensure_partitions($1::int)", 1, params,
 	    partitions_done, d);
 }
 
@@ -228,6 +232,19 @@ schema_checked(void *arg, PGresult *res, const char *err)
 	if (have > want)
 		log_warn(
 		    "database: schema version %d is newer than this prepaidd (%d)", have, want);
+	if (err == NULL &&
+	    (strcmp(PQgetvalue(res, 0, 2), "t") == 0 || strcmp(PQgetvalue(res, 0, 3), "t") == 0))
+		log_warn("database: prepaidd connects as \"%s\", %s: it could change the ledger, "
+		         "readings and payments behind the triggers; connect as a login role "
+		         "holding only prepaid_daemon (see prepaidd(8), ROLES)",
+		    PQgetvalue(res, 0, 4),
+		    strcmp(PQgetvalue(res, 0, 2), "t") == 0 ? "a superuser"
+		                                            : "a member of prepaid_owner");
+	if (err == NULL &&
+	    (PQgetisnull(res, 0, 1) || strcmp(PQgetvalue(res, 0, 1), sql_code_hash) != 0))
+		log_warn("database: its functions and views are not this prepaidd's (sql/*.sql, "
+		         "sha256 %.12s): run `prepaidd -c %s --migrate`",
+		    sql_code_hash, d->conf->path);
 	if (!d->schema_ok)
 		log_info("database: schema version %d", have);
 	d->schema_ok = true;
@@ -478,6 +495,16 @@ daemon_stop(struct daemon *d)
 	evtimer_add(d->stop_timer, &tv);
 }
 
+/* Secrets found readable by others: accepted, but said at every load. */
+static void
+daemon_conf_warnings(const struct conf *c)
+{
+	int i;
+
+	for (i = 0; i < c->nwarnings; i++)
+		log_warn("%s", c->warnings[i]);
+}
+
 static void
 daemon_reload(struct daemon *d)
 {
@@ -492,6 +519,7 @@ daemon_reload(struct daemon *d)
 		sdnotify_ready();
 		return;
 	}
+	daemon_conf_warnings(nc);
 	if (conf_needs_restart(d->conf, nc, what, sizeof what))
 		log_warn("reload: %s (and possibly other keys) changed; such keys take effect "
 		         "only after a restart",
@@ -504,9 +532,9 @@ daemon_reload(struct daemon *d)
 	ingest_set_conf(d->ingest, nc);
 	outbox_set_conf(d->outbox, nc);
 	notify_set_conf(d->notify, nc);
-	pgconn_set_conninfo(d->pg_ingest, nc->db_conninfo);
-	pgconn_set_conninfo(d->pg_control, nc->db_conninfo);
-	pgconn_set_conninfo(d->pg_commands, nc->db_conninfo);
+	pgconn_set_conninfo(d->pg_ingest, nc->database_conninfo);
+	pgconn_set_conninfo(d->pg_control, nc->database_conninfo);
+	pgconn_set_conninfo(d->pg_commands, nc->database_conninfo);
 	apply_log_level(nc, verbose_flag);
 	conf_free(d->conf);
 	d->conf = nc;
@@ -580,18 +608,18 @@ daemon_run(struct conf *conf)
 	ph.on_connect = ingest_connected;
 	ph.on_disconnect = ingest_lost;
 	ph.arg = d;
-	d->pg_ingest =
-	    pgconn_new(d->base, "ingest", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_ingest = pgconn_new(
+	    d->base, "ingest", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 	ph.on_connect = control_connected;
 	ph.on_disconnect = control_lost;
 	ph.on_notify = control_notified;
-	d->pg_control =
-	    pgconn_new(d->base, "control", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_control = pgconn_new(
+	    d->base, "control", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 	ph.on_connect = commands_connected;
 	ph.on_disconnect = commands_lost;
 	ph.on_notify = commands_notified;
-	d->pg_commands =
-	    pgconn_new(d->base, "commands", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_commands = pgconn_new(
+	    d->base, "commands", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 
 	memset(&ih, 0, sizeof ih);
 	ih.on_pressure = ingest_pressure_cb;
@@ -640,6 +668,7 @@ daemon_run(struct conf *conf)
 
 	log_info("prepaidd %s starting (config %s, broker %s:%d, topics %s/+/reading|event|ack)",
 	    PACKAGE_VERSION, conf->path, conf->mqtt_host, conf->mqtt_port, conf->mqtt_topic_prefix);
+	daemon_conf_warnings(conf);
 	event_base_dispatch(d->base);
 
 	if (d->exit_code == 0)
@@ -674,16 +703,16 @@ int
 main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-	    {"migrate", no_argument, NULL, 'M'},
+	    {"migrate", optional_argument, NULL, 'M'},
 	    {"version", no_argument, NULL, 'V'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	const char *path = DEFAULT_CONF;
+	const char *path = DEFAULT_CONF, *migrate_conninfo = NULL;
 	bool check = false, migrate = false;
 	struct conf *conf;
 	char err[512];
-	int ch, rc;
+	int ch, rc, i;
 
 	while ((ch = getopt_long(argc, argv, "c:nvh", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -698,6 +727,7 @@ main(int argc, char **argv)
 			break;
 		case 'M':
 			migrate = true;
+			migrate_conninfo = optarg;
 			break;
 		case 'V':
 			print_version();
@@ -714,6 +744,9 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	/* --migrate=CONNINFO: the configuration file is not read at all. */
+	if (migrate && migrate_conninfo != NULL && !check)
+		return migrate_run(migrate_conninfo) == 0 ? 0 : 1;
 	conf = conf_load(path, err, sizeof err);
 	if (conf == NULL) {
 		fprintf(stderr, "%s\n", err);
@@ -726,12 +759,14 @@ main(int argc, char **argv)
 			conf_free(conf);
 			return 1;
 		}
+		for (i = 0; i < conf->nwarnings; i++)
+			fprintf(stderr, "warning: %s\n", conf->warnings[i]);
 		printf("configuration OK\n");
 		conf_free(conf);
 		return 0;
 	}
 	if (migrate) {
-		rc = migrate_run(conf->db_conninfo) == 0 ? 0 : 1;
+		rc = migrate_run(conf->database_conninfo) == 0 ? 0 : 1;
 		conf_free(conf);
 		return rc;
 	}

@@ -246,8 +246,8 @@ ps_failed(PGresult *res, const char *err, const char **sqlstate)
 
 /* ------------------------------------------------------------- views */
 
-static const char ps_view_sql[] =
-    "SELECT meter_id, balance, relay, restoring, use_wh FROM prepaid.pay_page($1, $2::int)";
+static const char ps_view_sql[] = "SELECT meter_id, balance, relay, restoring, use_wh FROM "
+                                  "prepaid.pay_page($1, $2::int)";
 
 static void
 ps_viewed(void *arg, PGresult *res, const char *err)
@@ -294,8 +294,8 @@ ps_viewed(void *arg, PGresult *res, const char *err)
 	ps_page_path(s, r->token, action, sizeof action);
 	strncat(action, "/pay", sizeof action - strlen(action) - 1);
 	v.pay_action = action;
-	v.alipay = s->conf->ali_path != NULL;
-	v.wechat = s->conf->wx_path != NULL;
+	v.alipay = s->conf->payments_alipay_path != NULL;
+	v.wechat = s->conf->payments_wechat_path != NULL;
 	paypage_render_meter(&v, &b);
 	ps_send(req, r->lang, 200, "OK", &b);
 	free(b.p);
@@ -557,9 +557,11 @@ ps_pay(struct ps_req *r)
 		fen = paypage_yuan_parse(amount);
 		for (i = 0; i < s->namounts && fen > 0; i++)
 			ok = ok || s->amounts[i] == fen;
-		if (via != NULL && strcmp(via, "alipay") == 0 && s->conf->ali_path != NULL)
+		if (via != NULL && strcmp(via, "alipay") == 0 &&
+		    s->conf->payments_alipay_path != NULL)
 			r->channel = PAYPAGE_ALIPAY_WAP;
-		else if (via != NULL && strcmp(via, "wechat") == 0 && s->conf->wx_path != NULL)
+		else if (via != NULL && strcmp(via, "wechat") == 0 &&
+		         s->conf->payments_wechat_path != NULL)
 			r->channel = r->client == PAYPAGE_IN_WECHAT ? PAYPAGE_WECHAT_JSAPI
 			             : r->client == PAYPAGE_MOBILE  ? PAYPAGE_WECHAT_H5
 			                                            : PAYPAGE_WECHAT_NATIVE;
@@ -769,8 +771,8 @@ paysite_new(
 	s->npg = conf->paypage_connections;
 	s->pg = xcalloc((size_t)s->npg, sizeof *s->pg);
 	for (i = 0; i < s->npg; i++)
-		s->pg[i] =
-		    pgconn_new(base, "paypage", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+		s->pg[i] = pgconn_new(
+		    base, "paypage", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 	httpd_route_prefix(httpd, conf->paypage_path, ps_route, s);
 	log_info("paypage: pay page on %s/<token> (links %s/...; %d amounts; %d requests/min per "
 	         "address)",
@@ -794,7 +796,7 @@ paysite_reconfigure(struct paysite *s, const struct conf *conf)
 
 	ps_configure(s, conf);
 	for (i = 0; i < s->npg; i++) {
-		pgconn_set_conninfo(s->pg[i], conf->db_conninfo);
+		pgconn_set_conninfo(s->pg[i], conf->database_conninfo);
 		if (strcmp(old, s->base_url) != 0 && pgconn_ready(s->pg[i])) {
 			params[0] = s->base_url;
 			pgconn_query(s->pg[i], "SELECT prepaid.set_pay_page_url($1)", 1, params,

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -97,12 +98,110 @@ conf_test_fail(const char *text, int line, const char *subject, const char *want
 		    strstr(err, want) != NULL, "error \"%s\" does not contain \"%s\"", err, want);
 }
 
+/* ------------------------------------------------------------ secrets */
+
+START_TEST(test_secret_mode_rules)
+{
+	char why[256];
+
+	ck_assert_int_eq(conf_secret_mode(0100600, false, true, why, sizeof why), 0);
+	ck_assert_int_eq(conf_secret_mode(0100400, false, true, why, sizeof why), 0);
+	/* root:prepaidd 0640, the documented set-up: fine. */
+	ck_assert_int_eq(conf_secret_mode(0100640, true, true, why, sizeof why), 0);
+	/* Readable by a group the daemon is not in: a warning. */
+	ck_assert_int_eq(conf_secret_mode(0100640, false, true, why, sizeof why), 1);
+	ck_assert_ptr_nonnull(strstr(why, "readable by its group"));
+	ck_assert_ptr_nonnull(strstr(why, "0640"));
+	/* Readable by everyone: a key is refused, anything else warned. */
+	ck_assert_int_eq(conf_secret_mode(0100644, true, true, why, sizeof why), -1);
+	ck_assert_ptr_nonnull(strstr(why, "readable by everyone (mode 0644)"));
+	ck_assert_int_eq(conf_secret_mode(0100604, true, true, why, sizeof why), -1);
+	ck_assert_int_eq(conf_secret_mode(0100644, true, false, why, sizeof why), 1);
+	ck_assert_ptr_nonnull(strstr(why, "chmod o-r"));
+}
+END_TEST
+
+START_TEST(test_world_readable_apiv3_key_refused)
+{
+	const char *key = conf_test_file("0123456789abcdef0123456789abcdef");
+	char text[512];
+	struct conf *c;
+
+	snprintf(text, sizeof text, "[payments]\n\nwechat_apiv3_key_file = %s\n", key);
+	c = conf_test_load(text);
+	ck_assert_int_eq(c->nwarnings, 0);
+	conf_free(c);
+	ck_assert_int_eq(chmod(key, 0644), 0);
+	conf_test_fail(text, 3, "payments.wechat_apiv3_key_file", "is readable by everyone");
+	conf_test_fail(text, 3, "payments.wechat_apiv3_key_file", key);
+	conf_test_cleanup();
+}
+END_TEST
+
+START_TEST(test_world_readable_mqtt_key_refused)
+{
+	const char *key = conf_test_file("-----BEGIN PRIVATE KEY-----\n");
+	char text[512];
+
+	ck_assert_int_eq(chmod(key, 0604), 0);
+	snprintf(
+	    text, sizeof text, "[mqtt]\ntls_ca = %s\ntls_cert = %s\ntls_key = %s\n", key, key, key);
+	conf_test_fail(text, 4, "mqtt.tls_key", "refused");
+	conf_test_cleanup();
+}
+END_TEST
+
+START_TEST(test_world_readable_gateway_secret_refused)
+{
+	const char *sec = conf_test_file("token\n");
+	char text[512];
+
+	ck_assert_int_eq(chmod(sec, 0644), 0);
+	snprintf(text, sizeof text,
+	    "[gateway g]\nchannel = sms\nurl = https://x/\n"
+	    "auth = bearer\nsecret_file = \"%s\"\nbody = x\nescape = raw\n"
+	    "content_type = text/plain\n",
+	    sec);
+	conf_test_fail(text, 5, "gateway.g.secret_file", "is readable by everyone");
+	conf_test_cleanup();
+}
+END_TEST
+
+START_TEST(test_open_config_and_password_warned)
+{
+	const char *pw = conf_test_file("secret\n");
+	const char *path;
+	char text[512], err[1024];
+	struct conf *c;
+
+	snprintf(text, sizeof text, "[mqtt]\nusername = u\npassword_file = %s\n", pw);
+	path = conf_test_file(text);
+	c = conf_load(path, err, sizeof err);
+	ck_assert_msg(c != NULL, "%s", err);
+	ck_assert_int_eq(c->nwarnings, 0);
+	conf_free(c);
+	ck_assert_int_eq(chmod(pw, 0644), 0);
+	ck_assert_int_eq(chmod(path, 0644), 0);
+	c = conf_load(path, err, sizeof err);
+	ck_assert_msg(c != NULL, "a password file or config readable by everyone is a warning");
+	ck_assert_int_eq(c->nwarnings, 2);
+	ck_assert_ptr_nonnull(strstr(c->warnings[0], "the configuration file is readable by "
+	                                             "everyone (mode 0644)"));
+	ck_assert_ptr_nonnull(strstr(c->warnings[1], ":3: mqtt.password_file: "));
+	ck_assert_ptr_nonnull(strstr(c->warnings[1], pw));
+	/* Never the secret itself. */
+	ck_assert_ptr_null(strstr(c->warnings[1], "secret\n"));
+	conf_free(c);
+	conf_test_cleanup();
+}
+END_TEST
+
 START_TEST(test_defaults_from_empty_file)
 {
 	struct conf *c = conf_test_load("");
 
-	ck_assert_str_eq(c->db_conninfo, "dbname=prepaid");
-	ck_assert_int_eq(c->db_reconnect_max_ms, 30000);
+	ck_assert_str_eq(c->database_conninfo, "dbname=prepaid");
+	ck_assert_int_eq(c->database_reconnect_max_ms, 30000);
 	ck_assert_str_eq(c->mqtt_host, "localhost");
 	ck_assert_int_eq(c->mqtt_port, 1883);
 	ck_assert_str_eq(c->mqtt_client_id, "prepaidd");
@@ -120,16 +219,16 @@ START_TEST(test_defaults_from_empty_file)
 	ck_assert_int_eq(c->ingest_batch_size, 1000);
 	ck_assert_int_eq(c->ingest_batch_window_ms, 50);
 	ck_assert_int_eq(c->ingest_queue_bound, 20000);
-	ck_assert_int_eq(c->ingest_max_payload, 65536);
+	ck_assert_int_eq(c->ingest_max_payload_bytes, 65536);
 	ck_assert(c->ingest_auto_register);
 	ck_assert(c->ingest_resend_on_gap);
 	ck_assert_int_eq(c->ingest_reject_log_interval, 60);
 	ck_assert_int_eq(c->ingest_rejects_keep, 10000);
 	ck_assert_int_eq(c->ingest_partitions_ahead, 3);
-	ck_assert_int_eq(c->cmd_retry_initial_ms, 5000);
-	ck_assert_int_eq(c->cmd_retry_max_ms, 60000);
-	ck_assert_int_eq(c->cmd_poll_interval_ms, 1000);
-	ck_assert_int_eq(c->cmd_claim_batch, 100);
+	ck_assert_int_eq(c->commands_retry_initial_ms, 5000);
+	ck_assert_int_eq(c->commands_retry_max_ms, 60000);
+	ck_assert_int_eq(c->commands_poll_interval_ms, 1000);
+	ck_assert_int_eq(c->commands_claim_batch, 100);
 	ck_assert(c->http_enabled);
 	ck_assert_str_eq(c->http_listen, "127.0.0.1");
 	ck_assert_int_eq(c->http_port, 9187);
@@ -185,8 +284,8 @@ START_TEST(test_values_of_each_type)
 	                                "[log]\n"
 	                                "level = debug\n");
 
-	ck_assert_str_eq(c->db_conninfo, "host=db.example port=5433 dbname=prepaid");
-	ck_assert_int_eq(c->db_reconnect_max_ms, 1000);
+	ck_assert_str_eq(c->database_conninfo, "host=db.example port=5433 dbname=prepaid");
+	ck_assert_int_eq(c->database_reconnect_max_ms, 1000);
 	ck_assert_str_eq(c->mqtt_host, "broker.example");
 	ck_assert_int_eq(c->mqtt_port, 8883);
 	ck_assert_int_eq(c->mqtt_qos, 2);
@@ -233,7 +332,7 @@ START_TEST(test_quoted_strings)
 	                                "client_id = \"id # not a comment\"\n"
 	                                "username = \"\"\n");
 
-	ck_assert_str_eq(c->db_conninfo, "  host=a password='x\"y\\z'  ");
+	ck_assert_str_eq(c->database_conninfo, "  host=a password='x\"y\\z'  ");
 	ck_assert_str_eq(c->mqtt_client_id, "id # not a comment");
 	ck_assert_ptr_null(c->mqtt_username);
 	conf_free(c);
@@ -264,8 +363,8 @@ START_TEST(test_range_edges_accepted)
 	ck_assert_int_eq(c->mqtt_keepalive, 3600);
 	ck_assert_int_eq(c->mqtt_qos, 0);
 	ck_assert_int_eq(c->ingest_queue_bound, 10000000);
-	ck_assert_int_eq(c->ingest_max_payload, 256);
-	ck_assert_int_eq(c->cmd_retry_max_ms, 100);
+	ck_assert_int_eq(c->ingest_max_payload_bytes, 256);
+	ck_assert_int_eq(c->commands_retry_max_ms, 100);
 	conf_free(c);
 	conf_test_cleanup();
 }
@@ -1516,10 +1615,10 @@ START_TEST(test_payments_off_by_default)
 {
 	struct conf *c = conf_test_load("");
 
-	ck_assert_ptr_null(c->wx_path);
-	ck_assert_ptr_null(c->ali_path);
-	ck_assert_int_eq(c->pay_connections, 4);
-	ck_assert_int_eq(c->pay_answer_ms, 4000);
+	ck_assert_ptr_null(c->payments_wechat_path);
+	ck_assert_ptr_null(c->payments_alipay_path);
+	ck_assert_int_eq(c->payments_connections, 4);
+	ck_assert_int_eq(c->payments_answer_within_ms, 4000);
 	ck_assert_int_eq(c->http_max_connections, 256);
 	ck_assert_int_eq(c->http_deadline_ms, 10000);
 	conf_free(c);
@@ -1835,6 +1934,11 @@ conf_suite(void)
 	tcase_add_test(tc, test_sample_config_documents_every_gateway_key);
 	tcase_add_test(tc, test_manual_documents_every_gateway_key);
 	tcase_add_test(tc, test_sample_gateway_examples_load);
+	tcase_add_test(tc, test_secret_mode_rules);
+	tcase_add_test(tc, test_world_readable_apiv3_key_refused);
+	tcase_add_test(tc, test_world_readable_mqtt_key_refused);
+	tcase_add_test(tc, test_world_readable_gateway_secret_refused);
+	tcase_add_test(tc, test_open_config_and_password_warned);
 	suite_add_tcase(s, tc);
 	return s;
 }
