@@ -247,7 +247,7 @@ ps_failed(PGresult *res, const char *err, const char **sqlstate)
 /* ------------------------------------------------------------- views */
 
 static const char ps_view_sql[] = "SELECT meter_id, balance, relay, restoring, use_wh FROM "
-                                  "prepaid.pay_page($1, $2::int)";
+                                  "prepaid_internal.pay_page($1, $2::int)";
 
 static void
 ps_viewed(void *arg, PGresult *res, const char *err)
@@ -306,7 +306,7 @@ out:
 /* ------------------------------------------------------------ results */
 
 static const char ps_result_sql[] = "SELECT meter_id, amount, state, balance, relay, restoring "
-                                    "FROM prepaid.pay_page_result($1, $2)";
+                                    "FROM prepaid_internal.pay_page_result($1, $2)";
 
 static void
 ps_resulted(void *arg, PGresult *res, const char *err)
@@ -350,7 +350,7 @@ out:
 /* -------------------------------------------------------------- pay */
 
 static const char ps_order_sql[] =
-    "SELECT out_trade_no, meter_id FROM prepaid.pay_page_order($1, $2::numeric, $3, "
+    "SELECT out_trade_no, meter_id FROM prepaid_internal.pay_page_order($1, $2::numeric, $3, "
     "make_interval(mins => $4::int))";
 
 static void
@@ -711,7 +711,8 @@ ps_connected(void *arg, struct pgconn *pc)
 	struct paysite *s = arg;
 	const char *params[1] = {s->base_url};
 
-	pgconn_query_front(pc, "SELECT prepaid.set_pay_page_url($1)", 1, params, ps_url_set, NULL);
+	pgconn_query_front(
+	    pc, "SELECT prepaid_internal.set_pay_page_url($1)", 1, params, ps_url_set, NULL);
 	/* A view is a few index lookups: compiling it (JIT) would cost more
 	 * than running it. */
 	pgconn_query_front(pc, "SET jit = off", 0, NULL, NULL, NULL);
@@ -799,8 +800,8 @@ paysite_reconfigure(struct paysite *s, const struct conf *conf)
 		pgconn_set_conninfo(s->pg[i], conf->database_conninfo);
 		if (strcmp(old, s->base_url) != 0 && pgconn_ready(s->pg[i])) {
 			params[0] = s->base_url;
-			pgconn_query(s->pg[i], "SELECT prepaid.set_pay_page_url($1)", 1, params,
-			    ps_url_set, NULL);
+			pgconn_query(s->pg[i], "SELECT prepaid_internal.set_pay_page_url($1)", 1,
+			    params, ps_url_set, NULL);
 		}
 	}
 	free(old);

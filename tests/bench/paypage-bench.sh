@@ -2,7 +2,7 @@
 #
 # tests/bench/paypage-bench.sh: pay page views per second. Every view is a
 # full one: the rate limiter, the token's SHA-256 looked up in PostgreSQL
-# (prepaid.pay_page: balance, relay, restore, 7 days of use from the
+# (prepaid_internal.pay_page: balance, relay, restore, 7 days of use from the
 # ledger) and the HTML rendered. Load from ApacheBench (`ab`, Debian
 # package apache2-utils), a new connection per view as phones make them,
 # over PAGE_METERS links taken in turn.

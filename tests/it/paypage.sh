@@ -151,8 +151,8 @@ assert_eq 303 "$(get "$url2/pay" -d 'amount=50.00&via=alipay' -H 'Accept-Languag
     "pay 50 yuan with Alipay"
 loc=$(sed -n 's/^Location: //Ip' "$LIB_TMP/headers" | tr -d '\r')
 otn=$(psql_q "SELECT out_trade_no FROM prepaid.orders WHERE meter_id = 'PPM2'")
-assert_eq "alipay|50.00|pending" "$(psql_q "SELECT provider, amount, state FROM prepaid.orders
-    WHERE out_trade_no = '$otn'")" "the order"
+assert_eq "alipay|50.00|pending|$PG_DAEMON" "$(psql_q "SELECT provider, amount, state, created_by
+    FROM prepaid.orders WHERE out_trade_no = '$otn'")" "the order, made by the daemon's login"
 ret=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' \
     "$url2/result/$otn")
 assert_eq "$CASHIER?out_trade_no=$otn&total_amount=50.00&meter=PPM2&channel=alipay_wap&return_url=$ret" \

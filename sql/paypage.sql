@@ -1,53 +1,48 @@
--- 914_paypage.sql: the occupants' pay page. Each meter may have one pay
--- link, <public_url><path>/<token>, printed as a QR code on the meter box.
--- The token is 32 bytes of two gen_random_uuid() (244 random bits) in
+-- paypage.sql: the occupants' pay page. Each meter may have one pay link,
+-- <public_url><path>/<token>, printed as a QR code on the meter box. The
+-- token is 32 bytes of two gen_random_uuid() (244 random bits) in
 -- base64url, 43 characters; only its SHA-256 is stored, so the link is
 -- shown once, when it is issued or rotated, and a copy of the database
 -- does not give anyone the links. The daemon serves the page and calls the
--- pay_page_* functions with the token from the URL: they answer for that
--- token's meter only, and nothing for a wrong or revoked token. Every
--- issue, rotation and revocation is audited in prepaid.operator_audit with
--- the login role (session_user). Documented in prepaidd-sql(7), PAY PAGE.
+-- prepaid_internal.pay_page* functions with the token from the URL: they
+-- answer for that token's meter only, and nothing for a wrong or revoked
+-- token. Every issue, rotation and revocation is audited in
+-- prepaid.operator_audit with the login role (session_user). Documented in
+-- prepaidd-sql(7), PAY PAGE.
+--
+-- Functions, views and triggers only: tables are in the numbered migrations
+-- (005_paypage.sql). `prepaidd --migrate` re-applies this file every time,
+-- after the pending migrations, so every statement is idempotent: CREATE
+-- OR REPLACE. A function whose result type changes, or a view whose
+-- columns change or go, needs a DROP ... IF EXISTS before it. Objects in
+-- prepaid are the operator interface (documented in prepaidd-sql(7));
+-- those in prepaid_internal are called by the daemon and by the functions
+-- here only.
 
--- What the daemon says its pay page is (public_url and path from
--- [paypage]): written by the daemon when it connects, read when a link is
--- issued.
-CREATE TABLE prepaid.pay_page_settings (
-	one        boolean PRIMARY KEY DEFAULT true CHECK (one),
-	base_url   text NOT NULL,  -- public_url + path, without the trailing /
-	updated_at timestamptz NOT NULL DEFAULT now()
-);
+-- ---------------------------------------------------------------- tables
 
-CREATE TABLE prepaid.pay_links (
-	meter_id     text COLLATE "C" PRIMARY KEY REFERENCES prepaid.meters,
-	token_sha256 bytea NOT NULL UNIQUE CHECK (length(token_sha256) = 32),
-	issued_at    timestamptz NOT NULL DEFAULT now(),
-	issued_by    text NOT NULL DEFAULT session_user,
-	revoked_at   timestamptz,  -- set: the link shows nothing
-	revoked_by   text,
-	reason       text
-);
 COMMENT ON TABLE prepaid.pay_links IS
 	'One pay-page link per meter; only the SHA-256 of its token is kept.';
+COMMENT ON TABLE prepaid.pay_page_settings IS
+	'The pay page''s public base URL (public_url and path), as the daemon last recorded it.';
 
--- The daemon: the page's public base URL (public_url + path).
-CREATE FUNCTION prepaid.set_pay_page_url(p_base_url text) RETURNS void
-LANGUAGE sql AS $$
-	INSERT INTO prepaid.pay_page_settings (base_url) VALUES (rtrim(p_base_url, '/'))
-	ON CONFLICT (one) DO UPDATE SET base_url = EXCLUDED.base_url, updated_at = now()
-	WHERE prepaid.pay_page_settings.base_url IS DISTINCT FROM EXCLUDED.base_url
-$$;
+-- ------------------------------------------------------------ internals
 
 -- A new token: 32 random bytes in base64url without padding.
-CREATE FUNCTION prepaid.pay_link_token() RETURNS text
-LANGUAGE sql VOLATILE AS $$
+CREATE OR REPLACE FUNCTION prepaid_internal.pay_link_token() RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	SELECT rtrim(translate(encode(decode(
 	    replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''),
 	    'hex'), 'base64'), '+/', '-_'), '=')
 $$;
 
-CREATE FUNCTION prepaid.pay_link_url(p_token text) RETURNS text
-LANGUAGE plpgsql STABLE AS $$
+-- The link of a token, from the base URL the daemon recorded.
+CREATE OR REPLACE FUNCTION prepaid_internal.pay_link_url(p_token text) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_base text;
 BEGIN
@@ -61,14 +56,18 @@ BEGIN
 END $$;
 
 -- Give the meter a new token (its old link, if any, stops working);
--- returns the new link.
-CREATE FUNCTION prepaid.pay_link_new(p_meter text, p_action text, p_reason text) RETURNS text
-LANGUAGE plpgsql AS $$
+-- returns the new link. Called by the operator functions below, as the
+-- owner; the author recorded is the login role.
+CREATE OR REPLACE FUNCTION prepaid_internal.pay_link_new(p_meter text, p_action text,
+    p_reason text) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
-	v_token text := prepaid.pay_link_token();
-	v_url text := prepaid.pay_link_url(v_token);
+	v_token text := prepaid_internal.pay_link_token();
+	v_url text := prepaid_internal.pay_link_url(v_token);
 BEGIN
-	PERFORM prepaid.lock_meter(p_meter);
+	PERFORM prepaid_internal.lock_meter(p_meter);
 	INSERT INTO prepaid.pay_links (meter_id, token_sha256, reason)
 	VALUES (p_meter, sha256(convert_to(v_token, 'UTF8')), p_reason)
 	ON CONFLICT (meter_id) DO UPDATE SET
@@ -79,10 +78,23 @@ BEGIN
 	RETURN v_url;
 END $$;
 
+-- The meter of an active token, or NULL.
+CREATE OR REPLACE FUNCTION prepaid_internal.pay_link_meter(p_token text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+	SELECT l.meter_id FROM prepaid.pay_links l
+	WHERE l.token_sha256 = sha256(convert_to(p_token, 'UTF8')) AND l.revoked_at IS NULL
+$$;
+
+-- ------------------------------------------------------------ operators
+
 -- The meter's link, issued now if it has none. An active link cannot be
 -- shown again (only its hash is kept): rotate it to print a new one.
-CREATE FUNCTION prepaid.pay_link(p_meter text) RETURNS text
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION prepaid.pay_link(p_meter text) RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	l prepaid.pay_links;
 BEGIN
@@ -93,14 +105,18 @@ BEGIN
 			USING ERRCODE = 'unique_violation',
 			      HINT = 'only a hash of it is kept: prepaid.rotate_pay_link(meter, reason) issues a new one and ends the old';
 	END IF;
-	RETURN prepaid.pay_link_new(p_meter, 'pay_link_issue', NULL);
+	RETURN prepaid_internal.pay_link_new(p_meter, 'pay_link_issue', NULL);
 END $$;
+COMMENT ON FUNCTION prepaid.pay_link(text) IS
+	'Issue a meter''s pay-page link and return it (shown once; an active link is refused: rotate it).';
 
 -- Links for every meter of a site (or of all sites) that has none yet, for
 -- printing labels in one go.
-CREATE FUNCTION prepaid.pay_links_issue(p_site text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION prepaid.pay_links_issue(p_site text DEFAULT NULL)
 RETURNS TABLE (meter_id text, url text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_meter text;
 BEGIN
@@ -111,20 +127,28 @@ BEGIN
 		ORDER BY m.meter_id
 	LOOP
 		meter_id := v_meter;
-		url := prepaid.pay_link_new(v_meter, 'pay_link_issue', NULL);
+		url := prepaid_internal.pay_link_new(v_meter, 'pay_link_issue', NULL);
 		RETURN NEXT;
 	END LOOP;
 END $$;
+COMMENT ON FUNCTION prepaid.pay_links_issue(text) IS
+	'Issue pay-page links for every meter of a site (or of all) that has none; returns meter and link.';
 
 -- A new link for the meter; the old one shows nothing from now on.
-CREATE FUNCTION prepaid.rotate_pay_link(p_meter text, p_reason text) RETURNS text
-LANGUAGE sql AS $$
-	SELECT prepaid.pay_link_new(p_meter, 'pay_link_rotate', p_reason)
+CREATE OR REPLACE FUNCTION prepaid.rotate_pay_link(p_meter text, p_reason text) RETURNS text
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+	SELECT prepaid_internal.pay_link_new(p_meter, 'pay_link_rotate', p_reason)
 $$;
+COMMENT ON FUNCTION prepaid.rotate_pay_link(text, text) IS
+	'A new pay-page link for a meter, with a reason; the old one shows nothing from now on.';
 
 -- The meter's link shows nothing from now on; pay_link issues a new one.
-CREATE FUNCTION prepaid.revoke_pay_link(p_meter text, p_reason text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION prepaid.revoke_pay_link(p_meter text, p_reason text) RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	UPDATE prepaid.pay_links SET revoked_at = now(), revoked_by = session_user,
 	    reason = p_reason
@@ -136,31 +160,40 @@ BEGIN
 	VALUES ('pay_link_revoke', p_meter, jsonb_build_object('reason', p_reason));
 	RETURN true;
 END $$;
+COMMENT ON FUNCTION prepaid.revoke_pay_link(text, text) IS
+	'End a meter''s pay-page link, with a reason; true if it had an active one.';
 
-CREATE VIEW prepaid.pay_link_status AS
+CREATE OR REPLACE VIEW prepaid.pay_link_status AS
 SELECT m.meter_id, m.site_id,
        CASE WHEN l.meter_id IS NULL THEN 'none'
             WHEN l.revoked_at IS NULL THEN 'active' ELSE 'revoked' END AS state,
        l.issued_at, l.issued_by, l.revoked_at, l.revoked_by, l.reason
 FROM prepaid.meters m LEFT JOIN prepaid.pay_links l ON l.meter_id = m.meter_id;
+COMMENT ON VIEW prepaid.pay_link_status IS
+	'Each meter''s pay-page link: none, active or revoked, when and by whom, and why.';
 
 -- ------------------------------------------------ what the daemon calls
 
--- The meter of an active token, or NULL.
-CREATE FUNCTION prepaid.pay_link_meter(p_token text) RETURNS text
-LANGUAGE sql STABLE AS $$
-	SELECT l.meter_id FROM prepaid.pay_links l
-	WHERE l.token_sha256 = sha256(convert_to(p_token, 'UTF8')) AND l.revoked_at IS NULL
+-- The page's public base URL (public_url + path), when the daemon connects.
+CREATE OR REPLACE FUNCTION prepaid_internal.set_pay_page_url(p_base_url text) RETURNS void
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+	INSERT INTO prepaid.pay_page_settings (base_url) VALUES (rtrim(p_base_url, '/'))
+	ON CONFLICT (one) DO UPDATE SET base_url = EXCLUDED.base_url, updated_at = now()
+	WHERE prepaid.pay_page_settings.base_url IS DISTINCT FROM EXCLUDED.base_url
 $$;
 
 -- What the page shows: one row for an active token, none otherwise. use_wh
 -- is the energy charged on each of the last p_days local days, oldest
 -- first (0 for a day with none). restoring: a payment re-armed the meter
 -- and the occupant has not restored power yet.
-CREATE FUNCTION prepaid.pay_page(p_token text, p_days integer DEFAULT 7)
+CREATE OR REPLACE FUNCTION prepaid_internal.pay_page(p_token text, p_days integer DEFAULT 7)
 RETURNS TABLE (meter_id text, balance numeric, relay text, restoring boolean,
                today date, use_wh bigint[])
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	-- PL/pgSQL, not SQL: its plan is kept for the session, and planning
 	-- would cost more than running it.
@@ -189,12 +222,14 @@ END $$;
 -- An order for the token's meter (prepaid.create_order), or an error.
 -- At most 10 orders of a meter are pending from the page at once, so a
 -- link cannot fill the orders table.
-CREATE FUNCTION prepaid.pay_page_order(p_token text, p_amount numeric, p_provider text,
-    p_valid_for interval DEFAULT interval '30 minutes')
+CREATE OR REPLACE FUNCTION prepaid_internal.pay_page_order(p_token text, p_amount numeric,
+    p_provider text, p_valid_for interval DEFAULT interval '30 minutes')
 RETURNS TABLE (out_trade_no text, meter_id text, amount numeric)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
-	v_meter text := prepaid.pay_link_meter(p_token);
+	v_meter text := prepaid_internal.pay_link_meter(p_token);
 BEGIN
 	IF v_meter IS NULL THEN
 		RAISE EXCEPTION 'pay page: no such link' USING ERRCODE = 'no_data_found';
@@ -213,10 +248,12 @@ END $$;
 
 -- An order of the token's meter as the result page shows it (state as
 -- prepaid.order_status has it); no row for another meter's order.
-CREATE FUNCTION prepaid.pay_page_result(p_token text, p_out_trade_no text)
+CREATE OR REPLACE FUNCTION prepaid_internal.pay_page_result(p_token text, p_out_trade_no text)
 RETURNS TABLE (meter_id text, amount numeric, state text, balance numeric, relay text,
                restoring boolean)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	RETURN QUERY
 	SELECT o.meter_id::text, o.amount,
