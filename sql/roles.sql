@@ -3,12 +3,14 @@
 --
 --   prepaid_owner     owns every object; only --migrate acts as it.
 --   prepaid_daemon    the running daemon: EXECUTE on the internal functions
---                     it calls, INSERT on payment_rejects, and the schema
---                     version; nothing that could change history.
+--                     it calls (the pay page's among them), INSERT on
+--                     payment_rejects, and the schema version; nothing that
+--                     could change history.
 --   prepaid_operator  office and field staff: the views and tables, commands,
 --                     trip approvals, keep-power, the breaker, anomalies,
---                     call tasks, occupants and messages, and the settings
---                     of sites, holidays, policies, templates and breakers.
+--                     call tasks, occupants and messages, pay links, and the
+--                     settings of sites, holidays, policies, templates and
+--                     breakers.
 --   prepaid_finance   credits, adjustments, orders, held payments, refunds,
 --                     reconciliations, tariffs, statements, and reading what
 --                     operators read.
@@ -70,7 +72,11 @@ GRANT EXECUTE ON FUNCTION
     prepaid_internal.reconcile_daily(date, text[]),
     prepaid_internal.reconcile_due(text[], integer, integer),
     prepaid_internal.reconcile_error(bigint, text),
-    prepaid_internal.reconcile_load(bigint, jsonb)
+    prepaid_internal.reconcile_load(bigint, jsonb),
+    prepaid_internal.set_pay_page_url(text),
+    prepaid_internal.pay_page(text, integer),
+    prepaid_internal.pay_page_order(text, numeric, text, interval),
+    prepaid_internal.pay_page_result(text, text)
 TO prepaid_daemon;
 GRANT SELECT ON prepaid.schema_migrations, prepaid.schema_code TO prepaid_daemon;
 -- Refused payment callbacks are written after the answer, outside a
@@ -133,7 +139,11 @@ GRANT EXECUTE ON FUNCTION
     prepaid.move_out(text),
     prepaid.send_message(text, text, text, jsonb),
     prepaid.cancel_message(bigint, text),
-    prepaid.move_clock(interval, text)
+    prepaid.move_clock(interval, text),
+    prepaid.pay_link(text),
+    prepaid.pay_links_issue(text),
+    prepaid.rotate_pay_link(text, text),
+    prepaid.revoke_pay_link(text, text)
 TO prepaid_operator;
 
 -- Settings operators keep in the tables themselves. The triggers these

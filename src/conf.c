@@ -28,6 +28,7 @@
 
 #include "common.h"
 #include "conf.h"
+#include "paypage.h"
 
 /* Longest line accepted; far beyond any sane conninfo. */
 #define CONF_LINE_MAX 4096
@@ -196,6 +197,29 @@ static const struct conf_key conf_key_table[] = {
         "Beijing time of day the previous day's bills are compared (HH:MM)", NULL, 0},
     {"payments", "rejects_keep", CONF_INT, "100000", 100, 100000000, true, O(payments_rejects_keep),
         "unverified refusals kept in prepaid.payment_rejects", NULL, 0},
+
+    {"paypage", "path", CONF_STRING, NULL, 0, 0, false, O(paypage_path),
+        "the pay page's path prefix, e.g. /p (unset: off)", NULL, 0},
+    {"paypage", "public_url", CONF_STRING, NULL, 0, 0, true, O(paypage_public_url),
+        "scheme://host the occupants reach the page at (the links)", NULL, 0},
+    {"paypage", "amounts", CONF_STRING, "20 50 100 200", 0, 0, true, O(paypage_amounts),
+        "amount buttons in yuan, separated by spaces", NULL, 0},
+    {"paypage", "usage_days", CONF_INT, "7", 1, 31, true, O(paypage_usage_days),
+        "days of use the page shows", NULL, 0},
+    {"paypage", "connections", CONF_INT, "2", 1, 16, false, O(paypage_connections),
+        "PostgreSQL connections for the pay page", NULL, 0},
+    {"paypage", "answer_within_ms", CONF_INT, "3000", 100, 60000, true, O(paypage_answer_within_ms),
+        "show the busy page if the database takes longer", NULL, 0},
+    {"paypage", "rate_per_minute", CONF_INT, "30", 1, 1000000, true, O(paypage_rate_per_minute),
+        "requests a minute per client address (429 past it)", NULL, 0},
+    {"paypage", "rate_burst", CONF_INT, "10", 1, 1000000, true, O(paypage_rate_burst),
+        "requests a client address may make at once", NULL, 0},
+    {"paypage", "trusted_proxies", CONF_STRING, "127.0.0.1 ::1", 0, 0, true,
+        O(paypage_trusted_proxies), "peers whose X-Forwarded-For names the client", NULL, 0},
+    {"paypage", "order_valid_minutes", CONF_INT, "30", 1, 1440, true,
+        O(paypage_order_valid_minutes), "how long an order from the page may be paid", NULL, 0},
+    {"paypage", "stub_handoff_url", CONF_STRING, NULL, 0, 0, true, O(paypage_stub_handoff_url),
+        "tests and demos: a stand-in cashier orders are sent to", NULL, 0},
 
     {"log", "level", CONF_STRING, "info", 0, 0, true, O(log_level), "error, warning, info or debug",
         NULL, 0},
@@ -1930,6 +1954,55 @@ conf_check_payments(struct conf_parse *p)
 	return conf_check_payout(p);
 }
 
+/* The pay page: a path of its own, a public URL for its links, amounts. */
+static int
+conf_check_paypage(struct conf_parse *p)
+{
+	struct conf *c = p->c;
+	int64_t fen[16];
+	char why[256];
+	const char *u;
+
+	if (c->paypage_path == NULL)
+		return 0;
+	if (conf_check_pay_path(p, O(paypage_path), c->paypage_path, c->payments_wechat_path) !=
+	        0 ||
+	    conf_check_pay_path(p, O(paypage_path), c->paypage_path, c->payments_alipay_path) != 0)
+		return -1;
+	if (strlen(c->paypage_path) < 2 || c->paypage_path[strlen(c->paypage_path) - 1] == '/') {
+		conf_key_error(p, conf_line_of(p, O(paypage_path)), conf_key_at(O(paypage_path)),
+		    "must be a path such as /p, without a trailing /");
+		return -1;
+	}
+	u = c->paypage_public_url;
+	if (u == NULL) {
+		conf_key_error(p, conf_line_of(p, O(paypage_path)), conf_key_at(O(paypage_path)),
+		    "the pay page needs paypage.public_url (its links are printed with it)");
+		return -1;
+	}
+	if ((strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) ||
+	    strpbrk(u, "?# \t\"'<>") != NULL || u[strlen(u) - 1] == '/') {
+		conf_key_error(p, conf_line_of(p, O(paypage_public_url)),
+		    conf_key_at(O(paypage_public_url)),
+		    "must be https://host[:port][/prefix] without a trailing /, query or quotes");
+		return -1;
+	}
+	if (paypage_amounts_parse(c->paypage_amounts, fen, (int)ARRAY_SIZE(fen), why, sizeof why) <
+	    0) {
+		conf_key_error(
+		    p, conf_line_of(p, O(paypage_amounts)), conf_key_at(O(paypage_amounts)), why);
+		return -1;
+	}
+	u = c->paypage_stub_handoff_url;
+	if (u != NULL && ((strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) ||
+	                     strpbrk(u, "# \t\"'<>") != NULL)) {
+		conf_key_error(p, conf_line_of(p, O(paypage_stub_handoff_url)),
+		    conf_key_at(O(paypage_stub_handoff_url)), "must be an http(s) URL");
+		return -1;
+	}
+	return 0;
+}
+
 /*
  * Rules between keys, checked once the whole file is read. Each error
  * points at the line of the key that was set last, which is where the
@@ -1990,6 +2063,8 @@ conf_check_cross(struct conf_parse *p)
 		if (conf_gw_finish(p, &c->gateways[i]) != 0)
 			return -1;
 	}
+	if (conf_check_paypage(p) != 0)
+		return -1;
 	return conf_check_payments(p);
 }
 

@@ -198,6 +198,19 @@ struct conf {
 	char *payments_reconcile_at; /* HH:MM Beijing time: yesterday's bills are fetched */
 	int payments_rejects_keep; /* unverified rows kept in prepaid.payment_rejects */
 
+	/* [paypage] */
+	char *paypage_path; /* the page's path prefix; unset: off */
+	char *paypage_public_url; /* scheme://host[:port] occupants reach */
+	char *paypage_amounts; /* amount buttons, yuan, separated by spaces */
+	int paypage_usage_days; /* days of use shown */
+	int paypage_connections; /* PostgreSQL connections for the page */
+	int paypage_answer_within_ms; /* 503 page if the database is slower */
+	int paypage_rate_per_minute; /* requests per client address */
+	int paypage_rate_burst;
+	char *paypage_trusted_proxies; /* peers whose X-Forwarded-For is believed */
+	int paypage_order_valid_minutes;
+	char *paypage_stub_handoff_url; /* stand-in cashier (tests, demo) */
+
 	/* [log] */
 	char *log_level; /* error, warning, info, debug */
 

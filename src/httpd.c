@@ -110,6 +110,8 @@ struct httpd {
 	struct event *resume; /* accepting again after running out of files */
 	struct httpd_route routes[HTTPD_ROUTES_MAX];
 	int nroutes;
+	struct httpd_route prefixes[HTTPD_ROUTES_MAX];
+	int nprefixes;
 };
 
 void
@@ -552,7 +554,8 @@ httpd_accept(struct httpd *h, struct evhttp_request *req, int methods)
 		    "too many header lines\n");
 		return false;
 	}
-	if (uri != NULL && evhttp_uri_get_query(uri) != NULL && (methods & EVHTTP_REQ_POST)) {
+	if (uri != NULL && evhttp_uri_get_query(uri) != NULL &&
+	    evhttp_request_get_command(req) == EVHTTP_REQ_POST) {
 		metrics.http_refused_request++;
 		httpd_reply(req, 404, "Not Found", "text/plain", "not found\n");
 		return false;
@@ -612,7 +615,23 @@ httpd_post(struct evhttp_request *req, void *arg)
 static void
 httpd_notfound(struct evhttp_request *req, void *arg)
 {
-	if (!httpd_accept(arg, req, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST))
+	struct httpd *h = arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
+	int i;
+	size_t n;
+
+	for (i = 0; path != NULL && i < h->nprefixes; i++) {
+		n = strlen(h->prefixes[i].path);
+		if (strncmp(path, h->prefixes[i].path, n) == 0 &&
+		    (path[n] == '\0' || path[n] == '/')) {
+			if (httpd_accept(
+			        h, req, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST))
+				h->prefixes[i].fn(req, h->prefixes[i].arg);
+			return;
+		}
+	}
+	if (!httpd_accept(h, req, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST))
 		return;
 	metrics.http_refused_request++;
 	httpd_reply(req, 404, "Not Found", "text/plain", "not found\n");
@@ -632,6 +651,21 @@ httpd_route_post(struct httpd *h, const char *path, httpd_post_fn fn, void *arg)
 	r->h = h;
 	evhttp_set_cb(h->http, path, httpd_post, r);
 	log_info("http: POST %s", path);
+}
+
+void
+httpd_route_prefix(struct httpd *h, const char *prefix, httpd_post_fn fn, void *arg)
+{
+	struct httpd_route *r;
+
+	if (h->nprefixes == HTTPD_ROUTES_MAX)
+		abort();
+	r = &h->prefixes[h->nprefixes++];
+	r->path = xstrdup(prefix);
+	r->fn = fn;
+	r->arg = arg;
+	r->h = h;
+	log_info("http: GET, POST %s/...", prefix);
 }
 
 void
@@ -737,5 +771,7 @@ httpd_free(struct httpd *h)
 		event_free(h->resume);
 	for (i = 0; i < h->nroutes; i++)
 		free(h->routes[i].path);
+	for (i = 0; i < h->nprefixes; i++)
+		free(h->prefixes[i].path);
 	free(h);
 }

@@ -36,6 +36,10 @@ struct httpd *httpd_new(struct event_base *base, const struct conf *conf, httpd_
     void *arg, char *err, size_t errlen);
 /* Route POSTs to path (exact: no query string, fragment or encoding) to fn. */
 void httpd_route_post(struct httpd *h, const char *path, httpd_post_fn fn, void *arg);
+/* Route GET, HEAD and POST requests whose path is prefix or starts with
+ * prefix + "/" to fn (a query string is allowed on GET and HEAD only).
+ * Exact routes win over a prefix. */
+void httpd_route_prefix(struct httpd *h, const char *prefix, httpd_post_fn fn, void *arg);
 /* Reloadable limits (deadlines, header count, per-address cap) from a new
  * configuration. */
 void httpd_reconfigure(struct httpd *h, const struct conf *conf);

@@ -48,6 +48,7 @@
 #include "outbox.h"
 #include "payments.h"
 #include "payout.h"
+#include "paysite.h"
 #include "pgconn.h"
 #include "sdnotify.h"
 
@@ -72,6 +73,7 @@ struct daemon {
 	struct httpd *httpd;
 	struct payments *payments;
 	struct payout *payout;
+	struct paysite *paysite;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *tick, *watchdog, *partitions, *stop_timer;
 	bool schema_ok, ingest_up, control_up, commands_up, mqtt_up;
@@ -691,6 +693,7 @@ daemon_stop(struct daemon *d)
 	daemon_update_pause(d);
 	ingest_drain(d->ingest);
 	payments_stop(d->payments);
+	paysite_stop(d->paysite);
 	if (ingest_idle(d->ingest) && payments_pending(d->payments) == 0) {
 		event_base_loopexit(d->base, NULL);
 		return;
@@ -732,6 +735,7 @@ daemon_reload(struct daemon *d)
 		httpd_reconfigure(d->httpd, nc);
 	payments_reconfigure(d->payments, nc);
 	payout_reconfigure(d->payout, nc);
+	paysite_reconfigure(d->paysite, nc);
 	ingest_set_conf(d->ingest, nc);
 	outbox_set_conf(d->outbox, nc);
 	notify_set_conf(d->notify, nc);
@@ -801,6 +805,13 @@ daemon_run(struct conf *conf)
 	}
 	d->payout = payout_new(d->base, conf, err, sizeof err);
 	if (d->payout == NULL) {
+		fprintf(stderr, "prepaidd: %s\n", err);
+		return 1;
+	}
+	/* The pay page; its orders go to the provider module once one is set
+	 * with paysite_set_provider (until then, paypage.stub_handoff_url). */
+	d->paysite = paysite_new(d->base, d->httpd, conf, err, sizeof err);
+	if (d->paysite == NULL) {
 		fprintf(stderr, "prepaidd: %s\n", err);
 		return 1;
 	}
@@ -907,7 +918,10 @@ daemon_run(struct conf *conf)
 		log_info("exiting");
 	mqtt_disconnect(d->mqtt);
 	payments_free(d->payments);
+	/* payout first: its calls stop, and the pay page orders still
+	 * waiting for one get their answer from paysite_free. */
 	payout_free(d->payout);
+	paysite_free(d->paysite);
 	ladder_free(d->ladder);
 	notify_free(d->notify);
 	outbox_free(d->outbox);

@@ -363,7 +363,7 @@ daemon_config()
 	done
 	{
 		echo "# written by tests/lib.sh daemon_config"
-		for s in database mqtt ingest journal commands http payments log; do
+		for s in database mqtt ingest journal commands http payments paypage log; do
 			echo "[$s]"
 			for k in $(printf '%s\n' "${!kv[@]}" | grep "^$s\." | sort); do
 				v=${kv[$k]}

@@ -1005,6 +1005,41 @@ START_TEST(test_gateway_secret_read_and_newline_stripped)
 }
 END_TEST
 
+/* The pay page: a path needs a public URL; bad amounts and URLs are named
+ * with their line. */
+START_TEST(test_paypage_keys)
+{
+	char err[1024];
+	struct conf *c;
+
+	conf_test_fail("[paypage]\npath = /p\n", 2, "paypage.path", "needs paypage.public_url");
+	conf_test_fail(
+	    "[paypage]\npath = p\npublic_url = https://x\n", 2, "paypage.path", "absolute path");
+	conf_test_fail("[paypage]\npath = /healthz\npublic_url = https://x\n", 2, "paypage.path",
+	    "daemon's own paths");
+	conf_test_fail(
+	    "[paypage]\npath = /p/\npublic_url = https://x\n", 2, "paypage.path", "trailing /");
+	conf_test_fail("[paypage]\npath = /p\npublic_url = https://x/\n", 3, "paypage.public_url",
+	    "without a trailing /");
+	conf_test_fail(
+	    "[paypage]\npath = /p\npublic_url = ftp://x\n", 3, "paypage.public_url", "https://");
+	conf_test_fail("[paypage]\npath = /p\npublic_url = https://x\namounts = \"20 5.555\"\n", 4,
+	    "paypage.amounts", "\"5.555\" is not a yuan amount");
+	conf_test_fail("[paypage]\npath = /p\npublic_url = https://x\nstub_handoff_url = x\n", 4,
+	    "paypage.stub_handoff_url", "http(s) URL");
+	c = conf_load(conf_test_file("[paypage]\npath = /p\npublic_url = https://pay.example.com\n"
+	                             "amounts = \"10 20.5\"\n"),
+	    err, sizeof err);
+	ck_assert_msg(c != NULL, "%s", err);
+	ck_assert_str_eq(c->paypage_path, "/p");
+	ck_assert_str_eq(c->paypage_amounts, "10 20.5");
+	ck_assert_int_eq(c->paypage_rate_per_minute, 30);
+	ck_assert_str_eq(c->paypage_trusted_proxies, "127.0.0.1 ::1");
+	conf_free(c);
+	conf_test_cleanup();
+}
+END_TEST
+
 START_TEST(test_error_gateway_section_names)
 {
 	conf_test_fail("[gateway]\n", 1, "[gateway]", "needs a name");
@@ -1014,7 +1049,7 @@ START_TEST(test_error_gateway_section_names)
 	    "[gateway 0123456789abcdef0123456789abcdefX]\n", 1, NULL, "bad gateway name");
 	conf_test_fail("[gatewayx]\n", 1, "[gatewayx]",
 	    "unknown section (known: database, "
-	    "mqtt, ingest, journal, commands, http, payments, log, gateway NAME)");
+	    "mqtt, ingest, journal, commands, http, payments, paypage, log, gateway NAME)");
 	conf_test_cleanup();
 }
 END_TEST
@@ -1819,6 +1854,7 @@ conf_suite(void)
 
 	tc = tcase_create("values");
 	tcase_add_test(tc, test_defaults_from_empty_file);
+	tcase_add_test(tc, test_paypage_keys);
 	tcase_add_test(tc, test_every_default_parses_as_its_type);
 	tcase_add_test(tc, test_values_of_each_type);
 	tcase_add_test(tc, test_every_bool_spelling);
