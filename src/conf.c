@@ -195,6 +195,17 @@ static const struct conf_key conf_key_table[] = {
         "how often due orders and refunds are looked for, seconds", NULL, 0},
     {"payments", "reconcile_at", CONF_STRING, "10:30", 0, 0, true, O(payments_reconcile_at),
         "Beijing time of day the previous day's bills are compared (HH:MM)", NULL, 0},
+    {"payments", "wechat_app_secret_file", CONF_FILE, NULL, 0, 0, true,
+        O(payments_wechat_app_secret_file),
+        "the Official Account's AppSecret, for the pay page's openid step; unset: no JSAPI", NULL,
+        0},
+    {"payments", "wechat_authorize_url", CONF_STRING,
+        "https://open.weixin.qq.com/connect/oauth2/authorize", 0, 0, true,
+        O(payments_wechat_authorize_url), "WeChat's OAuth2 authorize page (the openid step)", NULL,
+        0},
+    {"payments", "wechat_oauth_api_url", CONF_STRING, "https://api.weixin.qq.com", 0, 0, true,
+        O(payments_wechat_oauth_api_url), "base URL where the openid step's code is exchanged",
+        NULL, 0},
     {"payments", "rejects_keep", CONF_INT, "100000", 100, 100000000, true, O(payments_rejects_keep),
         "unverified refusals kept in prepaid.payment_rejects", NULL, 0},
 
@@ -2137,8 +2148,9 @@ conf_secret(struct conf_parse *p, const char *path, int line, const char *subjec
  * password), the MQTT password and client key, the APIv3 key, the merchant
  * keys that sign calls to the providers, gateway secrets. Keys (the MQTT
  * client key, the APIv3 key, the WeChat Pay merchant key, the Alipay app
- * key, a gateway's API secret) readable by everyone are refused; everything
- * else open is warned about (conf->warnings).
+ * key, the Official Account's AppSecret, a gateway's API secret) readable by
+ * everyone are refused; everything else open is warned about
+ * (conf->warnings).
  */
 static int
 conf_check_secrets(struct conf_parse *p)
@@ -2152,6 +2164,7 @@ conf_check_secrets(struct conf_parse *p)
 	    {O(payments_wechat_apiv3_key_file), true},
 	    {O(payments_wechat_merchant_key_file), true},
 	    {O(payments_alipay_app_key_file), true},
+	    {O(payments_wechat_app_secret_file), true},
 	};
 	const struct conf_key *k;
 	char subject[96];

@@ -196,6 +196,10 @@ struct conf {
 	int payments_query_retry_s; /* a call without an answer is tried again after */
 	int payments_query_poll_s; /* how often due orders and refunds are looked for */
 	char *payments_reconcile_at; /* HH:MM Beijing time: yesterday's bills are fetched */
+	/* [payments]: the pay page's JSAPI openid step (payout.c) */
+	char *payments_wechat_app_secret_file; /* Official Account AppSecret; unset: no JSAPI */
+	char *payments_wechat_authorize_url; /* WeChat's OAuth2 authorize page */
+	char *payments_wechat_oauth_api_url; /* https://api.weixin.qq.com: code -> openid */
 	int payments_rejects_keep; /* unverified rows kept in prepaid.payment_rejects */
 
 	/* [paypage] */

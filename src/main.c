@@ -808,13 +808,15 @@ daemon_run(struct conf *conf)
 		fprintf(stderr, "prepaidd: %s\n", err);
 		return 1;
 	}
-	/* The pay page; its orders go to the provider module once one is set
-	 * with paysite_set_provider (until then, paypage.stub_handoff_url). */
+	/* The pay page; payout makes its orders at the providers (with no
+	 * merchant key at all, paypage.stub_handoff_url stands in). */
 	d->paysite = paysite_new(d->base, d->httpd, conf, err, sizeof err);
 	if (d->paysite == NULL) {
 		fprintf(stderr, "prepaidd: %s\n", err);
 		return 1;
 	}
+	paysite_set_provider(
+	    d->paysite, &(struct paypage_provider){payout_paypage_create, d->payout});
 
 	memset(&ph, 0, sizeof ph);
 	ph.on_connect = ingest_connected;
@@ -920,6 +922,8 @@ daemon_run(struct conf *conf)
 	payments_free(d->payments);
 	/* payout first: its calls stop, and the pay page orders still
 	 * waiting for one get their answer from paysite_free. */
+	/* payout first: its calls stop, and the pay page's requests still
+	 * waiting for an order get the busy page from paysite_free. */
 	payout_free(d->payout);
 	paysite_free(d->paysite);
 	ladder_free(d->ladder);

@@ -26,14 +26,17 @@
 #include <time.h>
 
 #include <event2/event.h>
+#include <event2/http.h>
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "common.h"
 #include "httpc.h"
 #include "log.h"
 #include "payapi.h"
+#include "paypage.h"
 #include "payout.h"
 #include "payverify.h"
 #include "pgconn.h"
@@ -57,6 +60,23 @@ struct payout_keys {
 	EVP_PKEY *ali_priv; /* app key: signs Alipay requests */
 	struct pay_keyring *wx_pub; /* verifies WeChat answers */
 	EVP_PKEY *ali_pub; /* verifies Alipay answers */
+	char *wx_app_secret; /* the Official Account's AppSecret: the openid step */
+};
+
+/* One order of the pay page (payout_paypage_create): done(ctx) is called
+ * exactly once, unless payout_free() comes first. */
+struct payout_page {
+	struct payout *p;
+	paypage_handoff_cb done;
+	void *ctx;
+	enum paypage_channel channel;
+	char otn[65];
+	int64_t fen;
+	char *description;
+	char ip[48];
+	char *return_url;
+	struct httpc_req *req; /* the openid exchange */
+	struct payout_page *prev, *next;
 };
 
 enum payout_kind {
@@ -105,6 +125,7 @@ struct payout {
 	char reconciled_day[16]; /* the Beijing day the daily run was asked for */
 	struct payout_job *jobs, *jobs_tail;
 	struct event *pump;
+	struct payout_page *pages; /* the pay page's orders being made */
 };
 
 static const char *const payout_kind_names[] = {
@@ -119,6 +140,10 @@ payout_keys_free(struct payout_keys *k)
 	EVP_PKEY_free(k->ali_priv);
 	EVP_PKEY_free(k->ali_pub);
 	pay_keyring_free(k->wx_pub);
+	if (k->wx_app_secret != NULL) {
+		OPENSSL_cleanse(k->wx_app_secret, strlen(k->wx_app_secret));
+		free(k->wx_app_secret);
+	}
 	memset(k, 0, sizeof *k);
 }
 
@@ -128,6 +153,39 @@ payout_key_error(const struct conf *c, const void *field, const char *key, const
 {
 	snprintf(err, errlen, "%s:%d: payments.%s: %s", c->path, conf_line(c, field), key, why);
 	return -1;
+}
+
+/* The AppSecret file: one line of 16 to 64 letters and digits (WeChat's
+ * are 32 hex digits), a trailing newline allowed. Never logged. */
+static char *
+payout_secret_load(const char *path, char *why, size_t whylen)
+{
+	char buf[130];
+	size_t n;
+	FILE *f = fopen(path, "r");
+
+	if (f == NULL) {
+		snprintf(why, whylen, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		buf[--n] = '\0';
+	if (n < 16 || n > 64 ||
+	    strspn(buf, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") != n) {
+		OPENSSL_cleanse(buf, sizeof buf);
+		snprintf(why, whylen,
+		    "%s: not an AppSecret (one line of 16 to 64 letters and digits)", path);
+		return NULL;
+	}
+	{
+		char *s = xstrdup(buf);
+
+		OPENSSL_cleanse(buf, sizeof buf);
+		return s;
+	}
 }
 
 static int
@@ -160,6 +218,13 @@ payout_keys_load(const struct conf *c, struct payout_keys *k, char *err, size_t 
 		        c->payments_wechat_public_key_file, why, sizeof why) != 0)
 			return payout_key_error(c, &c->payments_wechat_public_key_file,
 			    "wechat_public_key_file", why, err, errlen);
+		if (c->payments_wechat_app_secret_file != NULL) {
+			k->wx_app_secret =
+			    payout_secret_load(c->payments_wechat_app_secret_file, why, sizeof why);
+			if (k->wx_app_secret == NULL)
+				return payout_key_error(c, &c->payments_wechat_app_secret_file,
+				    "wechat_app_secret_file", why, err, errlen);
+		}
 	}
 	if (c->payments_alipay_app_key_file != NULL) {
 		k->ali_priv = payapi_privkey_load(c->payments_alipay_app_key_file, why, sizeof why);
@@ -1245,6 +1310,249 @@ payout_arm_tick(struct payout *p)
 	event_add(p->tick, &tv);
 }
 
+/* ------------------------------------------------------- the pay page */
+
+static void
+payout_page_free(struct payout_page *pg)
+{
+	struct payout *p = pg->p;
+
+	if (pg->prev != NULL)
+		pg->prev->next = pg->next;
+	else if (p->pages == pg)
+		p->pages = pg->next;
+	if (pg->next != NULL)
+		pg->next->prev = pg->prev;
+	free(pg->description);
+	free(pg->return_url);
+	free(pg);
+}
+
+/* The one answer to the page; pg is gone afterwards. */
+static void
+payout_page_done(struct payout_page *pg, enum paypage_handoff_kind kind, const char *url)
+{
+	struct paypage_handoff h;
+	paypage_handoff_cb done = pg->done;
+	void *ctx = pg->ctx;
+
+	payout_page_free(pg);
+	h.kind = kind;
+	h.url = url;
+	done(ctx, &h);
+}
+
+static void
+payout_page_ordered(void *arg, const struct payout_order_result *res)
+{
+	struct payout_page *pg = arg;
+	char *url = NULL, *enc;
+
+	if (res->error != NULL) {
+		log_warn("payout: pay page order %s (%s): %s", pg->otn,
+		    paypage_channel_name(pg->channel), res->error);
+		payout_page_done(pg, PAYPAGE_FAILED, NULL);
+		return;
+	}
+	switch (pg->channel) {
+	case PAYPAGE_ALIPAY_WAP:
+		if (res->pay_url != NULL)
+			url = xstrdup(res->pay_url);
+		break;
+	case PAYPAGE_WECHAT_NATIVE:
+		if (res->code_url != NULL)
+			url = xstrdup(res->code_url);
+		break;
+	case PAYPAGE_WECHAT_H5:
+		/* WeChat sends the browser back to redirect_url after paying. */
+		if (res->h5_url != NULL && (enc = evhttp_encode_uri(pg->return_url)) != NULL) {
+			xasprintf(&url, "%s%sredirect_url=%s", res->h5_url,
+			    strchr(res->h5_url, '?') != NULL ? "&" : "?", enc);
+			free(enc);
+		}
+		break;
+	case PAYPAGE_WECHAT_JSAPI:
+		if (res->jsapi_params != NULL)
+			url = json_dumps(res->jsapi_params, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		break;
+	}
+	if (url == NULL) {
+		log_warn("payout: pay page order %s (%s): the provider's answer has no way to pay",
+		    pg->otn, paypage_channel_name(pg->channel));
+		payout_page_done(pg, PAYPAGE_FAILED, NULL);
+		return;
+	}
+	log_info("payout: pay page order %s made at %s (%s)", pg->otn,
+	    pg->channel == PAYPAGE_ALIPAY_WAP ? "Alipay" : "WeChat Pay",
+	    paypage_channel_name(pg->channel));
+	payout_page_done(pg,
+	    pg->channel == PAYPAGE_WECHAT_NATIVE  ? PAYPAGE_CODE_URL
+	    : pg->channel == PAYPAGE_WECHAT_JSAPI ? PAYPAGE_JSAPI
+	                                          : PAYPAGE_REDIRECT,
+	    url);
+	free(url);
+}
+
+/* Ask the provider for the order (JSAPI: with the payer's openid). */
+static void
+payout_page_order(struct payout_page *pg, const char *openid)
+{
+	struct payout_order po;
+
+	memset(&po, 0, sizeof po);
+	po.out_trade_no = pg->otn;
+	po.amount_fen = pg->fen;
+	po.channel = pg->channel == PAYPAGE_ALIPAY_WAP      ? PAYAPI_ALI_WAP
+	             : pg->channel == PAYPAGE_WECHAT_NATIVE ? PAYAPI_WX_NATIVE
+	             : pg->channel == PAYPAGE_WECHAT_H5     ? PAYAPI_WX_H5
+	                                                    : PAYAPI_WX_JSAPI;
+	po.description = pg->description;
+	po.openid = openid;
+	po.client_ip = pg->ip;
+	po.return_url = pg->return_url;
+	payout_create_order(pg->p, &po, payout_page_ordered, pg);
+}
+
+/* WeChat's answer to the code: {"openid": ...} or {"errcode": ...}. */
+static void
+payout_page_openid(void *arg, const struct httpc_result *res)
+{
+	struct payout_page *pg = arg;
+	json_t *j = NULL;
+	const char *openid = NULL;
+
+	pg->req = NULL;
+	if (res->code == CURLE_OK && res->status == 200)
+		j = json_loadb(res->body, res->body_len, JSON_REJECT_DUPLICATES, NULL);
+	openid = json_string_value(json_object_get(j, "openid"));
+	if (openid == NULL || openid[0] == '\0' || strlen(openid) > 128 ||
+	    strspn(openid, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-") !=
+	        strlen(openid)) {
+		if (res->code != CURLE_OK)
+			log_warn("payout: pay page order %s: WeChat's openid step: %s", pg->otn,
+			    res->error);
+		else
+			log_warn("payout: pay page order %s: WeChat's openid step: HTTP %ld, "
+			         "errcode %lld %s",
+			    pg->otn, res->status,
+			    (long long)json_integer_value(json_object_get(j, "errcode")),
+			    json_string_value(json_object_get(j, "errmsg")) ?: "(no openid)");
+		json_decref(j);
+		payout_page_done(pg, PAYPAGE_FAILED, NULL);
+		return;
+	}
+	payout_page_order(pg, openid);
+	json_decref(j);
+}
+
+void
+payout_paypage_create(void *arg, const struct paypage_order *o, paypage_handoff_cb done, void *ctx)
+{
+	struct payout *p = arg;
+	const struct conf *conf = p->conf;
+	bool wechat = o->channel != PAYPAGE_ALIPAY_WAP;
+	struct paypage_handoff h = {PAYPAGE_UNAVAILABLE, NULL};
+	struct payout_page *pg;
+	char appid[64];
+
+	if (p->keys.wx_priv == NULL && p->keys.ali_priv == NULL) {
+		/* No provider at all: the stand-in of paypage.h ([paypage]
+		 * stub_handoff_url, tests and demos), or unavailable. */
+		struct sbuf b = {0};
+
+		h.kind = paypage_stub_handoff(conf->paypage_stub_handoff_url, o, &b);
+		h.url = b.p;
+		done(ctx, &h);
+		free(b.p);
+		return;
+	}
+	if ((wechat && p->keys.wx_priv == NULL) || (!wechat && p->keys.ali_priv == NULL) ||
+	    (o->channel == PAYPAGE_WECHAT_JSAPI && p->keys.wx_app_secret == NULL) ||
+	    !payapi_trade_no_ok(o->out_trade_no) || o->amount_fen <= 0) {
+		if (payapi_trade_no_ok(o->out_trade_no) && o->amount_fen > 0)
+			log_ratelimited(LOG_LVL_WARN, "payout-page-unset", 60,
+			    "payout: the pay page asked for %s, which is not set up "
+			    "(payments.%s)",
+			    paypage_channel_name(o->channel),
+			    !wechat                   ? "alipay_app_key_file"
+			    : p->keys.wx_priv == NULL ? "wechat_merchant_key_file"
+			                              : "wechat_app_secret_file");
+		else
+			h.kind = PAYPAGE_FAILED;
+		done(ctx, &h);
+		return;
+	}
+	payout_appid(conf, appid, sizeof appid);
+	if (o->channel == PAYPAGE_WECHAT_JSAPI && o->oauth_code == NULL) {
+		/* The openid step: WeChat sends the occupant back to
+		 * oauth_return with a code (snsapi_base asks them nothing). */
+		char *ru = o->oauth_return != NULL ? evhttp_encode_uri(o->oauth_return) : NULL;
+		char *url;
+
+		if (ru == NULL) {
+			h.kind = PAYPAGE_FAILED;
+			done(ctx, &h);
+			return;
+		}
+		xasprintf(&url,
+		    "%s?appid=%s&redirect_uri=%s&response_type=code&scope=snsapi_base&state=%s"
+		    "#wechat_redirect",
+		    conf->payments_wechat_authorize_url, appid, ru, o->out_trade_no);
+		h.kind = PAYPAGE_REDIRECT;
+		h.url = url;
+		done(ctx, &h);
+		free(url);
+		free(ru);
+		return;
+	}
+	pg = xcalloc(1, sizeof *pg);
+	pg->p = p;
+	pg->done = done;
+	pg->ctx = ctx;
+	pg->channel = o->channel;
+	pg->fen = o->amount_fen;
+	snprintf(pg->otn, sizeof pg->otn, "%s", o->out_trade_no);
+	snprintf(pg->ip, sizeof pg->ip, "%s", o->client_ip != NULL ? o->client_ip : "");
+	pg->return_url = xstrdup(o->return_url != NULL ? o->return_url : "");
+	if (o->meter_id != NULL)
+		xasprintf(&pg->description, "电费 %s", o->meter_id);
+	pg->next = p->pages;
+	if (p->pages != NULL)
+		p->pages->prev = pg;
+	p->pages = pg;
+	if (o->channel == PAYPAGE_WECHAT_JSAPI) {
+		/* The code for the openid, server to server; the URL carries the
+		 * AppSecret (httpc logs URLs without their query). */
+		char *code = evhttp_encode_uri(o->oauth_code), *url, *cause = NULL;
+		struct httpc_request r;
+
+		xasprintf(&url,
+		    "%s/sns/oauth2/access_token?appid=%s&secret=%s&code=%s"
+		    "&grant_type=authorization_code",
+		    conf->payments_wechat_oauth_api_url, appid, p->keys.wx_app_secret,
+		    code != NULL ? code : "");
+		memset(&r, 0, sizeof r);
+		r.url = url;
+		r.method = "GET";
+		r.timeout_ms = conf->payments_api_timeout_ms;
+		r.tag = "wechat-oauth";
+		pg->req =
+		    code != NULL ? httpc_send(p->http, &r, payout_page_openid, pg, &cause) : NULL;
+		OPENSSL_cleanse(url, strlen(url));
+		free(url);
+		free(code);
+		if (pg->req == NULL) {
+			log_error(
+			    "payout: pay page order %s: WeChat's openid step cannot be sent: %s",
+			    pg->otn, cause != NULL ? cause : "bad code");
+			free(cause);
+			payout_page_done(pg, PAYPAGE_FAILED, NULL);
+		}
+		return;
+	}
+	payout_page_order(pg, NULL);
+}
+
 struct payout *
 payout_new(struct event_base *base, const struct conf *conf, char *err, size_t errlen)
 {
@@ -1302,6 +1610,9 @@ payout_free(struct payout *p)
 	httpc_free(p->http); /* cancels the calls: their callbacks never run */
 	while (p->calls != NULL)
 		payout_call_free(p->calls);
+	/* The pay page's orders get no answer: paysite_free() answers them. */
+	while (p->pages != NULL)
+		payout_page_free(p->pages);
 	if (p->tick != NULL)
 		event_free(p->tick);
 	event_free(p->pump);

@@ -24,6 +24,7 @@
 
 #include "conf.h"
 #include "payapi.h"
+#include "paypage.h"
 
 struct payout;
 
@@ -74,5 +75,26 @@ typedef void (*payout_order_cb)(void *arg, const struct payout_order_result *res
  * this call; the result is valid during the callback only. */
 void payout_create_order(
     struct payout *p, const struct payout_order *o, payout_order_cb cb, void *arg);
+
+/*
+ * The pay page's provider (struct paypage_provider's create, with arg the
+ * struct payout): paysite_set_provider(s, &(struct paypage_provider){
+ * payout_paypage_create, p }). Per channel: Alipay WAP -> a redirect to
+ * the signed alipay.trade.wap.pay URL (return_url: the result page);
+ * WeChat Native -> the code_url to scan; WeChat H5 (payer_client_ip: the
+ * client's address) -> a redirect to h5_url&redirect_url=<the result
+ * page>; WeChat JSAPI without a code -> a redirect to WeChat's authorize
+ * URL (snsapi_base, redirect_uri oauth_return, state out_trade_no), with
+ * one -> the code is exchanged for the openid ([payments]
+ * wechat_app_secret_file) and the JSAPI order made: the signed
+ * getBrandWCPayRequest parameters. A provider that refuses or does not
+ * answer: PAYPAGE_FAILED; a channel not configured: PAYPAGE_UNAVAILABLE;
+ * no provider configured at all: paypage_stub_handoff() ([paypage]
+ * stub_handoff_url, for tests and demos). Never blocks; done runs exactly
+ * once (now or from the loop), unless payout_free() comes first: free the
+ * payout before the paysite.
+ */
+void payout_paypage_create(
+    void *arg, const struct paypage_order *o, paypage_handoff_cb done, void *ctx);
 
 #endif

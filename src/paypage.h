@@ -197,7 +197,8 @@ struct paypage_provider {
 };
 
 /*
- * The stand-in until the provider module is wired: with stub_url set,
+ * The stand-in when no provider is configured (payout_paypage_create()
+ * falls back to it, for tests and demos): with stub_url set,
  * every channel is a redirect to stub_url?out_trade_no=..&total_amount=
  * <yuan>&meter=..&channel=..&return_url=..[&oauth_code=..] (a test or demo
  * cashier that pays and sends the browser back); without it,

@@ -31,10 +31,10 @@ struct paysite;
 struct paysite *paysite_new(struct event_base *base, struct httpd *httpd, const struct conf *conf,
     char *err, size_t errlen);
 /*
- * Who creates orders at the providers. Until it is called, the stand-in
- * of paypage_stub_handoff() ([paypage] stub_handoff_url) is used. p is
- * copied. The provider must not call a done callback after paysite_free
- * (stop its calls first).
+ * Who creates orders at the providers (main.c: payout_paypage_create).
+ * Until it is called, the stand-in of paypage_stub_handoff() ([paypage]
+ * stub_handoff_url) is used. p is copied. The provider must not call a done callback after
+ * paysite_free (stop its calls first).
  */
 void paysite_set_provider(struct paysite *s, const struct paypage_provider *p);
 /* SIGHUP: amounts, limits, public URL; conf must outlive the paysite. */

@@ -19,6 +19,13 @@
  *   POST /v3/refund/domestic/refunds, GET /v3/refund/domestic/refunds/NO.
  * Alipay: /gateway.do, methods alipay.trade.precreate, .wap.pay (GET, an
  *   HTML page), .query, .close, .refund.
+ * WeChat's openid step (Official Accounts, snsapi_base): GET
+ *   /connect/oauth2/authorize?appid=&redirect_uri=&response_type=code&
+ *   scope=snsapi_base&state= redirects (302) to redirect_uri?code=&state=
+ *   with a new code; GET /sns/oauth2/access_token?appid=&secret=&code=&
+ *   grant_type=authorization_code answers the code's openid once (the
+ *   secret is KEYDIR/wx_app.secret, when that file exists), else
+ *   {"errcode":40029} (a code used or unknown) or 40125 (a wrong secret).
  * Test hooks:
  *   POST /_fake/order?provider=P&out_trade_no=NO&fen=N  an order made
  *        elsewhere (WeChat NOTPAY; Alipay WAIT_BUYER_PAY, scanned)
@@ -85,7 +92,19 @@ struct fp_order {
 	bool scanned; /* Alipay precreate: exists at the provider only once scanned */
 	int closes, queries;
 	long long bill_fen; /* >0: the amount the bill shows instead */
+	char openid[64]; /* JSAPI: payer.openid */
+	char client_ip[48]; /* H5: scene_info.payer_client_ip */
 };
+
+/* Codes of the openid step: each gives its openid once. */
+struct fp_code {
+	char code[40];
+	char openid[40];
+	bool used;
+};
+static struct fp_code fp_codes[256];
+static size_t fp_ncodes;
+static char fp_wx_secret[129]; /* the Official Account's AppSecret */
 
 struct fp_refund {
 	char provider[8];
@@ -730,6 +749,13 @@ fp_wx_prepay(struct evhttp_request *req, const char *kind, const char *body)
 	if (o == NULL) {
 		o = fp_order_add("wechat", otn, kind, (long long)total);
 		o->body = xstrdup(body);
+		snprintf(o->openid, sizeof o->openid, "%s",
+		    json_string_value(json_object_get(json_object_get(j, "payer"), "openid"))
+		        ?: "");
+		snprintf(o->client_ip, sizeof o->client_ip, "%s",
+		    json_string_value(
+		        json_object_get(json_object_get(j, "scene_info"), "payer_client_ip"))
+		        ?: "");
 	}
 	if (strcmp(kind, "native") == 0)
 		xasprintf(&ans, "{\"code_url\":\"weixin://wxpay/bizpayurl?pr=%s\"}", otn);
@@ -1407,12 +1433,13 @@ fp_hook(struct evhttp_request *req, const char *path)
 		j = json_array();
 		for (i = 0; i < fp_norders; i++)
 			json_array_append_new(j,
-			    json_pack("{s:s, s:s, s:s, s:I, s:s, s:s, s:i, s:i, s:I}", "provider",
-			        fp_orders[i].provider, "out_trade_no", fp_orders[i].otn, "kind",
-			        fp_orders[i].kind, "fen", (json_int_t)fp_orders[i].fen, "state",
-			        fp_orders[i].state, "txn", fp_orders[i].txn, "closes",
+			    json_pack("{s:s, s:s, s:s, s:I, s:s, s:s, s:i, s:i, s:I, s:s, s:s}",
+			        "provider", fp_orders[i].provider, "out_trade_no", fp_orders[i].otn,
+			        "kind", fp_orders[i].kind, "fen", (json_int_t)fp_orders[i].fen,
+			        "state", fp_orders[i].state, "txn", fp_orders[i].txn, "closes",
 			        fp_orders[i].closes, "queries", fp_orders[i].queries, "refunded",
-			        (json_int_t)fp_orders[i].refunded));
+			        (json_int_t)fp_orders[i].refunded, "openid", fp_orders[i].openid,
+			        "client_ip", fp_orders[i].client_ip));
 		s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
 		fp_reply(req, 200, "application/json", s, NULL);
 		free(s);
@@ -1432,6 +1459,82 @@ fp_hook(struct evhttp_request *req, const char *path)
 	} else
 		fp_reply(req, 404, "text/plain", "no such hook", NULL);
 out:
+	evhttp_clear_headers(&q);
+}
+
+/* ------------------------------------------------------ openid step */
+
+/* The browser's side: WeChat asks nothing (snsapi_base) and sends the
+ * occupant back with a new code. */
+static void
+fp_oauth_authorize(struct evhttp_request *req)
+{
+	struct evkeyvalq q;
+	const char *appid, *ru, *rt, *scope, *state;
+	struct fp_code *c;
+	char *loc;
+
+	TAILQ_INIT(&q);
+	evhttp_parse_query(evhttp_request_get_uri(req), &q);
+	appid = evhttp_find_header(&q, "appid");
+	ru = evhttp_find_header(&q, "redirect_uri");
+	rt = evhttp_find_header(&q, "response_type");
+	scope = evhttp_find_header(&q, "scope");
+	state = evhttp_find_header(&q, "state");
+	if (appid == NULL || strcmp(appid, "wxd678efh567hg6787") != 0 || ru == NULL ||
+	    (strncmp(ru, "http://", 7) != 0 && strncmp(ru, "https://", 8) != 0) || rt == NULL ||
+	    strcmp(rt, "code") != 0 || scope == NULL || strcmp(scope, "snsapi_base") != 0 ||
+	    fp_ncodes == ARRAY_SIZE(fp_codes)) {
+		fp_reply(req, 400, "text/plain", "bad authorize request", "authorize");
+		evhttp_clear_headers(&q);
+		return;
+	}
+	c = &fp_codes[fp_ncodes++];
+	snprintf(c->code, sizeof c->code, "fakecode%lu", ++fp_seq);
+	snprintf(c->openid, sizeof c->openid, "oFake%06lu", fp_seq);
+	xasprintf(&loc, "%s%ccode=%s&state=%s", ru, strchr(ru, '?') != NULL ? '&' : '?', c->code,
+	    state != NULL ? state : "");
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Location", loc);
+	fp_reply(req, 302, "text/plain", "", "authorize");
+	free(loc);
+	evhttp_clear_headers(&q);
+}
+
+/* The server's side: the code for the openid, once. */
+static void
+fp_oauth_token(struct evhttp_request *req)
+{
+	struct evkeyvalq q;
+	const char *appid, *secret, *code, *gt;
+	size_t i;
+	char *ans = NULL;
+
+	TAILQ_INIT(&q);
+	evhttp_parse_query(evhttp_request_get_uri(req), &q);
+	appid = evhttp_find_header(&q, "appid");
+	secret = evhttp_find_header(&q, "secret");
+	code = evhttp_find_header(&q, "code");
+	gt = evhttp_find_header(&q, "grant_type");
+	if (appid == NULL || strcmp(appid, "wxd678efh567hg6787") != 0)
+		ans = xstrdup("{\"errcode\":40013,\"errmsg\":\"invalid appid\"}");
+	else if (secret == NULL || fp_wx_secret[0] == '\0' || strcmp(secret, fp_wx_secret) != 0)
+		ans = xstrdup("{\"errcode\":40125,\"errmsg\":\"invalid appsecret\"}");
+	else if (gt == NULL || strcmp(gt, "authorization_code") != 0)
+		ans = xstrdup("{\"errcode\":40002,\"errmsg\":\"invalid grant_type\"}");
+	for (i = 0; ans == NULL && i < fp_ncodes; i++)
+		if (code != NULL && strcmp(fp_codes[i].code, code) == 0 && !fp_codes[i].used) {
+			fp_codes[i].used = true;
+			fp_seq++;
+			xasprintf(&ans,
+			    "{\"access_token\":\"ACCESSTOKEN%lu\",\"expires_in\":7200,"
+			    "\"refresh_token\":\"REFRESH%lu\",\"openid\":\"%s\","
+			    "\"scope\":\"snsapi_base\"}",
+			    fp_seq, fp_seq, fp_codes[i].openid);
+		}
+	if (ans == NULL)
+		ans = xstrdup("{\"errcode\":40029,\"errmsg\":\"invalid code\"}");
+	fp_reply(req, 200, "application/json", ans, "access_token");
+	free(ans);
 	evhttp_clear_headers(&q);
 }
 
@@ -1486,6 +1589,10 @@ fp_request_cb(struct evhttp_request *req, void *arg)
 		fp_hook(req, path);
 	else if (strcmp(path, "/gateway.do") == 0)
 		fp_alipay(req);
+	else if (strcmp(path, "/connect/oauth2/authorize") == 0)
+		fp_oauth_authorize(req);
+	else if (strcmp(path, "/sns/oauth2/access_token") == 0)
+		fp_oauth_token(req);
 	else if (strncmp(path, "/v3/", 4) == 0) {
 		snprintf(full, sizeof full, "%s%s%s", path, query != NULL ? "?" : "",
 		    query != NULL ? query : "");
@@ -1530,6 +1637,13 @@ main(int argc, char **argv)
 			return 2;
 		}
 		fclose(f);
+		snprintf(path, sizeof path, "%s/wx_app.secret", argv[2]);
+		if ((f = fopen(path, "r")) != NULL) {
+			if (fgets(fp_wx_secret, sizeof fp_wx_secret, f) == NULL)
+				fp_wx_secret[0] = '\0';
+			fp_wx_secret[strcspn(fp_wx_secret, "\r\n")] = '\0';
+			fclose(f);
+		}
 	}
 	fp_merchant_serial = argv[4];
 	if ((fp_log = fopen(argv[3], "a")) == NULL) {

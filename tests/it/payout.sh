@@ -17,7 +17,12 @@
 # that ACQ.SYSTEM_ERROR and 429 answers are asked again; that -n checks the
 # merchant key and a reload naming a bad one keeps the key in use; that
 # orders are created at the providers as the pay page will (every channel,
-# idempotent); and that the
+# idempotent); that the pay page itself makes its orders there (Alipay WAP
+# to a signed URL the fake gateway accepts, paid and credited; WeChat
+# Native's code_url shown; H5 with the client's address and the result page
+# as redirect_url; JSAPI through the fake's authorize page, the code
+# exchanged for the openid with the AppSecret; a refused code the busy page;
+# JSAPI without the AppSecret not available); and that the
 # daily bills are downloaded (WeChat CSV checked by its SHA-1, Alipay ZIP of
 # GBK CSVs) and a payment missing here, one credited here missing from the
 # bill and one whose amount differs are in the discrepancy view, with an
@@ -40,6 +45,10 @@ openssl pkey -in "$KEYS/merchant.key" -pubout -out "$KEYS/wx_merchant.pub"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEYS/app.key" 2>/dev/null
 openssl pkey -in "$KEYS/app.key" -pubout -out "$KEYS/ali_app.pub"
 MSERIAL=3775B6A45ACD588826D15E583A95F5DD00000001
+# The Official Account's AppSecret, for the pay page's openid step: the
+# fake reads it at start, the daemon from its file.
+WX_SECRET=fakeAppSecret0123456789abcdef012
+(umask 077 && echo "$WX_SECRET" >"$KEYS/wx_app.secret")
 
 FP_PORT=$(free_port)
 FP_LOG=$LIB_TMP/fakepay.log
@@ -376,10 +385,149 @@ assert_eq "4|68.19|4|61.27" "$(psql_q "SELECT bill_payments || '|' || bill_amoun
     WHERE provider = 'wechat' AND bill_date = '$today'")" \
     "totals: the bill (50.00 + 7.70 + 9.99 + 0.50) next to payments_daily (50.00 + 7.77 + 3.00 + 0.50)"
 
+note "the pay page makes its orders at the providers (the stand-in cashier is not used)"
+daemon_stop
+PAGE_CONF=(
+	"${PAYOUT_CONF[@]}"
+	payments.wechat_app_secret_file="$KEYS/wx_app.secret"
+	payments.wechat_authorize_url="$FP/connect/oauth2/authorize"
+	payments.wechat_oauth_api_url="$FP"
+	paypage.path=/p
+	paypage.public_url="http://127.0.0.1:$HTTP_PORT"
+	paypage.rate_per_minute=6000
+	paypage.rate_burst=200
+	paypage.stub_handoff_url=http://127.0.0.1:9/cashier
+)
+daemon_config "${PAGE_CONF[@]}"
+daemon_start
+link=""
+for _ in $(seq 1 50); do
+	link=$(psql_q "SELECT prepaid.pay_link('PO2')" 2>/dev/null) && break
+	sleep 0.2
+done
+[ -n "$link" ] || fail "no pay link for PO2"
+page()
+{
+	# page URL [curl options]: the status; body and headers in $LIB_TMP
+	local url=$1
+	shift
+	curl -s -o "$LIB_TMP/page" -D "$LIB_TMP/page.h" -w '%{http_code}' -H 'Accept-Language: en' \
+	    "$@" "$url"
+}
+location()
+{
+	sed -n 's/^Location: //Ip' "$LIB_TMP/page.h" | tr -d '\r'
+}
+page_order()
+{
+	psql_q "SELECT out_trade_no FROM prepaid.orders WHERE meter_id = 'PO2'
+	    AND created_by = '$PG_DAEMON' ORDER BY created_at DESC, out_trade_no DESC LIMIT 1"
+}
+urlenc()
+{
+	python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"
+}
+before=$(balance PO2)
+
+assert_eq 303 "$(page "$link/pay" -d 'amount=20.00&via=alipay')" "pay 20 yuan with Alipay"
+po1=$(page_order)
+loc=$(location)
+case "$loc" in "$FP/gateway.do?"*) ;; *) fail "Alipay WAP: not sent to the gateway: $loc" ;; esac
+python3 - "$loc" "$link/result/$po1" "$po1" <<'PYEOF' || fail "the WAP URL: $loc"
+import json, sys, urllib.parse
+q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(sys.argv[1]).query))
+assert q["method"] == "alipay.trade.wap.pay", q
+assert q["return_url"] == sys.argv[2], (q["return_url"], sys.argv[2])
+biz = json.loads(q["biz_content"])
+assert biz["out_trade_no"] == sys.argv[3] and biz["total_amount"] == "20.00", biz
+PYEOF
+curl -sS "$loc" >"$LIB_TMP/wap"
+grep -q "Pay 20.00 for $po1" "$LIB_TMP/wap" ||
+    fail "the fake Alipay did not accept the page's WAP URL: $(cat "$LIB_TMP/wap")"
+echo "ok - Alipay WAP: the page sends the browser to a signed alipay.trade.wap.pay URL the gateway accepts, returning to the result page"
+fake "/_fake/pay?provider=alipay&out_trade_no=$po1" >/dev/null
+wait_until "SELECT count(*) = 1 FROM prepaid.payments WHERE out_trade_no = '$po1'
+    AND state = 'credited' AND amount_fen = 2000" 15 "the page's Alipay order paid and credited"
+assert_eq "$(psql_q "SELECT round($before + 20, 2)")" "$(balance PO2)" "PO2 credited 20.00 once"
+assert_eq 200 "$(page "$link/result/$po1")" "the result page"
+grep -q 'data-state="paid"' "$LIB_TMP/page" || fail "the result page does not say paid"
+echo "ok - the result page shows the order paid"
+
+assert_eq 200 "$(page "$link/pay" -d 'amount=50.00&via=wechat' \
+    -A 'Mozilla/5.0 (X11; Linux x86_64) Chrome/120')" "WeChat Pay from a desktop"
+po2=$(page_order)
+grep -qF "weixin://wxpay/bizpayurl?pr=$po2" "$LIB_TMP/page" ||
+    fail "no code_url on the Native page: $(head -c 600 "$LIB_TMP/page")"
+grep -q "<svg" "$LIB_TMP/page" || fail "no QR code on the Native page"
+echo "ok - WeChat Native: the page shows the provider's code_url ($po2) as a QR code"
+
+assert_eq 303 "$(page "$link/pay" -d 'amount=20.00&via=wechat' \
+    -A 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) AppleWebKit Mobile Safari' \
+    -H 'X-Forwarded-For: 203.0.113.7')" "WeChat Pay from a phone browser"
+po3=$(page_order)
+assert_eq "https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb?prepay_id=wx$po3&redirect_url=$(urlenc "$link/result/$po3")" \
+    "$(location)" "WeChat H5: h5_url with the result page as redirect_url"
+
+assert_eq 303 "$(page "$link/pay" -d 'amount=20.00&via=wechat' \
+    -A 'Mozilla/5.0 (iPhone) AppleWebKit Mobile MicroMessenger/8.0.47')" "WeChat Pay inside WeChat"
+po4=$(page_order)
+assert_eq "$FP/connect/oauth2/authorize?appid=wxd678efh567hg6787&redirect_uri=$(urlenc "$link/wechat")&response_type=code&scope=snsapi_base&state=$po4#wechat_redirect" \
+    "$(location)" "JSAPI: first the authorize page (snsapi_base, back to the page, state the order)"
+assert_eq 302 "$(page "$(location)")" "the fake authorize page"
+back=$(location)
+case "$back" in "$link/wechat?code="*"&state=$po4") ;; *) fail "authorize sent back to $back" ;; esac
+assert_eq 200 "$(page "$back" -A 'Mozilla/5.0 (iPhone) AppleWebKit Mobile MicroMessenger/8.0.47')" \
+    "back from the openid step"
+python3 - "$LIB_TMP/page" "$po4" <<'PYEOF' || fail "the JSAPI page: $(head -c 1500 "$LIB_TMP/page")"
+import json, re, sys
+page = open(sys.argv[1]).read()
+m = re.search(r'\{[^{}]*"paySign"[^{}]*\}', page)
+assert m, "no getBrandWCPayRequest parameters"
+p = json.loads(m.group(0).replace("\\/", "/"))
+assert p["appId"] == "wxd678efh567hg6787" and p["package"] == "prepay_id=wx" + sys.argv[2], p
+assert p["signType"] == "RSA" and len(p["paySign"]) > 300 and p["timeStamp"] and p["nonceStr"], p
+PYEOF
+echo "ok - JSAPI: the code exchanged for the openid, the order made, the page carries the signed parameters"
+orders=$(fake /_fake/orders GET)
+python3 - "$orders" "$po2" "$po3" "$po4" "$po1" "$(sed 's/.*code=\([^&]*\)&.*/\1/' <<<"$back")" \
+    <<'PYEOF' || fail "the fake's orders: $orders"
+import json, sys
+got = {o["out_trade_no"]: o for o in json.loads(sys.argv[1])}
+native, h5, jsapi, wap = (got[n] for n in sys.argv[2:6])
+assert (native["kind"], native["fen"]) == ("native", 5000), native
+assert (h5["kind"], h5["fen"], h5["client_ip"]) == ("h5", 2000, "203.0.113.7"), h5
+code_n = int(sys.argv[6].replace("fakecode", ""))
+assert (jsapi["kind"], jsapi["openid"]) == ("jsapi", "oFake%06d" % code_n), jsapi
+assert (wap["kind"], wap["state"]) == ("wap", "TRADE_SUCCESS"), wap
+PYEOF
+echo "ok - the fake holds the page's orders: Native 50.00, H5 with the client's address (X-Forwarded-For), JSAPI for the openid of the code, WAP paid"
+
+jsapi_calls=$(grep -c "POST /v3/pay/transactions/jsapi" "$FP_LOG")
+assert_eq 502 "$(page "$back" -A 'Mozilla/5.0 (iPhone) AppleWebKit Mobile MicroMessenger/8.0.47')" \
+    "the same code again (WeChat: invalid code)"
+assert_eq "$jsapi_calls" "$(grep -c "POST /v3/pay/transactions/jsapi" "$FP_LOG")" \
+    "JSAPI orders sent after a refused code"
+wait_log "payout: pay page order $po4: WeChat's openid step: HTTP 200, errcode 40029 invalid code" 1 5
+echo "ok - a code WeChat refuses: the busy page (502), nothing sent to WeChat Pay"
+
+from=$(daemon_log_lines)
+daemon_config "${PAGE_CONF[@]}" payments.wechat_app_secret_file=
+daemon_reload
+wait_log "reload: configuration .* applied" "$from" 10
+assert_eq 501 "$(page "$link/pay" -d 'amount=20.00&via=wechat' \
+    -A 'Mozilla/5.0 (iPhone) AppleWebKit Mobile MicroMessenger/8.0.47')" \
+    "inside WeChat without wechat_app_secret_file"
+wait_log "payout: the pay page asked for wechat_jsapi, which is not set up \(payments.wechat_app_secret_file\)" "$from" 5
+echo "ok - JSAPI without the AppSecret: not available (501), said in the log"
+if grep -q "127.0.0.1:9/cashier" "$FP_LOG" "$LIB_TMP/page.h"; then
+	fail "the stand-in cashier was used with providers configured"
+fi
+
 note "the merchant key never reaches the log"
-if grep -q "PRIVATE KEY\|WECHATPAY2-SHA256-RSA2048" "$DAEMON_LOG"; then
+if grep -q "PRIVATE KEY\\|WECHATPAY2-SHA256-RSA2048" "$DAEMON_LOG"; then
 	fail "a key or an Authorization header in the log"
 fi
-echo "ok - no key material in the log"
+grep -q "$WX_SECRET" "$DAEMON_LOG" && fail "the AppSecret in the log"
+echo "ok - no key material in the log, nor the AppSecret"
 daemon_stop
 echo "all payout tests passed"
