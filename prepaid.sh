@@ -159,7 +159,9 @@ cmd_demo()
 	pg_start
 	broker_start
 	pay_keys
-	daemon_config mqtt.client_id=prepaidd-demo ingest.batch_window_ms=50 "${PAY_KEYS_CONF[@]}"
+	HTTP_PORT=$(free_port)
+	daemon_config mqtt.client_id=prepaidd-demo ingest.batch_window_ms=50 "${PAY_KEYS_CONF[@]}" \
+	    paypage.path=/p paypage.public_url="http://127.0.0.1:$HTTP_PORT"
 	daemon_migrate
 	# A residential tariff (time of use, a tier above 200 kWh a month, a
 	# standing charge) as the default of the meters' site, so that money moves.
@@ -208,6 +210,12 @@ and see it in psql:
 
     SELECT * FROM prepaid.payment_status;
     SELECT * FROM prepaid.restore_times;
+
+The occupants' pay page of a meter (balance, recent use, power state): get
+its link once, then open it in a browser (no provider is configured in the
+demo, so the pay buttons answer "not available"):
+
+    $PG_BINDIR/psql -h 127.0.0.1 -p $PG_PORT -U postgres prepaid -Atc "SELECT prepaid.pay_link('SIM0003')"
 
 Metrics: curl http://127.0.0.1:$HTTP_PORT/metrics    Health: curl http://127.0.0.1:$HTTP_PORT/healthz
 
