@@ -47,14 +47,17 @@ seeds=${MONEYDIFF_SEEDS:-${MONEYDIFF_SEED:-1}}
 meters=${MONEYDIFF_METERS:-24}
 days=${MONEYDIFF_DAYS:-7}
 rc=0
+pg_start
+broker_start
+daemon_config
+export PG_BINDIR PG_PORT BROKER_PORT
 for seed in $seeds; do
 	note "seed $seed: $meters meters over $days days"
-	pg_start
-	broker_start
-	daemon_config
+	# a fresh database for each seed
+	"$PG_BINDIR/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS prepaid" \
+	    -c "CREATE DATABASE prepaid" || harness_error "could not recreate the database"
 	daemon_migrate
 	daemon_start
-	export PG_BINDIR PG_PORT BROKER_PORT
 	python3 "$model" gen --seed "$seed" --meters "$meters" --days "$days" >"$LIB_TMP/scenario.json" ||
 	    harness_error "seed $seed: the generator failed"
 	python3 "$model" run "$LIB_TMP/scenario.json" ||
@@ -80,8 +83,6 @@ for seed in $seeds; do
 		echo "ok - a conflicting credit reference is refused: $err"
 	fi
 	daemon_stop
-	broker_stop
-	pg_stop
 done
 [ "$rc" = 0 ] || fail "the daemon's money differs from the model (see above)"
 echo "PASS: money-diff"

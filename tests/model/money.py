@@ -180,7 +180,8 @@ class World:
         if m.readings:
             hi, lo = max(m.readings), min(m.readings)
             if seq > hi + SEQ_BOUND or seq < lo - SEQ_BOUND:
-                m.held.append((seq, ts_us, wh))
+                if all(h[0] != seq for h in m.held):  # one anomaly per seq held
+                    m.held.append((seq, ts_us, wh))
                 return "held"
         m.readings[seq] = (ts_us, wh)
         return "stored"
