@@ -2,6 +2,20 @@
  * common.h: what every prepaidd module shares — the allocation wrappers
  * (which abort on out-of-memory so call sites stay clean), small helpers and
  * project-wide limits. Module interfaces live in their own headers.
+ *
+ * Error reasons, one convention per layer (each header restates its own):
+ * - start-up (conf_load, the *_new constructors, key loading): NULL or -1
+ *   and a line in the caller's err buffer; main() prints it and exits 1.
+ * - decoders of what meters and payment providers send (payload.c,
+ *   payverify.c): false, TOPIC_UNKNOWN or a PAY_E* code and a line the
+ *   caller neither frees nor keeps (its own buffer, or a static phrase):
+ *   nothing is allocated on the per-message path.
+ * - builders of what goes out (template.c, signer.c, gwreq.c, httpc_send):
+ *   NULL or false and *cause, an xmalloc'd line the caller frees (cause may
+ *   be NULL).
+ * - run-time I/O (pgconn, mqtt, httpc, and the modules on them): the
+ *   outcome reaches a callback with a const char *err valid during the
+ *   call; it is logged with its context, and never stops the daemon.
  */
 #ifndef PREPAIDD_COMMON_H
 #define PREPAIDD_COMMON_H

@@ -41,10 +41,10 @@
 static const struct conf_key conf_key_table[] = {
     /* section, name, type, default, min, max, reloadable, field, help,
        choices, repeat */
-    {"database", "conninfo", CONF_STRING, "dbname=prepaid", 0, 0, true, O(db_conninfo),
+    {"database", "conninfo", CONF_STRING, "dbname=prepaid", 0, 0, true, O(database_conninfo),
         "libpq connection string or URI", NULL, 0},
-    {"database", "reconnect_max_ms", CONF_INT, "30000", 1000, 600000, true, O(db_reconnect_max_ms),
-        "cap of the reconnect backoff, milliseconds", NULL, 0},
+    {"database", "reconnect_max_ms", CONF_INT, "30000", 1000, 600000, true,
+        O(database_reconnect_max_ms), "cap of the reconnect backoff, milliseconds", NULL, 0},
 
     {"mqtt", "host", CONF_STRING, "localhost", 0, 0, false, O(mqtt_host),
         "broker host name or address", NULL, 0},
@@ -78,8 +78,8 @@ static const struct conf_key conf_key_table[] = {
         "flush a partial batch after, milliseconds", NULL, 0},
     {"ingest", "queue_bound", CONF_INT, "20000", 100, 10000000, false, O(ingest_queue_bound),
         "items held before reading from MQTT stops", NULL, 0},
-    {"ingest", "max_payload_bytes", CONF_INT, "65536", 256, 16777216, true, O(ingest_max_payload),
-        "larger payloads are rejected, bytes", NULL, 0},
+    {"ingest", "max_payload_bytes", CONF_INT, "65536", 256, 16777216, true,
+        O(ingest_max_payload_bytes), "larger payloads are rejected, bytes", NULL, 0},
     {"ingest", "auto_register", CONF_BOOL, "true", 0, 0, true, O(ingest_auto_register),
         "register unknown meters instead of rejecting", NULL, 0},
     {"ingest", "resend_on_gap", CONF_BOOL, "true", 0, 0, true, O(ingest_resend_on_gap),
@@ -91,13 +91,13 @@ static const struct conf_key conf_key_table[] = {
     {"ingest", "partitions_ahead", CONF_INT, "3", 1, 24, true, O(ingest_partitions_ahead),
         "months of reading partitions made ahead", NULL, 0},
 
-    {"commands", "retry_initial_ms", CONF_INT, "5000", 100, 3600000, true, O(cmd_retry_initial_ms),
-        "first resend of an unacknowledged command", NULL, 0},
-    {"commands", "retry_max_ms", CONF_INT, "60000", 100, 3600000, true, O(cmd_retry_max_ms),
+    {"commands", "retry_initial_ms", CONF_INT, "5000", 100, 3600000, true,
+        O(commands_retry_initial_ms), "first resend of an unacknowledged command", NULL, 0},
+    {"commands", "retry_max_ms", CONF_INT, "60000", 100, 3600000, true, O(commands_retry_max_ms),
         "cap of the resend backoff, milliseconds", NULL, 0},
-    {"commands", "poll_interval_ms", CONF_INT, "1000", 50, 60000, true, O(cmd_poll_interval_ms),
-        "outbox poll behind NOTIFY, milliseconds", NULL, 0},
-    {"commands", "claim_batch", CONF_INT, "100", 1, 10000, true, O(cmd_claim_batch),
+    {"commands", "poll_interval_ms", CONF_INT, "1000", 50, 60000, true,
+        O(commands_poll_interval_ms), "outbox poll behind NOTIFY, milliseconds", NULL, 0},
+    {"commands", "claim_batch", CONF_INT, "100", 1, 10000, true, O(commands_claim_batch),
         "commands claimed per round trip", NULL, 0},
 
     {"http", "enabled", CONF_BOOL, "true", 0, 0, false, O(http_enabled),
@@ -111,41 +111,43 @@ static const struct conf_key conf_key_table[] = {
         "connections served at once; more are closed", NULL, 0},
     {"http", "deadline_ms", CONF_INT, "10000", 100, 600000, true, O(http_deadline_ms),
         "a request must arrive whole within, milliseconds", NULL, 0},
-    {"http", "max_body_bytes", CONF_INT, "65536", 1024, 16777216, false, O(http_max_body),
+    {"http", "max_body_bytes", CONF_INT, "65536", 1024, 16777216, false, O(http_max_body_bytes),
         "largest request body, bytes (413 past it)", NULL, 0},
     {"http", "max_headers", CONF_INT, "64", 8, 1000, true, O(http_max_headers),
         "most request header lines (431 past it)", NULL, 0},
 
-    {"payments", "connections", CONF_INT, "4", 1, 16, false, O(pay_connections),
+    {"payments", "connections", CONF_INT, "4", 1, 16, false, O(payments_connections),
         "PostgreSQL connections for payment callbacks", NULL, 0},
-    {"payments", "answer_within_ms", CONF_INT, "4000", 100, 60000, true, O(pay_answer_ms),
-        "answer 503 if the database takes longer, milliseconds", NULL, 0},
-    {"payments", "notify_occupant", CONF_BOOL, "true", 0, 0, true, O(pay_notify_occupant),
+    {"payments", "answer_within_ms", CONF_INT, "4000", 100, 60000, true,
+        O(payments_answer_within_ms), "answer 503 if the database takes longer, milliseconds", NULL,
+        0},
+    {"payments", "notify_occupant", CONF_BOOL, "true", 0, 0, true, O(payments_notify_occupant),
         "queue a \"payment received\" SMS and e-mail", NULL, 0},
-    {"payments", "wechat_path", CONF_STRING, NULL, 0, 0, false, O(wx_path),
+    {"payments", "wechat_path", CONF_STRING, NULL, 0, 0, false, O(payments_wechat_path),
         "WeChat Pay v3 callback path (unset: off)", NULL, 0},
-    {"payments", "wechat_mchid", CONF_STRING, NULL, 0, 0, true, O(wx_mchid),
+    {"payments", "wechat_mchid", CONF_STRING, NULL, 0, 0, true, O(payments_wechat_mchid),
         "our WeChat Pay merchant id", NULL, 0},
-    {"payments", "wechat_appids", CONF_STRING, NULL, 0, 0, true, O(wx_appids),
+    {"payments", "wechat_appids", CONF_STRING, NULL, 0, 0, true, O(payments_wechat_appids),
         "accepted appids, separated by spaces", NULL, 0},
-    {"payments", "wechat_apiv3_key_file", CONF_FILE, NULL, 0, 0, true, O(wx_apiv3_key_file),
-        "file holding the 32-character APIv3 key", NULL, 0},
-    {"payments", "wechat_platform_certs", CONF_STRING, NULL, 0, 0, true, O(wx_platform_certs),
-        "platform certificate files (PEM), separated by spaces", NULL, 0},
-    {"payments", "wechat_public_key_id", CONF_STRING, NULL, 0, 0, true, O(wx_public_key_id),
-        "PUB_KEY_ID_... of wechat_public_key_file", NULL, 0},
-    {"payments", "wechat_public_key_file", CONF_FILE, NULL, 0, 0, true, O(wx_public_key_file),
-        "WeChat Pay public key file (PEM)", NULL, 0},
-    {"payments", "wechat_max_skew", CONF_INT, "300", 10, 3600, true, O(wx_max_skew),
-        "seconds a Wechatpay-Timestamp may be off", NULL, 0},
-    {"payments", "alipay_path", CONF_STRING, NULL, 0, 0, false, O(ali_path),
-        "Alipay notification path (unset: off)", NULL, 0},
-    {"payments", "alipay_app_id", CONF_STRING, NULL, 0, 0, true, O(ali_app_id), "our Alipay app_id",
+    {"payments", "wechat_apiv3_key_file", CONF_FILE, NULL, 0, 0, true,
+        O(payments_wechat_apiv3_key_file), "file holding the 32-character APIv3 key", NULL, 0},
+    {"payments", "wechat_platform_certs", CONF_STRING, NULL, 0, 0, true,
+        O(payments_wechat_platform_certs), "platform certificate files (PEM), separated by spaces",
         NULL, 0},
-    {"payments", "alipay_seller_id", CONF_STRING, NULL, 0, 0, true, O(ali_seller_id),
+    {"payments", "wechat_public_key_id", CONF_STRING, NULL, 0, 0, true,
+        O(payments_wechat_public_key_id), "PUB_KEY_ID_... of wechat_public_key_file", NULL, 0},
+    {"payments", "wechat_public_key_file", CONF_FILE, NULL, 0, 0, true,
+        O(payments_wechat_public_key_file), "WeChat Pay public key file (PEM)", NULL, 0},
+    {"payments", "wechat_max_skew", CONF_INT, "300", 10, 3600, true, O(payments_wechat_max_skew),
+        "seconds a Wechatpay-Timestamp may be off", NULL, 0},
+    {"payments", "alipay_path", CONF_STRING, NULL, 0, 0, false, O(payments_alipay_path),
+        "Alipay notification path (unset: off)", NULL, 0},
+    {"payments", "alipay_app_id", CONF_STRING, NULL, 0, 0, true, O(payments_alipay_app_id),
+        "our Alipay app_id", NULL, 0},
+    {"payments", "alipay_seller_id", CONF_STRING, NULL, 0, 0, true, O(payments_alipay_seller_id),
         "our seller_id (2088...); unset: not checked", NULL, 0},
-    {"payments", "alipay_public_key_file", CONF_FILE, NULL, 0, 0, true, O(ali_public_key_file),
-        "the Alipay public key file (PEM)", NULL, 0},
+    {"payments", "alipay_public_key_file", CONF_FILE, NULL, 0, 0, true,
+        O(payments_alipay_public_key_file), "the Alipay public key file (PEM)", NULL, 0},
 
     {"log", "level", CONF_STRING, "info", 0, 0, true, O(log_level), "error, warning, info or debug",
         NULL, 0},
@@ -1749,43 +1751,48 @@ conf_check_payments(struct conf_parse *p)
 	struct conf *c = p->c;
 	char why[256];
 
-	if (conf_check_pay_path(p, O(wx_path), c->wx_path, NULL) != 0 ||
-	    conf_check_pay_path(p, O(ali_path), c->ali_path, c->wx_path) != 0)
+	if (conf_check_pay_path(p, O(payments_wechat_path), c->payments_wechat_path, NULL) != 0 ||
+	    conf_check_pay_path(
+	        p, O(payments_alipay_path), c->payments_alipay_path, c->payments_wechat_path) != 0)
 		return -1;
-	if ((c->wx_public_key_id == NULL) != (c->wx_public_key_file == NULL)) {
-		size_t off =
-		    c->wx_public_key_id != NULL ? O(wx_public_key_id) : O(wx_public_key_file);
+	if ((c->payments_wechat_public_key_id == NULL) !=
+	    (c->payments_wechat_public_key_file == NULL)) {
+		size_t off = c->payments_wechat_public_key_id != NULL
+		                 ? O(payments_wechat_public_key_id)
+		                 : O(payments_wechat_public_key_file);
 
 		conf_key_error(p, conf_line_of(p, off), conf_key_at(off),
 		    "give both payments.wechat_public_key_id and wechat_public_key_file, or "
 		    "neither");
 		return -1;
 	}
-	if (c->wx_path != NULL) {
-		const char *missing =
-		    c->wx_mchid == NULL            ? "wechat_mchid"
-		    : c->wx_appids == NULL         ? "wechat_appids"
-		    : c->wx_apiv3_key_file == NULL ? "wechat_apiv3_key_file"
-		    : c->wx_platform_certs == NULL && c->wx_public_key_file == NULL
-		        ? "wechat_platform_certs or wechat_public_key_file"
-		        : NULL;
+	if (c->payments_wechat_path != NULL) {
+		const char *missing = c->payments_wechat_mchid == NULL    ? "wechat_mchid"
+		                      : c->payments_wechat_appids == NULL ? "wechat_appids"
+		                      : c->payments_wechat_apiv3_key_file == NULL
+		                          ? "wechat_apiv3_key_file"
+		                      : c->payments_wechat_platform_certs == NULL &&
+		                              c->payments_wechat_public_key_file == NULL
+		                          ? "wechat_platform_certs or wechat_public_key_file"
+		                          : NULL;
 
 		if (missing != NULL) {
 			snprintf(why, sizeof why, "WeChat Pay callbacks need payments.%s", missing);
-			conf_key_error(
-			    p, conf_line_of(p, O(wx_path)), conf_key_at(O(wx_path)), why);
+			conf_key_error(p, conf_line_of(p, O(payments_wechat_path)),
+			    conf_key_at(O(payments_wechat_path)), why);
 			return -1;
 		}
 	}
-	if (c->ali_path != NULL) {
-		const char *missing = c->ali_app_id == NULL            ? "alipay_app_id"
-		                      : c->ali_public_key_file == NULL ? "alipay_public_key_file"
-		                                                       : NULL;
+	if (c->payments_alipay_path != NULL) {
+		const char *missing = c->payments_alipay_app_id == NULL ? "alipay_app_id"
+		                      : c->payments_alipay_public_key_file == NULL
+		                          ? "alipay_public_key_file"
+		                          : NULL;
 
 		if (missing != NULL) {
 			snprintf(why, sizeof why, "Alipay notifications need payments.%s", missing);
-			conf_key_error(
-			    p, conf_line_of(p, O(ali_path)), conf_key_at(O(ali_path)), why);
+			conf_key_error(p, conf_line_of(p, O(payments_alipay_path)),
+			    conf_key_at(O(payments_alipay_path)), why);
 			return -1;
 		}
 	}
@@ -1833,17 +1840,17 @@ conf_check_cross(struct conf_parse *p)
 		return -1;
 	}
 
-	li = conf_line_of(p, O(cmd_retry_initial_ms));
-	lm = conf_line_of(p, O(cmd_retry_max_ms));
-	if (c->cmd_retry_max_ms < c->cmd_retry_initial_ms) {
+	li = conf_line_of(p, O(commands_retry_initial_ms));
+	lm = conf_line_of(p, O(commands_retry_max_ms));
+	if (c->commands_retry_max_ms < c->commands_retry_initial_ms) {
 		if (lm > li) {
 			snprintf(why, sizeof why, "%d is less than commands.retry_initial_ms (%d)",
-			    c->cmd_retry_max_ms, c->cmd_retry_initial_ms);
-			conf_key_error(p, lm, conf_key_at(O(cmd_retry_max_ms)), why);
+			    c->commands_retry_max_ms, c->commands_retry_initial_ms);
+			conf_key_error(p, lm, conf_key_at(O(commands_retry_max_ms)), why);
 		} else {
 			snprintf(why, sizeof why, "%d is greater than commands.retry_max_ms (%d)",
-			    c->cmd_retry_initial_ms, c->cmd_retry_max_ms);
-			conf_key_error(p, li, conf_key_at(O(cmd_retry_initial_ms)), why);
+			    c->commands_retry_initial_ms, c->commands_retry_max_ms);
+			conf_key_error(p, li, conf_key_at(O(commands_retry_initial_ms)), why);
 		}
 		return -1;
 	}
@@ -1927,7 +1934,7 @@ conf_free(struct conf *c)
 			continue;
 		sp = conf_field(c, &conf_key_table[i]);
 		/* conninfo may carry a password too. */
-		if (conf_key_table[i].offset == O(db_conninfo))
+		if (conf_key_table[i].offset == O(database_conninfo))
 			conf_wipe_free(*sp);
 		else
 			free(*sp);

@@ -10,6 +10,11 @@
  * range are errors reported as "FILE:LINE: section.key: what is wrong".
  * `[gateway NAME]` sections repeat, one per gateway; errors in them read
  * "FILE:LINE: gateway.NAME.key: what is wrong".
+ *
+ * A field is named after its key: section_key for a [section] key
+ * (mqtt_host holds [mqtt] host, payments_wechat_mchid [payments]
+ * wechat_mchid), the key itself in struct conf_gateway, whose repeated
+ * header key fills header_name and header_value.
  */
 #ifndef PREPAIDD_CONF_H
 #define PREPAIDD_CONF_H
@@ -101,8 +106,8 @@ struct conf {
 	int *key_lines; /* line of each key of the table; 0: the default */
 
 	/* [database] */
-	char *db_conninfo; /* libpq conninfo string or URI */
-	int db_reconnect_max_ms; /* cap of the reconnect backoff */
+	char *database_conninfo; /* libpq conninfo string or URI */
+	int database_reconnect_max_ms; /* cap of the reconnect backoff */
 
 	/* [mqtt] */
 	char *mqtt_host;
@@ -124,7 +129,7 @@ struct conf {
 	int ingest_batch_size; /* readings per database round trip */
 	int ingest_batch_window_ms; /* flush a partial batch after this long */
 	int ingest_queue_bound; /* items held in memory before reading stops */
-	int ingest_max_payload; /* bytes; larger payloads are rejected */
+	int ingest_max_payload_bytes; /* bytes; larger payloads are rejected */
 	bool ingest_auto_register; /* unknown meters: register (true) or reject */
 	bool ingest_resend_on_gap; /* enqueue a resend command for a seq gap */
 	int ingest_reject_log_interval; /* seconds between log lines per meter */
@@ -132,10 +137,10 @@ struct conf {
 	int ingest_partitions_ahead; /* months of reading partitions kept ready */
 
 	/* [commands] */
-	int cmd_retry_initial_ms; /* first resend of an unacknowledged command */
-	int cmd_retry_max_ms; /* backoff cap */
-	int cmd_poll_interval_ms; /* outbox poll, a safety net behind NOTIFY */
-	int cmd_claim_batch; /* commands claimed per round trip */
+	int commands_retry_initial_ms; /* first resend of an unacknowledged command */
+	int commands_retry_max_ms; /* backoff cap */
+	int commands_poll_interval_ms; /* outbox poll, a safety net behind NOTIFY */
+	int commands_claim_batch; /* commands claimed per round trip */
 
 	/* [http] */
 	bool http_enabled;
@@ -143,25 +148,25 @@ struct conf {
 	int http_port;
 	int http_max_connections; /* connections served at once; more are closed */
 	int http_deadline_ms; /* a request must arrive whole within this */
-	int http_max_body; /* bytes of a request body */
+	int http_max_body_bytes; /* bytes of a request body */
 	int http_max_headers; /* request header lines */
 
 	/* [payments] */
-	int pay_connections; /* PostgreSQL connections for callbacks */
-	int pay_answer_ms; /* answer a callback within this (WeChat: 5 s) */
-	bool pay_notify_occupant; /* "payment received" SMS/e-mail */
-	char *wx_path; /* WeChat Pay callback path; unset: off */
-	char *wx_mchid;
-	char *wx_appids; /* accepted appids, separated by spaces */
-	char *wx_apiv3_key_file;
-	char *wx_platform_certs; /* platform certificate files, separated by spaces */
-	char *wx_public_key_id; /* PUB_KEY_ID_... of wx_public_key_file */
-	char *wx_public_key_file;
-	int wx_max_skew; /* seconds between Wechatpay-Timestamp and now */
-	char *ali_path; /* Alipay callback path; unset: off */
-	char *ali_app_id;
-	char *ali_seller_id; /* optional */
-	char *ali_public_key_file;
+	int payments_connections; /* PostgreSQL connections for callbacks */
+	int payments_answer_within_ms; /* answer a callback within this (WeChat: 5 s) */
+	bool payments_notify_occupant; /* "payment received" SMS/e-mail */
+	char *payments_wechat_path; /* WeChat Pay callback path; unset: off */
+	char *payments_wechat_mchid;
+	char *payments_wechat_appids; /* accepted appids, separated by spaces */
+	char *payments_wechat_apiv3_key_file;
+	char *payments_wechat_platform_certs; /* platform certificate files, separated by spaces */
+	char *payments_wechat_public_key_id; /* PUB_KEY_ID_... of payments_wechat_public_key_file */
+	char *payments_wechat_public_key_file;
+	int payments_wechat_max_skew; /* seconds between Wechatpay-Timestamp and now */
+	char *payments_alipay_path; /* Alipay callback path; unset: off */
+	char *payments_alipay_app_id;
+	char *payments_alipay_seller_id; /* optional */
+	char *payments_alipay_public_key_file;
 
 	/* [log] */
 	char *log_level; /* error, warning, info, debug */

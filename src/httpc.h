@@ -21,6 +21,8 @@
  *
  * Secrets (basic auth password, bearer token, signed query strings) are
  * never logged: log lines carry the URL without user info and query.
+ * Errors: httpc_send() refuses with *cause (the caller frees it); every
+ * later outcome is in the httpc_result, valid during the callback.
  */
 #ifndef PREPAIDD_HTTPC_H
 #define PREPAIDD_HTTPC_H

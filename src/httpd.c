@@ -333,7 +333,7 @@ httpd_new(struct event_base *base, const struct conf *conf, httpd_health_fn heal
 	h->http = evhttp_new(base);
 	evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
 	evhttp_set_max_headers_size(h->http, 8192);
-	evhttp_set_max_body_size(h->http, (ev_ssize_t)conf->http_max_body);
+	evhttp_set_max_body_size(h->http, (ev_ssize_t)conf->http_max_body_bytes);
 	/* The idle timeout stays as a second line behind the deadline. */
 	evhttp_set_timeout(h->http, 10);
 	evhttp_set_bevcb(h->http, httpd_bevcb, h);

@@ -3,7 +3,7 @@
  * arrive; readings wait in an array, events, acknowledgements and rejects in
  * JSON arrays. A batch takes up to batch_size readings (and everything else
  * queued) and turns them into the text parameters of one call of
- * prepaid.ingest_batch(). The parameters are kept until the call succeeds,
+ * prepaid_internal.ingest_batch(). The parameters are kept until the call succeeds,
  * so a batch lost with the connection is sent again as it was.
  *
  * Poison items: a batch the database refuses with an error that would
@@ -227,7 +227,7 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 	char reason[256];
 	enum topic_kind kind;
 	struct payload_sink sink = {ingest_on_reading, ingest_on_item_reject, in};
-	size_t maxb = (size_t)in->conf->ingest_max_payload;
+	size_t maxb = (size_t)in->conf->ingest_max_payload_bytes;
 
 	metrics.messages_received++;
 	in->cur_topic = topic;
@@ -331,7 +331,7 @@ ingest_dump(const json_t *arr)
 	return s ? s : xstrdup("[]");
 }
 
-/* The text parameters of prepaid.ingest_batch() for the batch's items. */
+/* The text parameters of prepaid_internal.ingest_batch() for the batch's items. */
 static void
 ingest_params(struct ingest *in, struct ingest_batch *b)
 {
@@ -700,7 +700,7 @@ ingest_next(struct ingest *in)
 
 static const char ingest_sql[] =
     "SELECT inserted, duplicates, gaps, unknown, filled, events, acks, rejects "
-    "FROM prepaid.ingest_batch($1::text[], $2::int8[], $3::timestamptz[], $4::int8[], "
+    "FROM prepaid_internal.ingest_batch($1::text[], $2::int8[], $3::timestamptz[], $4::int8[], "
     "$5::text[], $6::float8[], $7::float8[], $8::float8[], $9::timestamptz[], "
     "$10::jsonb, $11::jsonb, $12::jsonb, $13::bool, $14::bool, $15::int, $16::text)";
 

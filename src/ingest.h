@@ -2,7 +2,7 @@
  * ingest.h: from MQTT messages to rows. Each message on a meter topic is
  * decoded and validated (payload.c); good readings, events and
  * acknowledgements and the rejects are queued, and written to PostgreSQL in
- * batches — one round trip per batch through prepaid.ingest_batch() —
+ * batches — one round trip per batch through prepaid_internal.ingest_batch() —
  * flushed when a batch is full or the batch window has passed, with one
  * batch in flight at a time while the next one fills. A batch whose
  * outcome is unknown (connection lost) is sent again: the database side is

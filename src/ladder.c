@@ -51,7 +51,8 @@ ladder_sweep(struct ladder *l)
 		return;
 	l->sweeping = true;
 	metrics.ladder_sweeps++;
-	pgconn_query(l->pc, "SELECT prepaid.ladder_sweep($1::int)", 1, params, ladder_swept, l);
+	pgconn_query(
+	    l->pc, "SELECT prepaid_internal.ladder_sweep($1::int)", 1, params, ladder_swept, l);
 }
 
 static void

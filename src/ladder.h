@@ -1,7 +1,7 @@
 /*
  * ladder.h: drives the arrears ladder. Once a second (and at once when more
  * is due) it asks PostgreSQL to move the due meters' ladders forward with
- * prepaid.ladder_sweep(): the work is found by the indexed due time
+ * prepaid_internal.ladder_sweep(): the work is found by the indexed due time
  * meters.ladder_due_at, never by scanning every meter, and meters are
  * claimed with SKIP LOCKED, so several daemons share the sweep and never
  * send a reminder twice (prepaid.episode_sends is unique per episode, step,

@@ -2,10 +2,13 @@
  * main.c: prepaidd's start-up, signals and the wiring between modules.
  *
  * Start-up order: options; configuration (-n stops here); --migrate (stops
- * here); the event loop; signals; the HTTP listener; two PostgreSQL
- * connections ("ingest" for reading batches, "control" for the schema
- * check, LISTEN/NOTIFY, the command outbox and partition upkeep); the broker
- * link; then the loop runs until SIGTERM/SIGINT. READY is told to systemd
+ * here); the event loop; signals; the HTTP listener; the payment callbacks
+ * (with a pool of [payments] connections PostgreSQL connections of their
+ * own); three PostgreSQL connections ("ingest" for reading batches;
+ * "control" for the schema check, LISTEN prepaid_alerts and
+ * prepaid_messages, the message dispatcher, the ladder and partition
+ * upkeep; "commands" for the command outbox and LISTEN prepaid_commands);
+ * the broker link; then the loop runs until SIGTERM/SIGINT. READY is told to systemd
  * once the schema is verified, and both PostgreSQL and the broker are
  * connected.
  *
@@ -176,7 +179,7 @@ partitions_upkeep(struct daemon *d)
 	const char *params[1] = {ahead};
 
 	snprintf(ahead, sizeof ahead, "%d", d->conf->ingest_partitions_ahead);
-	pgconn_query(d->pg_control, "SELECT prepaid.ensure_partitions($1::int)", 1, params,
+	pgconn_query(d->pg_control, "SELECT prepaid_internal.ensure_partitions($1::int)", 1, params,
 	    partitions_done, d);
 }
 
@@ -226,6 +229,11 @@ schema_checked(void *arg, PGresult *res, const char *err)
 	if (have > want)
 		log_warn(
 		    "database: schema version %d is newer than this prepaidd (%d)", have, want);
+	if (err == NULL &&
+	    (PQgetisnull(res, 0, 1) || strcmp(PQgetvalue(res, 0, 1), sql_code_hash) != 0))
+		log_warn("database: its functions and views are not this prepaidd's (sql/*.sql, "
+		         "sha256 %.12s): run `prepaidd -c %s --migrate`",
+		    sql_code_hash, d->conf->path);
 	if (!d->schema_ok)
 		log_info("database: schema version %d", have);
 	d->schema_ok = true;
@@ -500,9 +508,9 @@ daemon_reload(struct daemon *d)
 	ingest_set_conf(d->ingest, nc);
 	outbox_set_conf(d->outbox, nc);
 	notify_set_conf(d->notify, nc);
-	pgconn_set_conninfo(d->pg_ingest, nc->db_conninfo);
-	pgconn_set_conninfo(d->pg_control, nc->db_conninfo);
-	pgconn_set_conninfo(d->pg_commands, nc->db_conninfo);
+	pgconn_set_conninfo(d->pg_ingest, nc->database_conninfo);
+	pgconn_set_conninfo(d->pg_control, nc->database_conninfo);
+	pgconn_set_conninfo(d->pg_commands, nc->database_conninfo);
 	apply_log_level(nc, verbose_flag);
 	conf_free(d->conf);
 	d->conf = nc;
@@ -569,18 +577,18 @@ daemon_run(struct conf *conf)
 	ph.on_connect = ingest_connected;
 	ph.on_disconnect = ingest_lost;
 	ph.arg = d;
-	d->pg_ingest =
-	    pgconn_new(d->base, "ingest", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_ingest = pgconn_new(
+	    d->base, "ingest", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 	ph.on_connect = control_connected;
 	ph.on_disconnect = control_lost;
 	ph.on_notify = control_notified;
-	d->pg_control =
-	    pgconn_new(d->base, "control", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_control = pgconn_new(
+	    d->base, "control", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 	ph.on_connect = commands_connected;
 	ph.on_disconnect = commands_lost;
 	ph.on_notify = commands_notified;
-	d->pg_commands =
-	    pgconn_new(d->base, "commands", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
+	d->pg_commands = pgconn_new(
+	    d->base, "commands", conf->database_conninfo, conf->database_reconnect_max_ms, &ph);
 
 	memset(&ih, 0, sizeof ih);
 	ih.on_pressure = ingest_pressure_cb;
@@ -719,7 +727,7 @@ main(int argc, char **argv)
 		return 0;
 	}
 	if (migrate) {
-		rc = migrate_run(conf->db_conninfo) == 0 ? 0 : 1;
+		rc = migrate_run(conf->database_conninfo) == 0 ? 0 : 1;
 		conf_free(conf);
 		return rc;
 	}

@@ -6,7 +6,9 @@
  * persistent session (clean_start off) with a stable client id, TCP_NODELAY,
  * optional TLS and credentials. Reconnects with exponential backoff and
  * re-subscribes on every connect. Reading can be paused (backpressure): the
- * broker then holds messages for our session.
+ * broker then holds messages for our session. Start-up errors go to the
+ * caller's err buffer; later ones reach on_disconnect as a why valid
+ * during the call.
  */
 #ifndef PREPAIDD_MQTT_H
 #define PREPAIDD_MQTT_H

@@ -4,16 +4,10 @@
  * One claim round trip at a time on the control connection, for as many
  * messages as there are free sending slots (the sum of the gateways'
  * concurrency, capped); a wake-up during a claim sets a flag for another.
- * Each message: its text and subject are rendered from the message template
- * with the message's params; the gateway's url, headers and body templates
- * are rendered with the placeholders below, each escaped for where it
- * lands; then auth or a signer; then one HTTP request. The outcome goes
- * back through prepaid.finish_message() on the same connection.
- *
- * Placeholders of gateway templates: to, text, subject, name, meter,
- * balance, amount_due, link, language, message_id, params_json (the
- * message's params as a JSON object of strings, for providers whose
- * templates take parameters, such as Aliyun's TemplateParam), timestamp.
+ * Each message: gwreq.c builds the request (its text and subject from the
+ * message's templates, the gateway's url, headers and body around them,
+ * auth or a signature); then one HTTP request. The outcome goes back
+ * through prepaid_internal.finish_messages() on the same connection.
  *
  * Secrets (conf_gateway.secret) go to libcurl and signers only; recipients
  * are masked in log lines; bodies are never logged.
@@ -24,15 +18,13 @@
 #include <time.h>
 
 #include <jansson.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "gwreq.h"
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
-#include "signer.h"
-#include "template.h"
 
 /* Messages in flight at once, whatever the gateways allow. */
 #define NOTIFY_INFLIGHT_MAX 256
@@ -67,11 +59,6 @@ struct notify_msg {
 	long long id;
 	int attempt;
 	char to_masked[256];
-	json_t *params; /* owned */
-	char *text, *subject; /* rendered */
-	char *params_json;
-	char *to, *meter, *language;
-	char id_text[24], stamp[32];
 	/* success rule, copied: the conf may be swapped while we wait */
 	int status[CONF_GW_STATUS_MAX];
 	int nstatus;
@@ -97,13 +84,6 @@ notify_msg_free(struct notify_msg *m)
 {
 	if (m == NULL)
 		return;
-	json_decref(m->params);
-	free(m->text);
-	free(m->subject);
-	free(m->params_json);
-	free(m->to);
-	free(m->meter);
-	free(m->language);
 	free(m->success_field);
 	free(m->success_value);
 	free(m->message_id_field);
@@ -143,8 +123,8 @@ notify_flush(struct notify *n)
 	json_array_clear(n->outcomes);
 	params[0] = body;
 	n->finishing = true;
-	pgconn_query(
-	    n->pc, "SELECT prepaid.finish_messages($1::jsonb)", 1, params, notify_finished, n);
+	pgconn_query(n->pc, "SELECT prepaid_internal.finish_messages($1::jsonb)", 1, params,
+	    notify_finished, n);
 	free(body);
 }
 
@@ -309,81 +289,6 @@ notify_answered(void *arg, const struct httpc_result *res)
 
 /* ------------------------------------------------------------ sending */
 
-static const char *
-notify_lookup(void *arg, const char *name)
-{
-	struct notify_msg *m = arg;
-	json_t *v;
-
-	if (strcmp(name, "to") == 0)
-		return m->to;
-	if (strcmp(name, "text") == 0)
-		return m->text;
-	if (strcmp(name, "subject") == 0)
-		return m->subject ? m->subject : "";
-	if (strcmp(name, "params_json") == 0)
-		return m->params_json;
-	if (strcmp(name, "message_id") == 0)
-		return m->id_text;
-	if (strcmp(name, "timestamp") == 0)
-		return m->stamp;
-	if (strcmp(name, "language") == 0)
-		return m->language;
-	if (strcmp(name, "meter") == 0 && m->meter != NULL)
-		return m->meter;
-	v = json_object_get(m->params, name);
-	if (json_is_string(v))
-		return json_string_value(v);
-	return NULL;
-}
-
-/* Render a template text with the message's placeholders, escaped for mode. */
-static char *
-notify_render(struct notify_msg *m, const char *text, enum template_mode mode, char **cause)
-{
-	struct template *t = template_parse(text, NULL, cause);
-	char *out;
-
-	if (t == NULL)
-		return NULL;
-	out = template_render(t, mode, notify_lookup, m, cause);
-	template_free(t);
-	return out;
-}
-
-/* Decode an application/x-www-form-urlencoded body into pairs (for Aliyun). */
-static size_t
-notify_form_pairs(char *body, struct signer_param *p, size_t max)
-{
-	size_t n = 0;
-	char *pair, *save = NULL, *r, *w;
-
-	for (pair = strtok_r(body, "&", &save); pair != NULL && n < max;
-	     pair = strtok_r(NULL, "&", &save)) {
-		char *eq = strchr(pair, '=');
-
-		if (eq == NULL)
-			continue;
-		*eq = '\0';
-		p[n].name = pair;
-		p[n].value = eq + 1;
-		for (r = w = eq + 1; *r; r++, w++) {
-			if (*r == '+')
-				*w = ' ';
-			else if (*r == '%' && r[1] && r[2]) {
-				char hex[3] = {r[1], r[2], '\0'};
-
-				*w = (char)strtol(hex, NULL, 16);
-				r += 2;
-			} else
-				*w = *r;
-		}
-		*w = '\0';
-		n++;
-	}
-	return n;
-}
-
 static void
 notify_uuid(char *out, size_t len)
 {
@@ -396,55 +301,6 @@ notify_uuid(char *out, size_t len)
 	snprintf(out, len, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
 	    b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
 	    b[14], b[15]);
-}
-
-/* Base64 of len bytes, wrapped at 76 characters with CRLF when wrap is set. */
-static void
-notify_base64(struct sbuf *out, const void *data, size_t len, bool wrap)
-{
-	const unsigned char *p = data;
-	unsigned char chunk[57 * 4 / 3 + 4];
-	size_t off, n;
-
-	for (off = 0; off < len; off += n) {
-		n = len - off < 57 ? len - off : 57;
-		EVP_EncodeBlock(chunk, p + off, (int)n);
-		sbuf_adds(out, (const char *)chunk);
-		if (wrap)
-			sbuf_adds(out, "\r\n");
-	}
-}
-
-/*
- * An RFC 5322 message for an SMTP gateway: the headers are written here
- * (the subject as a UTF-8 encoded word, so no value can add a header line),
- * the text goes base64-encoded. Returns NULL with *cause when the recipient
- * cannot be an address.
- */
-static char *
-notify_mail(const struct notify_msg *m, const char *from, const char *text, char **cause)
-{
-	struct sbuf b = {0};
-	char date[64];
-	time_t now = time(NULL);
-	struct tm tm;
-
-	if (strpbrk(m->to, "\r\n<>") != NULL || strchr(m->to, '@') == NULL ||
-	    strpbrk(from, "\r\n<>") != NULL) {
-		xasprintf(cause, "the recipient or the sender is not an e-mail address");
-		return NULL;
-	}
-	gmtime_r(&now, &tm);
-	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-	sbuf_printf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: =?UTF-8?B?", from, m->to);
-	notify_base64(&b, m->subject ? m->subject : "", m->subject ? strlen(m->subject) : 0, false);
-	sbuf_printf(&b,
-	    "?=\r\nDate: %s\r\nMessage-ID: <prepaidd.%lld.%d@%s>\r\n"
-	    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\n"
-	    "Content-Transfer-Encoding: base64\r\n\r\n",
-	    date, m->id, m->attempt, strchr(from, '@') + 1);
-	notify_base64(&b, text, strlen(text), true);
-	return b.p;
 }
 
 static int
@@ -460,71 +316,10 @@ notify_find_gateway(const struct conf *c, const char *name, const char *channel)
 	return -1;
 }
 
-static const char *const notify_methods[] = {"POST", "GET", "PUT"};
-
-/*
- * Build and send one claimed message. On any error before the request
- * leaves, the message fails for good (a bad template or configuration will
- * not get better by retrying) and the reason is recorded.
- */
+/* Copy what the answer is judged by: the conf may be swapped while we wait. */
 static void
-notify_send(struct notify *n, PGresult *res, int row)
+notify_keep_rules(struct notify_msg *m, const struct conf_gateway *gw)
 {
-	struct notify_msg *m = xcalloc(1, sizeof *m);
-	const struct conf_gateway *gw;
-	struct httpc_request req;
-	const char *headers[CONF_GW_HEADERS_MAX + 12];
-	char *hv[CONF_GW_HEADERS_MAX + 12];
-	int nh = 0, i;
-	char *url = NULL, *body = NULL, *cause = NULL, *auth_line = NULL, *ct_line = NULL;
-	struct signer_tc3 tc3;
-	bool tc3_used = false;
-	const char *why = NULL;
-	json_error_t jerr;
-	json_t *pj;
-	const char *k;
-	json_t *v;
-	time_t now = time(NULL);
-	struct tm tm;
-
-	memset(&tc3, 0, sizeof tc3);
-	memset(hv, 0, sizeof hv);
-	m->n = n;
-	m->id = strtoll(PQgetvalue(res, row, 0), NULL, 10);
-	m->attempt = atoi(PQgetvalue(res, row, 1));
-	snprintf(m->id_text, sizeof m->id_text, "%lld", m->id);
-	gmtime_r(&now, &tm);
-	strftime(m->stamp, sizeof m->stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	m->meter = PQgetisnull(res, row, 2) ? NULL : xstrdup(PQgetvalue(res, row, 2));
-	m->to = xstrdup(PQgetvalue(res, row, 5));
-	m->language = xstrdup(PQgetvalue(res, row, 6));
-	log_mask(m->to, m->to_masked, sizeof m->to_masked);
-	m->params = json_loads(PQgetvalue(res, row, 9), 0, &jerr);
-	if (!json_is_object(m->params)) {
-		json_decref(m->params);
-		m->params = json_object();
-	}
-	/* params_json: every param as a string, for provider-side templates */
-	pj = json_object();
-	json_object_foreach(m->params, k, v)
-	{
-		if (json_is_string(v))
-			json_object_set(pj, k, v);
-	}
-	m->params_json = json_dumps(pj, JSON_COMPACT);
-	json_decref(pj);
-
-	i = notify_find_gateway(n->conf, PQgetisnull(res, row, 4) ? NULL : PQgetvalue(res, row, 4),
-	    PQgetvalue(res, row, 3));
-	snprintf(m->gw_name, sizeof m->gw_name, "%s",
-	    i >= 0 ? n->conf->gateways[i].name
-	           : (PQgetisnull(res, row, 4) ? "none" : PQgetvalue(res, row, 4)));
-	m->gw = i;
-	if (i < 0) {
-		notify_finish(m, "failed", 0, NULL, NULL, "no such gateway configured", 0, 0);
-		goto done;
-	}
-	gw = &n->conf->gateways[i];
 	m->max_attempts = gw->max_attempts;
 	m->retry_initial_ms = gw->retry_initial_ms;
 	m->retry_max_ms = gw->retry_max_ms;
@@ -533,170 +328,100 @@ notify_send(struct notify *n, PGresult *res, int row)
 	m->success_field = gw->success_field ? xstrdup(gw->success_field) : NULL;
 	m->success_value = gw->success_value ? xstrdup(gw->success_value) : NULL;
 	m->message_id_field = gw->message_id_field ? xstrdup(gw->message_id_field) : NULL;
+}
 
-	/* The message itself. */
-	if ((m->text = notify_render(m, PQgetvalue(res, row, 8), TEMPLATE_RAW, &cause)) == NULL)
-		goto bad;
-	if (!PQgetisnull(res, row, 7) &&
-	    (m->subject = notify_render(m, PQgetvalue(res, row, 7), TEMPLATE_RAW, &cause)) == NULL)
-		goto bad;
-	/* The request. */
-	if ((url = notify_render(m, gw->url, TEMPLATE_URL, &cause)) == NULL)
-		goto bad;
-	if (gw->type == CONF_GW_SMTP) {
-		char *mailtext = gw->body ? notify_render(m, gw->body, TEMPLATE_RAW, &cause) : NULL;
+/*
+ * Build (gwreq.c) and send one claimed message. On any error before the
+ * request leaves, the message fails for good (a bad template or
+ * configuration will not get better by retrying) and the reason is
+ * recorded.
+ */
+static void
+notify_send(struct notify *n, PGresult *res, int row)
+{
+	struct notify_msg *m = xcalloc(1, sizeof *m);
+	const struct conf_gateway *gw;
+	struct gwreq_msg gm;
+	struct gwreq r;
+	struct httpc_request req;
+	char nonce[40], *cause = NULL;
+	json_error_t jerr;
+	int i;
 
-		if (gw->body != NULL && mailtext == NULL)
-			goto bad;
-		body = notify_mail(
-		    m, gw->mail_from ? gw->mail_from : "", mailtext ? mailtext : m->text, &cause);
-		free(mailtext);
-		if (body == NULL)
-			goto bad;
-		memset(&req, 0, sizeof req);
-		req.url = url;
-		req.body = body;
-		req.body_len = strlen(body);
-		req.timeout_ms = gw->timeout_ms;
-		req.mail_from = gw->mail_from;
-		req.mail_rcpt = m->to;
-		if (gw->username != NULL) {
-			req.user = gw->username;
-			req.password = gw->secret;
-		}
-		req.tag = gw->name;
-		goto send;
+	m->n = n;
+	m->id = strtoll(PQgetvalue(res, row, 0), NULL, 10);
+	m->attempt = atoi(PQgetvalue(res, row, 1));
+	log_mask(PQgetvalue(res, row, 5), m->to_masked, sizeof m->to_masked);
+	i = notify_find_gateway(n->conf, PQgetisnull(res, row, 4) ? NULL : PQgetvalue(res, row, 4),
+	    PQgetvalue(res, row, 3));
+	snprintf(m->gw_name, sizeof m->gw_name, "%s",
+	    i >= 0 ? n->conf->gateways[i].name
+	           : (PQgetisnull(res, row, 4) ? "none" : PQgetvalue(res, row, 4)));
+	m->gw = i;
+	if (i < 0) {
+		notify_finish(m, "failed", 0, NULL, NULL, "no such gateway configured", 0, 0);
+		notify_msg_free(m);
+		return;
 	}
-	for (i = 0; i < gw->nheaders; i++) {
-		char *val = notify_render(
-		    m, gw->header_value[i] ? gw->header_value[i] : "", TEMPLATE_HEADER, &cause);
+	gw = &n->conf->gateways[i];
+	notify_keep_rules(m, gw);
 
-		if (val == NULL)
-			goto bad;
-		xasprintf(&hv[nh], "%s: %s", gw->header_name[i], val);
-		free(val);
-		headers[nh] = hv[nh];
-		nh++;
+	memset(&gm, 0, sizeof gm);
+	gm.id = m->id;
+	gm.attempt = m->attempt;
+	gm.meter = PQgetisnull(res, row, 2) ? NULL : PQgetvalue(res, row, 2);
+	gm.to = PQgetvalue(res, row, 5);
+	gm.language = PQgetvalue(res, row, 6);
+	gm.subject_template = PQgetisnull(res, row, 7) ? NULL : PQgetvalue(res, row, 7);
+	gm.text_template = PQgetvalue(res, row, 8);
+	gm.params = json_loads(PQgetvalue(res, row, 9), 0, &jerr);
+	gm.now = (int64_t)time(NULL);
+	notify_uuid(nonce, sizeof nonce);
+	gm.nonce = nonce;
+	if (!gwreq_build(gw, &gm, &r, &cause)) {
+		json_decref(gm.params);
+		notify_finish(
+		    m, "failed", 0, NULL, NULL, cause ? cause : "cannot build the request", 0, 0);
+		free(cause);
+		notify_msg_free(m);
+		return;
 	}
-	if (gw->body != NULL && (body = notify_render(m, gw->body, gw->body_mode, &cause)) == NULL)
-		goto bad;
-	if (gw->auth == CONF_GW_AUTH_HEADER && gw->auth_header != NULL) {
-		xasprintf(&auth_line, "%s: %s", gw->auth_header, gw->secret ? gw->secret : "");
-		headers[nh++] = auth_line;
-	}
-	if (gw->signer == CONF_GW_SIGNER_ALIYUN && body != NULL) {
-		struct signer_param p[64];
-		struct signer_aliyun_req ar;
-		char nonce[40];
-		size_t np = notify_form_pairs(body, p, 64);
-		char *signed_body;
-
-		notify_uuid(nonce, sizeof nonce);
-		memset(&ar, 0, sizeof ar);
-		ar.access_key_id = gw->access_key_id;
-		ar.access_key_secret = gw->secret;
-		ar.action = gw->action ? gw->action : "SendSms";
-		ar.version = gw->api_version ? gw->api_version : "2017-05-25";
-		ar.region_id = gw->region;
-		ar.nonce = nonce;
-		ar.timestamp = (int64_t)now;
-		signed_body = signer_aliyun_form(&ar, p, np, &why);
-		if (signed_body == NULL) {
-			xasprintf(&cause, "aliyun signer: %s", why ? why : "refused");
-			goto bad;
-		}
-		free(body);
-		body = signed_body;
-	} else if (gw->signer == CONF_GW_SIGNER_TENCENT && body != NULL) {
-		struct signer_tc3_req tr;
-		char host[256] = "";
-		const char *h = strstr(url, "://");
-		size_t j;
-
-		if (h != NULL) {
-			h += 3;
-			for (j = 0; h[j] && h[j] != '/' && h[j] != ':' && j + 1 < sizeof host; j++)
-				host[j] = h[j];
-			host[j] = '\0';
-		}
-		memset(&tr, 0, sizeof tr);
-		tr.secret_id = gw->access_key_id;
-		tr.secret_key = gw->secret;
-		tr.service = gw->service ? gw->service : "sms";
-		tr.host = host;
-		tr.action = gw->action ? gw->action : "SendSms";
-		tr.version = gw->api_version ? gw->api_version : "2021-01-11";
-		tr.region = gw->region;
-		tr.timestamp = (int64_t)now;
-		tr.content_type = gw->content_type;
-		tr.payload = body;
-		tr.payload_len = strlen(body);
-		if (!signer_tc3_sign(&tr, &tc3, &why)) {
-			xasprintf(&cause, "tencent signer: %s", why ? why : "refused");
-			goto bad;
-		}
-		tc3_used = true;
-		for (j = 0; tc3.headers[j] != NULL && nh < (int)ARRAY_SIZE(headers) - 2; j++)
-			headers[nh++] = tc3.headers[j];
-	}
-	if (gw->content_type != NULL && !tc3_used) {
-		xasprintf(&ct_line, "Content-Type: %s", gw->content_type);
-		headers[nh++] = ct_line;
-	}
-	headers[nh] = NULL;
+	json_decref(gm.params);
 
 	memset(&req, 0, sizeof req);
-	req.url = url;
-	req.method = notify_methods[gw->method];
-	req.headers = headers;
-	req.body = body;
-	req.body_len = body ? strlen(body) : 0;
+	req.url = r.url;
+	req.method = r.method;
+	req.headers = r.method != NULL ? (const char *const *)r.headers : NULL;
+	req.body = r.body;
+	req.body_len = r.body_len;
 	req.timeout_ms = gw->timeout_ms;
-	if (gw->auth == CONF_GW_AUTH_BASIC) {
-		req.user = gw->username ? gw->username : "";
-		req.password = gw->secret;
-	} else if (gw->auth == CONF_GW_AUTH_BEARER)
-		req.bearer = gw->secret;
+	req.user = r.user;
+	req.password = r.password;
+	req.bearer = r.bearer;
+	req.mail_from = r.mail_from;
+	req.mail_rcpt = r.mail_rcpt;
 	req.tag = gw->name;
-send:
+	n->inflight++;
+	n->gw_inflight[m->gw]++;
 	if (httpc_send(n->http, &req, notify_answered, m, &cause) == NULL) {
-		n->inflight++; /* notify_finish via the classification path below */
-		n->gw_inflight[m->gw]++;
-		{
-			struct httpc_result r;
+		/* refused before it left: judged like a transport error */
+		struct httpc_result hr;
 
-			memset(&r, 0, sizeof r);
-			r.code = CURLE_FAILED_INIT;
-			r.error = cause ? cause : "request refused";
-			r.retry_after_s = -1;
-			notify_answered(m, &r);
-		}
-		m = NULL;
+		memset(&hr, 0, sizeof hr);
+		hr.code = CURLE_FAILED_INIT;
+		hr.error = cause ? cause : "request refused";
+		hr.retry_after_s = -1;
+		notify_answered(m, &hr);
 	} else {
-		n->inflight++;
-		n->gw_inflight[m->gw]++;
 		m->next = n->sending;
 		if (n->sending != NULL)
 			n->sending->prev = m;
 		n->sending = m;
 		log_debug("message %lld: sending to %s through %s (attempt %d)", m->id,
 		    m->to_masked, m->gw_name, m->attempt);
-		m = NULL; /* owned by the request now */
-	}
-	goto done;
-bad:
-	notify_finish(m, "failed", 0, NULL, NULL, cause ? cause : "cannot build the request", 0, 0);
-done:
-	for (i = 0; i < (int)ARRAY_SIZE(hv); i++)
-		free(hv[i]);
-	free(auth_line);
-	free(ct_line);
-	if (tc3_used)
-		signer_tc3_free(&tc3);
-	free(url);
-	free(body);
+	} /* either way m is owned by the request now */
+	gwreq_free(&r);
 	free(cause);
-	notify_msg_free(m);
 }
 
 /* ------------------------------------------------------------ claiming */
@@ -800,7 +525,8 @@ notify_claim(struct notify *n)
 		n->claiming = true;
 		pgconn_query(n->pc,
 		    "SELECT message_id, attempt, meter_id, channel, gateway, to_address, language, "
-		    "subject, body, params FROM prepaid.claim_messages($1::text[], $2::text[], "
+		    "subject, body, params FROM prepaid_internal.claim_messages($1::text[], "
+		    "$2::text[], "
 		    "$3::bool[], $4::int[], $5::interval)",
 		    5, params, notify_claimed, n);
 	} /* else: a completion claims again */

@@ -1,14 +1,14 @@
 /*
  * notify.h: the message dispatcher. prepaid.messages is the outbox; this
  * module LISTENs for prepaid_messages, claims due messages of the channels
- * it has gateways for through prepaid.claim_messages() (SKIP LOCKED and a
- * lease, so several daemons never send the same attempt twice), renders the
- * message text from its template and the gateway's request from the
- * gateway's templates (conf.h [gateway NAME]), signs it where the provider
- * wants (signer.c), sends it with the HTTP client on the event loop
- * (httpc.c) and records the outcome through prepaid.finish_message():
- * sent; retry later (transport error, timeout, 429 honouring Retry-After,
- * 5xx) with backoff up to the gateway's max_attempts; or failed for good.
+ * it has gateways for through prepaid_internal.claim_messages() (SKIP LOCKED and a
+ * lease, so several daemons never send the same attempt twice), has
+ * gwreq.c build the message and the gateway's request from their
+ * templates (conf.h [gateway NAME], signed where the provider wants),
+ * sends it with the HTTP client on the event loop (httpc.c) and records
+ * the outcome through prepaid_internal.finish_messages(): sent; retry later
+ * (transport error, timeout, 429 honouring Retry-After, 5xx) with backoff
+ * up to the gateway's max_attempts; or failed for good.
  */
 #ifndef PREPAIDD_NOTIFY_H
 #define PREPAIDD_NOTIFY_H

@@ -1,6 +1,6 @@
 /*
  * outbox.c: the command outbox of outbox.h. One claim round trip at a time
- * on the control connection; a NOTIFY or a poll tick during a claim sets a
+ * on the "commands" connection (its own, see main.c); a NOTIFY or a poll tick during a claim sets a
  * flag so that another claim follows. Claiming is skipped while the broker
  * is away: rows stay due in the database and nothing is marked sent that
  * could not be published.
@@ -8,8 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <jansson.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -33,7 +31,7 @@ static const char outbox_claim_sql[] =
     "SELECT id, meter_id, action, from_seq, "
     "to_char(valid_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
     "ceil(extract(epoch FROM valid_until - clock_timestamp()))::bigint, attempts "
-    "FROM prepaid.claim_commands($1::int, $2::interval, $3::interval)";
+    "FROM prepaid_internal.claim_commands($1::int, $2::interval, $3::interval)";
 
 /* Publish one claimed command; it is marked sent already (and will be re-sent). */
 static void
@@ -43,17 +41,19 @@ outbox_publish(struct outbox *ob, PGresult *res, int row)
 	const char *meter = PQgetvalue(res, row, 1);
 	const char *action = PQgetvalue(res, row, 2);
 	long long left = strtoll(PQgetvalue(res, row, 5), NULL, 10);
-	json_t *o;
+	struct meter_cmd cmd;
 	char *body, *topic;
 	int mid;
 
-	o = json_pack(
-	    "{s:s, s:s, s:s}", "id", id, "action", action, "valid_until", PQgetvalue(res, row, 4));
-	if (!PQgetisnull(res, row, 3))
-		json_object_set_new(
-		    o, "from_seq", json_integer(strtoll(PQgetvalue(res, row, 3), NULL, 10)));
-	body = json_dumps(o, JSON_COMPACT);
-	json_decref(o);
+	memset(&cmd, 0, sizeof cmd);
+	snprintf(cmd.id, sizeof cmd.id, "%s", id);
+	snprintf(cmd.action, sizeof cmd.action, "%s", action);
+	cmd.has_valid_until = payload_parse_rfc3339(PQgetvalue(res, row, 4), &cmd.valid_until_us);
+	if (!PQgetisnull(res, row, 3)) {
+		cmd.has_from_seq = true;
+		cmd.from_seq = strtoll(PQgetvalue(res, row, 3), NULL, 10);
+	}
+	body = cmd.has_valid_until ? payload_encode_cmd(&cmd) : NULL;
 	xasprintf(&topic, "%s/%s/cmd", ob->conf->mqtt_topic_prefix, meter);
 	if (left < 1)
 		left = 1;
@@ -63,9 +63,8 @@ outbox_publish(struct outbox *ob, PGresult *res, int row)
 		log_info("command %s: %s sent to meter %s (attempt %s, valid %llds more)", id,
 		    action, meter, PQgetvalue(res, row, 6), left);
 	} else
-		log_warn("command %s: %s for meter %s not published (broker away); "
-		         "it will be re-sent",
-		    id, action, meter);
+		log_warn("command %s: %s for meter %s not published (%s); it will be re-sent", id,
+		    action, meter, body ? "broker away" : "cannot encode it");
 	free(body);
 	free(topic);
 }
@@ -85,7 +84,7 @@ outbox_claimed(void *arg, PGresult *res, const char *err)
 			outbox_publish(ob, res, i);
 	}
 	/* A full page means more may be due; a wake-up during the claim too. */
-	if (ob->again || (err == NULL && n >= ob->conf->cmd_claim_batch)) {
+	if (ob->again || (err == NULL && n >= ob->conf->commands_claim_batch)) {
 		ob->again = false;
 		outbox_claim(ob);
 	}
@@ -103,9 +102,9 @@ outbox_claim(struct outbox *ob)
 		ob->again = true;
 		return;
 	}
-	snprintf(limit, sizeof limit, "%d", ob->conf->cmd_claim_batch);
-	snprintf(initial, sizeof initial, "%d milliseconds", ob->conf->cmd_retry_initial_ms);
-	snprintf(max, sizeof max, "%d milliseconds", ob->conf->cmd_retry_max_ms);
+	snprintf(limit, sizeof limit, "%d", ob->conf->commands_claim_batch);
+	snprintf(initial, sizeof initial, "%d milliseconds", ob->conf->commands_retry_initial_ms);
+	snprintf(max, sizeof max, "%d milliseconds", ob->conf->commands_retry_max_ms);
 	ob->claiming = true;
 	metrics.command_claims++;
 	pgconn_query(ob->pc, outbox_claim_sql, 3, params, outbox_claimed, ob);
@@ -124,8 +123,8 @@ outbox_arm_poll(struct outbox *ob)
 {
 	struct timeval tv;
 
-	tv.tv_sec = ob->conf->cmd_poll_interval_ms / 1000;
-	tv.tv_usec = (ob->conf->cmd_poll_interval_ms % 1000) * 1000;
+	tv.tv_sec = ob->conf->commands_poll_interval_ms / 1000;
+	tv.tv_usec = (ob->conf->commands_poll_interval_ms % 1000) * 1000;
 	event_del(ob->poll_timer);
 	event_add(ob->poll_timer, &tv);
 }

@@ -1,7 +1,7 @@
 /*
  * outbox.h: commands to meters. The rows of prepaid.commands are the truth;
  * this module LISTENs for prepaid_commands, claims due commands through
- * prepaid.claim_commands() (FOR UPDATE SKIP LOCKED, so several daemons never
+ * prepaid_internal.claim_commands() (FOR UPDATE SKIP LOCKED, so several daemons never
  * publish the same attempt twice), and publishes them to <prefix>/<id>/cmd
  * (QoS 1, never retained, MQTT v5 message expiry = time left until
  * valid_until) after the claim has committed. Re-sends and expiry are the
@@ -26,7 +26,7 @@ struct outbox *outbox_new(
 void outbox_free(struct outbox *ob);
 void outbox_set_conf(struct outbox *ob, const struct conf *conf);
 
-/* The control connection is up with the right schema (LISTEN is issued here). */
+/* Its connection is up and the schema is right (LISTEN is issued here). */
 void outbox_set_ready(struct outbox *ob, bool ready);
 /* A NOTIFY on prepaid_commands, or the broker came back: claim now. */
 void outbox_kick(struct outbox *ob);

@@ -551,12 +551,31 @@ payload_decode_event(const char *meter_id, const char *buf, size_t len, size_t m
 	return true;
 }
 
+/*
+ * Copy a JSON string into dst, cut to fit on a character boundary: jansson
+ * guarantees valid UTF-8 without NULs (JSON_ALLOW_NUL is off), so the copy
+ * stays valid.
+ */
+static void
+payload_copy_utf8(char *dst, size_t size, json_t *v)
+{
+	const char *s = json_string_value(v);
+	size_t len = json_string_length(v);
+
+	if (len > size - 1) {
+		len = size - 1;
+		while (len > 0 && ((unsigned char)s[len] & 0xc0) == 0x80)
+			len--;
+	}
+	memcpy(dst, s, len);
+	dst[len] = '\0';
+}
+
 static const char *
 payload_ack_fields(json_t *o, struct meter_ack *ack)
 {
 	json_t *v;
 	const char *reason, *s;
-	size_t len;
 
 	if ((v = json_object_get(o, "id")) == NULL)
 		return "id: missing";
@@ -578,19 +597,7 @@ payload_ack_fields(json_t *o, struct meter_ack *ack)
 	if ((v = json_object_get(o, "detail")) != NULL) {
 		if (!json_is_string(v))
 			return "detail: not a string";
-		/*
-		 * jansson guarantees valid UTF-8 without NULs (JSON_ALLOW_NUL is
-		 * off): back off to a character boundary so the copy stays valid.
-		 */
-		s = json_string_value(v);
-		len = json_string_length(v);
-		if (len > PAYLOAD_DETAIL_MAX) {
-			len = PAYLOAD_DETAIL_MAX;
-			while (len > 0 && ((unsigned char)s[len] & 0xc0) == 0x80)
-				len--;
-		}
-		memcpy(ack->detail, s, len);
-		ack->detail[len] = '\0';
+		payload_copy_utf8(ack->detail, sizeof ack->detail, v);
 	}
 	return NULL;
 }
@@ -616,5 +623,67 @@ payload_decode_ack(const char *meter_id, const char *buf, size_t len, size_t max
 		return false;
 	}
 	payload_copy_id(ack->meter_id, meter_id);
+	return true;
+}
+
+/* ------------------------------------------------------------ commands */
+
+char *
+payload_encode_cmd(const struct meter_cmd *cmd)
+{
+	char until[PAYLOAD_TS_MAX];
+	json_t *o;
+	char *body;
+
+	if (cmd->id[0] == '\0')
+		return NULL;
+	payload_format_rfc3339(cmd->valid_until_us, until, sizeof until);
+	o = json_pack(
+	    "{s:s, s:s, s:s}", "id", cmd->id, "action", cmd->action, "valid_until", until);
+	if (cmd->has_from_seq)
+		json_object_set_new(o, "from_seq", json_integer(cmd->from_seq));
+	body = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return body;
+}
+
+bool
+payload_decode_cmd(
+    const char *buf, size_t len, size_t max_bytes, struct meter_cmd *cmd, char *why, size_t whylen)
+{
+	char jwhy[PAYLOAD_WHY_MAX];
+	const char *reason = NULL;
+	json_t *root, *v;
+
+	memset(cmd, 0, sizeof *cmd);
+	if ((root = payload_load(buf, len, max_bytes, jwhy, sizeof jwhy)) == NULL) {
+		payload_set_why(why, whylen, jwhy);
+		return false;
+	}
+	if (!json_is_object(root))
+		reason = "not an object";
+	else if ((v = json_object_get(root, "id")) == NULL)
+		reason = "id: missing";
+	else if (!json_is_string(v) || !payload_chars_in(json_string_value(v),
+	                                   json_string_length(v), PAYLOAD_CMD_ID_MAX, "_.:-", true))
+		reason = "id: not 1-64 of [A-Za-z0-9_.:-]";
+	if (reason != NULL) {
+		json_decref(root);
+		payload_set_why(why, whylen, reason);
+		return false;
+	}
+	memcpy(cmd->id, json_string_value(v), json_string_length(v) + 1);
+	v = json_object_get(root, "action");
+	if (json_is_string(v))
+		payload_copy_utf8(cmd->action, sizeof cmd->action, v);
+	v = json_object_get(root, "valid_until");
+	cmd->has_valid_until =
+	    json_is_string(v) && payload_parse_rfc3339(json_string_value(v), &cmd->valid_until_us);
+	v = json_object_get(root, "from_seq");
+	if (json_is_integer(v) && json_integer_value(v) >= 0) {
+		cmd->has_from_seq = true;
+		cmd->from_seq = json_integer_value(v);
+	}
+	json_decref(root);
 	return true;
 }

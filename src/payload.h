@@ -1,8 +1,11 @@
 /*
  * payload.h: the meter contract of DESIGN.md as pure functions — topic
- * parsing, meter id validation, and decoding/validating reading, event and
- * acknowledgement payloads. No I/O and no global state: this is what the
- * unit tests and the libFuzzer harness call.
+ * parsing, meter id validation, decoding/validating reading, event and
+ * acknowledgement payloads, and encoding (for the daemon) and decoding (for
+ * the simulator) the commands sent on <prefix>/<id>/cmd. A refusal gives a
+ * one-line reason the caller neither frees nor keeps: in the caller's why
+ * buffer, or a static phrase. No I/O and no global state: this is what
+ * the unit tests and the libFuzzer harness call.
  */
 #ifndef PREPAIDD_PAYLOAD_H
 #define PREPAIDD_PAYLOAD_H
@@ -102,5 +105,33 @@ bool payload_decode_event(const char *meter_id, const char *buf, size_t len, siz
     struct meter_event *ev, char *why, size_t whylen);
 bool payload_decode_ack(const char *meter_id, const char *buf, size_t len, size_t max_bytes,
     struct meter_ack *ack, char *why, size_t whylen);
+
+/*
+ * A command to a meter: {"id":..., "action":..., "valid_until":...} and,
+ * for "resend", "from_seq". The decoder is lenient past the id, as a
+ * meter is: it reports what is there and leaves judging the action, the
+ * expiry and from_seq to the meter (prepaid-sim answers "rejected" or
+ * "unsupported" in its ack).
+ */
+#define PAYLOAD_ACTION_MAX 32
+
+struct meter_cmd {
+	char id[PAYLOAD_CMD_ID_MAX + 1];
+	char action[PAYLOAD_ACTION_MAX + 1]; /* "" if absent or not a string */
+	bool has_valid_until; /* false: missing or not RFC 3339 */
+	int64_t valid_until_us;
+	bool has_from_seq; /* false: missing or not a non-negative integer */
+	int64_t from_seq;
+};
+
+/* The command as compact JSON (caller frees); NULL if cmd->id is empty. */
+char *payload_encode_cmd(const struct meter_cmd *cmd);
+
+/*
+ * Decode a command. Returns false with a reason in why when it is not a
+ * JSON object or has no valid id (then there is no one to acknowledge).
+ */
+bool payload_decode_cmd(
+    const char *buf, size_t len, size_t max_bytes, struct meter_cmd *cmd, char *why, size_t whylen);
 
 #endif

@@ -2,7 +2,7 @@
  * payments.c: the payment callbacks of payments.h.
  *
  * A callback is answered exactly once: refused at once when it does not
- * verify, after the commit of prepaid.record_payment() when it does, or 503
+ * verify, after the commit of prepaid_internal.record_payment() when it does, or 503
  * when the database is away or has not answered within answer_within_ms
  * (WeChat counts an answer after 5 s as a failure). A result that arrives
  * after a 503 is only logged: the provider's retry finds the payment
@@ -88,9 +88,6 @@ struct pay_req {
  * forgeries is counted and logged, not written row by row. */
 #define PAY_AUDIT_PER_S 100
 
-/* The longest id we store; providers use 32 (WeChat) and 64 (Alipay). */
-#define PAY_ID_MAX 63
-
 /* ---------------------------------------------------------------- keys */
 
 static void
@@ -118,34 +115,35 @@ pay_keys_load(const struct conf *c, struct pay_keys *k, char *err, size_t errlen
 	int rc = 0;
 
 	memset(k, 0, sizeof *k);
-	if (c->wx_path != NULL) {
+	if (c->payments_wechat_path != NULL) {
 		k->wx = pay_keyring_new();
-		if (pay_secret_load(c->wx_apiv3_key_file, k->apiv3, why, sizeof why) != 0)
-			return pay_key_error(
-			    c, &c->wx_apiv3_key_file, "wechat_apiv3_key_file", why, err, errlen);
-		if (c->wx_platform_certs != NULL) {
-			list = xstrdup(c->wx_platform_certs);
+		if (pay_secret_load(c->payments_wechat_apiv3_key_file, k->apiv3, why, sizeof why) !=
+		    0)
+			return pay_key_error(c, &c->payments_wechat_apiv3_key_file,
+			    "wechat_apiv3_key_file", why, err, errlen);
+		if (c->payments_wechat_platform_certs != NULL) {
+			list = xstrdup(c->payments_wechat_platform_certs);
 			for (f = strtok_r(list, " \t", &save); f != NULL && rc == 0;
 			     f = strtok_r(NULL, " \t", &save)) {
 				if (pay_keyring_add_file(k->wx, NULL, f, why, sizeof why) != 0)
-					rc = pay_key_error(c, &c->wx_platform_certs,
+					rc = pay_key_error(c, &c->payments_wechat_platform_certs,
 					    "wechat_platform_certs", why, err, errlen);
 			}
 			free(list);
 			if (rc != 0)
 				return rc;
 		}
-		if (c->wx_public_key_file != NULL &&
-		    pay_keyring_add_file(
-		        k->wx, c->wx_public_key_id, c->wx_public_key_file, why, sizeof why) != 0)
-			return pay_key_error(
-			    c, &c->wx_public_key_file, "wechat_public_key_file", why, err, errlen);
+		if (c->payments_wechat_public_key_file != NULL &&
+		    pay_keyring_add_file(k->wx, c->payments_wechat_public_key_id,
+		        c->payments_wechat_public_key_file, why, sizeof why) != 0)
+			return pay_key_error(c, &c->payments_wechat_public_key_file,
+			    "wechat_public_key_file", why, err, errlen);
 	}
-	if (c->ali_path != NULL) {
-		k->ali = pay_pubkey_load(c->ali_public_key_file, why, sizeof why);
+	if (c->payments_alipay_path != NULL) {
+		k->ali = pay_pubkey_load(c->payments_alipay_public_key_file, why, sizeof why);
 		if (k->ali == NULL)
-			return pay_key_error(
-			    c, &c->ali_public_key_file, "alipay_public_key_file", why, err, errlen);
+			return pay_key_error(c, &c->payments_alipay_public_key_file,
+			    "alipay_public_key_file", why, err, errlen);
 	}
 	return 0;
 }
@@ -162,40 +160,6 @@ payments_check(const struct conf *conf, char *err, size_t errlen)
 
 /* ------------------------------------------------------------ helpers */
 
-/* Is word one of the space-separated words of list? */
-static bool
-pay_word_in(const char *word, const char *list)
-{
-	size_t n = strlen(word);
-	const char *s = list;
-
-	if (list == NULL || n == 0)
-		return false;
-	while (*s != '\0') {
-		while (*s == ' ' || *s == '\t')
-			s++;
-		if (strncmp(s, word, n) == 0 && (s[n] == '\0' || s[n] == ' ' || s[n] == '\t'))
-			return true;
-		while (*s != '\0' && *s != ' ' && *s != '\t')
-			s++;
-	}
-	return false;
-}
-
-/* An id fit to store and log: printable ASCII, 1..PAY_ID_MAX characters. */
-static bool
-pay_id_ok(const char *s)
-{
-	size_t n = 0;
-
-	if (s == NULL)
-		return false;
-	for (; s[n] != '\0'; n++)
-		if (n >= PAY_ID_MAX || !isgraph((unsigned char)s[n]))
-			return false;
-	return n > 0;
-}
-
 /* A key serial or id fit for a log line: [0-9A-Za-z_], 1..64 characters. */
 static bool
 pay_serial_printable(const char *s)
@@ -205,17 +169,6 @@ pay_serial_printable(const char *s)
 	if (s == NULL || (n = strlen(s)) == 0 || n > 64)
 		return false;
 	return strspn(s, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_") == n;
-}
-
-/* A timestamp PostgreSQL may parse: digits and -:T+. Z and a space. */
-static bool
-pay_time_ok(const char *s)
-{
-	size_t n;
-
-	if (s == NULL || (n = strlen(s)) < 10 || n > 40)
-		return false;
-	return strspn(s, "0123456789-:T+. Z") == n;
 }
 
 static void
@@ -406,7 +359,8 @@ pay_timeout(evutil_socket_t fd, short what, void *arg)
 	log_ratelimited(LOG_LVL_WARN, "pay-slow", 10,
 	    "payments: %s out_trade_no=%s transaction=%s: no answer from PostgreSQL within "
 	    "%d ms: 503 (the provider retries)",
-	    pay_provider_names[r->provider], r->out_trade_no, r->txn, r->p->conf->pay_answer_ms);
+	    pay_provider_names[r->provider], r->out_trade_no, r->txn,
+	    r->p->conf->payments_answer_within_ms);
 	pay_answer(r, 503, "database busy, retry");
 }
 
@@ -508,8 +462,8 @@ pay_submit(struct pay_req *r, const char *sql, int n, const char *const *params)
 		return;
 	}
 	r->in_db = true;
-	tv.tv_sec = p->conf->pay_answer_ms / 1000;
-	tv.tv_usec = (p->conf->pay_answer_ms % 1000) * 1000;
+	tv.tv_sec = p->conf->payments_answer_within_ms / 1000;
+	tv.tv_usec = (p->conf->payments_answer_within_ms % 1000) * 1000;
 	r->timer = evtimer_new(p->base, pay_timeout, r);
 	evtimer_add(r->timer, &tv);
 	pgconn_query(pc, sql, n, params, pay_recorded, r);
@@ -517,10 +471,10 @@ pay_submit(struct pay_req *r, const char *sql, int n, const char *const *params)
 
 static const char pay_record_sql[] =
     "SELECT outcome, payment_id, meter_id, command_id, round(balance, 2) "
-    "FROM prepaid.record_payment($1, $2, $3, $4::bigint, $5, $6, $7::timestamptz, "
+    "FROM prepaid_internal.record_payment($1, $2, $3, $4::bigint, $5, $6, $7::timestamptz, "
     "$8::timestamptz, $9::boolean, $10::boolean)";
-static const char pay_notice_sql[] =
-    "SELECT prepaid.record_payment_notice($1, $2, $3, $4, $5, $6, $7::bigint, $8::timestamptz)";
+static const char pay_notice_sql[] = "SELECT prepaid_internal.record_payment_notice($1, $2, $3, "
+                                     "$4, $5, $6, $7::bigint, $8::timestamptz)";
 
 static void
 pay_record(struct pay_req *r, const char *status, const char *notify_id, const char *paid_at)
@@ -538,7 +492,7 @@ pay_record(struct pay_req *r, const char *status, const char *notify_id, const c
 	params[5] = notify_id;
 	params[6] = pay_time_ok(paid_at) ? paid_at : NULL;
 	params[7] = at;
-	params[8] = r->p->conf->pay_notify_occupant ? "true" : "false";
+	params[8] = r->p->conf->payments_notify_occupant ? "true" : "false";
 	params[9] = r->p->hooks.on_command != NULL ? "true" : "false";
 	pay_submit(r, pay_record_sql, 10, params);
 }
@@ -577,35 +531,24 @@ pay_status_of(int rc)
 	}
 }
 
-/*
- * A decrypted resource that is not a transaction (a refund: mchid,
- * out_trade_no, transaction_id, amount.refund in fen): what the notice
- * row keeps. Another merchant's is refused; 0 to record it.
- */
-static int
-pay_wechat_other(struct pay_req *r, const char *plain, size_t plen)
+/* Act on a classified notification (payverify.c). */
+static void
+pay_act(struct pay_req *r, const struct pay_class *c)
 {
-	json_t *j = json_loadb(plain, plen, JSON_REJECT_DUPLICATES, NULL);
-	const char *mchid, *otn, *txn;
-	json_t *refund;
-
-	r->fen = -1;
-	mchid = json_string_value(json_object_get(j, "mchid"));
-	otn = json_string_value(json_object_get(j, "out_trade_no"));
-	txn = json_string_value(json_object_get(j, "transaction_id"));
-	refund = json_object_get(json_object_get(j, "amount"), "refund");
-	snprintf(r->out_trade_no, sizeof r->out_trade_no, "%s", pay_id_ok(otn) ? otn : "");
-	snprintf(r->txn, sizeof r->txn, "%s", pay_id_ok(txn) ? txn : "");
-	if (json_is_integer(refund) && json_integer_value(refund) >= 0)
-		r->fen = (int64_t)json_integer_value(refund);
-	if (mchid != NULL &&
-	    (r->p->conf->wx_mchid == NULL || strcmp(mchid, r->p->conf->wx_mchid) != 0)) {
-		json_decref(j);
-		pay_refuse(r, 403, "mchid is not ours", true);
-		return -1;
+	snprintf(r->out_trade_no, sizeof r->out_trade_no, "%s", c->out_trade_no);
+	snprintf(r->txn, sizeof r->txn, "%s", c->txn);
+	r->fen = c->fen;
+	switch (c->action) {
+	case PAY_RECORD:
+		pay_record(r, c->status, c->notify_id, c->paid_at);
+		break;
+	case PAY_NOTICE:
+		pay_notice(r, c->kind, c->status, c->notify_id);
+		break;
+	case PAY_REFUSE:
+		pay_refuse(r, c->http_status, c->reason, c->audited);
+		break;
 	}
-	json_decref(j);
-	return 0;
 }
 
 static void
@@ -615,7 +558,7 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 	const struct conf *c = p->conf;
 	struct evkeyvalq *h = evhttp_request_get_input_headers(r->req);
 	struct pay_wechat_envelope env;
-	struct pay_wechat_txn txn;
+	struct pay_class cls;
 	const char *v;
 	char why[256], msg[400];
 	char *plain = NULL;
@@ -623,7 +566,6 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 	int rc;
 
 	memset(&env, 0, sizeof env);
-	memset(&txn, 0, sizeof txn);
 	/* Absent means the default (the SDKs assume it); anything else is not
 	 * an algorithm we verify. */
 	if ((v = evhttp_find_header(h, "Wechatpay-Signature-Type")) != NULL &&
@@ -634,7 +576,7 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 	rc = pay_wechat_verify(p->keys.wx, evhttp_find_header(h, "Wechatpay-Serial"),
 	    evhttp_find_header(h, "Wechatpay-Timestamp"), evhttp_find_header(h, "Wechatpay-Nonce"),
 	    evhttp_find_header(h, "Wechatpay-Signature"), body, len, now_wall_us() / 1000000,
-	    c->wx_max_skew, why, sizeof why);
+	    c->payments_wechat_max_skew, why, sizeof why);
 	if (rc == PAY_ESERIAL &&
 	    pay_serial_printable(v = evhttp_find_header(h, "Wechatpay-Serial"))) {
 		/* Rotation: name the key WeChat Pay now signs with. */
@@ -660,45 +602,12 @@ pay_wechat_handle(struct pay_req *r, const char *body, size_t len)
 		pay_refuse(r, 400, msg, false);
 		goto out;
 	}
-	if (env.original_type != NULL && strcmp(env.original_type, "transaction") != 0) {
-		/* Refunds and other resources: recorded, never credited. */
-		if (pay_wechat_other(r, plain, plen) == 0)
-			pay_notice(r, env.original_type, env.event_type, env.id);
-		goto out;
-	}
-	if ((rc = pay_wechat_txn_parse(plain, plen, &txn, why, sizeof why)) != PAY_OK) {
-		pay_refuse(r, 400, why, false);
-		goto out;
-	}
-	if (!pay_id_ok(txn.out_trade_no) || !pay_id_ok(txn.transaction_id)) {
-		pay_refuse(r, 400, "out_trade_no or transaction_id missing or too long", false);
-		goto out;
-	}
-	snprintf(r->out_trade_no, sizeof r->out_trade_no, "%s", txn.out_trade_no);
-	snprintf(r->txn, sizeof r->txn, "%s", txn.transaction_id);
-	r->fen = txn.total;
-	if (txn.mchid == NULL || c->wx_mchid == NULL || strcmp(txn.mchid, c->wx_mchid) != 0) {
-		pay_refuse(r, 403, "mchid is not ours", true);
-		goto out;
-	}
-	if (txn.appid == NULL || !pay_word_in(txn.appid, c->wx_appids)) {
-		pay_refuse(r, 403, "appid is not one of ours", true);
-		goto out;
-	}
-	if (strcmp(txn.trade_state, "SUCCESS") != 0) {
-		pay_notice(r, "not_paid", txn.trade_state, env.id);
-		goto out;
-	}
-	if (txn.total < 0 || (txn.currency != NULL && strcmp(txn.currency, "CNY") != 0)) {
-		snprintf(msg, sizeof msg, "amount %" PRId64 " %s: only CNY fen are accepted",
-		    txn.total, txn.currency != NULL ? txn.currency : "?");
-		pay_refuse(r, 400, msg, true);
-		goto out;
-	}
-	pay_record(r, txn.trade_state, env.id, txn.success_time);
+	pay_wechat_classify(
+	    &env, plain, plen, c->payments_wechat_mchid, c->payments_wechat_appids, &cls);
+	pay_act(r, &cls);
+	pay_class_free(&cls);
 out:
 	free(plain);
-	pay_wechat_txn_free(&txn);
 	pay_wechat_envelope_free(&env);
 }
 
@@ -711,10 +620,9 @@ pay_alipay_handle(struct pay_req *r, const char *body, size_t len)
 	const struct conf *c = p->conf;
 	struct evkeyvalq *h = evhttp_request_get_input_headers(r->req);
 	const char *ct = evhttp_find_header(h, "Content-Type");
-	const char *v, *status, *amount;
 	struct pay_form f;
-	char why[256], paid[40];
-	int64_t fen;
+	struct pay_class cls;
+	char why[256];
 	int rc;
 
 	memset(&f, 0, sizeof f);
@@ -731,53 +639,9 @@ pay_alipay_handle(struct pay_req *r, const char *body, size_t len)
 		goto out;
 	}
 	/* Verified: from here the fields are Alipay's. */
-	v = pay_form_get(&f, "out_trade_no");
-	snprintf(r->out_trade_no, sizeof r->out_trade_no, "%s", pay_id_ok(v) ? v : "");
-	v = pay_form_get(&f, "trade_no");
-	snprintf(r->txn, sizeof r->txn, "%s", pay_id_ok(v) ? v : "");
-	amount = pay_form_get(&f, "total_amount");
-	if (amount == NULL || pay_money_parse(amount, strlen(amount), &fen) != PAY_OK)
-		fen = -1;
-	r->fen = fen;
-	/*
-	 * Any charset (utf-8, gbk): the signature covers the decoded bytes as
-	 * they came, and every field used here is ASCII.
-	 */
-	if ((v = pay_form_get(&f, "app_id")) == NULL || strcmp(v, c->ali_app_id) != 0) {
-		pay_refuse(r, 403, "app_id is not ours", true);
-		goto out;
-	}
-	if (c->ali_seller_id != NULL &&
-	    ((v = pay_form_get(&f, "seller_id")) == NULL || strcmp(v, c->ali_seller_id) != 0)) {
-		pay_refuse(r, 403, "seller_id is not ours", true);
-		goto out;
-	}
-	if (r->out_trade_no[0] == '\0' || r->txn[0] == '\0') {
-		pay_refuse(r, 400, "out_trade_no or trade_no missing or too long", true);
-		goto out;
-	}
-	status = pay_form_get(&f, "trade_status");
-	if (status == NULL)
-		status = "";
-	v = pay_form_get(&f, "notify_id");
-	if (pay_form_get(&f, "refund_fee") != NULL || pay_form_get(&f, "gmt_refund") != NULL ||
-	    pay_form_get(&f, "out_biz_no") != NULL) {
-		pay_notice(r, "refund", status, v);
-		goto out;
-	}
-	if (strcmp(status, "TRADE_SUCCESS") != 0 && strcmp(status, "TRADE_FINISHED") != 0) {
-		pay_notice(
-		    r, strcmp(status, "TRADE_CLOSED") == 0 ? "closed" : "not_paid", status, v);
-		goto out;
-	}
-	if (fen <= 0) {
-		pay_refuse(r, 400, "total_amount is not a positive yuan amount", true);
-		goto out;
-	}
-	paid[0] = '\0';
-	if (pay_time_ok(pay_form_get(&f, "gmt_payment")))
-		snprintf(paid, sizeof paid, "%s+08", pay_form_get(&f, "gmt_payment"));
-	pay_record(r, status, v, paid[0] ? paid : NULL);
+	pay_alipay_classify(&f, c->payments_alipay_app_id, c->payments_alipay_seller_id, &cls);
+	pay_act(r, &cls);
+	pay_class_free(&cls);
 out:
 	pay_form_free(&f);
 }
@@ -863,7 +727,7 @@ payments_new(
 		free(p);
 		return NULL;
 	}
-	if (conf->wx_path == NULL && conf->ali_path == NULL)
+	if (conf->payments_wechat_path == NULL && conf->payments_alipay_path == NULL)
 		return p;
 	if (httpd == NULL) {
 		snprintf(err, errlen,
@@ -878,20 +742,21 @@ payments_new(
 	ph.on_connect = pay_connected;
 	ph.on_disconnect = pay_lost;
 	ph.arg = p;
-	p->npg = conf->pay_connections;
+	p->npg = conf->payments_connections;
 	p->pg = xcalloc((size_t)p->npg, sizeof *p->pg);
 	for (i = 0; i < p->npg; i++)
-		p->pg[i] =
-		    pgconn_new(base, "payments", conf->db_conninfo, conf->db_reconnect_max_ms, &ph);
-	if (conf->wx_path != NULL) {
-		httpd_route_post(httpd, conf->wx_path, pay_wechat_cb, p);
+		p->pg[i] = pgconn_new(base, "payments", conf->database_conninfo,
+		    conf->database_reconnect_max_ms, &ph);
+	if (conf->payments_wechat_path != NULL) {
+		httpd_route_post(httpd, conf->payments_wechat_path, pay_wechat_cb, p);
 		log_info("payments: WeChat Pay callbacks on %s (merchant %s, %zu key(s))",
-		    conf->wx_path, conf->wx_mchid, pay_keyring_count(p->keys.wx));
+		    conf->payments_wechat_path, conf->payments_wechat_mchid,
+		    pay_keyring_count(p->keys.wx));
 	}
-	if (conf->ali_path != NULL) {
-		httpd_route_post(httpd, conf->ali_path, pay_alipay_cb, p);
-		log_info("payments: Alipay notifications on %s (app %s)", conf->ali_path,
-		    conf->ali_app_id);
+	if (conf->payments_alipay_path != NULL) {
+		httpd_route_post(httpd, conf->payments_alipay_path, pay_alipay_cb, p);
+		log_info("payments: Alipay notifications on %s (app %s)",
+		    conf->payments_alipay_path, conf->payments_alipay_app_id);
 	}
 	return p;
 }
@@ -912,7 +777,7 @@ payments_reconfigure(struct payments *p, const struct conf *conf)
 	}
 	p->conf = conf;
 	for (i = 0; i < p->npg; i++)
-		pgconn_set_conninfo(p->pg[i], conf->db_conninfo);
+		pgconn_set_conninfo(p->pg[i], conf->database_conninfo);
 }
 
 void

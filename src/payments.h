@@ -3,7 +3,7 @@
  *
  * Each callback is verified on the event loop (signature, key, timestamp,
  * decryption, merchant) with payverify.c, then recorded by one call of
- * prepaid.record_payment() on a payments connection of its own, in one
+ * prepaid_internal.record_payment() on a payments connection of its own, in one
  * transaction with synchronous commit; the provider gets its success answer
  * only after that commit. Refused callbacks are answered at once and
  * audited in prepaid.payment_rejects. While PostgreSQL is away, or slower

@@ -11,6 +11,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -973,4 +974,220 @@ pay_wechat_txn_free(struct pay_wechat_txn *t)
 	memset(t, 0, sizeof *t);
 	t->total = -1;
 	t->payer_total = -1;
+}
+
+/* ------------------------------------------------------------ classifying */
+
+bool
+pay_id_ok(const char *s)
+{
+	size_t n = 0;
+
+	if (s == NULL)
+		return false;
+	for (; s[n] != '\0'; n++)
+		if (n >= PAY_ID_MAX || !isgraph((unsigned char)s[n]))
+			return false;
+	return n > 0;
+}
+
+bool
+pay_time_ok(const char *s)
+{
+	size_t n;
+
+	if (s == NULL || (n = strlen(s)) < 10 || n > 40)
+		return false;
+	return strspn(s, "0123456789-:T+. Z") == n;
+}
+
+/* Is word one of the space-separated words of list? */
+static bool
+pay_word_in(const char *word, const char *list)
+{
+	size_t n = strlen(word);
+	const char *s = list;
+
+	if (list == NULL || n == 0)
+		return false;
+	while (*s != '\0') {
+		while (*s == ' ' || *s == '\t')
+			s++;
+		if (strncmp(s, word, n) == 0 && (s[n] == '\0' || s[n] == ' ' || s[n] == '\t'))
+			return true;
+		while (*s != '\0' && *s != ' ' && *s != '\t')
+			s++;
+	}
+	return false;
+}
+
+static char *
+pay_dup(const char *s)
+{
+	return s != NULL ? xstrdup(s) : NULL;
+}
+
+static void
+pay_set_ids(struct pay_class *c, const char *out_trade_no, const char *txn)
+{
+	snprintf(c->out_trade_no, sizeof c->out_trade_no, "%s",
+	    pay_id_ok(out_trade_no) ? out_trade_no : "");
+	snprintf(c->txn, sizeof c->txn, "%s", pay_id_ok(txn) ? txn : "");
+}
+
+static void
+pay_class_refuse(struct pay_class *c, int http_status, bool audited, const char *reason)
+{
+	c->action = PAY_REFUSE;
+	c->http_status = http_status;
+	c->audited = audited;
+	snprintf(c->reason, sizeof c->reason, "%s", reason);
+}
+
+static void
+pay_class_notice(struct pay_class *c, const char *kind, const char *status, const char *notify_id)
+{
+	c->action = PAY_NOTICE;
+	c->kind = pay_dup(kind);
+	c->status = pay_dup(status);
+	c->notify_id = pay_dup(notify_id);
+}
+
+static void
+pay_class_init(struct pay_class *c)
+{
+	memset(c, 0, sizeof *c);
+	c->fen = -1;
+}
+
+/*
+ * A resource that is not a transaction (a refund: mchid, out_trade_no,
+ * transaction_id, amount.refund in fen): what the notice row keeps.
+ */
+static void
+pay_wechat_other(const struct pay_wechat_envelope *e, const char *plain, size_t plen,
+    const char *mchid, struct pay_class *c)
+{
+	json_t *j = json_loadb(plain, plen, JSON_REJECT_DUPLICATES, NULL);
+	const char *theirs;
+	json_t *refund;
+
+	theirs = json_string_value(json_object_get(j, "mchid"));
+	pay_set_ids(c, json_string_value(json_object_get(j, "out_trade_no")),
+	    json_string_value(json_object_get(j, "transaction_id")));
+	refund = json_object_get(json_object_get(j, "amount"), "refund");
+	if (json_is_integer(refund) && json_integer_value(refund) >= 0)
+		c->fen = (int64_t)json_integer_value(refund);
+	if (theirs != NULL && (mchid == NULL || strcmp(theirs, mchid) != 0))
+		pay_class_refuse(c, 403, true, "mchid is not ours");
+	else
+		pay_class_notice(c, e->original_type, e->event_type, e->id);
+	json_decref(j);
+}
+
+void
+pay_wechat_classify(const struct pay_wechat_envelope *e, const char *plain, size_t plen,
+    const char *mchid, const char *appids, struct pay_class *c)
+{
+	struct pay_wechat_txn t;
+	char why[256];
+
+	pay_class_init(c);
+	memset(&t, 0, sizeof t);
+	if (e->original_type != NULL && strcmp(e->original_type, "transaction") != 0) {
+		pay_wechat_other(e, plain, plen, mchid, c);
+		return;
+	}
+	if (pay_wechat_txn_parse(plain, plen, &t, why, sizeof why) != PAY_OK) {
+		pay_class_refuse(c, 400, false, why);
+		goto out;
+	}
+	if (!pay_id_ok(t.out_trade_no) || !pay_id_ok(t.transaction_id)) {
+		pay_class_refuse(
+		    c, 400, false, "out_trade_no or transaction_id missing or too long");
+		goto out;
+	}
+	pay_set_ids(c, t.out_trade_no, t.transaction_id);
+	c->fen = t.total;
+	if (t.mchid == NULL || mchid == NULL || strcmp(t.mchid, mchid) != 0)
+		pay_class_refuse(c, 403, true, "mchid is not ours");
+	else if (t.appid == NULL || !pay_word_in(t.appid, appids))
+		pay_class_refuse(c, 403, true, "appid is not one of ours");
+	else if (strcmp(t.trade_state, "SUCCESS") != 0)
+		pay_class_notice(c, "not_paid", t.trade_state, e->id);
+	else if (t.total < 0 || (t.currency != NULL && strcmp(t.currency, "CNY") != 0)) {
+		snprintf(why, sizeof why, "amount %" PRId64 " %s: only CNY fen are accepted",
+		    t.total, t.currency != NULL ? t.currency : "?");
+		pay_class_refuse(c, 400, true, why);
+	} else {
+		c->action = PAY_RECORD;
+		c->status = pay_dup(t.trade_state);
+		c->notify_id = pay_dup(e->id);
+		c->paid_at = pay_dup(t.success_time);
+	}
+out:
+	pay_wechat_txn_free(&t);
+}
+
+void
+pay_alipay_classify(
+    const struct pay_form *f, const char *app_id, const char *seller_id, struct pay_class *c)
+{
+	const char *v, *status, *amount, *notify_id;
+	int64_t fen;
+
+	pay_class_init(c);
+	pay_set_ids(c, pay_form_get(f, "out_trade_no"), pay_form_get(f, "trade_no"));
+	amount = pay_form_get(f, "total_amount");
+	if (amount == NULL || pay_money_parse(amount, strlen(amount), &fen) != PAY_OK)
+		fen = -1;
+	c->fen = fen;
+	/*
+	 * Any charset (utf-8, gbk): the signature covers the decoded bytes as
+	 * they came, and every field used here is ASCII.
+	 */
+	if ((v = pay_form_get(f, "app_id")) == NULL || app_id == NULL || strcmp(v, app_id) != 0) {
+		pay_class_refuse(c, 403, true, "app_id is not ours");
+		return;
+	}
+	if (seller_id != NULL &&
+	    ((v = pay_form_get(f, "seller_id")) == NULL || strcmp(v, seller_id) != 0)) {
+		pay_class_refuse(c, 403, true, "seller_id is not ours");
+		return;
+	}
+	if (c->out_trade_no[0] == '\0' || c->txn[0] == '\0') {
+		pay_class_refuse(c, 400, true, "out_trade_no or trade_no missing or too long");
+		return;
+	}
+	if ((status = pay_form_get(f, "trade_status")) == NULL)
+		status = "";
+	notify_id = pay_form_get(f, "notify_id");
+	if (pay_form_get(f, "refund_fee") != NULL || pay_form_get(f, "gmt_refund") != NULL ||
+	    pay_form_get(f, "out_biz_no") != NULL)
+		pay_class_notice(c, "refund", status, notify_id);
+	else if (strcmp(status, "TRADE_SUCCESS") != 0 && strcmp(status, "TRADE_FINISHED") != 0)
+		pay_class_notice(c, strcmp(status, "TRADE_CLOSED") == 0 ? "closed" : "not_paid",
+		    status, notify_id);
+	else if (fen <= 0)
+		pay_class_refuse(c, 400, true, "total_amount is not a positive yuan amount");
+	else {
+		c->action = PAY_RECORD;
+		c->status = xstrdup(status);
+		c->notify_id = pay_dup(notify_id);
+		/* Alipay's times are Beijing time, without an offset. */
+		if (pay_time_ok(v = pay_form_get(f, "gmt_payment")))
+			xasprintf(&c->paid_at, "%s+08", v);
+	}
+}
+
+void
+pay_class_free(struct pay_class *c)
+{
+	if (c == NULL)
+		return;
+	free(c->kind);
+	free(c->status);
+	free(c->notify_id);
+	free(c->paid_at);
+	memset(c, 0, sizeof *c);
 }

@@ -7,12 +7,15 @@
  * Wechatpay-Serial, then AES-256-GCM decryption of the resource. Alipay: the
  * form is decoded once, sign and sign_type dropped, empty values skipped,
  * keys sorted, RSA2 verified with the Alipay public key. Money is parsed as
- * exact decimal into integer fen. Every function returns 0 on success or a
+ * exact decimal into integer fen. A genuine notification is then classified
+ * (a payment to record, a refund, close or not-paid notice, or a refusal)
+ * against our merchant identity. The other functions return 0 on success or a
  * PAY_E* code, with a one-line reason in err that never holds a secret.
  */
 #ifndef PREPAID_PAYVERIFY_H
 #define PREPAID_PAYVERIFY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -135,5 +138,59 @@ struct pay_wechat_txn {
 int pay_wechat_txn_parse(
     const char *plain, size_t len, struct pay_wechat_txn *t, char *err, size_t errlen);
 void pay_wechat_txn_free(struct pay_wechat_txn *t);
+
+/* --- what a verified notification asks for */
+
+/* The longest id stored; providers use 32 (WeChat) and 64 (Alipay). */
+#define PAY_ID_MAX 63
+
+enum pay_action {
+	PAY_RECORD, /* a payment: prepaid.record_payment() */
+	PAY_NOTICE, /* a refund, a close, a payment not made: recorded, never credited */
+	PAY_REFUSE /* answered http_status with reason; nothing recorded as a payment */
+};
+
+/*
+ * The classification of one genuine notification (its signature verified,
+ * a WeChat resource decrypted) against our merchant identity. Every string
+ * is owned (pay_class_free); NULL where the notification had none.
+ */
+struct pay_class {
+	enum pay_action action;
+	int http_status; /* PAY_REFUSE: 400 or 403 */
+	bool audited; /* PAY_REFUSE: the ids below are the provider's, log and audit them */
+	char reason[256]; /* PAY_REFUSE */
+	char *kind; /* PAY_NOTICE: "refund", "closed", "not_paid", or WeChat's original_type */
+	char *status; /* trade_state, trade_status, or for a WeChat notice its event_type */
+	char *notify_id; /* the notification's id */
+	char *paid_at; /* PAY_RECORD: when paid, as a PostgreSQL timestamptz text */
+	char out_trade_no[PAY_ID_MAX + 1]; /* "" when absent or not a storable id */
+	char txn[PAY_ID_MAX + 1]; /* transaction_id / trade_no, likewise */
+	int64_t fen; /* the amount (a refund's for a refund notice); -1 if none */
+};
+
+/*
+ * A decrypted WeChat Pay resource of envelope e. mchid is ours; appids our
+ * space-separated app ids. A transaction that is not SUCCESS is a
+ * "not_paid" notice; a resource of another original_type (a refund) is a
+ * notice of that kind unless its mchid is not ours.
+ */
+void pay_wechat_classify(const struct pay_wechat_envelope *e, const char *plain, size_t plen,
+    const char *mchid, const char *appids, struct pay_class *c);
+
+/*
+ * A verified Alipay form. app_id is ours; seller_id, when not NULL, too.
+ * refund_fee, gmt_refund or out_biz_no make a "refund" notice;
+ * TRADE_CLOSED a "closed" one; any status but TRADE_SUCCESS or
+ * TRADE_FINISHED a "not_paid" one.
+ */
+void pay_alipay_classify(
+    const struct pay_form *f, const char *app_id, const char *seller_id, struct pay_class *c);
+void pay_class_free(struct pay_class *c);
+
+/* An id fit to store and log: printable ASCII, 1..PAY_ID_MAX characters. */
+bool pay_id_ok(const char *s);
+/* A timestamp PostgreSQL may parse: digits, -:T+. Z and a space, 10..40. */
+bool pay_time_ok(const char *s);
 
 #endif

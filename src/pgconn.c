@@ -58,7 +58,7 @@ struct pgconn {
 	bool reset_now; /* reconnect at once, not after the backoff */
 
 	struct pgconn_query *head, *tail;
-	struct pgconn_query *front_tail; /* last unsent query_front() one */
+	struct pgconn_query *front_tail; /* last unsent pgconn_query_front() one */
 	struct pgconn_query *inflight;
 	PGresult *last;
 	int nqueued;

@@ -10,7 +10,8 @@
  * reconnect_max_ms, with jitter). When the connection is lost, every query
  * still queued or in flight completes with res == NULL (outcome unknown),
  * so its owner can retry: every write prepaidd makes is idempotent.
- * LISTEN/NOTIFY notifications are delivered through on_notify.
+ * LISTEN/NOTIFY notifications are delivered through on_notify. Errors
+ * reach the callbacks as a one-line err or why, valid during the call.
  */
 #ifndef PREPAIDD_PGCONN_H
 #define PREPAIDD_PGCONN_H
@@ -54,9 +55,10 @@ int pgconn_pending(const struct pgconn *pc);
 
 /*
  * Queue a query with text parameters (params may contain NULL for SQL NULL).
- * The strings are copied. If `front` is true it goes ahead of queued ones
- * (used from on_connect). Queries queued while disconnected wait for the
- * next connection. cb may be NULL.
+ * The strings are copied. pgconn_query_front() puts it ahead of the queued
+ * ones, behind other front ones (for on_connect: LISTEN, SET, the schema
+ * check). Queries queued while disconnected wait for the next connection.
+ * cb may be NULL.
  */
 void pgconn_query(struct pgconn *pc, const char *sql, int nparams, const char *const *params,
     pgconn_cb cb, void *arg);

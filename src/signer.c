@@ -23,6 +23,14 @@
 #define SIGNER_TC3_DEFAULT_CT "application/json; charset=utf-8"
 
 /* The parameters signer_aliyun_form adds itself; a caller may not set them. */
+/* A refusal: one line for *cause (the caller frees it), when wanted. */
+static void
+signer_fail(char **cause, const char *what)
+{
+	if (cause != NULL)
+		*cause = xstrdup(what);
+}
+
 static const char *const signer_aliyun_reserved[] = {
     "AccessKeyId",
     "Action",
@@ -120,7 +128,7 @@ signer_param_cmp(const void *a, const void *b)
 }
 
 char *
-signer_aliyun_canonical(const struct signer_param *params, size_t n, const char **why)
+signer_aliyun_canonical(const struct signer_param *params, size_t n, char **cause)
 {
 	const struct signer_param **sorted;
 	struct sbuf b = {0};
@@ -128,11 +136,11 @@ signer_aliyun_canonical(const struct signer_param *params, size_t n, const char 
 
 	for (i = 0; i < n; i++) {
 		if (signer_empty(params[i].name)) {
-			*why = "empty parameter name";
+			signer_fail(cause, "empty parameter name");
 			return NULL;
 		}
 		if (params[i].value == NULL) {
-			*why = "parameter without a value";
+			signer_fail(cause, "parameter without a value");
 			return NULL;
 		}
 	}
@@ -142,7 +150,7 @@ signer_aliyun_canonical(const struct signer_param *params, size_t n, const char 
 	qsort(sorted, n, sizeof *sorted, signer_param_cmp);
 	for (i = 0; i < n; i++) {
 		if (i > 0 && strcmp(sorted[i - 1]->name, sorted[i]->name) == 0) {
-			*why = "duplicate parameter";
+			signer_fail(cause, "duplicate parameter");
 			free(sorted);
 			free(b.p);
 			return NULL;
@@ -221,8 +229,8 @@ signer_method_valid(const char *m)
 }
 
 char *
-signer_aliyun_form(const struct signer_aliyun_req *req, const struct signer_param *biz, size_t nbiz,
-    const char **why)
+signer_aliyun_form(
+    const struct signer_aliyun_req *req, const struct signer_param *biz, size_t nbiz, char **cause)
 {
 	struct signer_param *all;
 	struct sbuf b = {0};
@@ -233,29 +241,29 @@ signer_aliyun_form(const struct signer_aliyun_req *req, const struct signer_para
 	size_t i, n = 0;
 
 	if (signer_empty(req->access_key_id) || signer_empty(req->access_key_secret)) {
-		*why = "missing access key";
+		signer_fail(cause, "missing access key");
 		return NULL;
 	}
 	if (signer_empty(req->action) || signer_empty(req->version)) {
-		*why = "missing action or version";
+		signer_fail(cause, "missing action or version");
 		return NULL;
 	}
 	if (signer_empty(req->nonce)) {
-		*why = "missing signature nonce";
+		signer_fail(cause, "missing signature nonce");
 		return NULL;
 	}
 	if (!signer_method_valid(method)) {
-		*why = "bad HTTP method";
+		signer_fail(cause, "bad HTTP method");
 		return NULL;
 	}
 	if (!signer_utc(req->timestamp, &tm) ||
 	    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) {
-		*why = "time stamp out of range";
+		signer_fail(cause, "time stamp out of range");
 		return NULL;
 	}
 	for (i = 0; i < nbiz; i++) {
 		if (biz[i].name != NULL && signer_aliyun_reserved_name(biz[i].name)) {
-			*why = "business parameter overrides a common one";
+			signer_fail(cause, "business parameter overrides a common one");
 			return NULL;
 		}
 	}
@@ -274,7 +282,7 @@ signer_aliyun_form(const struct signer_aliyun_req *req, const struct signer_para
 	for (i = 0; i < nbiz; i++)
 		all[n++] = biz[i];
 
-	canonical = signer_aliyun_canonical(all, n, why);
+	canonical = signer_aliyun_canonical(all, n, cause);
 	free(all);
 	if (canonical == NULL)
 		return NULL;
@@ -282,7 +290,7 @@ signer_aliyun_form(const struct signer_aliyun_req *req, const struct signer_para
 	sig = signer_aliyun_signature(req->access_key_secret, sts);
 	free(sts);
 	if (sig == NULL) {
-		*why = "HMAC-SHA1 failed";
+		signer_fail(cause, "HMAC-SHA1 failed");
 		free(canonical);
 		return NULL;
 	}
@@ -384,7 +392,7 @@ signer_tc3_free(struct signer_tc3 *out)
 }
 
 static bool
-signer_tc3_check(const struct signer_tc3_req *req, const char **why)
+signer_tc3_check(const struct signer_tc3_req *req, char **cause)
 {
 	const char *const fields[] = {
 	    req->secret_id,
@@ -397,32 +405,32 @@ signer_tc3_check(const struct signer_tc3_req *req, const char **why)
 
 	for (i = 0; i < ARRAY_SIZE(fields); i++) {
 		if (signer_empty(fields[i])) {
-			*why = "missing secret id, service, host, action or version";
+			signer_fail(cause, "missing secret id, service, host, action or version");
 			return false;
 		}
 		if (signer_has_control(fields[i])) {
-			*why = "control character in a header value";
+			signer_fail(cause, "control character in a header value");
 			return false;
 		}
 	}
 	if (signer_empty(req->secret_key)) {
-		*why = "missing secret key";
+		signer_fail(cause, "missing secret key");
 		return false;
 	}
 	if ((req->region != NULL && signer_has_control(req->region)) ||
 	    (req->content_type != NULL && signer_has_control(req->content_type))) {
-		*why = "control character in a header value";
+		signer_fail(cause, "control character in a header value");
 		return false;
 	}
 	if (req->payload == NULL && req->payload_len != 0) {
-		*why = "missing payload";
+		signer_fail(cause, "missing payload");
 		return false;
 	}
 	return true;
 }
 
 bool
-signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out, const char **why)
+signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out, char **cause)
 {
 	const char *ct = req->content_type != NULL ? req->content_type : SIGNER_TC3_DEFAULT_CT;
 	const char *signed_headers =
@@ -432,11 +440,11 @@ signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out, const 
 	size_t h = 0;
 
 	memset(out, 0, sizeof *out);
-	if (!signer_tc3_check(req, why))
+	if (!signer_tc3_check(req, cause))
 		return false;
 	if (!signer_utc(req->timestamp, &tm) ||
 	    strftime(out->date, sizeof out->date, "%Y-%m-%d", &tm) == 0) {
-		*why = "time stamp out of range";
+		signer_fail(cause, "time stamp out of range");
 		return false;
 	}
 
@@ -485,6 +493,6 @@ fail:
 	free(sts.p);
 	free(sig.p);
 	memset(out, 0, sizeof *out);
-	*why = "SHA-256 or HMAC-SHA256 failed";
+	signer_fail(cause, "SHA-256 or HMAC-SHA256 failed");
 	return false;
 }

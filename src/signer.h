@@ -9,7 +9,8 @@
  * Every returned string is allocated with xmalloc and belongs to the caller,
  * who frees it; none of them contains a secret, and key material used on
  * the way is wiped before return. On bad input a function returns NULL or
- * false and points *why at a static reason that never contains a secret.
+ * false and sets *cause (unless cause is NULL) to a one-line reason that
+ * never contains a secret, allocated like the results.
  */
 #ifndef PREPAIDD_SIGNER_H
 #define PREPAIDD_SIGNER_H
@@ -38,7 +39,7 @@ char *signer_percent_encode(const char *s);
  * (the caller's array is not reordered), each as encode(name)=encode(value),
  * joined with &. NULL if a name is empty or appears twice.
  */
-char *signer_aliyun_canonical(const struct signer_param *params, size_t n, const char **why);
+char *signer_aliyun_canonical(const struct signer_param *params, size_t n, char **cause);
 
 /* METHOD & %2F & encode(canonical). */
 char *signer_aliyun_string_to_sign(const char *method, const char *canonical);
@@ -69,8 +70,8 @@ struct signer_aliyun_req {
  * a GET. NULL if a required field is missing, a business parameter repeats
  * a common one or "Signature", or the time stamp is out of range.
  */
-char *signer_aliyun_form(const struct signer_aliyun_req *req, const struct signer_param *biz,
-    size_t nbiz, const char **why);
+char *signer_aliyun_form(
+    const struct signer_aliyun_req *req, const struct signer_param *biz, size_t nbiz, char **cause);
 
 /* One Tencent Cloud API 3.0 call, signed with TC3-HMAC-SHA256. */
 struct signer_tc3_req {
@@ -106,7 +107,7 @@ struct signer_tc3 {
  * Sign req into *out. False (and *out empty) if a field is missing, a header
  * value holds a control character, or the time stamp is out of range.
  */
-bool signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out, const char **why);
+bool signer_tc3_sign(const struct signer_tc3_req *req, struct signer_tc3 *out, char **cause);
 void signer_tc3_free(struct signer_tc3 *out);
 
 #endif

@@ -449,7 +449,7 @@ template_digit(char c)
 }
 
 bool
-template_money(const char *in, char out[TEMPLATE_MONEY_MAX], const char **why)
+template_money(const char *in, char out[TEMPLATE_MONEY_MAX], char **cause)
 {
 	char d[TEMPLATE_MONEY_MAX]; /* integer digits and two decimals, no point */
 	const char *p = in, *ib, *ie, *fb = NULL, *fe = NULL;
@@ -457,7 +457,7 @@ template_money(const char *in, char out[TEMPLATE_MONEY_MAX], const char **why)
 	size_t n, i, o = 0;
 
 	if (strnlen(in, TEMPLATE_MONEY_IN_MAX + 1) > TEMPLATE_MONEY_IN_MAX) {
-		*why = "amount too long";
+		template_cause(cause, "amount too long");
 		return false;
 	}
 	if (*p == '-') {
@@ -473,11 +473,11 @@ template_money(const char *in, char out[TEMPLATE_MONEY_MAX], const char **why)
 		fe = p;
 	}
 	if (ie == ib || *p != '\0' || (fb != NULL && fe == fb)) {
-		*why = "amount is not a plain decimal";
+		template_cause(cause, "amount is not a plain decimal");
 		return false;
 	}
 	if (fb != NULL && fe - fb > 7) {
-		*why = "amount has more than 7 decimals";
+		template_cause(cause, "amount has more than 7 decimals");
 		return false;
 	}
 

@@ -122,10 +122,10 @@ bool template_escape(
  * arithmetic: "12.345" -> "12.35", "-0.005" -> "-0.01", "7" -> "7.00",
  * "007.1" -> "7.10". A result that rounds to zero has no sign: "-0.004" ->
  * "0.00" (an occupant should never read "-0.00"). Returns false and sets
- * *why (a static string) if in is not such a decimal.
+ * *cause if in is not such a decimal.
  */
 #define TEMPLATE_MONEY_IN_MAX 64
 #define TEMPLATE_MONEY_MAX (TEMPLATE_MONEY_IN_MAX + 8)
-bool template_money(const char *in, char out[TEMPLATE_MONEY_MAX], const char **why);
+bool template_money(const char *in, char out[TEMPLATE_MONEY_MAX], char **cause);
 
 #endif

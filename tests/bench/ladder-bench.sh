@@ -4,14 +4,14 @@
 # fsync on holds LADDER_METERS meters (1,000,000 by default) with healthy
 # balances; 1% of the balances change (half of those fall below the first
 # threshold of the community policy, half stay above); then the sweep does
-# the due work as the daemon runs it: prepaid.ladder_sweep(LADDER_LIMIT),
+# the due work as the daemon runs it: prepaid_internal.ladder_sweep(LADDER_LIMIT),
 # each call its own transaction, called again at once while a call returns
 # the limit (src/ladder.c), opening an episode and queueing a low-balance
 # SMS for each meter that fell. Prints the database time of finding and
 # doing that work (all calls, and the longest one: how long a sweep holds
 # its meters locked), and of an idle sweep (nothing due). Then meters in
 # arrears keep using power: 5% of the fleet in open episodes each have their
-# balance lowered a little, crossing no bound of the ladder (sql/005), in
+# balance lowered a little, crossing no bound of the ladder (sql/ladder.sql), in
 # one UPDATE, and the sweep runs again; once without the bounds (as in
 # 004: every such meter is due and goes through ladder_step) and once with
 # the bounds ladder_step wrote on that sweep. A measurement, not a test:
@@ -69,7 +69,7 @@ sweep()
 		for _ in $(seq "$rounds"); do
 			script="$script
 \\if :more
-SELECT n, n >= $LIMIT AS more FROM prepaid.ladder_sweep($LIMIT) n \\gset
+SELECT n, n >= $LIMIT AS more FROM prepaid_internal.ladder_sweep($LIMIT) n \\gset
 \\echo calls :n
 \\endif"
 		done
@@ -114,7 +114,7 @@ due=$(psql_q "SELECT count(*) FROM prepaid.meters WHERE ladder_due_at <= prepaid
 sweep
 episodes=$(psql_q "SELECT count(*) FROM prepaid.arrears_episodes WHERE ended_at IS NULL")
 messages=$(psql_q "SELECT count(*) FROM prepaid.messages")
-ms_idle=$(timed "SELECT prepaid.ladder_sweep($LIMIT)")
+ms_idle=$(timed "SELECT prepaid_internal.ladder_sweep($LIMIT)")
 
 printf '%-44s %s\n' "meters" "$N"
 printf '%-44s %s\n' "balances changed" "$CHANGED ($ms_change ms, the ladder's trigger included)"

@@ -7,7 +7,8 @@
  * harness parses back to the same pairs, and the signing string holds
  * exactly the pairs it should. Verification runs against a fixed test key
  * (tests/data/pay/rsa_public.pem), so the known-answer form from that
- * directory is a useful seed. Built with --enable-fuzzing (clang).
+ * directory is a useful seed; every parsed form is also classified as if
+ * verified (pay_alipay_classify). Built with --enable-fuzzing (clang).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include <openssl/pem.h>
 
 #include "common.h"
+#include "fuzz_class.h"
 #include "payverify.h"
 
 /* tests/data/pay/rsa_public.pem: a published TEST key. */
@@ -93,6 +95,29 @@ fuzz_check_signing_string(const struct pay_form *f)
 	free(s);
 }
 
+/*
+ * What the daemon does with a verified form (the fuzzer cannot sign, so
+ * classify every form): a decision that keeps its promises.
+ */
+static void
+fuzz_classify(const struct pay_form *f, const char *seller_id)
+{
+	struct pay_class c;
+
+	pay_alipay_classify(f, "2021000000000000", seller_id, &c);
+	fuzz_class_check(&c);
+	if (c.action == PAY_RECORD && (c.fen <= 0 ||
+	                                  (strcmp(c.status, "TRADE_SUCCESS") != 0 &&
+	                                      strcmp(c.status, "TRADE_FINISHED") != 0) ||
+	                                  (c.paid_at != NULL && !pay_time_ok(c.paid_at))))
+		abort();
+	if (c.action == PAY_NOTICE &&
+	    (c.status == NULL || (strcmp(c.kind, "refund") != 0 && strcmp(c.kind, "closed") != 0 &&
+	                             strcmp(c.kind, "not_paid") != 0)))
+		abort();
+	pay_class_free(&c);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -137,6 +162,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(re.p);
 
 	fuzz_check_signing_string(&f);
+	fuzz_classify(&f, NULL);
+	fuzz_classify(&f, "2088000000000001");
 	if (pay_alipay_verify(&f, fuzz_key(), err, sizeof err) != PAY_OK && err[0] == '\0')
 		abort();
 	pay_form_free(&f);

@@ -1,10 +1,11 @@
 /*
  * fuzz_payload.c: libFuzzer harness for payload.c, the code that reads what
  * meters send. Every input goes through each entry point (readings, event,
- * ack, topic, RFC 3339) and the harness checks the promises the daemon relies
+ * ack, command, topic, RFC 3339) and the harness checks the promises the daemon relies
  * on: decoded values are in range, a decoded time stamp re-parses to the same
  * instant, and an RFC 3339 instant survives a trip through
- * payload_format_rfc3339. Built with --enable-fuzzing (clang).
+ * payload_format_rfc3339; a decoded command re-encodes and decodes to
+ * the same fields. Built with --enable-fuzzing (clang).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char id[METER_ID_MAX + 1], why[128], out[64];
 	struct meter_event ev;
 	struct meter_ack ack;
+	struct meter_cmd cmd, again;
 	const char *twhy;
 	int64_t us, back;
 	char *s;
@@ -67,6 +69,26 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (payload_decode_ack("m-1", buf, size, FUZZ_MAX_BYTES, &ack, why, sizeof why)) {
 		if (ack.id[0] == '\0' || strlen(ack.detail) > PAYLOAD_DETAIL_MAX)
 			abort();
+	}
+
+	if (payload_decode_cmd(buf, size, FUZZ_MAX_BYTES, &cmd, why, sizeof why)) {
+		char *enc;
+
+		if (cmd.id[0] == '\0')
+			abort();
+		if (cmd.has_valid_until && cmd.valid_until_us >= FUZZ_YEAR0_US &&
+		    cmd.valid_until_us < FUZZ_YEAR10000_US) {
+			if ((enc = payload_encode_cmd(&cmd)) == NULL ||
+			    !payload_decode_cmd(
+			        enc, strlen(enc), FUZZ_MAX_BYTES, &again, why, sizeof why) ||
+			    strcmp(again.id, cmd.id) != 0 ||
+			    strcmp(again.action, cmd.action) != 0 || !again.has_valid_until ||
+			    again.valid_until_us != cmd.valid_until_us ||
+			    again.has_from_seq != cmd.has_from_seq ||
+			    again.from_seq != cmd.from_seq)
+				abort();
+			free(enc);
+		}
 	}
 
 	/* The string APIs take C strings: a NUL-terminated copy. */

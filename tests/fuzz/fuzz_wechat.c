@@ -3,7 +3,8 @@
  * in the order the daemon runs it: the signature check over the raw body
  * (headers taken from the first lines of the input), the envelope parser,
  * AES-256-GCM decryption with a fixed APIv3 key, and the transaction
- * parser, which is also fed the input directly since the fuzzer will seldom
+ * parser and the classifier (pay_wechat_classify), which are also fed the
+ * input directly since the fuzzer will seldom
  * forge a GCM tag. The fixed key and public key are the published test
  * material of tests/data/pay, so tests/data/pay/wechat_notify.json is a
  * seed that reaches every stage. Checks, beyond surviving: parsed structs
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "fuzz_class.h"
 #include "payverify.h"
 
 /* tests/data/pay/apiv3.key and rsa_public.pem: published TEST keys. */
@@ -73,6 +75,34 @@ fuzz_txn(const char *buf, size_t len)
 }
 
 /*
+ * What the daemon does with a genuine resource: a decision, always, and
+ * one that keeps its promises (a payment has ids and an amount, a refusal
+ * a status and a reason, every id is storable).
+ */
+static void
+fuzz_classify(const char *buf, size_t len, const char *original_type)
+{
+	struct pay_wechat_envelope e;
+	struct pay_class c;
+	char id[] = "EV-1", event[] = "TRANSACTION.SUCCESS", type[64] = "";
+
+	memset(&e, 0, sizeof e);
+	e.id = id;
+	e.event_type = event;
+	if (original_type != NULL) {
+		snprintf(type, sizeof type, "%s", original_type);
+		e.original_type = type;
+	}
+	pay_wechat_classify(&e, buf, len, "1900000001", "wx0000000000000001 wx2", &c);
+	fuzz_class_check(&c);
+	if (c.action == PAY_RECORD && (strcmp(c.status, "SUCCESS") != 0 || c.notify_id == NULL))
+		abort();
+	if (c.action == PAY_NOTICE && c.notify_id == NULL)
+		abort();
+	pay_class_free(&c);
+}
+
+/*
  * Input: "timestamp\nnonce\nsignature\n" then the body; without three line
  * feeds the whole input is the body and the signature headers are those
  * of the known-answer vector.
@@ -116,6 +146,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (plain == NULL || plain[plen] != '\0')
 				abort();
 			fuzz_txn(plain, plen);
+			fuzz_classify(plain, plen, e.original_type);
 			free(plain);
 		} else if (plain != NULL || plen != 0 || err[0] == '\0') {
 			abort();
@@ -126,5 +157,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	pay_wechat_envelope_free(&e);
 
 	fuzz_txn(buf, size);
+	fuzz_classify(buf, size, NULL);
+	fuzz_classify(buf, size, "refund");
 	return 0;
 }

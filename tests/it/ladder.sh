@@ -539,7 +539,7 @@ order=$(psql_q "SELECT prepaid.create_order('$B1', 30.00, 'wechat', '20 minutes'
 po=$(psql_q "SELECT prepaid.send_command('$B1', 'trip', 'arrears: test');")
 psql_q "UPDATE prepaid.commands SET ladder = true WHERE id = '$po'" >/dev/null
 assert_eq "defer|a payment order is pending|true" "$(psql_q "SELECT verdict || '|' || reason || '|' ||
-    (until > prepaid.now() + interval '20 minutes')::text FROM prepaid.trip_guard('$po')")" \
+    (until > prepaid.now() + interval '20 minutes')::text FROM prepaid_internal.trip_guard('$po')")" \
     "B1: the guard defers the trip until the order has expired"
 assert_eq "pending" "$(psql_q "SELECT state FROM prepaid.order_status
     WHERE out_trade_no = '$order'")" "the order is pending"

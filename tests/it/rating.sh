@@ -3,7 +3,7 @@
 # tests/it/rating.sh: runs the rating unit tests (tests/unit/check_rating)
 # against a throwaway PostgreSQL migrated by the real `prepaidd --migrate`,
 # so that the tariffs, the ledger and the charging inside
-# prepaid.ingest_batch() are tested exactly as the daemon installs them. No
+# prepaid_internal.ingest_batch() are tested exactly as the daemon installs them. No
 # broker or daemon is needed: check_rating calls ingest_batch() itself with
 # the daemon's statement. Its connection comes from the libpq environment
 # (PGHOST, PGPORT, PGUSER, PGDATABASE) that pg_start exports.

@@ -101,8 +101,8 @@ START_TEST(test_defaults_from_empty_file)
 {
 	struct conf *c = conf_test_load("");
 
-	ck_assert_str_eq(c->db_conninfo, "dbname=prepaid");
-	ck_assert_int_eq(c->db_reconnect_max_ms, 30000);
+	ck_assert_str_eq(c->database_conninfo, "dbname=prepaid");
+	ck_assert_int_eq(c->database_reconnect_max_ms, 30000);
 	ck_assert_str_eq(c->mqtt_host, "localhost");
 	ck_assert_int_eq(c->mqtt_port, 1883);
 	ck_assert_str_eq(c->mqtt_client_id, "prepaidd");
@@ -120,16 +120,16 @@ START_TEST(test_defaults_from_empty_file)
 	ck_assert_int_eq(c->ingest_batch_size, 1000);
 	ck_assert_int_eq(c->ingest_batch_window_ms, 50);
 	ck_assert_int_eq(c->ingest_queue_bound, 20000);
-	ck_assert_int_eq(c->ingest_max_payload, 65536);
+	ck_assert_int_eq(c->ingest_max_payload_bytes, 65536);
 	ck_assert(c->ingest_auto_register);
 	ck_assert(c->ingest_resend_on_gap);
 	ck_assert_int_eq(c->ingest_reject_log_interval, 60);
 	ck_assert_int_eq(c->ingest_rejects_keep, 10000);
 	ck_assert_int_eq(c->ingest_partitions_ahead, 3);
-	ck_assert_int_eq(c->cmd_retry_initial_ms, 5000);
-	ck_assert_int_eq(c->cmd_retry_max_ms, 60000);
-	ck_assert_int_eq(c->cmd_poll_interval_ms, 1000);
-	ck_assert_int_eq(c->cmd_claim_batch, 100);
+	ck_assert_int_eq(c->commands_retry_initial_ms, 5000);
+	ck_assert_int_eq(c->commands_retry_max_ms, 60000);
+	ck_assert_int_eq(c->commands_poll_interval_ms, 1000);
+	ck_assert_int_eq(c->commands_claim_batch, 100);
 	ck_assert(c->http_enabled);
 	ck_assert_str_eq(c->http_listen, "127.0.0.1");
 	ck_assert_int_eq(c->http_port, 9187);
@@ -185,8 +185,8 @@ START_TEST(test_values_of_each_type)
 	                                "[log]\n"
 	                                "level = debug\n");
 
-	ck_assert_str_eq(c->db_conninfo, "host=db.example port=5433 dbname=prepaid");
-	ck_assert_int_eq(c->db_reconnect_max_ms, 1000);
+	ck_assert_str_eq(c->database_conninfo, "host=db.example port=5433 dbname=prepaid");
+	ck_assert_int_eq(c->database_reconnect_max_ms, 1000);
 	ck_assert_str_eq(c->mqtt_host, "broker.example");
 	ck_assert_int_eq(c->mqtt_port, 8883);
 	ck_assert_int_eq(c->mqtt_qos, 2);
@@ -233,7 +233,7 @@ START_TEST(test_quoted_strings)
 	                                "client_id = \"id # not a comment\"\n"
 	                                "username = \"\"\n");
 
-	ck_assert_str_eq(c->db_conninfo, "  host=a password='x\"y\\z'  ");
+	ck_assert_str_eq(c->database_conninfo, "  host=a password='x\"y\\z'  ");
 	ck_assert_str_eq(c->mqtt_client_id, "id # not a comment");
 	ck_assert_ptr_null(c->mqtt_username);
 	conf_free(c);
@@ -264,8 +264,8 @@ START_TEST(test_range_edges_accepted)
 	ck_assert_int_eq(c->mqtt_keepalive, 3600);
 	ck_assert_int_eq(c->mqtt_qos, 0);
 	ck_assert_int_eq(c->ingest_queue_bound, 10000000);
-	ck_assert_int_eq(c->ingest_max_payload, 256);
-	ck_assert_int_eq(c->cmd_retry_max_ms, 100);
+	ck_assert_int_eq(c->ingest_max_payload_bytes, 256);
+	ck_assert_int_eq(c->commands_retry_max_ms, 100);
 	conf_free(c);
 	conf_test_cleanup();
 }
@@ -1481,10 +1481,10 @@ START_TEST(test_payments_off_by_default)
 {
 	struct conf *c = conf_test_load("");
 
-	ck_assert_ptr_null(c->wx_path);
-	ck_assert_ptr_null(c->ali_path);
-	ck_assert_int_eq(c->pay_connections, 4);
-	ck_assert_int_eq(c->pay_answer_ms, 4000);
+	ck_assert_ptr_null(c->payments_wechat_path);
+	ck_assert_ptr_null(c->payments_alipay_path);
+	ck_assert_int_eq(c->payments_connections, 4);
+	ck_assert_int_eq(c->payments_answer_within_ms, 4000);
 	ck_assert_int_eq(c->http_max_connections, 256);
 	ck_assert_int_eq(c->http_deadline_ms, 10000);
 	conf_free(c);

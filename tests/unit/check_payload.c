@@ -701,6 +701,122 @@ START_TEST(ack_reject_reasons)
 }
 END_TEST
 
+/* --- commands ----------------------------------------------------------- */
+
+START_TEST(cmd_encodes_exact_bytes)
+{
+	struct meter_cmd c;
+	char *body;
+
+	memset(&c, 0, sizeof c);
+	snprintf(c.id, sizeof c.id, "1234");
+	snprintf(c.action, sizeof c.action, "trip");
+	c.has_valid_until = true;
+	c.valid_until_us = KNOWN_US + 250000;
+	body = payload_encode_cmd(&c);
+	ck_assert_str_eq(body, "{\"id\":\"1234\",\"action\":\"trip\",\"valid_until\":\"2026-11-"
+	                       "27T02:15:00.250000Z\"}");
+	free(body);
+
+	snprintf(c.action, sizeof c.action, "resend");
+	c.has_from_seq = true;
+	c.from_seq = INT64_C(9007199254740993); /* beyond a double's integers */
+	body = payload_encode_cmd(&c);
+	ck_assert_str_eq(body, "{\"id\":\"1234\",\"action\":\"resend\","
+	                       "\"valid_until\":\"2026-11-27T02:15:00.250000Z\","
+	                       "\"from_seq\":9007199254740993}");
+	free(body);
+
+	c.id[0] = '\0';
+	ck_assert_ptr_null(payload_encode_cmd(&c));
+}
+END_TEST
+
+START_TEST(cmd_round_trips_through_the_decoder)
+{
+	struct meter_cmd c, d;
+	char why[160] = "";
+	char *body;
+
+	memset(&c, 0, sizeof c);
+	snprintf(c.id, sizeof c.id, "77");
+	snprintf(c.action, sizeof c.action, "resend");
+	c.has_valid_until = true;
+	c.valid_until_us = KNOWN_US;
+	c.has_from_seq = true;
+	c.from_seq = 0;
+	body = payload_encode_cmd(&c);
+	ck_assert_msg(
+	    payload_decode_cmd(body, strlen(body), MAX_BYTES, &d, why, sizeof why), "%s", why);
+	ck_assert_str_eq(d.id, "77");
+	ck_assert_str_eq(d.action, "resend");
+	ck_assert(d.has_valid_until);
+	ck_assert_int_eq(d.valid_until_us, KNOWN_US);
+	ck_assert(d.has_from_seq);
+	ck_assert_int_eq(d.from_seq, 0);
+	free(body);
+}
+END_TEST
+
+static void
+assert_cmd(const char *json, struct meter_cmd *c)
+{
+	char why[160] = "";
+
+	ck_assert_msg(
+	    payload_decode_cmd(json, strlen(json), MAX_BYTES, c, why, sizeof why), "%s", why);
+}
+
+START_TEST(cmd_decoder_reports_what_a_meter_judges)
+{
+	struct meter_cmd c;
+
+	/* Offsets are honoured; no action, no from_seq. */
+	assert_cmd("{\"id\":\"a.b:c-d_1\",\"valid_until\":\"2026-11-27T10:15:00+08:00\"}", &c);
+	ck_assert_str_eq(c.id, "a.b:c-d_1");
+	ck_assert_str_eq(c.action, "");
+	ck_assert(c.has_valid_until);
+	ck_assert_int_eq(c.valid_until_us, KNOWN_US);
+	ck_assert(!c.has_from_seq);
+
+	assert_cmd("{\"id\":\"1\",\"action\":7,\"valid_until\":\"tomorrow\",\"from_seq\":-1}", &c);
+	ck_assert_str_eq(c.action, "");
+	ck_assert(!c.has_valid_until);
+	ck_assert(!c.has_from_seq);
+
+	assert_cmd("{\"id\":\"1\",\"action\":\"resend\",\"from_seq\":\"5\"}", &c);
+	ck_assert_str_eq(c.action, "resend");
+	ck_assert(!c.has_valid_until);
+	ck_assert(!c.has_from_seq);
+}
+END_TEST
+
+static void
+assert_cmd_refused(const char *json, const char *want)
+{
+	struct meter_cmd c;
+	char why[160] = "";
+
+	ck_assert(!payload_decode_cmd(json, strlen(json), 64, &c, why, sizeof why));
+	ck_assert_str_eq(why, want);
+	ck_assert_str_eq(c.id, "");
+}
+
+START_TEST(cmd_without_a_valid_id_is_refused)
+{
+	assert_cmd_refused("[]", "not an object");
+	assert_cmd_refused("{\"action\":\"trip\"}", "id: missing");
+	assert_cmd_refused("{\"id\":12}", "id: not 1-64 of [A-Za-z0-9_.:-]");
+	assert_cmd_refused("{\"id\":\"\"}", "id: not 1-64 of [A-Za-z0-9_.:-]");
+	assert_cmd_refused("{\"id\":\"a b\"}", "id: not 1-64 of [A-Za-z0-9_.:-]");
+	assert_cmd_refused("{\"id\":\"1\",\"id\":\"2\"}",
+	    "malformed JSON: duplicate object key at line 1 column 14");
+	assert_cmd_refused(
+	    "{\"id\":\"1\",\"action\":\"trip\",\"valid_until\":\"2026-11-27T02:15:00.000000Z\"}",
+	    "payload too large (70 bytes > 64)");
+}
+END_TEST
+
 static Suite *
 payload_suite(void)
 {
@@ -744,6 +860,13 @@ payload_suite(void)
 	tcase_add_test(tc, ack_id_length_limit);
 	tcase_add_test(tc, ack_detail_truncated_on_utf8_boundary);
 	tcase_add_loop_test(tc, ack_reject_reasons, 0, (int)ARRAY_SIZE(ack_rejects));
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("cmd");
+	tcase_add_test(tc, cmd_encodes_exact_bytes);
+	tcase_add_test(tc, cmd_round_trips_through_the_decoder);
+	tcase_add_test(tc, cmd_decoder_reports_what_a_meter_judges);
+	tcase_add_test(tc, cmd_without_a_valid_id_is_refused);
 	suite_add_tcase(s, tc);
 
 	return s;

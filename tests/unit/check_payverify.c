@@ -1130,6 +1130,270 @@ END_TEST
 
 /* --- set-up --------------------------------------------------------------- */
 
+/* --- classifying genuine notifications ----------------------------------- */
+
+#define WX_MCHID "1900000001"
+#define WX_APPIDS "wx0000000000000001 wx0000000000000002"
+
+static void
+wx_classify(const char *original_type, const char *plain, struct pay_class *c)
+{
+	struct pay_wechat_envelope e;
+	char id[] = "EV-7", ev[] = "TRANSACTION.SUCCESS", refund_ev[] = "REFUND.SUCCESS";
+	char ot[32];
+
+	memset(&e, 0, sizeof e);
+	e.id = id;
+	e.event_type = ev;
+	if (original_type != NULL) {
+		snprintf(ot, sizeof ot, "%s", original_type);
+		e.original_type = ot;
+		if (strcmp(ot, "refund") == 0)
+			e.event_type = refund_ev;
+	}
+	pay_wechat_classify(&e, plain, strlen(plain), WX_MCHID, WX_APPIDS, c);
+}
+
+#define WX_TXN(appid, mchid, state, total, currency)                                               \
+	"{\"appid\":\"" appid "\",\"mchid\":\"" mchid "\",\"out_trade_no\":\"PP-302-1\","          \
+	"\"transaction_id\":\"4200000001\",\"trade_state\":\"" state "\","                         \
+	"\"success_time\":\"2026-01-01T12:00:00+08:00\","                                          \
+	"\"amount\":{\"total\":" total ",\"currency\":\"" currency "\"}}"
+
+START_TEST(wechat_success_is_a_payment)
+{
+	struct pay_class c;
+
+	wx_classify(
+	    "transaction", WX_TXN("wx0000000000000002", WX_MCHID, "SUCCESS", "1250", "CNY"), &c);
+	ck_assert_int_eq(c.action, PAY_RECORD);
+	ck_assert_str_eq(c.out_trade_no, "PP-302-1");
+	ck_assert_str_eq(c.txn, "4200000001");
+	ck_assert_int_eq(c.fen, 1250);
+	ck_assert_str_eq(c.status, "SUCCESS");
+	ck_assert_str_eq(c.notify_id, "EV-7");
+	ck_assert_str_eq(c.paid_at, "2026-01-01T12:00:00+08:00");
+	pay_class_free(&c);
+	/* No original_type: a transaction too. */
+	wx_classify(NULL, WX_TXN("wx0000000000000001", WX_MCHID, "SUCCESS", "1", "CNY"), &c);
+	ck_assert_int_eq(c.action, PAY_RECORD);
+	ck_assert_int_eq(c.fen, 1);
+	pay_class_free(&c);
+}
+END_TEST
+
+START_TEST(wechat_unpaid_states_are_not_paid_notices)
+{
+	static const char *const states[] = {"NOTPAY", "CLOSED", "REVOKED", "PAYERROR", "REFUND"};
+	char plain[512];
+	struct pay_class c;
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(states); i++) {
+		snprintf(plain, sizeof plain,
+		    "{\"appid\":\"wx0000000000000001\",\"mchid\":\"" WX_MCHID "\","
+		    "\"out_trade_no\":\"PP-302-1\",\"transaction_id\":\"4200000001\","
+		    "\"trade_state\":\"%s\",\"amount\":{\"total\":1250}}",
+		    states[i]);
+		wx_classify("transaction", plain, &c);
+		ck_assert_int_eq(c.action, PAY_NOTICE);
+		ck_assert_str_eq(c.kind, "not_paid");
+		ck_assert_str_eq(c.status, states[i]);
+		ck_assert_str_eq(c.notify_id, "EV-7");
+		ck_assert_str_eq(c.out_trade_no, "PP-302-1");
+		ck_assert_int_eq(c.fen, 1250);
+		pay_class_free(&c);
+	}
+}
+END_TEST
+
+START_TEST(wechat_refusals_after_verification)
+{
+	struct pay_class c;
+
+	wx_classify("transaction",
+	    WX_TXN("wx0000000000000001", "1900000999", "SUCCESS", "1250", "CNY"), &c);
+	ck_assert_int_eq(c.action, PAY_REFUSE);
+	ck_assert_int_eq(c.http_status, 403);
+	ck_assert(c.audited);
+	ck_assert_str_eq(c.reason, "mchid is not ours");
+	ck_assert_str_eq(c.out_trade_no, "PP-302-1"); /* for the audit row */
+	pay_class_free(&c);
+
+	wx_classify(
+	    "transaction", WX_TXN("wx000000000000000", WX_MCHID, "SUCCESS", "1250", "CNY"), &c);
+	ck_assert_int_eq(c.http_status, 403);
+	ck_assert_str_eq(c.reason, "appid is not one of ours");
+	pay_class_free(&c);
+
+	wx_classify(
+	    "transaction", WX_TXN("wx0000000000000001", WX_MCHID, "SUCCESS", "1250", "USD"), &c);
+	ck_assert_int_eq(c.action, PAY_REFUSE);
+	ck_assert_int_eq(c.http_status, 400);
+	ck_assert(c.audited);
+	ck_assert_str_eq(c.reason, "amount 1250 USD: only CNY fen are accepted");
+	pay_class_free(&c);
+
+	wx_classify("transaction",
+	    "{\"out_trade_no\":\"PP 1\",\"transaction_id\":\"42\",\"trade_state\":\"SUCCESS\"}",
+	    &c);
+	ck_assert_int_eq(c.http_status, 400);
+	ck_assert(!c.audited);
+	ck_assert_str_eq(c.reason, "out_trade_no or transaction_id missing or too long");
+	ck_assert_str_eq(c.out_trade_no, "");
+	pay_class_free(&c);
+
+	wx_classify("transaction", "{\"out_trade_no\":\"PP-1\"}", &c);
+	ck_assert_int_eq(c.action, PAY_REFUSE);
+	ck_assert_int_eq(c.http_status, 400);
+	ck_assert(!c.audited);
+	ck_assert_str_ne(c.reason, "");
+	pay_class_free(&c);
+}
+END_TEST
+
+START_TEST(wechat_refund_is_a_notice_of_ours_only)
+{
+	struct pay_class c;
+
+	wx_classify("refund",
+	    "{\"mchid\":\"" WX_MCHID "\",\"out_trade_no\":\"PP-302-1\","
+	    "\"transaction_id\":\"4200000001\",\"out_refund_no\":\"R1\","
+	    "\"amount\":{\"total\":1250,\"refund\":500}}",
+	    &c);
+	ck_assert_int_eq(c.action, PAY_NOTICE);
+	ck_assert_str_eq(c.kind, "refund");
+	ck_assert_str_eq(c.status, "REFUND.SUCCESS");
+	ck_assert_str_eq(c.notify_id, "EV-7");
+	ck_assert_str_eq(c.out_trade_no, "PP-302-1");
+	ck_assert_str_eq(c.txn, "4200000001");
+	ck_assert_int_eq(c.fen, 500);
+	pay_class_free(&c);
+
+	wx_classify("refund", "{\"mchid\":\"1900000999\",\"out_trade_no\":\"PP-302-1\"}", &c);
+	ck_assert_int_eq(c.action, PAY_REFUSE);
+	ck_assert_int_eq(c.http_status, 403);
+	ck_assert_str_eq(c.reason, "mchid is not ours");
+	pay_class_free(&c);
+
+	/* Not JSON, or no amount: still a notice, with what there is. */
+	wx_classify("refund", "not json", &c);
+	ck_assert_int_eq(c.action, PAY_NOTICE);
+	ck_assert_str_eq(c.out_trade_no, "");
+	ck_assert_int_eq(c.fen, -1);
+	pay_class_free(&c);
+}
+END_TEST
+
+static void
+ali_classify(const char *form, const char *seller_id, struct pay_class *c)
+{
+	struct pay_form f;
+	char err[256];
+
+	ck_assert_int_eq(pay_form_parse(form, strlen(form), &f, err, sizeof err), PAY_OK);
+	pay_alipay_classify(&f, "2021000000000000", seller_id, c);
+	pay_form_free(&f);
+}
+
+#define ALI_BASE                                                                                   \
+	"app_id=2021000000000000&seller_id=2088000000000001&out_trade_no=PP-302-2"                 \
+	"&trade_no=2026010122001400001&notify_id=N-9&total_amount=12.50"                           \
+	"&gmt_payment=2026-01-01+12%3A00%3A00"
+
+START_TEST(alipay_success_and_finished_are_payments)
+{
+	struct pay_class c;
+
+	ali_classify(ALI_BASE "&trade_status=TRADE_SUCCESS", "2088000000000001", &c);
+	ck_assert_int_eq(c.action, PAY_RECORD);
+	ck_assert_str_eq(c.out_trade_no, "PP-302-2");
+	ck_assert_str_eq(c.txn, "2026010122001400001");
+	ck_assert_int_eq(c.fen, 1250);
+	ck_assert_str_eq(c.status, "TRADE_SUCCESS");
+	ck_assert_str_eq(c.notify_id, "N-9");
+	ck_assert_str_eq(c.paid_at, "2026-01-01 12:00:00+08"); /* Beijing time */
+	pay_class_free(&c);
+
+	ali_classify(ALI_BASE "&trade_status=TRADE_FINISHED", NULL, &c);
+	ck_assert_int_eq(c.action, PAY_RECORD);
+	ck_assert_str_eq(c.status, "TRADE_FINISHED");
+	pay_class_free(&c);
+}
+END_TEST
+
+START_TEST(alipay_refund_close_and_unpaid_are_notices)
+{
+	static const struct {
+		const char *extra, *kind, *status;
+	} t[] = {
+	    {"&trade_status=TRADE_SUCCESS&refund_fee=5.00", "refund", "TRADE_SUCCESS"},
+	    {"&trade_status=TRADE_CLOSED&gmt_refund=2026-01-02+10%3A00%3A00", "refund",
+	        "TRADE_CLOSED"},
+	    {"&trade_status=TRADE_SUCCESS&out_biz_no=R1", "refund", "TRADE_SUCCESS"},
+	    {"&trade_status=TRADE_CLOSED", "closed", "TRADE_CLOSED"},
+	    {"&trade_status=WAIT_BUYER_PAY", "not_paid", "WAIT_BUYER_PAY"},
+	    {"", "not_paid", ""},
+	};
+	char form[512];
+	struct pay_class c;
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(t); i++) {
+		snprintf(form, sizeof form, "%s%s", ALI_BASE, t[i].extra);
+		ali_classify(form, NULL, &c);
+		ck_assert_int_eq(c.action, PAY_NOTICE);
+		ck_assert_str_eq(c.kind, t[i].kind);
+		ck_assert_str_eq(c.status, t[i].status);
+		ck_assert_str_eq(c.notify_id, "N-9");
+		ck_assert_str_eq(c.out_trade_no, "PP-302-2");
+		ck_assert_int_eq(c.fen, 1250);
+		ck_assert_ptr_null(c.paid_at);
+		pay_class_free(&c);
+	}
+}
+END_TEST
+
+START_TEST(alipay_refusals_after_verification)
+{
+	static const struct {
+		const char *form, *seller;
+		int status;
+		const char *reason;
+	} t[] = {
+	    {"app_id=2021000000000001&out_trade_no=A&trade_no=B&total_amount=1"
+	     "&trade_status=TRADE_SUCCESS",
+	        NULL, 403, "app_id is not ours"},
+	    {"out_trade_no=A&trade_no=B&total_amount=1&trade_status=TRADE_SUCCESS", NULL, 403,
+	        "app_id is not ours"},
+	    {ALI_BASE "&trade_status=TRADE_SUCCESS", "2088000000000002", 403,
+	        "seller_id is not ours"},
+	    {"app_id=2021000000000000&out_trade_no=A&trade_no=B&total_amount=1"
+	     "&trade_status=TRADE_SUCCESS",
+	        "2088000000000001", 403, "seller_id is not ours"},
+	    {"app_id=2021000000000000&out_trade_no=A&total_amount=1&trade_status=TRADE_SUCCESS",
+	        NULL, 400, "out_trade_no or trade_no missing or too long"},
+	    {"app_id=2021000000000000&out_trade_no=A&trade_no=B&total_amount=0.00"
+	     "&trade_status=TRADE_SUCCESS",
+	        NULL, 400, "total_amount is not a positive yuan amount"},
+	    {"app_id=2021000000000000&out_trade_no=A&trade_no=B&total_amount=-1"
+	     "&trade_status=TRADE_FINISHED",
+	        NULL, 400, "total_amount is not a positive yuan amount"},
+	};
+	struct pay_class c;
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(t); i++) {
+		ali_classify(t[i].form, t[i].seller, &c);
+		ck_assert_int_eq(c.action, PAY_REFUSE);
+		ck_assert_int_eq(c.http_status, t[i].status);
+		ck_assert(c.audited);
+		ck_assert_str_eq(c.reason, t[i].reason);
+		pay_class_free(&c);
+	}
+}
+END_TEST
+
 static void
 write_pubkey(char *path, EVP_PKEY *key)
 {
@@ -1203,6 +1467,16 @@ payverify_suite(void)
 	tcase_add_test(tc, alipay_sign_field_must_be_base64);
 	tcase_add_test(tc, alipay_signing_string_rules);
 	tcase_add_test(tc, alipay_form_refusals);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("classify");
+	tcase_add_test(tc, wechat_success_is_a_payment);
+	tcase_add_test(tc, wechat_unpaid_states_are_not_paid_notices);
+	tcase_add_test(tc, wechat_refusals_after_verification);
+	tcase_add_test(tc, wechat_refund_is_a_notice_of_ours_only);
+	tcase_add_test(tc, alipay_success_and_finished_are_payments);
+	tcase_add_test(tc, alipay_refund_close_and_unpaid_are_notices);
+	tcase_add_test(tc, alipay_refusals_after_verification);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("money");

@@ -1,10 +1,10 @@
 /*
- * check_rating.c: tests of the rating engine (sql/002_tariffs_ledger.sql)
+ * check_rating.c: tests of the rating engine (sql/rating.sql)
  * against hand-computed amounts. Rating lives in SQL, inside
- * prepaid.ingest_batch(), so every test drives it exactly as the daemon
+ * prepaid_internal.ingest_batch(), so every test drives it exactly as the daemon
  * does: it defines its own site, tariff and meter (names unique to the test
  * and to the run, so tests never see each other's rows), sends readings
- * through prepaid.ingest_batch() with the daemon's own statement, and reads
+ * through prepaid_internal.ingest_batch() with the daemon's own statement, and reads
  * prepaid.ledger, prepaid.meters and the views. Every expected amount is
  * worked out by hand in a comment beside its assertion, and compared as an
  * exact NUMERIC in SQL, never through floating point. Every test ends by
@@ -40,7 +40,7 @@
 
 /* The statement src/ingest.c sends, word for word. */
 #define RATING_INGEST_SQL                                                                          \
-	"SELECT inserted, duplicates FROM prepaid.ingest_batch($1::text[], "                       \
+	"SELECT inserted, duplicates FROM prepaid_internal.ingest_batch($1::text[], "              \
 	"$2::int8[], $3::timestamptz[], $4::int8[], $5::text[], $6::float8[], "                    \
 	"$7::float8[], $8::float8[], $9::timestamptz[], $10::jsonb, $11::jsonb, "                  \
 	"$12::jsonb, $13::bool, $14::bool, $15::int, $16::text)"
@@ -298,7 +298,7 @@ rating_append(char *buf, size_t size, const char *s)
 }
 
 /*
- * Send readings of one meter as one batch through prepaid.ingest_batch(),
+ * Send readings of one meter as one batch through prepaid_internal.ingest_batch(),
  * with the parameters the daemon sends (auto_register on, resend_on_gap
  * off). Returns the number of readings the batch inserted.
  */

@@ -67,7 +67,7 @@ START_TEST(canonical_sorts_by_name_in_byte_order)
 	    {"AB", "7"},
 	    {"Sign", "8"},
 	};
-	const char *why = NULL;
+	char *why = NULL;
 	char *got = signer_aliyun_canonical(p, ARRAY_SIZE(p), &why);
 
 	/* Upper case before lower case; "SignName" before "SignatureMethod"
@@ -85,15 +85,18 @@ START_TEST(canonical_rejects_duplicates_and_empty_names)
 	const struct signer_param dup[] = {{"A", "1"}, {"B", "2"}, {"A", "3"}};
 	const struct signer_param noname[] = {{"", "1"}};
 	const struct signer_param novalue[] = {{"A", NULL}};
-	const char *why = NULL;
+	char *why = NULL;
 	char *got;
 
 	ck_assert_ptr_null(signer_aliyun_canonical(dup, ARRAY_SIZE(dup), &why));
 	ck_assert_str_eq(why, "duplicate parameter");
+	free(why);
 	ck_assert_ptr_null(signer_aliyun_canonical(noname, 1, &why));
 	ck_assert_str_eq(why, "empty parameter name");
+	free(why);
 	ck_assert_ptr_null(signer_aliyun_canonical(novalue, 1, &why));
 	ck_assert_str_eq(why, "parameter without a value");
+	free(why);
 	got = signer_aliyun_canonical(NULL, 0, &why);
 	ck_assert_str_eq(got, "");
 	free(got);
@@ -122,7 +125,7 @@ START_TEST(aliyun_classic_describe_regions_example)
 	    {"Version", "2014-05-26"},
 	    {"SignatureVersion", "1.0"},
 	};
-	const char *why = NULL;
+	char *why = NULL;
 	char *canonical, *sts, *sig;
 
 	canonical = signer_aliyun_canonical(p, ARRAY_SIZE(p), &why);
@@ -165,7 +168,7 @@ START_TEST(aliyun_form_describe_regions_example)
 	    .nonce = "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf",
 	    .timestamp = 1456231584, /* date -u -d 2016-02-23T12:46:24Z +%s */
 	};
-	const char *why = NULL;
+	char *why = NULL;
 	char *form = signer_aliyun_form(&req, NULL, 0, &why);
 
 	ck_assert_ptr_nonnull(form);
@@ -216,7 +219,7 @@ START_TEST(aliyun_form_send_sms_example)
 	                    "&SignatureVersion=1.0&TemplateCode=SMS_71390007"
 	                    "&TemplateParam=%7B%22customer%22%3A%22test%22%7D"
 	                    "&Timestamp=2017-07-12T02%3A42%3A19Z&Version=2017-05-25";
-	const char *why = NULL;
+	char *why = NULL;
 	char *form, *sts, want[1024];
 
 	sts = signer_aliyun_string_to_sign("GET", query);
@@ -286,7 +289,7 @@ post_req(const char *secret)
 START_TEST(aliyun_form_post_send_sms_computed)
 {
 	struct signer_aliyun_req req = post_req("test-secret");
-	const char *why = NULL;
+	char *why = NULL;
 	char *form = signer_aliyun_form(&req, post_biz, ARRAY_SIZE(post_biz), &why);
 
 	ck_assert_ptr_nonnull(form);
@@ -300,7 +303,7 @@ START_TEST(aliyun_one_byte_of_secret_changes_signature)
 	/* "test-secreu": the last byte moved by one. openssl dgst -sha1
 	 * -hmac 'test-secreu&' over the same StringToSign gives this. */
 	struct signer_aliyun_req req = post_req("test-secreu");
-	const char *why = NULL;
+	char *why = NULL;
 	char *form = signer_aliyun_form(&req, post_biz, ARRAY_SIZE(post_biz), &why);
 
 	ck_assert_ptr_nonnull(form);
@@ -315,29 +318,36 @@ START_TEST(aliyun_form_rejects_bad_requests)
 	const struct signer_param sig[] = {{"Signature", "x"}};
 	const struct signer_param ts[] = {{"Timestamp", "x"}};
 	const struct signer_param dup[] = {{"OutId", "1"}, {"OutId", "2"}};
-	const char *why = NULL;
+	char *why = NULL;
 
 	ck_assert_ptr_null(signer_aliyun_form(&req, sig, 1, &why));
 	ck_assert_str_eq(why, "business parameter overrides a common one");
+	free(why);
 	ck_assert_ptr_null(signer_aliyun_form(&req, ts, 1, &why));
 	ck_assert_str_eq(why, "business parameter overrides a common one");
+	free(why);
 	ck_assert_ptr_null(signer_aliyun_form(&req, dup, 2, &why));
 	ck_assert_str_eq(why, "duplicate parameter");
+	free(why);
 
 	req.nonce = "";
 	ck_assert_ptr_null(signer_aliyun_form(&req, NULL, 0, &why));
 	ck_assert_str_eq(why, "missing signature nonce");
+	free(why);
 	req = post_req(NULL);
 	ck_assert_ptr_null(signer_aliyun_form(&req, NULL, 0, &why));
 	ck_assert_str_eq(why, "missing access key");
+	free(why);
 	req = post_req("s");
 	req.timestamp = -1;
 	ck_assert_ptr_null(signer_aliyun_form(&req, NULL, 0, &why));
 	ck_assert_str_eq(why, "time stamp out of range");
+	free(why);
 	req = post_req("s");
 	req.method = "post";
 	ck_assert_ptr_null(signer_aliyun_form(&req, NULL, 0, &why));
 	ck_assert_str_eq(why, "bad HTTP method");
+	free(why);
 }
 END_TEST
 
@@ -380,7 +390,7 @@ START_TEST(tc3_classic_cvm_example)
 {
 	struct signer_tc3_req req = cvm_req();
 	struct signer_tc3 out;
-	const char *why = NULL;
+	char *why = NULL;
 
 	setenv("TZ", "Asia/Shanghai", 1);
 	tzset();
@@ -409,7 +419,7 @@ START_TEST(tc3_cvm_example_signing_action)
 	 * as newer revisions of the document do. */
 	struct signer_tc3_req req = cvm_req();
 	struct signer_tc3 out;
-	const char *why = NULL;
+	char *why = NULL;
 
 	req.sign_action = true;
 	ck_assert(signer_tc3_sign(&req, &out, &why));
@@ -465,7 +475,7 @@ START_TEST(tc3_send_sms_computed)
 {
 	struct signer_tc3_req req = sms_req("test-key-0000");
 	struct signer_tc3 out;
-	const char *why = NULL;
+	char *why = NULL;
 
 	ck_assert(signer_tc3_sign(&req, &out, &why));
 	ck_assert_str_eq(out.date, "2025-12-31");
@@ -505,7 +515,7 @@ START_TEST(tc3_send_sms_signing_action_computed)
 {
 	struct signer_tc3_req req = sms_req("test-key-0000");
 	struct signer_tc3 out;
-	const char *why = NULL;
+	char *why = NULL;
 
 	req.sign_action = true;
 	ck_assert(signer_tc3_sign(&req, &out, &why));
@@ -525,7 +535,7 @@ START_TEST(tc3_one_byte_of_secret_changes_signature)
 	/* "test-key-0001": computed with python3 hmac like the others. */
 	struct signer_tc3_req req = sms_req("test-key-0001");
 	struct signer_tc3 out;
-	const char *why = NULL;
+	char *why = NULL;
 
 	ck_assert(signer_tc3_sign(&req, &out, &why));
 	ck_assert_ptr_null(strstr(out.authorization, SMS_SIGNATURE));
@@ -542,7 +552,7 @@ START_TEST(tc3_canonical_header_is_lower_case_and_trimmed)
 	 * upper-case Content-Type signs like the default; it is sent as given. */
 	struct signer_tc3_req req = sms_req("test-key-0000");
 	struct signer_tc3 out;
-	const char *why = NULL;
+	char *why = NULL;
 
 	req.content_type = " Application/JSON; Charset=UTF-8 ";
 	ck_assert(signer_tc3_sign(&req, &out, &why));
@@ -556,11 +566,12 @@ START_TEST(tc3_rejects_bad_requests)
 {
 	struct signer_tc3_req req = sms_req("test-key-0000");
 	struct signer_tc3 out;
-	const char *why = NULL;
+	char *why = NULL;
 
 	req.host = "sms.tencentcloudapi.com\r\nX-Evil: 1";
 	ck_assert(!signer_tc3_sign(&req, &out, &why));
 	ck_assert_str_eq(why, "control character in a header value");
+	free(why);
 	ck_assert_ptr_null(out.authorization);
 	signer_tc3_free(&out); /* safe on a failed result */
 
@@ -568,25 +579,30 @@ START_TEST(tc3_rejects_bad_requests)
 	req.region = "ap-guangzhou\n";
 	ck_assert(!signer_tc3_sign(&req, &out, &why));
 	ck_assert_str_eq(why, "control character in a header value");
+	free(why);
 
 	req = sms_req("");
 	ck_assert(!signer_tc3_sign(&req, &out, &why));
 	ck_assert_str_eq(why, "missing secret key");
+	free(why);
 
 	req = sms_req("k");
 	req.service = NULL;
 	ck_assert(!signer_tc3_sign(&req, &out, &why));
 	ck_assert_str_eq(why, "missing secret id, service, host, action or version");
+	free(why);
 
 	req = sms_req("k");
 	req.timestamp = INT64_C(253402300800); /* year 10000 */
 	ck_assert(!signer_tc3_sign(&req, &out, &why));
 	ck_assert_str_eq(why, "time stamp out of range");
+	free(why);
 
 	req = sms_req("k");
 	req.payload = NULL;
 	ck_assert(!signer_tc3_sign(&req, &out, &why));
 	ck_assert_str_eq(why, "missing payload");
+	free(why);
 }
 END_TEST
 
@@ -595,7 +611,7 @@ START_TEST(tc3_without_region_or_body)
 	/* No region: no X-TC-Region line. An empty body hashes as "". */
 	struct signer_tc3_req req = sms_req("k");
 	struct signer_tc3 out;
-	const char *why = NULL;
+	char *why = NULL;
 
 	req.region = NULL;
 	req.payload = NULL;

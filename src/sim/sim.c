@@ -5,7 +5,8 @@
  * press after a delay, close, keep-power, resend of held readings) and
  * reports relay events. Integration tests, the quickstart demo and the
  * benchmark drive it, so its command line and its stdout lines are a
- * contract too (see prepaid-sim(1)). Like the daemon it runs libmosquitto
+ * contract too (see prepaid-sim(1)). Commands are decoded by payload.c,
+ * the code that encodes them in the daemon. Like the daemon it runs libmosquitto
  * on a libevent loop, on one thread, with no library thread and no locks.
  * It speaks MQTT 3.1.1: a v5 broker would impose its receive maximum (20 by
  * default in mosquitto) on the publish window and spoil the load mode.
@@ -26,6 +27,7 @@
 #include <mosquitto.h>
 
 #include "common.h"
+#include "payload.h"
 
 enum sim_relay { SIM_CLOSED = 0, SIM_OPEN, SIM_ARMED };
 static const char *sim_relay_names[] = {"closed", "open", "armed"};
@@ -38,6 +40,8 @@ struct sim_reading {
 	char ts[40];
 };
 
+/* A command is a few short fields; anything longer is not from prepaidd. */
+#define SIM_CMD_MAX 4096
 /* Commands a meter remembers, so that a repeat gets the same answer. */
 #define SIM_MEMO 64
 struct sim_memo {
@@ -271,78 +275,6 @@ sim_format_ts(int64_t us, int frac, char *out, size_t outlen)
 		snprintf(out, outlen, "%.19s.%03d%.6s", head, (int)(us % 1000000 / 1000), zone);
 	else
 		snprintf(out, outlen, "%.19s%.6s", head, zone);
-}
-
-/* Days from 1970-01-01 to a civil date (proleptic Gregorian). */
-static int64_t
-sim_days_from_civil(int64_t y, int m, int d)
-{
-	int64_t era, yoe, doy, doe;
-
-	y -= m <= 2;
-	era = (y >= 0 ? y : y - 399) / 400;
-	yoe = y - era * 400;
-	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + doe - 719468;
-}
-
-static bool
-sim_digits(const char *s, int n, int *out)
-{
-	int i, v = 0;
-
-	for (i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return false;
-		v = v * 10 + (s[i] - '0');
-	}
-	*out = v;
-	return true;
-}
-
-/* Parse an RFC 3339 date-time with offset into microseconds since the epoch. */
-static bool
-sim_parse_ts(const char *s, int64_t *us)
-{
-	int y, mo, d, h, mi, se, oh, om, frac = 0, fd = 0;
-	int64_t t;
-	const char *p;
-
-	if (strlen(s) < 20 || !sim_digits(s, 4, &y) || s[4] != '-' || !sim_digits(s + 5, 2, &mo) ||
-	    s[7] != '-' || !sim_digits(s + 8, 2, &d) ||
-	    (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || !sim_digits(s + 11, 2, &h) ||
-	    s[13] != ':' || !sim_digits(s + 14, 2, &mi) || s[16] != ':' ||
-	    !sim_digits(s + 17, 2, &se))
-		return false;
-	if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60)
-		return false;
-	p = s + 19;
-	if (*p == '.') {
-		for (p++; *p >= '0' && *p <= '9'; p++) {
-			if (fd < 6) {
-				frac = frac * 10 + (*p - '0');
-				fd++;
-			}
-		}
-		if (fd == 0)
-			return false;
-		for (; fd < 6; fd++)
-			frac *= 10;
-	}
-	t = sim_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se;
-	if (*p == 'Z' || *p == 'z') {
-		p++;
-	} else if ((*p == '+' || *p == '-') && sim_digits(p + 1, 2, &oh) && p[3] == ':' &&
-	           sim_digits(p + 4, 2, &om)) {
-		t -= (*p == '+' ? 1 : -1) * (oh * 3600 + om * 60);
-		p += 6;
-	} else
-		return false;
-	if (*p != '\0')
-		return false;
-	*us = t * 1000000 + frac;
-	return true;
 }
 
 static int64_t
@@ -667,29 +599,18 @@ sim_resend(struct sim_meter *m, int64_t from_seq)
 static void
 sim_command(struct sim_meter *m, const char *payload, size_t len)
 {
-	json_t *root, *jid, *jact, *jvu, *jfrom;
-	json_error_t err;
+	struct meter_cmd cmd;
 	const char *id, *action, *result = "ok", *detail = NULL, *event_cause = NULL;
-	char pid[80], pact[40];
-	int64_t until;
+	char pid[80], pact[40], why[160];
 	int i;
 
-	root = json_loadb(payload, len, 0, &err);
-	if (root == NULL || !json_is_object(root)) {
-		sim_warn("meter %s: command is not a JSON object: %s", m->id,
-		    root == NULL ? err.text : "wrong type");
-		json_decref(root);
+	/* The daemon's own encoding, decoded as the daemon's contract says. */
+	if (!payload_decode_cmd(payload, len, SIM_CMD_MAX, &cmd, why, sizeof why)) {
+		sim_warn("meter %s: command ignored: %s", m->id, why);
 		return;
 	}
-	jid = json_object_get(root, "id");
-	if (!json_is_string(jid) || json_string_length(jid) == 0) {
-		sim_warn("meter %s: command without an id, ignored", m->id);
-		json_decref(root);
-		return;
-	}
-	id = json_string_value(jid);
-	jact = json_object_get(root, "action");
-	action = json_is_string(jact) ? json_string_value(jact) : "";
+	id = cmd.id;
+	action = cmd.action;
 	sim_printable(id, pid, sizeof pid);
 	sim_printable(action[0] != '\0' ? action : "-", pact, sizeof pact);
 
@@ -699,21 +620,18 @@ sim_command(struct sim_meter *m, const char *payload, size_t len)
 			sim_publish(m->t_ack, m->memo[i].ack, strlen(m->memo[i].ack), 1, 0);
 			sim_out("cmd meter=%s id=%s action=%s result=repeat relay=%s", m->id, pid,
 			    pact, sim_relay_names[m->relay]);
-			json_decref(root);
 			return;
 		}
 	}
 
-	jvu = json_object_get(root, "valid_until");
-	if (!json_is_string(jvu) || !sim_parse_ts(json_string_value(jvu), &until)) {
+	if (!cmd.has_valid_until) {
 		result = "rejected";
 		detail = "valid_until missing or not RFC 3339";
-	} else if (until < now_wall_us()) {
+	} else if (cmd.valid_until_us < now_wall_us()) {
 		/* Not executed, so not remembered: the contract says ignore it. */
 		sim_publish_ack(m, id, "expired", NULL, false);
 		sim_out("cmd meter=%s id=%s action=%s result=expired relay=%s", m->id, pid, pact,
 		    sim_relay_names[m->relay]);
-		json_decref(root);
 		return;
 	} else if (strcmp(action, "trip") == 0) {
 		if (m->keep_power) {
@@ -742,12 +660,11 @@ sim_command(struct sim_meter *m, const char *payload, size_t len)
 	} else if (strcmp(action, "keep_power_off") == 0) {
 		m->keep_power = false;
 	} else if (strcmp(action, "resend") == 0) {
-		jfrom = json_object_get(root, "from_seq");
-		if (!json_is_integer(jfrom) || json_integer_value(jfrom) < 0) {
+		if (!cmd.has_from_seq) {
 			result = "rejected";
 			detail = "from_seq missing or not a non-negative integer";
 		} else
-			sim_resend(m, json_integer_value(jfrom));
+			sim_resend(m, cmd.from_seq);
 	} else {
 		result = "unsupported";
 		detail = "unknown action";
@@ -758,7 +675,6 @@ sim_command(struct sim_meter *m, const char *payload, size_t len)
 	/* The ack first: the head-end learns of the command before its effect. */
 	if (event_cause != NULL)
 		sim_publish_event(m, event_cause);
-	json_decref(root);
 }
 
 static void
