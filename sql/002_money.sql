@@ -98,3 +98,44 @@ ALTER TABLE prepaid.anomalies DROP CONSTRAINT anomalies_kind_check,
 	ADD CONSTRAINT anomalies_state_check
 	    CHECK (state IN ('noted', 'open', 'accepted', 'rejected', 'superseded'));
 CREATE INDEX anomalies_meter_pair ON prepaid.anomalies (meter_id, to_seq);
+
+-- ------------------------------------------------------------- payments
+
+-- Why a payment left a tripped meter off ("below restore level 20.00: not
+-- re-armed"); NULL when it re-armed it or the meter was not tripped.
+ALTER TABLE prepaid.payments ADD COLUMN rearm_note text;
+
+-- ------------------------------------------------------------ templates
+
+-- The shipped texts read well when the site has no payment_link: the link
+-- is an optional section ({{#link}}...{{/link}}). Texts an operator edited
+-- are left as they are.
+UPDATE prepaid.message_templates t SET body = n.body
+FROM (VALUES
+	('low_balance', 'sms', 'zh',
+	 '【物业】{{name}}您好，电表{{meter}}余额{{balance}}元，请及时充值：{{link}}',
+	 '【物业】{{name}}您好，电表{{meter}}余额{{balance}}元，请及时充值{{#link}}：{{link}}{{/link}}。'),
+	('low_balance', 'sms', 'en',
+	 'Dear {{name}}, the balance of meter {{meter}} is {{balance}} yuan. Please top up: {{link}}',
+	 'Dear {{name}}, the balance of meter {{meter}} is {{balance}} yuan. Please top up{{#link}}: {{link}}{{/link}}.'),
+	('low_balance', 'email', 'zh',
+	 E'{{name}}您好：\n\n您的电表{{meter}}当前余额为{{balance}}元，请及时充值以免停电。\n充值链接：{{link}}\n',
+	 E'{{name}}您好：\n\n您的电表{{meter}}当前余额为{{balance}}元，请及时充值以免停电。\n{{#link}}充值链接：{{link}}\n{{/link}}'),
+	('low_balance', 'email', 'en',
+	 E'Dear {{name}},\n\nThe balance of meter {{meter}} is {{balance}} yuan. Please top up to avoid an interruption.\nTop up: {{link}}\n',
+	 E'Dear {{name}},\n\nThe balance of meter {{meter}} is {{balance}} yuan. Please top up to avoid an interruption.\n{{#link}}Top up: {{link}}\n{{/link}}'),
+	('arrears', 'sms', 'zh',
+	 '【物业】{{name}}您好，电表{{meter}}已欠费{{amount_due}}元，请尽快缴费，逾期将停电：{{link}}',
+	 '【物业】{{name}}您好，电表{{meter}}已欠费{{amount_due}}元，请尽快缴费，逾期将停电{{#link}}：{{link}}{{/link}}。'),
+	('arrears', 'sms', 'en',
+	 'Dear {{name}}, meter {{meter}} is {{amount_due}} yuan in arrears. Please pay soon or supply will be cut: {{link}}',
+	 'Dear {{name}}, meter {{meter}} is {{amount_due}} yuan in arrears. Please pay soon or supply will be cut{{#link}}: {{link}}{{/link}}.'),
+	('arrears', 'email', 'zh',
+	 E'{{name}}您好：\n\n您的电表{{meter}}已欠费{{amount_due}}元，请尽快缴费，逾期将停止供电。\n缴费链接：{{link}}\n',
+	 E'{{name}}您好：\n\n您的电表{{meter}}已欠费{{amount_due}}元，请尽快缴费，逾期将停止供电。\n{{#link}}缴费链接：{{link}}\n{{/link}}'),
+	('arrears', 'email', 'en',
+	 E'Dear {{name}},\n\nMeter {{meter}} is {{amount_due}} yuan in arrears. Please pay soon; otherwise the supply will be cut.\nPay: {{link}}\n',
+	 E'Dear {{name}},\n\nMeter {{meter}} is {{amount_due}} yuan in arrears. Please pay soon; otherwise the supply will be cut.\n{{#link}}Pay: {{link}}\n{{/link}}')
+) AS n(template_key, channel, language, old, body)
+WHERE t.template_key = n.template_key AND t.channel = n.channel AND t.language = n.language
+  AND t.body = n.old;

@@ -73,6 +73,7 @@ COMMENT ON VIEW prepaid.order_status IS
 -- has a trip in flight gets an arm (restore_mode arm, the default: the
 -- occupant presses the button) or a close (auto). Returns the command id,
 -- or NULL when nothing was needed. The meter row is locked by the caller.
+-- A tripped meter left off says why in its payment's rearm_note.
 CREATE OR REPLACE FUNCTION prepaid_internal.payment_rearm(p_meter text, p_payment bigint, p_paid_at timestamptz)
 RETURNS text
 LANGUAGE plpgsql AS $$
@@ -99,6 +100,9 @@ BEGIN
 	JOIN prepaid.policies pol ON pol.policy_id = coalesce(m.policy_id, s.policy_id)
 	WHERE s.site_id = m.site_id;
 	IF m.balance < p.restore_level THEN
+		UPDATE prepaid.payments SET rearm_note = format('below restore level %s: not re-armed',
+		    p.restore_level)
+		WHERE payment_id = p_payment;
 		RETURN NULL;
 	END IF;
 	IF v_trip_queued THEN
@@ -113,6 +117,9 @@ BEGIN
 	SELECT command_id INTO v_cmd FROM prepaid.restores
 	WHERE meter_id = p_meter AND state IN ('pending', 'armed');
 	IF FOUND THEN
+		UPDATE prepaid.payments SET rearm_note = format('a restore is already pending (command %s)',
+		    v_cmd)
+		WHERE payment_id = p_payment;
 		RETURN v_cmd;
 	END IF;
 	v_cmd := prepaid.send_command(p_meter, v_mode,
@@ -183,11 +190,14 @@ END $$;
 -- durably recorded, and retrying would not change the outcome. With
 -- p_wake_self the commands and messages queued here send no NOTIFY: the
 -- caller wakes its own outbox and dispatcher after the commit.
+-- rearm_note says why a tripped meter was left off (see payment_rearm).
+DROP FUNCTION IF EXISTS prepaid_internal.record_payment(text, text, text, bigint, text, text,
+    timestamptz, timestamptz, boolean, boolean);
 CREATE OR REPLACE FUNCTION prepaid_internal.record_payment(p_provider text, p_txn text, p_out_trade_no text,
     p_amount_fen bigint, p_trade_status text, p_notify_id text, p_paid_at timestamptz,
     p_received_at timestamptz, p_notify_occupant boolean, p_wake_self boolean,
     OUT outcome text, OUT payment_id bigint, OUT meter_id text, OUT command_id text,
-    OUT balance numeric)
+    OUT balance numeric, OUT rearm_note text)
 LANGUAGE plpgsql AS $$
 DECLARE
 	o prepaid.orders;
@@ -254,6 +264,8 @@ BEGIN
 	FROM prepaid_internal.payment_credit(payment_id, o.meter_id, 'credited', p_notify_occupant) c;
 	outcome := 'credited';
 	SELECT m.balance INTO balance FROM prepaid.meters m WHERE m.meter_id = o.meter_id;
+	SELECT pp.rearm_note INTO rearm_note FROM prepaid.payments pp
+	WHERE pp.payment_id = record_payment.payment_id;
 END $$;
 
 -- Called by the daemon for a verified notification that must not credit
@@ -417,7 +429,7 @@ CREATE OR REPLACE VIEW prepaid.payment_status AS
 SELECT p.payment_id, p.provider, p.provider_txn, p.out_trade_no, p.meter_id,
        round(p.amount_fen / 100.0, 2) AS amount, p.state, p.reason, p.trade_status,
        p.paid_at, p.received_at, p.recorded_at, p.ledger_entry, p.resolved_by,
-       p.resolved_at, p.resolution
+       p.resolved_at, p.resolution, p.rearm_note
 FROM prepaid.payments p;
 COMMENT ON VIEW prepaid.payment_status IS
 	'Payments with their order, meter, state and resolution.';
