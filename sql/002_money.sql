@@ -101,6 +101,15 @@ CREATE INDEX anomalies_meter_pair ON prepaid.anomalies (meter_id, to_seq);
 
 -- ------------------------------------------------------------- payments
 
+-- Orders in fen like payments (amount: their yuan, for the views).
+DROP VIEW IF EXISTS prepaid.order_status;
+ALTER TABLE prepaid.orders ADD COLUMN amount_fen bigint;
+UPDATE prepaid.orders SET amount_fen = round(amount * 100);
+ALTER TABLE prepaid.orders ALTER COLUMN amount_fen SET NOT NULL,
+	ADD CONSTRAINT orders_amount_fen CHECK (amount_fen > 0),
+	DROP COLUMN amount,
+	ADD COLUMN amount numeric(20,2) GENERATED ALWAYS AS (amount_fen / 100.0) STORED;
+
 -- Why a payment left a tripped meter off ("below restore level 20.00: not
 -- re-armed"); NULL when it re-armed it or the meter was not tripped.
 ALTER TABLE prepaid.payments ADD COLUMN rearm_note text;

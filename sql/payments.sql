@@ -47,8 +47,8 @@ BEGIN
 	PERFORM prepaid_internal.lock_meter(p_meter);
 	v_no := 'PP' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS')
 	        || substr(replace(gen_random_uuid()::text, '-', ''), 1, 10);
-	INSERT INTO prepaid.orders (out_trade_no, meter_id, provider, amount, expires_at)
-	VALUES (v_no, p_meter, p_provider, p_amount, now() + p_valid_for);
+	INSERT INTO prepaid.orders (out_trade_no, meter_id, provider, amount_fen, expires_at)
+	VALUES (v_no, p_meter, p_provider, (p_amount * 100)::bigint, now() + p_valid_for);
 	RETURN v_no;
 END $$;
 COMMENT ON FUNCTION prepaid.create_order(text,numeric,text,interval) IS
@@ -235,9 +235,8 @@ BEGIN
 		v_reason := 'no such order';
 	ELSIF o.provider <> p_provider THEN
 		v_reason := format('the order is for %s', o.provider);
-	ELSIF round(o.amount * 100) <> p_amount_fen THEN
-		v_reason := format('amount %s fen, the order is %s fen', p_amount_fen,
-		    round(o.amount * 100));
+	ELSIF o.amount_fen <> p_amount_fen THEN
+		v_reason := format('amount %s fen, the order is %s fen', p_amount_fen, o.amount_fen);
 	ELSIF o.state = 'paid' THEN
 		v_reason := 'the order was already paid by another transaction';
 	ELSIF o.state = 'disputed' THEN
