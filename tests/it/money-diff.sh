@@ -82,6 +82,34 @@ for seed in $seeds; do
 	else
 		echo "ok - a conflicting credit reference is refused: $err"
 	fi
+
+	# A seq far ahead is held, billing goes on; accepted, it is stored and
+	# charged like any reading (here: the meter's new latest).
+	h=MDHOLD$seed
+	base=$(date -u +%s)
+	for k in 0 1 2; do
+		pub "meters/$h/reading" "{\"seq\":$((100 + k)),\"ts\":\"$(date -u -d "@$((base + k * 60))" +%FT%TZ)\",\"energy_wh\":$((k * 100))}"
+	done
+	pub "meters/$h/reading" "{\"seq\":1000000000,\"ts\":\"$(date -u -d "@$((base + 300))" +%FT%TZ)\",\"energy_wh\":500}"
+	pub "meters/$h/reading" "{\"seq\":103,\"ts\":\"$(date -u -d "@$((base + 240))" +%FT%TZ)\",\"energy_wh\":400}"
+	wait_until "SELECT last_seq = 103 FROM prepaid.meters WHERE meter_id = '$h'" 10 \
+	    "$h: billing goes on past a far-ahead seq"
+	assert_eq "seq_out_of_range|open|1000000000|0|400" "$(psql_q "SELECT a.kind || '|' || a.state ||
+	    '|' || a.to_seq || '|' || (SELECT count(*) FROM prepaid.readings r WHERE r.meter_id = '$h'
+	        AND r.seq = 1000000000) || '|' || (SELECT sum(energy_wh) FROM prepaid.ledger l
+	        WHERE l.meter_id = '$h' AND l.kind = 'charge')
+	    FROM prepaid.anomalies a WHERE a.meter_id = '$h'")" "$h: the far seq held, 400 Wh charged"
+	assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.gaps WHERE meter_id = '$h'")" \
+	    "$h: no gap opened by it"
+	psql_q "SELECT prepaid.accept_anomaly(id, 'moneydiff: a meter swap') FROM prepaid.anomalies
+	    WHERE meter_id = '$h'" >/dev/null
+	assert_eq "accepted|1000000000|1|500" "$(psql_q "SELECT a.state || '|' || m.last_seq || '|' ||
+	    (SELECT count(*) FROM prepaid.readings r WHERE r.meter_id = '$h' AND r.seq = 1000000000)
+	    || '|' || (SELECT sum(energy_wh) FROM prepaid.ledger l WHERE l.meter_id = '$h'
+	        AND l.kind = 'charge')
+	    FROM prepaid.anomalies a JOIN prepaid.meters m USING (meter_id) WHERE a.meter_id = '$h'")" \
+	    "$h: accepted, stored as the latest reading and its 100 Wh charged"
+	assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.verify_ledger()")" "verify_ledger() after it"
 	daemon_stop
 done
 [ "$rc" = 0 ] || fail "the daemon's money differs from the model (see above)"
