@@ -398,6 +398,9 @@ CREATE OR REPLACE FUNCTION prepaid_internal.period_wh_before(p_meter text, p_per
 LANGUAGE sql STABLE AS $$
 	SELECT coalesce(sum(l.energy_wh), 0)::bigint FROM prepaid.ledger l
 	WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.period_start = p_period
+	  -- (a part of the period starts on its first local day or later, in
+	  -- any time zone after the day before in UTC)
+	  AND l.from_ts >= (p_period - 1)::timestamp AT TIME ZONE 'UTC' AND l.from_ts <= p_s0
 	  AND (l.from_ts, l.to_ts, l.to_seq) < (p_s0, p_s1, p_to_seq)
 $$;
 
@@ -629,6 +632,9 @@ BEGIN
 	    s1 timestamptz, day date, e bigint, vid bigint, tier integer, band text, price numeric,
 	    service numeric, exact numeric, anomaly bigint, fresh boolean) ON COMMIT DELETE ROWS;
 	TRUNCATE rr_iv, rr_parts, rr_drop, rr_k, rr_want;
+	-- every part of an interval of the range lies between these
+	SELECT min(ts) - interval '1 second', max(ts) INTO v_f, v_t FROM prepaid.readings
+	WHERE meter_id = p_meter AND seq BETWEEN p_lo AND p_hi;
 
 	-- The intervals now: consecutive stored readings in the range.
 	INSERT INTO rr_iv
@@ -640,6 +646,7 @@ BEGIN
 	       NULL,
 	       EXISTS (SELECT 1 FROM prepaid.ledger l
 	               WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.to_seq = x.s
+	                 AND l.from_ts BETWEEN v_f AND v_t
 	                 AND l.from_seq = x.fs AND l.reverses IS NULL
 	                 AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id))
 	FROM (SELECT lag(seq) OVER w AS fs, seq AS s, lag(ts) OVER w AS t0, ts AS t,
@@ -672,6 +679,7 @@ BEGIN
 	INSERT INTO rr_drop
 	SELECT l.entry_id, l.period_start, l.from_ts, l.to_ts, l.to_seq FROM prepaid.ledger l
 	WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.to_seq BETWEEN p_lo AND p_hi
+	  AND l.from_ts BETWEEN v_f AND v_t
 	  AND l.from_seq >= p_lo AND l.reverses IS NULL
 	  AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id)
 	  AND NOT EXISTS (SELECT 1 FROM rr_iv i WHERE i.fs = l.from_seq AND i.ts = l.to_seq);
@@ -702,7 +710,7 @@ BEGIN
 	FROM (SELECT DISTINCT l.from_seq AS fs, l.to_seq AS ts FROM prepaid.ledger l
 	      JOIN rr_k k ON l.period_start = k.pstart
 	      WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.reverses IS NULL
-	        AND (l.from_ts, l.to_ts, l.to_seq) >= (k.k0, k.k1, k.k2)
+	        AND l.from_ts >= k.k0 AND (l.from_ts, l.to_ts, l.to_seq) >= (k.k0, k.k1, k.k2)
 	        AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id)
 	        AND NOT EXISTS (SELECT 1 FROM rr_drop d WHERE d.entry_id = l.entry_id)) x
 	JOIN prepaid.readings ra ON ra.meter_id = p_meter AND ra.seq = x.fs
@@ -738,7 +746,7 @@ BEGIN
 	WITH live AS (
 		SELECT l.* FROM prepaid.ledger l JOIN rr_k k ON l.period_start = k.pstart
 		WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.reverses IS NULL
-		  AND (l.from_ts, l.to_ts, l.to_seq) >= (k.k0, k.k1, k.k2)
+		  AND l.from_ts >= k.k0 AND (l.from_ts, l.to_ts, l.to_seq) >= (k.k0, k.k1, k.k2)
 		  AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id)
 		  AND NOT EXISTS (SELECT 1 FROM rr_drop d WHERE d.entry_id = l.entry_id)
 	), changed AS (
@@ -778,8 +786,7 @@ BEGIN
 	WHERE w.fresh OR EXISTS (SELECT 1 FROM changed c WHERE c.fs = w.fs AND c.ts = w.ts AND c.pstart = w.pstart);
 
 	-- Standing days the range's readings reach.
-	SELECT min(ts), max(ts) INTO v_f, v_t FROM prepaid.readings
-	WHERE meter_id = p_meter AND seq BETWEEN p_lo AND p_hi;
+	v_f := v_f + interval '1 second';
 	IF v_f IS NOT NULL THEN
 		INSERT INTO pg_temp.post_rows (ord, meter_id, day, kind, exact_fen, tariff_version_id)
 		SELECT 1000000000 + row_number() OVER (ORDER BY st.day), p_meter, st.day, 'standing',
@@ -794,7 +801,8 @@ BEGIN
 	-- The period cache of the fast path follows.
 	UPDATE prepaid.meters mt SET period_wh = (
 		SELECT coalesce(sum(l.energy_wh), 0) FROM prepaid.ledger l
-		WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.period_start = mt.period_start)
+		WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.period_start = mt.period_start
+		  AND l.from_ts >= (mt.period_start - 1)::timestamp AT TIME ZONE 'UTC')
 	WHERE mt.meter_id = p_meter AND mt.period_start IN (SELECT pstart FROM rr_k);
 	RETURN v_n;
 END $$;
@@ -863,10 +871,10 @@ LANGUAGE sql AS $$
 		            WHEN mt2.period_start = prepaid_internal.period_start(v.period, v.period_start_day,
 		                     v.period_start_month, (u.at AT TIME ZONE s.time_zone)::date)
 		            THEN mt2.period_wh
-		            ELSE (SELECT coalesce(sum(l.energy_wh), 0) FROM prepaid.ledger l
-		                  WHERE l.meter_id = u.m AND l.kind = 'charge'
-		                    AND l.period_start = prepaid_internal.period_start(v.period, v.period_start_day,
-		                        v.period_start_month, (u.at AT TIME ZONE s.time_zone)::date)) END AS base
+		            ELSE prepaid_internal.period_wh_before(u.m,
+		                     prepaid_internal.period_start(v.period, v.period_start_day,
+		                         v.period_start_month, (u.at AT TIME ZONE s.time_zone)::date),
+		                     'infinity', 'infinity', NULL) END AS base
 		FROM (SELECT x.m, greatest(x.at, y.last_ts) AS at
 		      FROM unnest(p_meter, p_at) AS x(m, at) JOIN prepaid.meters y ON y.meter_id = x.m) u
 		JOIN prepaid.meters mt2 ON mt2.meter_id = u.m
