@@ -417,51 +417,36 @@ BEGIN
 		SELECT u.*, k.last AS old_last, k.lts AS old_ts, k.lwh AS old_wh,
 		       k.first AS old_first, k.fts AS old_first_ts, k.fwh AS old_first_wh,
 		       k.m IS NOT NULL AS known,
-		       row_number() OVER (PARTITION BY u.m, u.s ORDER BY u.rcv) AS rn
+		       row_number() OVER (PARTITION BY u.m, u.s ORDER BY u.rcv) AS rn,
+		       -- 1 for the meter's reading with the highest seq (its first copy)
+		       row_number() OVER (PARTITION BY u.m ORDER BY u.s DESC, u.rcv) AS top,
+		       -- 1 for the one with the lowest seq
+		       row_number() OVER (PARTITION BY u.m ORDER BY u.s, u.rcv) AS bot,
+		       -- the lowest seq of the meter's readings in the batch
+		       first_value(u.s) OVER (PARTITION BY u.m ORDER BY u.s, u.rcv) AS bmin
 		FROM unnest(p_meter, p_seq, p_ts, p_energy, p_relay, p_power,
 		            p_voltage, p_current, p_received)
 		     AS u(m, s, t, e, r, pw, v, c, rcv)
 		LEFT JOIN unnest(p_known, p_last, p_last_ts, p_last_wh, p_first, p_first_ts, p_first_wh)
 		     AS k(m, last, lts, lwh, first, fts, fwh) ON k.m = u.m
-	), side AS (
-		-- which side of the meter's stored range a first copy lies on
-		SELECT cls0.*,
-		       CASE WHEN NOT known OR rn > 1 THEN 'x'
-		            WHEN old_last IS NULL OR s > old_last THEN 'a'
-		            WHEN s < old_first THEN 'b' ELSE 'f' END AS sd
-		FROM cls0
-	), jumps AS (
-		-- a step of more than 1,000,000 up from the meter's highest seq (or
-		-- the batch's reading below it), or down from its lowest
-		SELECT side.*,
-		       CASE sd WHEN 'a' THEN s - coalesce(lag(s) OVER wa, old_last, s) > 1000000
-		               WHEN 'b' THEN coalesce(lag(s) OVER wb, old_first) - s > 1000000
-		               ELSE false END AS jump
-		FROM side
-		WINDOW wa AS (PARTITION BY m, sd ORDER BY s), wb AS (PARTITION BY m, sd ORDER BY s DESC)
-	), cls1 AS (
-		-- held: beyond such a step (seq_out_of_range), never stored
-		SELECT jumps.*,
-		       CASE sd WHEN 'a' THEN bool_or(jump) OVER (PARTITION BY m, sd ORDER BY s)
-		               WHEN 'b' THEN bool_or(jump) OVER (PARTITION BY m, sd ORDER BY s DESC)
-		               ELSE false END AS held
-		FROM jumps
 	), cls AS (
+		-- held: a seq more than 1,000,000 above the meter's highest stored
+		-- when the batch began, or below its lowest (a new meter's: from the
+		-- batch's lowest); never stored (seq_out_of_range).
 		-- fresh: first copy in the batch, of a known meter, not held, and
 		-- either beyond the meter's last seq, before its first, or a seq
 		-- between them not stored yet (a gap filled, or one left by a
 		-- reading older than the first).
-		SELECT cls1.*,
+		SELECT c.*,
 		       known AND rn = 1 AND NOT held AND (old_last IS NULL OR s > old_last OR s < old_first
 		           OR NOT EXISTS (SELECT 1 FROM prepaid.readings x
-		                          WHERE x.meter_id = cls1.m AND x.seq = cls1.s)) AS fresh,
+		                          WHERE x.meter_id = c.m AND x.seq = c.s)) AS fresh,
 		       old_last IS NULL OR s > old_last AS ahead,
-		       coalesce(s < old_first, false) AS behind,
-		       -- 1 for the meter's reading with the highest seq (its first copy)
-		       row_number() OVER (PARTITION BY m ORDER BY held, s DESC, rcv) AS top,
-		       -- 1 for the one with the lowest seq
-		       row_number() OVER (PARTITION BY m ORDER BY held, s, rcv) AS bot
-		FROM cls1
+		       coalesce(s < old_first, false) AS behind
+		FROM (SELECT cls0.*,
+		             known AND rn = 1 AND (s - coalesce(old_last, bmin) > 1000000
+		                                   OR coalesce(old_first, bmin) - s > 1000000) AS held
+		      FROM cls0) c
 	), ins AS (
 		INSERT INTO prepaid.readings (meter_id, seq, ts, energy_wh, relay,
 		    power_w, voltage_v, current_a, received_at, ingested_at)
@@ -586,6 +571,26 @@ BEGIN
 	FROM (SELECT array_agg(m) AS m, array_agg(old_last) AS s, array_agg(old_ts) AS t,
 	             array_agg(old_wh) AS e, array_agg(nbehind > 0 OR nfill > 0) AS late
 	      FROM fast WHERE (amt IS NULL AND nahead > 0) OR nbehind > 0 OR nfill > 0) sl;
+	-- A held reading may have been the batch's highest (or lowest): the
+	-- meter's latest (first) reading is then the highest (lowest) stored.
+	IF n_held > 0 THEN
+		UPDATE prepaid.meters mt SET last_seq = r.seq, last_ts = r.ts, last_energy_wh = r.energy_wh
+		FROM (SELECT DISTINCT ON (x.meter_id) x.meter_id, x.seq, x.ts, x.energy_wh
+		      FROM prepaid.readings x
+		      WHERE x.meter_id IN (SELECT a.meter_id FROM prepaid.anomalies a
+		                           WHERE a.kind = 'seq_out_of_range' AND a.state = 'open'
+		                             AND a.meter_id = ANY (p_known))
+		      ORDER BY x.meter_id, x.seq DESC) r
+		WHERE mt.meter_id = r.meter_id AND r.seq > coalesce(mt.last_seq, -1);
+		UPDATE prepaid.meters mt SET first_seq = r.seq, first_ts = r.ts, first_wh = r.energy_wh
+		FROM (SELECT DISTINCT ON (x.meter_id) x.meter_id, x.seq, x.ts, x.energy_wh
+		      FROM prepaid.readings x
+		      WHERE x.meter_id IN (SELECT a.meter_id FROM prepaid.anomalies a
+		                           WHERE a.kind = 'seq_out_of_range' AND a.state = 'open'
+		                             AND a.meter_id = ANY (p_known))
+		      ORDER BY x.meter_id, x.seq) r
+		WHERE mt.meter_id = r.meter_id AND (mt.first_seq IS NULL OR r.seq < mt.first_seq);
+	END IF;
 END $$;
 
 -- Readings that arrived into open gaps (a resend): shrink or split the
