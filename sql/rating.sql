@@ -489,12 +489,17 @@ $$;
 CREATE OR REPLACE FUNCTION prepaid_internal.post_open() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-	CREATE TEMP TABLE IF NOT EXISTS post_rows (ord bigint, meter_id text, day date, kind text,
+	-- (created once per session; emptied with DELETE: TRUNCATE of a temp
+	-- table costs a new file each time)
+	IF to_regclass('pg_temp.post_rows') IS NOT NULL THEN
+		DELETE FROM pg_temp.post_rows;
+		RETURN;
+	END IF;
+	CREATE TEMP TABLE post_rows (ord bigint, meter_id text, day date, kind text,
 	    exact_fen numeric, from_seq bigint, to_seq bigint, from_ts timestamptz, to_ts timestamptz,
 	    energy_wh bigint, tariff_version_id bigint, tier integer, band text, price numeric,
 	    service_fee numeric, anomaly_id bigint, reverses bigint, period_start date)
 	    ON COMMIT DELETE ROWS;
-	TRUNCATE post_rows;
 END $$;
 
 -- Write the charge and standing entries of pg_temp.post_rows (exact_fen is
@@ -535,7 +540,7 @@ BEGIN
 		RETURNING 1
 	)
 	SELECT count(*) INTO v_n FROM led;
-	TRUNCATE pg_temp.post_rows;
+	DELETE FROM pg_temp.post_rows;
 	RETURN v_n;
 END $$;
 
@@ -618,20 +623,27 @@ BEGIN
 	SELECT coalesce(mt.max_power_w, s.max_power_w) INTO v_maxp
 	FROM prepaid.meters mt JOIN prepaid.sites s ON s.site_id = mt.site_id WHERE mt.meter_id = p_meter;
 
-	CREATE TEMP TABLE IF NOT EXISTS rr_iv (fs bigint, ts bigint, t0 timestamptz, t1 timestamptz,
-	    r0 timestamptz, e0 bigint, e1 bigint, wh bigint, cls text, anomaly bigint, live boolean)
-	    ON COMMIT DELETE ROWS;
-	CREATE TEMP TABLE IF NOT EXISTS rr_parts (ivn bigint, fs bigint, ts bigint, s0 timestamptz,
-	    s1 timestamptz, day date, e bigint, vid bigint, service numeric, pstart date, band text,
-	    bprice numeric, anomaly bigint, fresh boolean) ON COMMIT DELETE ROWS;
-	CREATE TEMP TABLE IF NOT EXISTS rr_drop (entry_id bigint, period_start date, from_ts timestamptz,
-	    to_ts timestamptz, to_seq bigint) ON COMMIT DELETE ROWS;
-	CREATE TEMP TABLE IF NOT EXISTS rr_k (pstart date, k0 timestamptz, k1 timestamptz, k2 bigint)
-	    ON COMMIT DELETE ROWS;
-	CREATE TEMP TABLE IF NOT EXISTS rr_want (fs bigint, ts bigint, pstart date, s0 timestamptz,
-	    s1 timestamptz, day date, e bigint, vid bigint, tier integer, band text, price numeric,
-	    service numeric, exact numeric, anomaly bigint, fresh boolean) ON COMMIT DELETE ROWS;
-	TRUNCATE rr_iv, rr_parts, rr_drop, rr_k, rr_want;
+	IF to_regclass('pg_temp.rr_iv') IS NULL THEN
+		CREATE TEMP TABLE rr_iv (fs bigint, ts bigint, t0 timestamptz, t1 timestamptz,
+		    r0 timestamptz, e0 bigint, e1 bigint, wh bigint, cls text, anomaly bigint, live boolean)
+		    ON COMMIT DELETE ROWS;
+		CREATE TEMP TABLE rr_parts (ivn bigint, fs bigint, ts bigint, s0 timestamptz,
+		    s1 timestamptz, day date, e bigint, vid bigint, service numeric, pstart date, band text,
+		    bprice numeric, anomaly bigint, fresh boolean) ON COMMIT DELETE ROWS;
+		CREATE TEMP TABLE rr_drop (entry_id bigint, period_start date, from_ts timestamptz,
+		    to_ts timestamptz, to_seq bigint) ON COMMIT DELETE ROWS;
+		CREATE TEMP TABLE rr_k (pstart date, k0 timestamptz, k1 timestamptz, k2 bigint)
+		    ON COMMIT DELETE ROWS;
+		CREATE TEMP TABLE rr_want (fs bigint, ts bigint, pstart date, s0 timestamptz,
+		    s1 timestamptz, day date, e bigint, vid bigint, tier integer, band text, price numeric,
+		    service numeric, exact numeric, anomaly bigint, fresh boolean) ON COMMIT DELETE ROWS;
+	ELSE
+		DELETE FROM rr_iv;
+		DELETE FROM rr_parts;
+		DELETE FROM rr_drop;
+		DELETE FROM rr_k;
+		DELETE FROM rr_want;
+	END IF;
 	-- every part of an interval of the range lies between these
 	SELECT min(ts) - interval '1 second', max(ts) INTO v_f, v_t FROM prepaid.readings
 	WHERE meter_id = p_meter AND seq BETWEEN p_lo AND p_hi;
@@ -965,12 +977,16 @@ DECLARE
 	v_late text[];
 	r record;
 BEGIN
-	CREATE TEMP TABLE IF NOT EXISTS charge_iv (m text, fs bigint, ts bigint, t0 timestamptz,
-	    t1 timestamptz, e0 bigint, e1 bigint, wh bigint, limit_wh bigint, jump boolean)
-	    ON COMMIT DELETE ROWS;
-	CREATE TEMP TABLE IF NOT EXISTS charge_rd (m text, s bigint, t timestamptz, e bigint)
-	    ON COMMIT DELETE ROWS;
-	TRUNCATE charge_iv, charge_rd;
+	IF to_regclass('pg_temp.charge_iv') IS NULL THEN
+		CREATE TEMP TABLE charge_iv (m text, fs bigint, ts bigint, t0 timestamptz,
+		    t1 timestamptz, e0 bigint, e1 bigint, wh bigint, limit_wh bigint, jump boolean)
+		    ON COMMIT DELETE ROWS;
+		CREATE TEMP TABLE charge_rd (m text, s bigint, t timestamptz, e bigint)
+		    ON COMMIT DELETE ROWS;
+	ELSE
+		DELETE FROM charge_iv;
+		DELETE FROM charge_rd;
+	END IF;
 	-- the batch's readings of these meters that were stored (first copies)
 	INSERT INTO charge_rd
 	SELECT DISTINCT ON (u.m, u.s) u.m, u.s, u.t, u.e
