@@ -370,24 +370,39 @@ WITH iv AS (
 	        - div(iv.wh * extract(epoch FROM seg.s0 - iv.t0) * 1000000, iv.span))::bigint AS e
 	FROM seg JOIN iv ON iv.ivn = seg.ivn
 	WHERE seg.s1 IS NOT NULL
+), keyed AS (
+	SELECT part.ivn, part.m, part.fs, part.ts, part.s0, part.s1, part.local0::date AS d, part.e,
+	       v.version_id, v.service_per_kwh,
+	       prepaid_internal.period_start(v.period, v.period_start_day, v.period_start_month,
+	           part.local0::date) AS pstart,
+	       b.band, b.price AS bprice
+	FROM part
+	LEFT JOIN LATERAL (SELECT x.tariff_id FROM prepaid.meter_tariffs x
+	                   WHERE x.meter_id = part.m AND x.effective_from <= part.s0
+	                   ORDER BY x.effective_from DESC LIMIT 1) a ON true
+	LEFT JOIN LATERAL (SELECT y.* FROM prepaid.tariff_versions y
+	                   WHERE y.tariff_id = coalesce(a.tariff_id, part.deft) AND y.effective_from <= part.s0
+	                   ORDER BY y.effective_from DESC LIMIT 1) v ON true
+	LEFT JOIN LATERAL (SELECT bb.band, bb.price FROM prepaid.tariff_bands bb
+	                   WHERE v.has_bands AND bb.version_id = v.version_id
+	                     AND bb.day_type = prepaid.day_type(part.calendar, part.local0::date)
+	                     AND bb.start_time <= part.local0::time
+	                   ORDER BY bb.start_time DESC LIMIT 1) b ON true
+), islands AS (
+	-- a part is the longest span of one day, version and band: merge the
+	-- cuts that changed none of them (their Wh add up, floor differences)
+	SELECT x.*, sum(CASE WHEN x.k = x.pk THEN 0 ELSE 1 END)
+	                OVER (PARTITION BY x.ivn ORDER BY x.s0) AS g
+	FROM (SELECT keyed.*, ROW(d, version_id, band, bprice)::text AS k,
+	             lag(ROW(d, version_id, band, bprice)::text) OVER (PARTITION BY ivn ORDER BY s0) AS pk
+	      FROM keyed) x
 )
-SELECT part.ivn, part.m, part.fs, part.ts, part.s0, part.s1, part.local0::date, part.e,
-       v.version_id, v.service_per_kwh,
-       prepaid_internal.period_start(v.period, v.period_start_day, v.period_start_month, part.local0::date),
-       b.band, b.price
-FROM part
-LEFT JOIN LATERAL (SELECT x.tariff_id FROM prepaid.meter_tariffs x
-                   WHERE x.meter_id = part.m AND x.effective_from <= part.s0
-                   ORDER BY x.effective_from DESC LIMIT 1) a ON true
-JOIN LATERAL (SELECT y.* FROM prepaid.tariff_versions y
-              WHERE y.tariff_id = coalesce(a.tariff_id, part.deft) AND y.effective_from <= part.s0
-              ORDER BY y.effective_from DESC LIMIT 1) v ON true
-LEFT JOIN LATERAL (SELECT bb.band, bb.price FROM prepaid.tariff_bands bb
-                   WHERE v.has_bands AND bb.version_id = v.version_id
-                     AND bb.day_type = prepaid.day_type(part.calendar, part.local0::date)
-                     AND bb.start_time <= part.local0::time
-                   ORDER BY bb.start_time DESC LIMIT 1) b ON true
-WHERE part.e > 0
+SELECT ivn, m, fs, ts, min(s0), max(s1), d, sum(e)::bigint, version_id, service_per_kwh, pstart,
+       band, bprice
+FROM islands
+WHERE version_id IS NOT NULL
+GROUP BY ivn, m, fs, ts, g, d, version_id, service_per_kwh, pstart, band, bprice
+HAVING sum(e) > 0
 $$;
 
 -- The energy a meter's billing period already holds before a part (by
