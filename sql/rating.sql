@@ -625,8 +625,9 @@ END $$;
 -- days the readings reach are charged. Returns the entries written.
 CREATE OR REPLACE FUNCTION prepaid_internal.rerate_meter(p_meter text, p_lo bigint, p_hi bigint) RETURNS integer
 LANGUAGE plpgsql
+-- (one meter, a few intervals: generic plans, planned once a session, do
+-- as well as custom ones and save planning the big statements every call)
 SET jit = off
-SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
 	v_maxp bigint;
