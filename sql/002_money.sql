@@ -62,9 +62,8 @@ ALTER TABLE prepaid.ledger ALTER COLUMN amount_fen SET NOT NULL,
 	ADD CONSTRAINT ledger_exact CHECK ((exact_fen IS NOT NULL) = (kind IN ('charge', 'standing'))),
 	ADD CONSTRAINT ledger_reversal CHECK (reverses IS NULL OR kind IN ('charge', 'standing'));
 CREATE INDEX ledger_reverses ON prepaid.ledger (reverses) WHERE reverses IS NOT NULL;
--- A meter's charges by time: tier positions (the energy of a period before
--- a part) and the entries of an interval, for the full path of charging.
-CREATE INDEX ledger_meter_from ON prepaid.ledger (meter_id, from_ts) WHERE kind = 'charge';
+-- (The full path of charging finds a period's or an interval's entries
+-- through ledger_meter_day: no index more for charging to keep.)
 DROP INDEX prepaid.ledger_standing_once;
 CREATE UNIQUE INDEX ledger_standing_once ON prepaid.ledger (meter_id, day)
 	WHERE kind = 'standing' AND reverses IS NULL;

@@ -413,9 +413,9 @@ CREATE OR REPLACE FUNCTION prepaid_internal.period_wh_before(p_meter text, p_per
 LANGUAGE sql STABLE AS $$
 	SELECT coalesce(sum(l.energy_wh), 0)::bigint FROM prepaid.ledger l
 	WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.period_start = p_period
-	  -- (a part of the period starts on its first local day or later, in
-	  -- any time zone after the day before in UTC)
-	  AND l.from_ts >= (p_period - 1)::timestamp AT TIME ZONE 'UTC' AND l.from_ts <= p_s0
+	  -- (a part of the period is on its first local day or later: the
+	  -- ledger's index by meter and day finds them)
+	  AND l.day >= p_period AND l.day <= (p_s0 AT TIME ZONE 'UTC')::date + 1
 	  AND (l.from_ts, l.to_ts, l.to_seq) < (p_s0, p_s1, p_to_seq)
 $$;
 
@@ -634,6 +634,8 @@ DECLARE
 	v_n integer;
 	v_f timestamptz;
 	v_t timestamptz;
+	v_d0 date;
+	v_d1 date;
 	a_fs bigint[]; a_ts bigint[]; a_t0 timestamptz[]; a_t1 timestamptz[]; a_wh bigint[];
 BEGIN
 	SELECT coalesce(mt.max_power_w, s.max_power_w) INTO v_maxp
@@ -660,9 +662,12 @@ BEGIN
 		DELETE FROM rr_k;
 		DELETE FROM rr_want;
 	END IF;
-	-- every part of an interval of the range lies between these
+	-- every part of an interval of the range lies between these (and on
+	-- local days between these, whatever the time zone)
 	SELECT min(ts) - interval '1 second', max(ts) INTO v_f, v_t FROM prepaid.readings
 	WHERE meter_id = p_meter AND seq BETWEEN p_lo AND p_hi;
+	v_d0 := (v_f AT TIME ZONE 'UTC')::date - 1;
+	v_d1 := (v_t AT TIME ZONE 'UTC')::date + 1;
 
 	-- The intervals now: consecutive stored readings in the range.
 	INSERT INTO rr_iv
@@ -674,7 +679,7 @@ BEGIN
 	       NULL,
 	       EXISTS (SELECT 1 FROM prepaid.ledger l
 	               WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.to_seq = x.s
-	                 AND l.from_ts BETWEEN v_f AND v_t
+	                 AND l.day BETWEEN v_d0 AND v_d1
 	                 AND l.from_seq = x.fs AND l.reverses IS NULL
 	                 AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id))
 	FROM (SELECT lag(seq) OVER w AS fs, seq AS s, lag(ts) OVER w AS t0, ts AS t,
@@ -707,7 +712,7 @@ BEGIN
 	INSERT INTO rr_drop
 	SELECT l.entry_id, l.period_start, l.from_ts, l.to_ts, l.to_seq FROM prepaid.ledger l
 	WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.to_seq BETWEEN p_lo AND p_hi
-	  AND l.from_ts BETWEEN v_f AND v_t
+	  AND l.day BETWEEN v_d0 AND v_d1
 	  AND l.from_seq >= p_lo AND l.reverses IS NULL
 	  AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id)
 	  AND NOT EXISTS (SELECT 1 FROM rr_iv i WHERE i.fs = l.from_seq AND i.ts = l.to_seq);
@@ -738,7 +743,8 @@ BEGIN
 	FROM (SELECT DISTINCT l.from_seq AS fs, l.to_seq AS ts FROM prepaid.ledger l
 	      JOIN rr_k k ON l.period_start = k.pstart
 	      WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.reverses IS NULL
-	        AND l.from_ts >= k.k0 AND (l.from_ts, l.to_ts, l.to_seq) >= (k.k0, k.k1, k.k2)
+	        AND l.day >= (k.k0 AT TIME ZONE 'UTC')::date - 1
+	        AND (l.from_ts, l.to_ts, l.to_seq) >= (k.k0, k.k1, k.k2)
 	        AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id)
 	        AND NOT EXISTS (SELECT 1 FROM rr_drop d WHERE d.entry_id = l.entry_id)) x
 	JOIN prepaid.readings ra ON ra.meter_id = p_meter AND ra.seq = x.fs
@@ -774,7 +780,8 @@ BEGIN
 	WITH live AS (
 		SELECT l.* FROM prepaid.ledger l JOIN rr_k k ON l.period_start = k.pstart
 		WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.reverses IS NULL
-		  AND l.from_ts >= k.k0 AND (l.from_ts, l.to_ts, l.to_seq) >= (k.k0, k.k1, k.k2)
+		  AND l.day >= (k.k0 AT TIME ZONE 'UTC')::date - 1
+		  AND (l.from_ts, l.to_ts, l.to_seq) >= (k.k0, k.k1, k.k2)
 		  AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id)
 		  AND NOT EXISTS (SELECT 1 FROM rr_drop d WHERE d.entry_id = l.entry_id)
 	), changed AS (
@@ -830,7 +837,7 @@ BEGIN
 	UPDATE prepaid.meters mt SET period_wh = (
 		SELECT coalesce(sum(l.energy_wh), 0) FROM prepaid.ledger l
 		WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.period_start = mt.period_start
-		  AND l.from_ts >= (mt.period_start - 1)::timestamp AT TIME ZONE 'UTC')
+		  AND l.day >= mt.period_start)
 	WHERE mt.meter_id = p_meter AND mt.period_start IN (SELECT pstart FROM rr_k);
 	RETURN v_n;
 END $$;
