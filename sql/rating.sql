@@ -854,7 +854,10 @@ LANGUAGE sql IMMUTABLE AS $$
 	SELECT CASE WHEN m.rate_until IS NOT NULL AND p_t0 >= m.rate_from AND p_t1 > p_t0
 	             AND p_t1 < m.rate_until AND p_wh >= 0
 	             AND (m.rated_ts IS NULL OR p_t0 >= m.rated_ts)
-	             AND NOT prepaid_internal.implausible(p_wh, p_t0, p_t1, m.rate_max_power_w)
+	             -- (prepaid_internal.implausible(), written out: this runs for
+	             -- every reading)
+	             AND p_wh::numeric * 3600
+	                 <= m.rate_max_power_w * greatest(extract(epoch FROM p_t1 - p_t0), 60)
 	             AND (m.rate_vid IS NULL
 	                  OR (m.period_start = m.rate_period AND m.period_wh >= m.rate_lo
 	                      AND (m.rate_hi IS NULL OR m.period_wh + p_wh <= m.rate_hi)))
