@@ -21,8 +21,8 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 PACKAGES="build-essential autoconf automake pkg-config libevent-dev libpq-dev
 libcurl4-openssl-dev libjansson-dev libmosquitto-dev mosquitto mosquitto-clients
-check libssl-dev libsystemd-dev postgresql postgresql-common curl mandoc clang
-clang-format python3"
+check libssl-dev zlib1g-dev libsystemd-dev postgresql postgresql-common curl mandoc clang
+clang-format libqrencode-dev chromium chromium-driver python3-selenium python3"
 
 say()
 {

@@ -76,11 +76,11 @@ CREATE TABLE prepaid.sites (
 	created_at        timestamptz NOT NULL DEFAULT now(),
 	-- Quiet hours for messages, in the site's time zone: nothing is sent from
 	-- quiet_from to quiet_until (wrapping midnight); messages wait for the end.
-	quiet_from time NOT NULL DEFAULT '21:00',
-	quiet_until time NOT NULL DEFAULT '08:00',
-	payment_link text,
-	policy_id text NOT NULL DEFAULT 'community'
-		REFERENCES prepaid.policies ON UPDATE CASCADE
+	quiet_from        time NOT NULL DEFAULT '21:00',
+	quiet_until       time NOT NULL DEFAULT '08:00',
+	payment_link      text,
+	policy_id         text NOT NULL DEFAULT 'community'
+	                  REFERENCES prepaid.policies ON UPDATE CASCADE
 );
 INSERT INTO prepaid.sites (site_id, name) VALUES ('default', 'Default site');
 
@@ -97,64 +97,64 @@ CREATE TABLE prepaid.holidays (
 -- ------------------------------------------------------------------ meters
 
 CREATE TABLE prepaid.meters (
-	meter_id        text COLLATE "C" PRIMARY KEY
-	                CHECK (meter_id ~ '^[A-Za-z0-9_.-]{1,32}$'),
-	registered_at   timestamptz NOT NULL DEFAULT now(),
-	auto_registered boolean NOT NULL DEFAULT false,
-	last_seq        bigint,          -- highest seq accepted
-	last_ts         timestamptz,     -- ts of that reading
-	last_energy_wh  bigint,          -- its register
-	relay           text CHECK (relay IN ('closed', 'open', 'armed')),
-	relay_at        timestamptz,     -- when the meter reported it
-	relay_source    text CHECK (relay_source IN ('reading', 'event', 'ack')),
-	last_seen       timestamptz,     -- last message of any kind
-	readings        bigint NOT NULL DEFAULT 0,
-	duplicates      bigint NOT NULL DEFAULT 0,
-	site_id text COLLATE "C" NOT NULL DEFAULT 'default' REFERENCES prepaid.sites,
-	max_power_w bigint CHECK (max_power_w > 0),  -- NULL: the site's
-	balance numeric(20,7) NOT NULL DEFAULT 0,
-	period_start date,       -- billing period of period_wh
-	period_wh bigint NOT NULL DEFAULT 0,
-	standing_through date,   -- last local day with its standing charge
+	meter_id          text COLLATE "C" PRIMARY KEY
+	                  CHECK (meter_id ~ '^[A-Za-z0-9_.-]{1,32}$'),
+	registered_at     timestamptz NOT NULL DEFAULT now(),
+	auto_registered   boolean NOT NULL DEFAULT false,
+	last_seq          bigint,          -- highest seq accepted
+	last_ts           timestamptz,     -- ts of that reading
+	last_energy_wh    bigint,          -- its register
+	relay             text CHECK (relay IN ('closed', 'open', 'armed')),
+	relay_at          timestamptz,     -- when the meter reported it
+	relay_source      text CHECK (relay_source IN ('reading', 'event', 'ack')),
+	last_seen         timestamptz,     -- last message of any kind
+	readings          bigint NOT NULL DEFAULT 0,
+	duplicates        bigint NOT NULL DEFAULT 0,
+	site_id           text COLLATE "C" NOT NULL DEFAULT 'default' REFERENCES prepaid.sites,
+	max_power_w       bigint CHECK (max_power_w > 0),  -- NULL: the site's
+	balance           numeric(20,7) NOT NULL DEFAULT 0,
+	period_start      date,       -- billing period of period_wh
+	period_wh         bigint NOT NULL DEFAULT 0,
+	standing_through  date,   -- last local day with its standing charge
 	-- The meter's reading with the lowest seq: a reading older than it
 	-- (meters may deliver out of order, several daemons may race) is still
 	-- new, and the interval from it to this one is charged.
-	first_seq bigint,
-	first_ts timestamptz,
-	first_wh bigint,
+	first_seq         bigint,
+	first_ts          timestamptz,
+	first_wh          bigint,
 	-- The rate cache: how the meter's next interval is priced if it lies in
 	-- [rate_from, rate_until] (one local day, one tariff version, one band)
 	-- and stays inside the tier range [rate_lo, rate_hi) of period rate_period.
 	-- Kept by prepaid_internal.refresh_rate_cache(); rate_until NULL means unknown.
 	-- It lets prepaid_internal.ingest_batch() charge the common interval with no
 	-- tariff lookup at all (prepaid_internal.fast_rate); anything else is rated in full.
-	rate_from timestamptz,
-	rate_until timestamptz,
-	rate_vid bigint,           -- NULL with rate_until set: no tariff
-	rate_day date,
-	rate_period date,
-	rate_lo bigint,
-	rate_hi bigint,
-	rate_tier integer,
-	rate_band text,
-	rate_free boolean,
-	rate_price numeric(10,4),  -- band price + tier price (0 when free)
-	rate_service numeric(10,4),
-	rate_max_power_w bigint,
-	policy_id text REFERENCES prepaid.policies ON UPDATE CASCADE, -- NULL: the site's
-	ladder_watch numeric(20,2),      -- the policy's first threshold (cached)
-	ladder_due_at timestamptz,       -- when the sweep should look at it
-	ladder_rearmed boolean NOT NULL DEFAULT true, -- a new episode may start
-	keep_power boolean NOT NULL DEFAULT false,
-	keep_power_until timestamptz,
+	rate_from         timestamptz,
+	rate_until        timestamptz,
+	rate_vid          bigint,           -- NULL with rate_until set: no tariff
+	rate_day          date,
+	rate_period       date,
+	rate_lo           bigint,
+	rate_hi           bigint,
+	rate_tier         integer,
+	rate_band         text,
+	rate_free         boolean,
+	rate_price        numeric(10,4),  -- band price + tier price (0 when free)
+	rate_service      numeric(10,4),
+	rate_max_power_w  bigint,
+	policy_id         text REFERENCES prepaid.policies ON UPDATE CASCADE, -- NULL: the site's
+	ladder_watch      numeric(20,2),      -- the policy's first threshold (cached)
+	ladder_due_at     timestamptz,       -- when the sweep should look at it
+	ladder_rearmed    boolean NOT NULL DEFAULT true, -- a new episode may start
+	keep_power        boolean NOT NULL DEFAULT false,
+	keep_power_until  timestamptz,
 	keep_power_reason text,
-	restore_mode text CHECK (restore_mode IN ('arm', 'close')),  -- NULL: the policy's
+	restore_mode      text CHECK (restore_mode IN ('arm', 'close')),  -- NULL: the policy's
 	-- The ladder's bounds: due when balance < ladder_low, balance <= ladder_trip
 	-- (a NULL one is never crossed) or balance >= ladder_high; all three in force
 	-- only while ladder_high is set.
-	ladder_low numeric(20,2),
-	ladder_trip numeric(20,2),
-	ladder_high numeric(20,2)
+	ladder_low        numeric(20,2),
+	ladder_trip       numeric(20,2),
+	ladder_high       numeric(20,2)
 ) WITH (fillfactor = 70);  -- room for HOT updates: every batch updates its meters
 CREATE INDEX meters_ladder_due ON prepaid.meters (ladder_due_at) WHERE ladder_due_at IS NOT NULL;
 

@@ -25,7 +25,7 @@ COMMENT ON TABLE prepaid.messages IS
 COMMENT ON TABLE prepaid.message_attempts IS
 	'Every attempt to send a message: gateway, outcome, answer and duration.';
 COMMENT ON TABLE prepaid.clock IS
-	'The guards'' clock: prepaid.now() is now() plus offset_by, zero in production.';
+	'The guards'' clock: prepaid.now() is now() plus offset_by, which moves only where the owner set movable.';
 COMMENT ON TABLE prepaid.policies IS
 	'Arrears policies: trip level, grace, approval, restore level and trip guards.';
 COMMENT ON TABLE prepaid.policy_steps IS
@@ -46,7 +46,9 @@ COMMENT ON TABLE prepaid.trip_breakers IS
 -- occupant id.
 CREATE OR REPLACE FUNCTION prepaid.move_in(p_meter text, p_name text, p_phone text, p_email text,
     p_language text DEFAULT 'zh') RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_id bigint;
 BEGIN
@@ -65,7 +67,9 @@ COMMENT ON FUNCTION prepaid.move_in(text,text,text,text,text) IS
 	'An occupant moves in at a meter (the previous one moves out).';
 
 CREATE OR REPLACE FUNCTION prepaid.move_out(p_meter text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	UPDATE prepaid.meter_occupants SET moved_out = now()
 	WHERE meter_id = p_meter AND moved_out IS NULL;
@@ -119,7 +123,9 @@ CREATE TRIGGER messages_notify AFTER INSERT ON prepaid.messages
 -- Returns the message id.
 CREATE OR REPLACE FUNCTION prepaid.send_message(p_meter text, p_template text,
     p_channel text DEFAULT 'sms', p_extra jsonb DEFAULT '{}') RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_occupant bigint;
 	v_name text;
@@ -171,7 +177,9 @@ COMMENT ON FUNCTION prepaid.send_message(text,text,text,jsonb) IS
 	'Queue a message from a template to a meter''s occupant; returns the message id.';
 
 CREATE OR REPLACE FUNCTION prepaid.cancel_message(p_id bigint, p_reason text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	UPDATE prepaid.messages SET state = 'cancelled', last_error = p_reason
 	WHERE message_id = p_id AND state = 'queued';
@@ -196,7 +204,9 @@ CREATE OR REPLACE FUNCTION prepaid_internal.claim_messages(p_gateways text[], p_
     p_default boolean[], p_limits integer[], p_lease interval)
 RETURNS TABLE (message_id bigint, attempt integer, meter_id text, channel text,
     gateway text, to_address text, language text, subject text, body text, params jsonb)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	i integer;
 BEGIN
@@ -252,7 +262,9 @@ END $$;
 CREATE OR REPLACE FUNCTION prepaid_internal.finish_message(p_id bigint, p_attempt integer, p_gateway text,
     p_outcome text, p_status integer, p_answer text, p_provider_id text, p_error text,
     p_duration_ms integer, p_retry_after interval) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	INSERT INTO prepaid.message_attempts (message_id, attempt, gateway, outcome, http_status,
 	    answer_code, provider_id, error, duration_ms)
@@ -307,7 +319,9 @@ COMMENT ON VIEW prepaid.gateway_stats IS
 -- "retry_after_ms"}, ...] as the daemon batches them. Returns how many
 -- were recorded.
 CREATE OR REPLACE FUNCTION prepaid_internal.finish_messages(p_outcomes jsonb) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	o jsonb;
 	v_n integer := 0;
@@ -329,6 +343,47 @@ LANGUAGE sql STABLE AS $$
 $$;
 COMMENT ON FUNCTION prepaid.now() IS
 	'The guards'' clock: now() plus the offset in prepaid.clock.';
+
+-- The clock moves only where the owner set movable (no runtime role may
+-- write prepaid.clock at all), and every move is audited with the login
+-- role that made it, whoever that is.
+CREATE OR REPLACE FUNCTION prepaid_internal.clock_guard_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.offset_by IS DISTINCT FROM OLD.offset_by THEN
+		IF NOT NEW.movable THEN
+			RAISE EXCEPTION 'the guards'' clock is not movable in this database'
+				USING ERRCODE = 'insufficient_privilege',
+				      HINT = 'Drills and tests: the owner sets prepaid.clock.movable first.';
+		END IF;
+		INSERT INTO prepaid.operator_audit (action, detail)
+		VALUES ('move_clock', jsonb_build_object('from', OLD.offset_by, 'to', NEW.offset_by,
+		    'reason', current_setting('prepaid.clock_reason', true)));
+	END IF;
+	RETURN NEW;
+END $$;
+
+DROP TRIGGER IF EXISTS clock_guard ON prepaid.clock;
+CREATE TRIGGER clock_guard BEFORE UPDATE ON prepaid.clock
+	FOR EACH ROW EXECUTE FUNCTION prepaid_internal.clock_guard_trigger();
+
+-- Move the guards' clock to now() + p_offset, for a drill; refused unless
+-- the owner made the clock movable.
+CREATE OR REPLACE FUNCTION prepaid.move_clock(p_offset interval, p_reason text) RETURNS timestamptz
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+BEGIN
+	IF p_offset IS NULL OR p_reason IS NULL OR p_reason = '' THEN
+		RAISE EXCEPTION 'move_clock: an offset and a reason are needed'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM set_config('prepaid.clock_reason', p_reason, true);
+	UPDATE prepaid.clock SET offset_by = p_offset;
+	RETURN prepaid.now();
+END $$;
+COMMENT ON FUNCTION prepaid.move_clock(interval, text) IS
+	'Move the guards'' clock to now() plus an offset, for a drill; only where the owner made it movable.';
 
 -- A balance change makes the meter due for the sweep when it is below the
 -- first threshold of its policy, or was (or the threshold is unknown yet).
@@ -359,7 +414,9 @@ CREATE TRIGGER meters_ladder_new BEFORE INSERT ON prepaid.meters
 -- A policy change makes every meter it may concern due again, and forgets
 -- the bounds: they were worked out from the old policy.
 CREATE OR REPLACE FUNCTION prepaid_internal.policies_changed_trigger() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	UPDATE prepaid.meters SET ladder_watch = NULL, ladder_due_at = now(),
 	    ladder_low = NULL, ladder_trip = NULL, ladder_high = NULL;
@@ -392,7 +449,9 @@ CREATE TRIGGER meters_policy BEFORE UPDATE OF policy_id, site_id ON prepaid.mete
 	EXECUTE FUNCTION prepaid_internal.meters_policy_trigger();
 
 CREATE OR REPLACE FUNCTION prepaid_internal.sites_policy_trigger() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	UPDATE prepaid.meters SET ladder_watch = NULL, ladder_due_at = now(),
 	    ladder_low = NULL, ladder_trip = NULL, ladder_high = NULL
@@ -406,7 +465,9 @@ CREATE TRIGGER sites_policy AFTER UPDATE OF policy_id ON prepaid.sites
 	EXECUTE FUNCTION prepaid_internal.sites_policy_trigger();
 
 CREATE OR REPLACE FUNCTION prepaid.call_done(p_task bigint, p_note text) RETURNS boolean
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	UPDATE prepaid.call_tasks SET done_at = now(), done_by = session_user, note = p_note
 	WHERE task_id = p_task AND done_at IS NULL
 	RETURNING true;
@@ -416,7 +477,9 @@ COMMENT ON FUNCTION prepaid.call_done(bigint,text) IS
 
 -- The policy of a meter.
 CREATE OR REPLACE FUNCTION prepaid.meter_policy(p_meter text) RETURNS prepaid.policies
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	SELECT p.* FROM prepaid.meters m JOIN prepaid.sites s ON s.site_id = m.site_id
 	JOIN prepaid.policies p ON p.policy_id = coalesce(m.policy_id, s.policy_id)
 	WHERE m.meter_id = p_meter
@@ -612,7 +675,9 @@ END $$;
 -- Called by the daemon: the ladder of up to p_limit due meters. Returns how
 -- many it looked at (p_limit: call again).
 CREATE OR REPLACE FUNCTION prepaid_internal.ladder_sweep(p_limit integer) RETURNS integer
-LANGUAGE plpgsql SET jit = off AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+SET jit = off AS $$
 DECLARE
 	-- due times are on the ladder's clock (prepaid.now())
 	v_now timestamptz := prepaid.now();
@@ -725,7 +790,9 @@ END $$;
 -- ----------------------------------------------------------- operator
 
 CREATE OR REPLACE FUNCTION prepaid.approve_trip(p_meter text) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	ep prepaid.arrears_episodes;
 	v_id text;
@@ -746,7 +813,9 @@ COMMENT ON FUNCTION prepaid.approve_trip(text) IS
 	'Approve the trip the ladder proposes for a meter.';
 
 CREATE OR REPLACE FUNCTION prepaid.cancel_trip(p_meter text, p_reason text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	ep prepaid.arrears_episodes;
 BEGIN
@@ -771,7 +840,9 @@ COMMENT ON FUNCTION prepaid.cancel_trip(text,text) IS
 -- given); meters that support it are told too.
 CREATE OR REPLACE FUNCTION prepaid.keep_power(p_meter text, p_on boolean, p_reason text,
     p_until timestamptz DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	PERFORM prepaid_internal.lock_meter(p_meter);
 	UPDATE prepaid.meters SET keep_power = p_on, keep_power_until = CASE WHEN p_on THEN p_until END,
@@ -786,7 +857,9 @@ COMMENT ON FUNCTION prepaid.keep_power(text,boolean,text,timestamp with time zon
 	'Keep a meter''s power on (no trips), or end that, until a time.';
 
 CREATE OR REPLACE FUNCTION prepaid.release_breaker(p_scope text DEFAULT '*') RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_n integer;
 BEGIN

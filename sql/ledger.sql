@@ -55,7 +55,9 @@ END $$;
 -- reference): the same amount again returns the first entry; another amount
 -- is refused, naming the first entry.
 CREATE OR REPLACE FUNCTION prepaid.credit(p_meter text, p_amount numeric, p_reference text) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_id bigint;
 	v_fen bigint;
@@ -96,7 +98,9 @@ COMMENT ON FUNCTION prepaid.credit(text,numeric,text) IS
 	'Credit money to a meter, once per reference; returns the ledger entry.';
 
 CREATE OR REPLACE FUNCTION prepaid.adjust(p_meter text, p_amount numeric, p_reason text) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_id bigint;
 	v_fen bigint;
@@ -127,7 +131,9 @@ COMMENT ON FUNCTION prepaid.adjust(text,numeric,text) IS
 -- time (later parts of the period whose tiers move are corrected); a seq
 -- out of range is stored as a reading and charged like a late one.
 CREATE OR REPLACE FUNCTION prepaid.accept_anomaly(p_id bigint, p_note text) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	a prepaid.anomalies;
 	v_n integer;
@@ -175,7 +181,9 @@ COMMENT ON FUNCTION prepaid.accept_anomaly(bigint,text) IS
 
 -- Reject a held jump: it is never charged.
 CREATE OR REPLACE FUNCTION prepaid.reject_anomaly(p_id bigint, p_note text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	a prepaid.anomalies;
 BEGIN
@@ -198,7 +206,9 @@ DROP FUNCTION IF EXISTS prepaid.verify_ledger();
 CREATE FUNCTION prepaid.verify_ledger()
 RETURNS TABLE (meter_id text, balance numeric, ledger_sum numeric, exact_charges_fen numeric,
     charged_fen bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	SELECT m.meter_id, m.balance, coalesce(l.total, 0) / 100.0, -coalesce(l.x, 0),
 	       -coalesce(l.charged, 0)::bigint
 	FROM prepaid.meters m
@@ -275,7 +285,9 @@ COMMENT ON VIEW prepaid.site_monthly IS
 CREATE OR REPLACE FUNCTION prepaid.statement(p_meter text, p_from date, p_to date)
 RETURNS TABLE (line_no bigint, day date, kind text, detail text, energy_kwh numeric,
     amount numeric, balance numeric)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 WITH opening AS (
 	SELECT coalesce(sum(l.amount_fen), 0) AS fen FROM prepaid.ledger l
 	WHERE l.meter_id = p_meter AND l.day < p_from

@@ -29,7 +29,9 @@ COMMENT ON TABLE prepaid.restores IS
 -- characters, valid for WeChat Pay and Alipay).
 CREATE OR REPLACE FUNCTION prepaid.create_order(p_meter text, p_amount numeric, p_provider text,
     p_valid_for interval DEFAULT interval '30 minutes') RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_no text;
 BEGIN
@@ -198,7 +200,9 @@ CREATE OR REPLACE FUNCTION prepaid_internal.record_payment(p_provider text, p_tx
     p_received_at timestamptz, p_notify_occupant boolean, p_wake_self boolean,
     OUT outcome text, OUT payment_id bigint, OUT meter_id text, OUT command_id text,
     OUT balance numeric, OUT rearm_note text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	o prepaid.orders;
 	v_reason text;
@@ -273,7 +277,9 @@ END $$;
 CREATE OR REPLACE FUNCTION prepaid_internal.record_payment_notice(p_provider text, p_kind text, p_txn text,
     p_out_trade_no text, p_notify_id text, p_trade_status text, p_amount_fen bigint,
     p_received_at timestamptz) RETURNS boolean
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	INSERT INTO prepaid.payment_notices (provider, kind, provider_txn, out_trade_no, notify_id,
 	    trade_status, amount_fen, received_at)
 	VALUES (p_provider, p_kind, p_txn, p_out_trade_no, coalesce(p_notify_id, ''), p_trade_status,
@@ -288,7 +294,9 @@ $$;
 -- order or to p_meter. Audited.
 CREATE OR REPLACE FUNCTION prepaid.apply_payment(p_payment bigint, p_meter text DEFAULT NULL,
     p_note text DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	pay prepaid.payments;
 	v_meter text;
@@ -330,7 +338,9 @@ COMMENT ON FUNCTION prepaid.apply_payment(bigint,text,text) IS
 -- Close an unmatched or disputed payment without crediting it (refunded at
 -- the provider, or not ours). Audited.
 CREATE OR REPLACE FUNCTION prepaid.reject_payment(p_payment bigint, p_note text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	pay prepaid.payments;
 BEGIN
@@ -353,6 +363,23 @@ COMMENT ON FUNCTION prepaid.reject_payment(bigint,text) IS
 	'Close a held payment without crediting it.';
 
 -- ------------------------------------------------------ manual restore
+
+-- Keep the newest p_keep unverified payment_rejects ([payments]
+-- rejects_keep): a forgery flood audits up to 100 refusals a second. The
+-- daemon calls it after every 100 audited refusals, as ingest_batch prunes
+-- prepaid.rejects. Rows of verified callbacks (a real payment that was
+-- still refused, by the database for one) are evidence about money and are
+-- never deleted. Returns how many rows went.
+CREATE OR REPLACE FUNCTION prepaid_internal.prune_payment_rejects(p_keep integer) RETURNS bigint
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp AS $$
+	WITH del AS (
+		DELETE FROM prepaid.payment_rejects
+		WHERE NOT verified
+		  AND id <= (SELECT max(id) FROM prepaid.payment_rejects) - greatest(p_keep, 100)
+		RETURNING 1)
+	SELECT count(*) FROM del
+$$;
 
 -- The arm (or close) of a restore is acknowledged: armed (or, for a close
 -- with the relay closed, restored); an arm that fails is marked failed for
@@ -465,3 +492,429 @@ FROM prepaid.restores r JOIN prepaid.meters m ON m.meter_id = r.meter_id
 WHERE r.state IN ('pending', 'armed');
 COMMENT ON VIEW prepaid.awaiting_restore IS
 	'Meters re-armed after a payment whose power is not back yet.';
+
+-- ==================================================================== payout
+-- prepaidd's calls to the providers (src/payout.c; tables in 004_payout.sql):
+-- orders still pending are queried on a ladder and closed at expiry; refunds
+-- asked for by finance staff are sent by the daemon and debited when the
+-- provider confirms; the providers' daily bills are compared with what was
+-- credited. prepaid.refund and prepaid.reconcile are for finance staff; the
+-- rest is called by the daemon.
+
+-- ------------------------------------------------------------ orders
+
+
+-- Orders to look at now, claimed for p_retry_s seconds: pending orders
+-- whose next query on the ladder is due (p_ladder_s: seconds after
+-- creation) and pending orders past their expiry (query, then close).
+-- Called by the daemon.
+CREATE OR REPLACE FUNCTION prepaid_internal.payout_due(p_ladder_s integer[], p_retry_s integer, p_providers text[],
+    p_limit integer)
+RETURNS TABLE (out_trade_no text, provider text, amount_fen bigint, expired boolean)
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+	UPDATE prepaid.orders o SET queried_at = now()
+	FROM (SELECT x.out_trade_no FROM prepaid.orders x
+	      WHERE x.state = 'pending' AND x.provider = ANY (p_providers)
+	        AND (x.queried_at IS NULL OR x.queried_at <= now() - make_interval(secs => p_retry_s))
+	        AND (x.expires_at <= now()
+	             OR (x.queries < cardinality(p_ladder_s)
+	                 AND x.created_at + make_interval(secs => p_ladder_s[x.queries + 1]) <= now()))
+	      ORDER BY x.created_at
+	      LIMIT p_limit
+	      FOR UPDATE SKIP LOCKED) d
+	WHERE o.out_trade_no = d.out_trade_no
+	RETURNING o.out_trade_no, o.provider, o.amount_fen, o.expires_at <= now();
+$$;
+
+-- The provider answered a query (p_closed false) or closed the order
+-- (p_closed true: the order, expired, is closed here too; a payment that
+-- still arrives for it is held as disputed by prepaid_internal.record_payment).
+-- Called by the daemon.
+CREATE OR REPLACE FUNCTION prepaid_internal.payout_answered(p_out_trade_no text, p_provider_state text,
+    p_closed boolean) RETURNS void
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+	UPDATE prepaid.orders SET queries = queries + CASE WHEN p_closed THEN 0 ELSE 1 END,
+	    provider_state = p_provider_state,
+	    closed_at = CASE WHEN p_closed THEN now() ELSE closed_at END,
+	    state = CASE WHEN p_closed AND state = 'pending' THEN 'expired' ELSE state END
+	WHERE out_trade_no = p_out_trade_no;
+$$;
+
+-- ------------------------------------------------------------ refunds
+
+
+-- Refund p_amount yuan of the payment of order p_out_trade_no under
+-- p_refund_no (the provider's out_refund_no / out_request_no: one number
+-- refunds at most once). For finance staff. Refused before anything is
+-- sent when larger than the meter's balance (less refunds not yet
+-- confirmed) or than what is left of the payment. The balance is debited
+-- only when the provider confirms. A repeat with the same number and
+-- amount returns the refund's state; with another amount, an error.
+-- Audited with the login role (session_user).
+CREATE OR REPLACE FUNCTION prepaid.refund(p_out_trade_no text, p_amount numeric, p_refund_no text,
+    p_reason text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+DECLARE
+	r prepaid.refunds;
+	pay prepaid.payments;
+	v_fen bigint;
+	v_meter prepaid.meters;
+	v_open bigint;
+	v_left bigint;
+BEGIN
+	IF p_amount IS NULL OR p_amount <= 0 OR p_amount <> round(p_amount, 2) THEN
+		RAISE EXCEPTION 'refund: amount must be positive yuan with at most 2 decimals (got %)',
+		    p_amount USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF p_refund_no IS NULL OR p_refund_no !~ '^[0-9A-Za-z_-]{6,64}$' THEN
+		RAISE EXCEPTION 'refund: the refund number must be 6 to 64 of [0-9A-Za-z_-]'
+		    USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	v_fen := (p_amount * 100)::bigint;
+	SELECT * INTO pay FROM prepaid.payments p
+	WHERE p.out_trade_no = p_out_trade_no AND p.state IN ('credited', 'applied')
+	ORDER BY p.payment_id LIMIT 1;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'refund: order % has no credited payment', p_out_trade_no
+		    USING ERRCODE = 'no_data_found';
+	END IF;
+	v_meter := prepaid_internal.lock_meter(pay.meter_id);
+	SELECT * INTO r FROM prepaid.refunds x WHERE x.refund_no = p_refund_no;
+	IF FOUND THEN
+		IF r.out_trade_no <> p_out_trade_no OR r.amount_fen <> v_fen THEN
+			RAISE EXCEPTION 'refund: % was asked for % fen of order % already',
+			    p_refund_no, r.amount_fen, r.out_trade_no
+			    USING ERRCODE = 'unique_violation';
+		END IF;
+		RETURN r.state;
+	END IF;
+	SELECT coalesce(sum(x.amount_fen) FILTER (WHERE x.state IN ('queued', 'processing')), 0),
+	       pay.amount_fen - coalesce(sum(x.amount_fen)
+	           FILTER (WHERE x.payment_id = pay.payment_id AND x.state <> 'failed'), 0)
+	INTO v_open, v_left
+	FROM prepaid.refunds x WHERE x.meter_id = pay.meter_id;
+	IF v_fen > v_left THEN
+		RAISE EXCEPTION 'refund: % yuan is more than the % yuan left of the payment of order %',
+		    p_amount, round(v_left / 100.0, 2), p_out_trade_no
+		    USING ERRCODE = 'check_violation';
+	END IF;
+	IF v_fen > round(v_meter.balance * 100) - v_open THEN
+		RAISE EXCEPTION 'refund: % yuan is larger than the balance of meter % (% yuan, % yuan '
+		    'of refunds not yet confirmed)', p_amount, pay.meter_id, round(v_meter.balance, 2),
+		    round(v_open / 100.0, 2) USING ERRCODE = 'check_violation';
+	END IF;
+	INSERT INTO prepaid.refunds (refund_no, payment_id, provider, out_trade_no, meter_id,
+	    amount_fen, total_fen, reason)
+	VALUES (p_refund_no, pay.payment_id, pay.provider, p_out_trade_no, pay.meter_id, v_fen,
+	    pay.amount_fen, p_reason);
+	INSERT INTO prepaid.operator_audit (action, meter_id, detail)
+	VALUES ('refund', pay.meter_id, jsonb_build_object('refund_no', p_refund_no,
+	    'out_trade_no', p_out_trade_no, 'amount', round(p_amount, 2), 'reason', p_reason));
+	RETURN 'queued';
+END $$;
+
+COMMENT ON FUNCTION prepaid.refund(text,numeric,text,text) IS
+	'Refund part or all of an order''s payment under a refund number; refused when larger than the balance; debited when the provider confirms.';
+
+-- Refunds to send (queued) or to ask about (processing), claimed for
+-- p_retry_s seconds. Called by the daemon.
+CREATE OR REPLACE FUNCTION prepaid_internal.refund_due(p_providers text[], p_retry_s integer, p_limit integer)
+RETURNS TABLE (refund_no text, provider text, out_trade_no text, amount_fen bigint,
+    total_fen bigint, reason text, state text)
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+	UPDATE prepaid.refunds r SET attempts = r.attempts + 1,
+	    next_at = now() + make_interval(secs => p_retry_s)
+	FROM (SELECT x.refund_no FROM prepaid.refunds x
+	      WHERE x.state IN ('queued', 'processing') AND x.next_at <= now()
+	        AND x.provider = ANY (p_providers)
+	      ORDER BY x.next_at LIMIT p_limit FOR UPDATE SKIP LOCKED) d
+	WHERE r.refund_no = d.refund_no
+	RETURNING r.refund_no, r.provider, r.out_trade_no, r.amount_fen, r.total_fen, r.reason,
+	    r.state;
+$$;
+
+-- What the provider said about a refund: p_outcome refunded (debit the
+-- balance, once), processing (ask again later), failed (nothing debited),
+-- or retry (not known: send again with the same number). Returns the
+-- refund's state. Called by the daemon, and by the refund notification.
+CREATE OR REPLACE FUNCTION prepaid_internal.refund_answered(p_refund_no text, p_outcome text, p_provider_state text,
+    p_error text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+DECLARE
+	r prepaid.refunds;
+	v_entry bigint;
+BEGIN
+	SELECT * INTO r FROM prepaid.refunds WHERE refund_no = p_refund_no;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'no refund %', p_refund_no USING ERRCODE = 'no_data_found';
+	END IF;
+	PERFORM prepaid_internal.lock_meter(r.meter_id);
+	SELECT * INTO r FROM prepaid.refunds WHERE refund_no = p_refund_no FOR UPDATE;
+	IF r.state IN ('refunded', 'failed') THEN
+		RETURN r.state;         -- final already: a repeat changes nothing
+	END IF;
+	IF p_outcome = 'refunded' THEN
+		INSERT INTO prepaid.ledger (meter_id, day, kind, amount_fen, reference)
+		VALUES (r.meter_id, prepaid_internal.local_day(r.meter_id, now()), 'adjustment',
+		    -r.amount_fen, 'refund:' || r.refund_no)
+		RETURNING entry_id INTO v_entry;
+		UPDATE prepaid.meters SET balance_fen = balance_fen - r.amount_fen,
+		    balance = (balance_fen - r.amount_fen) / 100.0
+		WHERE meter_id = r.meter_id;
+		UPDATE prepaid.refunds SET state = 'refunded', confirmed_at = now(),
+		    ledger_entry = v_entry, provider_state = p_provider_state, last_error = NULL
+		WHERE refund_no = p_refund_no;
+		IF EXISTS (SELECT 1 FROM prepaid.arrears_episodes e
+		           WHERE e.meter_id = r.meter_id AND e.ended_at IS NULL) THEN
+			PERFORM prepaid_internal.ladder_step(r.meter_id);
+		END IF;
+		RETURN 'refunded';
+	ELSIF p_outcome = 'failed' THEN
+		UPDATE prepaid.refunds SET state = 'failed', provider_state = p_provider_state,
+		    last_error = p_error
+		WHERE refund_no = p_refund_no;
+		PERFORM pg_notify('prepaid_alerts', format('refund %s of order %s failed at %s: %s',
+		    r.refund_no, r.out_trade_no, r.provider, coalesce(p_error, p_provider_state)));
+		RETURN 'failed';
+	ELSIF p_outcome = 'processing' THEN
+		UPDATE prepaid.refunds SET state = 'processing', provider_state = p_provider_state,
+		    last_error = NULL
+		WHERE refund_no = p_refund_no;
+		RETURN 'processing';
+	END IF;
+	UPDATE prepaid.refunds SET last_error = p_error WHERE refund_no = p_refund_no;
+	RETURN r.state;
+END $$;
+
+-- A WeChat Pay refund notification (REFUND.SUCCESS / REFUND.CLOSED) confirms
+-- the refund still processing for its order and amount.
+CREATE OR REPLACE FUNCTION prepaid_internal.refund_notice_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+	v_no text;
+BEGIN
+	SELECT r.refund_no INTO v_no FROM prepaid.refunds r
+	WHERE r.provider = NEW.provider AND r.out_trade_no = NEW.out_trade_no
+	  AND r.amount_fen = NEW.amount_fen AND r.state IN ('queued', 'processing')
+	ORDER BY r.requested_at LIMIT 1;
+	IF v_no IS NOT NULL THEN
+		PERFORM prepaid_internal.refund_answered(v_no,
+		    CASE NEW.trade_status WHEN 'REFUND.SUCCESS' THEN 'refunded' ELSE 'failed' END,
+		    NEW.trade_status, 'refund notification');
+	END IF;
+	RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS payment_notices_refund ON prepaid.payment_notices;
+CREATE TRIGGER payment_notices_refund AFTER INSERT ON prepaid.payment_notices
+	FOR EACH ROW WHEN (NEW.kind = 'refund' AND NEW.provider = 'wechat'
+	                   AND NEW.trade_status IN ('REFUND.SUCCESS', 'REFUND.CLOSED'))
+	EXECUTE FUNCTION prepaid_internal.refund_notice_trigger();
+
+COMMENT ON TABLE prepaid.refunds IS
+	'Refunds asked for by finance staff: queued, processing at the provider, refunded (debited once) or failed.';
+
+CREATE OR REPLACE VIEW prepaid.refund_status AS
+SELECT r.refund_no, r.provider, r.out_trade_no, r.meter_id, round(r.amount_fen / 100.0, 2) AS amount,
+       r.state, r.provider_state, r.attempts, r.last_error, r.requested_by, r.requested_at,
+       r.confirmed_at, r.ledger_entry
+FROM prepaid.refunds r;
+COMMENT ON VIEW prepaid.refund_status IS
+	'Refunds with their amount in yuan, state at the provider and who asked for them.';
+
+-- ------------------------------------------------------ reconciliation
+
+-- One comparison of a provider's daily bill (a Beijing calendar day) with
+-- what was credited here. Queued by the daemon each day at [payments]
+-- reconcile_at for the day before, or by prepaid.reconcile() from psql for
+-- any day; the daemon downloads the bill, loads its rows into
+-- prepaid.bill_entries, and the differences are in
+-- prepaid.reconciliation_discrepancies.
+
+
+COMMENT ON TABLE prepaid.reconciliations IS
+	'Comparisons of a provider''s daily bill with the payments credited: queued, done or failed.';
+COMMENT ON TABLE prepaid.bill_entries IS
+	'The rows of the providers'' daily bills, per reconciliation: payments and refunds in fen.';
+
+-- Queue a reconciliation of p_day (both providers, or p_provider) now:
+-- for psql, to re-run any day. Returns the ids queued.
+CREATE OR REPLACE FUNCTION prepaid.reconcile(p_day date, p_provider text DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+BEGIN
+	IF p_day IS NULL OR p_day > (now() AT TIME ZONE 'Asia/Shanghai')::date THEN
+		RAISE EXCEPTION 'reconcile: a bill is for a past Beijing day (got %)', p_day
+		    USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF p_provider IS NOT NULL AND p_provider NOT IN ('wechat', 'alipay') THEN
+		RAISE EXCEPTION 'reconcile: provider must be wechat or alipay'
+		    USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	INSERT INTO prepaid.reconciliations (provider, bill_date)
+	SELECT p, p_day
+	FROM unnest(CASE WHEN p_provider IS NULL THEN ARRAY['wechat', 'alipay']
+	                 ELSE ARRAY[p_provider] END) p
+	RETURNING id;
+END $$;
+
+-- The daily run: queue p_day for each provider not reconciled (or queued)
+-- for it yet, whatever the number of daemons. Called by the daemon.
+CREATE OR REPLACE FUNCTION prepaid_internal.reconcile_daily(p_day date, p_providers text[]) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+DECLARE
+	v_n integer;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('prepaid.reconcile_daily'));
+	INSERT INTO prepaid.reconciliations (provider, bill_date)
+	SELECT p, p_day FROM unnest(p_providers) p
+	WHERE NOT EXISTS (SELECT 1 FROM prepaid.reconciliations r
+	                  WHERE r.provider = p AND r.bill_date = p_day);
+	GET DIAGNOSTICS v_n = ROW_COUNT;
+	RETURN v_n;
+END $$;
+
+-- Reconciliations to run, claimed for p_retry_s seconds; one tried 10
+-- times without a bill is failed, with an alert. Called by the daemon.
+CREATE OR REPLACE FUNCTION prepaid_internal.reconcile_due(p_providers text[], p_retry_s integer, p_limit integer)
+RETURNS TABLE (id bigint, provider text, bill_date date)
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+DECLARE
+	v_failed bigint;
+BEGIN
+	WITH f AS (
+		UPDATE prepaid.reconciliations r SET state = 'failed', finished_at = now()
+		WHERE r.state = 'queued' AND r.attempts >= 10 AND r.next_at <= now()
+		RETURNING r.id, r.provider, r.bill_date, r.last_error)
+	SELECT count(*) INTO STRICT v_failed FROM (
+		SELECT pg_notify('prepaid_alerts', format('reconciliation %s of the %s bill of %s failed: %s',
+		    f.id, f.provider, f.bill_date, f.last_error)) FROM f) x;
+	RETURN QUERY
+	UPDATE prepaid.reconciliations r SET attempts = r.attempts + 1,
+	    next_at = now() + make_interval(secs => p_retry_s)
+	FROM (SELECT x.id FROM prepaid.reconciliations x
+	      WHERE x.state = 'queued' AND x.next_at <= now() AND x.provider = ANY (p_providers)
+	      ORDER BY x.next_at LIMIT p_limit FOR UPDATE SKIP LOCKED) d
+	WHERE r.id = d.id
+	RETURNING r.id, r.provider, r.bill_date;
+END $$;
+
+COMMENT ON FUNCTION prepaid.reconcile(date,text) IS
+	'Queue a reconciliation of a Beijing day''s bills (both providers, or one); returns the ids.';
+
+-- Why the last attempt got no bill. Called by the daemon.
+CREATE OR REPLACE FUNCTION prepaid_internal.reconcile_error(p_id bigint, p_error text) RETURNS void
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+	UPDATE prepaid.reconciliations SET last_error = p_error WHERE id = p_id;
+$$;
+
+-- Paid at the provider but not credited here; credited here but not in
+-- the bill (by the Beijing day the payment arrived); amounts that differ.
+-- Per provider and day, from the latest reconciliation done.
+CREATE OR REPLACE VIEW prepaid.reconciliation_discrepancies AS
+WITH latest AS (
+	SELECT DISTINCT ON (r.provider, r.bill_date) r.*
+	FROM prepaid.reconciliations r WHERE r.state = 'done'
+	ORDER BY r.provider, r.bill_date, r.id DESC),
+bill AS (
+	SELECT b.* FROM prepaid.bill_entries b JOIN latest l ON l.id = b.reconciliation_id
+	WHERE b.kind = 'payment'),
+ours AS (
+	SELECT p.*, (p.received_at AT TIME ZONE 'Asia/Shanghai')::date AS day
+	FROM prepaid.payments p WHERE p.state IN ('credited', 'applied'))
+SELECT b.reconciliation_id, b.provider, b.bill_date, 'not_credited'::text AS kind,
+       b.provider_txn, b.out_trade_no, b.amount_fen AS bill_fen, NULL::bigint AS credited_fen,
+       (SELECT p.payment_id FROM prepaid.payments p
+        WHERE p.provider = b.provider AND p.provider_txn = b.provider_txn) AS payment_id
+FROM bill b
+WHERE NOT EXISTS (SELECT 1 FROM ours o
+                  WHERE o.provider = b.provider AND o.provider_txn = b.provider_txn)
+UNION ALL
+SELECT l.id, l.provider, l.bill_date, 'not_in_bill', o.provider_txn, o.out_trade_no, NULL,
+       o.amount_fen, o.payment_id
+FROM latest l JOIN ours o ON o.provider = l.provider AND o.day = l.bill_date
+WHERE NOT EXISTS (SELECT 1 FROM bill b
+                  WHERE b.reconciliation_id = l.id AND b.provider_txn = o.provider_txn)
+UNION ALL
+SELECT b.reconciliation_id, b.provider, b.bill_date, 'amount_differs', b.provider_txn,
+       b.out_trade_no, b.amount_fen, o.amount_fen, o.payment_id
+FROM bill b JOIN ours o ON o.provider = b.provider AND o.provider_txn = b.provider_txn
+WHERE o.amount_fen <> b.amount_fen;
+COMMENT ON VIEW prepaid.reconciliation_discrepancies IS
+	'Differences between a provider''s bill and the payments credited: not credited, not in the bill, amounts differ.';
+
+-- The bill's payments per provider and day next to prepaid.payments_daily
+-- (credited and applied).
+CREATE OR REPLACE VIEW prepaid.reconciliation_totals AS
+WITH latest AS (
+	SELECT DISTINCT ON (r.provider, r.bill_date) r.*
+	FROM prepaid.reconciliations r WHERE r.state = 'done'
+	ORDER BY r.provider, r.bill_date, r.id DESC)
+SELECT l.provider, l.bill_date, l.id AS reconciliation_id,
+       (SELECT count(*) FROM prepaid.bill_entries b
+        WHERE b.reconciliation_id = l.id AND b.kind = 'payment') AS bill_payments,
+       (SELECT round(coalesce(sum(b.amount_fen), 0) / 100.0, 2) FROM prepaid.bill_entries b
+        WHERE b.reconciliation_id = l.id AND b.kind = 'payment') AS bill_amount,
+       (SELECT coalesce(sum(d.payments), 0) FROM prepaid.payments_daily d
+        WHERE d.day = l.bill_date AND d.provider = l.provider
+          AND d.state IN ('credited', 'applied')) AS credited_payments,
+       (SELECT coalesce(sum(d.amount), 0) FROM prepaid.payments_daily d
+        WHERE d.day = l.bill_date AND d.provider = l.provider
+          AND d.state IN ('credited', 'applied')) AS credited_amount,
+       l.discrepancies
+FROM latest l;
+COMMENT ON VIEW prepaid.reconciliation_totals IS
+	'Per provider and Beijing day: the bill''s payments next to those credited (payments_daily).';
+
+-- Load a downloaded bill (p_entries: [{"txn","otn","kind","fen"}, ...]):
+-- the reconciliation is done; returns the number of discrepancies, and
+-- alerts when there are any. Called by the daemon.
+CREATE OR REPLACE FUNCTION prepaid_internal.reconcile_load(p_id bigint, p_entries jsonb) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+DECLARE
+	r prepaid.reconciliations;
+	v_n integer;
+BEGIN
+	SELECT * INTO r FROM prepaid.reconciliations WHERE id = p_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'no reconciliation %', p_id USING ERRCODE = 'no_data_found';
+	END IF;
+	DELETE FROM prepaid.bill_entries WHERE reconciliation_id = p_id;
+	INSERT INTO prepaid.bill_entries (reconciliation_id, provider, bill_date, provider_txn,
+	    out_trade_no, kind, amount_fen)
+	SELECT p_id, r.provider, r.bill_date, e->>'txn', nullif(e->>'otn', ''), e->>'kind',
+	       (e->>'fen')::bigint
+	FROM jsonb_array_elements(p_entries) e;
+	UPDATE prepaid.reconciliations SET state = 'done', finished_at = now(), last_error = NULL,
+	    bill_rows = jsonb_array_length(p_entries)
+	WHERE id = p_id;
+	SELECT count(*) INTO v_n FROM prepaid.reconciliation_discrepancies d
+	WHERE d.reconciliation_id = p_id;
+	UPDATE prepaid.reconciliations SET discrepancies = v_n WHERE id = p_id;
+	IF v_n > 0 THEN
+		PERFORM pg_notify('prepaid_alerts', format('reconciliation %s: the %s bill of %s differs '
+		    'from the payments credited in %s place(s) (see prepaid.reconciliation_discrepancies)',
+		    p_id, r.provider, r.bill_date, v_n));
+	END IF;
+	RETURN v_n;
+END $$;

@@ -93,7 +93,9 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION prepaid.create_tariff(p_tariff text, p_name text) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	INSERT INTO prepaid.tariffs (tariff_id, name) VALUES (p_tariff, p_name);
 $$;
 COMMENT ON FUNCTION prepaid.create_tariff(text,text) IS
@@ -138,7 +140,9 @@ END $$;
 -- Create a tariff version from its definition (see prepaidd-sql(7)).
 CREATE OR REPLACE FUNCTION prepaid.create_tariff_version(p_tariff text, p_effective_from timestamptz,
     p_def jsonb) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 DECLARE
 	v_id bigint;
 	v_key text;
@@ -267,7 +271,9 @@ COMMENT ON FUNCTION prepaid.create_tariff_version(text,timestamp with time zone,
 
 -- Assign a tariff to a meter from a time (history is kept).
 CREATE OR REPLACE FUNCTION prepaid.assign_tariff(p_meter text, p_tariff text, p_effective_from timestamptz)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM prepaid.meters WHERE meter_id = p_meter) THEN
 		RAISE EXCEPTION 'unknown meter "%"', p_meter USING ERRCODE = 'no_data_found';
@@ -282,14 +288,18 @@ COMMENT ON FUNCTION prepaid.assign_tariff(text,text,timestamp with time zone) IS
 
 CREATE OR REPLACE FUNCTION prepaid.create_site(p_site text, p_name text,
     p_time_zone text DEFAULT 'Asia/Shanghai') RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 	INSERT INTO prepaid.sites (site_id, name, time_zone) VALUES (p_site, p_name, p_time_zone);
 $$;
 COMMENT ON FUNCTION prepaid.create_site(text,text,text) IS
 	'Create or rename a site, with its time zone.';
 
 CREATE OR REPLACE FUNCTION prepaid.set_meter_site(p_meter text, p_site text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	UPDATE prepaid.meters SET site_id = p_site WHERE meter_id = p_meter;
 	IF NOT FOUND THEN
@@ -937,7 +947,9 @@ $$;
 
 -- Anything that changes how consumption is priced forgets the caches.
 CREATE OR REPLACE FUNCTION prepaid_internal.rate_cache_forget_trigger() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
 BEGIN
 	IF TG_TABLE_NAME = 'sites' THEN
 		UPDATE prepaid.meters SET rate_until = NULL

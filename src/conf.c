@@ -28,6 +28,7 @@
 
 #include "common.h"
 #include "conf.h"
+#include "paypage.h"
 
 /* Longest line accepted; far beyond any sane conninfo. */
 #define CONF_LINE_MAX 4096
@@ -72,6 +73,11 @@ static const struct conf_key conf_key_table[] = {
     {"mqtt", "reconnect_max_ms", CONF_INT, "30000", 1000, 600000, true, O(mqtt_reconnect_max_ms),
         "cap of the reconnect backoff, milliseconds", NULL, 0},
 
+    {"mqtt", "session_resend_hours", CONF_INT, "24", 1, 8760, true, O(mqtt_session_resend_hours),
+        "session lost: ask meters seen within this many hours to resend", NULL, 0},
+    {"mqtt", "session_resend_rate", CONF_INT, "50", 1, 100000, true, O(mqtt_session_resend_rate),
+        "session lost: resend requests per second", NULL, 0},
+
     {"ingest", "batch_size", CONF_INT, "1000", 1, 50000, true, O(ingest_batch_size),
         "readings written per database round trip", NULL, 0},
     {"ingest", "batch_window_ms", CONF_INT, "50", 1, 10000, true, O(ingest_batch_window_ms),
@@ -91,6 +97,15 @@ static const struct conf_key conf_key_table[] = {
     {"ingest", "partitions_ahead", CONF_INT, "3", 1, 24, true, O(ingest_partitions_ahead),
         "months of reading partitions made ahead", NULL, 0},
 
+    {"journal", "enabled", CONF_BOOL, "true", 0, 0, false, O(journal_enabled),
+        "journal every message before queueing (off: unsafe, benchmarks only)", NULL, 0},
+    {"journal", "directory", CONF_STRING, "/var/lib/prepaidd/journal", 0, 0, false,
+        O(journal_directory), "directory of the journal's segment files", NULL, 0},
+    {"journal", "sync_ms", CONF_INT, "50", 1, 10000, true, O(journal_sync_ms),
+        "fdatasync the journal at most this often, milliseconds", NULL, 0},
+    {"journal", "max_mb", CONF_INT, "1024", 1, 1048576, false, O(journal_max_mb),
+        "journal size bound, MiB (reading pauses at 3/4)", NULL, 0},
+
     {"commands", "retry_initial_ms", CONF_INT, "5000", 100, 3600000, true,
         O(commands_retry_initial_ms), "first resend of an unacknowledged command", NULL, 0},
     {"commands", "retry_max_ms", CONF_INT, "60000", 100, 3600000, true, O(commands_retry_max_ms),
@@ -109,6 +124,11 @@ static const struct conf_key conf_key_table[] = {
 
     {"http", "max_connections", CONF_INT, "256", 1, 100000, false, O(http_max_connections),
         "connections served at once; more are closed", NULL, 0},
+    {"http", "max_connections_per_address", CONF_INT, "32", 0, 100000, true,
+        O(http_max_connections_per_address),
+        "connections of one address still sending their request; 0: no cap", NULL, 0},
+    {"http", "header_deadline_ms", CONF_INT, "5000", 100, 600000, true, O(http_header_deadline_ms),
+        "a request head must arrive whole within, milliseconds", NULL, 0},
     {"http", "deadline_ms", CONF_INT, "10000", 100, 600000, true, O(http_deadline_ms),
         "a request must arrive whole within, milliseconds", NULL, 0},
     {"http", "max_body_bytes", CONF_INT, "65536", 1024, 16777216, false, O(http_max_body_bytes),
@@ -148,6 +168,69 @@ static const struct conf_key conf_key_table[] = {
         "our seller_id (2088...); unset: not checked", NULL, 0},
     {"payments", "alipay_public_key_file", CONF_FILE, NULL, 0, 0, true,
         O(payments_alipay_public_key_file), "the Alipay public key file (PEM)", NULL, 0},
+    {"payments", "wechat_merchant_key_file", CONF_FILE, NULL, 0, 0, true,
+        O(payments_wechat_merchant_key_file),
+        "merchant API private key (PEM); unset: no WeChat Pay calls", NULL, 0},
+    {"payments", "wechat_merchant_serial", CONF_STRING, NULL, 0, 0, true,
+        O(payments_wechat_merchant_serial), "serial number of the merchant API certificate", NULL,
+        0},
+    {"payments", "wechat_api_url", CONF_STRING, "https://api.mch.weixin.qq.com", 0, 0, true,
+        O(payments_wechat_api_url), "WeChat Pay API base URL", NULL, 0},
+    {"payments", "wechat_notify_url", CONF_STRING, NULL, 0, 0, true, O(payments_wechat_notify_url),
+        "public https URL of wechat_path, sent with each order", NULL, 0},
+    {"payments", "alipay_app_key_file", CONF_FILE, NULL, 0, 0, true,
+        O(payments_alipay_app_key_file), "Alipay app private key (PEM); unset: no Alipay calls",
+        NULL, 0},
+    {"payments", "alipay_gateway_url", CONF_STRING, "https://openapi.alipay.com/gateway.do", 0, 0,
+        true, O(payments_alipay_gateway_url), "Alipay OpenAPI gateway URL", NULL, 0},
+    {"payments", "alipay_notify_url", CONF_STRING, NULL, 0, 0, true, O(payments_alipay_notify_url),
+        "public https URL of alipay_path, sent with each order", NULL, 0},
+    {"payments", "api_timeout_ms", CONF_INT, "10000", 1000, 120000, true,
+        O(payments_api_timeout_ms), "timeout of one call to a provider, milliseconds", NULL, 0},
+    {"payments", "query_after", CONF_STRING, "60 300 900 3600", 0, 0, true, O(payments_query_after),
+        "seconds after creation a pending order is queried, ascending", NULL, 0},
+    {"payments", "query_retry_s", CONF_INT, "60", 1, 86400, true, O(payments_query_retry_s),
+        "a provider call left unanswered is tried again after, seconds", NULL, 0},
+    {"payments", "query_poll_s", CONF_INT, "10", 1, 3600, true, O(payments_query_poll_s),
+        "how often due orders and refunds are looked for, seconds", NULL, 0},
+    {"payments", "reconcile_at", CONF_STRING, "10:30", 0, 0, true, O(payments_reconcile_at),
+        "Beijing time of day the previous day's bills are compared (HH:MM)", NULL, 0},
+    {"payments", "wechat_app_secret_file", CONF_FILE, NULL, 0, 0, true,
+        O(payments_wechat_app_secret_file),
+        "the Official Account's AppSecret, for the pay page's openid step; unset: no JSAPI", NULL,
+        0},
+    {"payments", "wechat_authorize_url", CONF_STRING,
+        "https://open.weixin.qq.com/connect/oauth2/authorize", 0, 0, true,
+        O(payments_wechat_authorize_url), "WeChat's OAuth2 authorize page (the openid step)", NULL,
+        0},
+    {"payments", "wechat_oauth_api_url", CONF_STRING, "https://api.weixin.qq.com", 0, 0, true,
+        O(payments_wechat_oauth_api_url), "base URL where the openid step's code is exchanged",
+        NULL, 0},
+    {"payments", "rejects_keep", CONF_INT, "100000", 100, 100000000, true, O(payments_rejects_keep),
+        "unverified refusals kept in prepaid.payment_rejects", NULL, 0},
+
+    {"paypage", "path", CONF_STRING, NULL, 0, 0, false, O(paypage_path),
+        "the pay page's path prefix, e.g. /p (unset: off)", NULL, 0},
+    {"paypage", "public_url", CONF_STRING, NULL, 0, 0, true, O(paypage_public_url),
+        "scheme://host the occupants reach the page at (the links)", NULL, 0},
+    {"paypage", "amounts", CONF_STRING, "20 50 100 200", 0, 0, true, O(paypage_amounts),
+        "amount buttons in yuan, separated by spaces", NULL, 0},
+    {"paypage", "usage_days", CONF_INT, "7", 1, 31, true, O(paypage_usage_days),
+        "days of use the page shows", NULL, 0},
+    {"paypage", "connections", CONF_INT, "2", 1, 16, false, O(paypage_connections),
+        "PostgreSQL connections for the pay page", NULL, 0},
+    {"paypage", "answer_within_ms", CONF_INT, "3000", 100, 60000, true, O(paypage_answer_within_ms),
+        "show the busy page if the database takes longer", NULL, 0},
+    {"paypage", "rate_per_minute", CONF_INT, "30", 1, 1000000, true, O(paypage_rate_per_minute),
+        "requests a minute per client address (429 past it)", NULL, 0},
+    {"paypage", "rate_burst", CONF_INT, "10", 1, 1000000, true, O(paypage_rate_burst),
+        "requests a client address may make at once", NULL, 0},
+    {"paypage", "trusted_proxies", CONF_STRING, "127.0.0.1 ::1", 0, 0, true,
+        O(paypage_trusted_proxies), "peers whose X-Forwarded-For names the client", NULL, 0},
+    {"paypage", "order_valid_minutes", CONF_INT, "30", 1, 1440, true,
+        O(paypage_order_valid_minutes), "how long an order from the page may be paid", NULL, 0},
+    {"paypage", "stub_handoff_url", CONF_STRING, NULL, 0, 0, true, O(paypage_stub_handoff_url),
+        "tests and demos: a stand-in cashier orders are sent to", NULL, 0},
 
     {"log", "level", CONF_STRING, "info", 0, 0, true, O(log_level), "error, warning, info or debug",
         NULL, 0},
@@ -432,6 +515,7 @@ conf_check_string(const struct conf_key *k, const char *v, char *why, size_t len
 	switch (k->offset) {
 	case O(mqtt_host):
 	case O(http_listen):
+	case O(journal_directory):
 		if (*v == '\0')
 			return "must not be empty";
 		break;
@@ -1744,6 +1828,88 @@ conf_check_pay_path(struct conf_parse *p, size_t off, const char *path, const ch
 	return -1;
 }
 
+/* "60 300 900 3600": 1..16 ascending positive seconds. */
+static bool
+conf_ladder_ok(const char *s)
+{
+	long prev = 0, v;
+	int n = 0;
+	char *end;
+
+	while (*s != '\0') {
+		while (*s == ' ' || *s == '\t')
+			s++;
+		if (*s == '\0')
+			break;
+		errno = 0;
+		v = strtol(s, &end, 10);
+		if (end == s || errno != 0 || v <= prev || v > 30L * 86400 || ++n > 16 ||
+		    (*end != '\0' && *end != ' ' && *end != '\t'))
+			return false;
+		prev = v;
+		s = end;
+	}
+	return n > 0;
+}
+
+/* Calls to a provider need its ids, the keys to verify its answers, and
+ * the public callback URL sent with each order. */
+static int
+conf_check_payout(struct conf_parse *p)
+{
+	struct conf *c = p->c;
+	char why[256];
+	const char *missing;
+
+	if (!conf_ladder_ok(c->payments_query_after)) {
+		conf_key_error(p, conf_line_of(p, O(payments_query_after)),
+		    conf_key_at(O(payments_query_after)),
+		    "must be 1 to 16 ascending whole numbers of seconds, separated by spaces");
+		return -1;
+	}
+	if (strlen(c->payments_reconcile_at) != 5 ||
+	    !isdigit((unsigned char)c->payments_reconcile_at[0]) ||
+	    !isdigit((unsigned char)c->payments_reconcile_at[1]) ||
+	    c->payments_reconcile_at[2] != ':' ||
+	    !isdigit((unsigned char)c->payments_reconcile_at[3]) ||
+	    !isdigit((unsigned char)c->payments_reconcile_at[4]) ||
+	    atoi(c->payments_reconcile_at) > 23 || atoi(c->payments_reconcile_at + 3) > 59) {
+		conf_key_error(p, conf_line_of(p, O(payments_reconcile_at)),
+		    conf_key_at(O(payments_reconcile_at)),
+		    "must be HH:MM (Beijing time), e.g. 10:30");
+		return -1;
+	}
+	if (c->payments_wechat_merchant_key_file != NULL) {
+		missing = c->payments_wechat_merchant_serial == NULL ? "wechat_merchant_serial"
+		          : c->payments_wechat_mchid == NULL         ? "wechat_mchid"
+		          : c->payments_wechat_appids == NULL        ? "wechat_appids"
+		          : c->payments_wechat_notify_url == NULL    ? "wechat_notify_url"
+		          : c->payments_wechat_platform_certs == NULL &&
+		                  c->payments_wechat_public_key_file == NULL
+		              ? "wechat_platform_certs or wechat_public_key_file"
+		              : NULL;
+		if (missing != NULL) {
+			snprintf(why, sizeof why, "calls to WeChat Pay need payments.%s", missing);
+			conf_key_error(p, conf_line_of(p, O(payments_wechat_merchant_key_file)),
+			    conf_key_at(O(payments_wechat_merchant_key_file)), why);
+			return -1;
+		}
+	}
+	if (c->payments_alipay_app_key_file != NULL) {
+		missing = c->payments_alipay_app_id == NULL            ? "alipay_app_id"
+		          : c->payments_alipay_public_key_file == NULL ? "alipay_public_key_file"
+		          : c->payments_alipay_notify_url == NULL      ? "alipay_notify_url"
+		                                                       : NULL;
+		if (missing != NULL) {
+			snprintf(why, sizeof why, "calls to Alipay need payments.%s", missing);
+			conf_key_error(p, conf_line_of(p, O(payments_alipay_app_key_file)),
+			    conf_key_at(O(payments_alipay_app_key_file)), why);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /* A provider's callback needs its merchant ids and keys. */
 static int
 conf_check_payments(struct conf_parse *p)
@@ -1795,6 +1961,55 @@ conf_check_payments(struct conf_parse *p)
 			    conf_key_at(O(payments_alipay_path)), why);
 			return -1;
 		}
+	}
+	return conf_check_payout(p);
+}
+
+/* The pay page: a path of its own, a public URL for its links, amounts. */
+static int
+conf_check_paypage(struct conf_parse *p)
+{
+	struct conf *c = p->c;
+	int64_t fen[16];
+	char why[256];
+	const char *u;
+
+	if (c->paypage_path == NULL)
+		return 0;
+	if (conf_check_pay_path(p, O(paypage_path), c->paypage_path, c->payments_wechat_path) !=
+	        0 ||
+	    conf_check_pay_path(p, O(paypage_path), c->paypage_path, c->payments_alipay_path) != 0)
+		return -1;
+	if (strlen(c->paypage_path) < 2 || c->paypage_path[strlen(c->paypage_path) - 1] == '/') {
+		conf_key_error(p, conf_line_of(p, O(paypage_path)), conf_key_at(O(paypage_path)),
+		    "must be a path such as /p, without a trailing /");
+		return -1;
+	}
+	u = c->paypage_public_url;
+	if (u == NULL) {
+		conf_key_error(p, conf_line_of(p, O(paypage_path)), conf_key_at(O(paypage_path)),
+		    "the pay page needs paypage.public_url (its links are printed with it)");
+		return -1;
+	}
+	if ((strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) ||
+	    strpbrk(u, "?# \t\"'<>") != NULL || u[strlen(u) - 1] == '/') {
+		conf_key_error(p, conf_line_of(p, O(paypage_public_url)),
+		    conf_key_at(O(paypage_public_url)),
+		    "must be https://host[:port][/prefix] without a trailing /, query or quotes");
+		return -1;
+	}
+	if (paypage_amounts_parse(c->paypage_amounts, fen, (int)ARRAY_SIZE(fen), why, sizeof why) <
+	    0) {
+		conf_key_error(
+		    p, conf_line_of(p, O(paypage_amounts)), conf_key_at(O(paypage_amounts)), why);
+		return -1;
+	}
+	u = c->paypage_stub_handoff_url;
+	if (u != NULL && ((strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0) ||
+	                     strpbrk(u, "# \t\"'<>") != NULL)) {
+		conf_key_error(p, conf_line_of(p, O(paypage_stub_handoff_url)),
+		    conf_key_at(O(paypage_stub_handoff_url)), "must be an http(s) URL");
+		return -1;
 	}
 	return 0;
 }
@@ -1859,7 +2074,122 @@ conf_check_cross(struct conf_parse *p)
 		if (conf_gw_finish(p, &c->gateways[i]) != 0)
 			return -1;
 	}
+	if (conf_check_paypage(p) != 0)
+		return -1;
 	return conf_check_payments(p);
+}
+
+/* ------------------------------------------------------------ secrets */
+
+int
+conf_secret_mode(unsigned mode, bool own_group, bool key, char *why, size_t len)
+{
+	if (mode & 0004) {
+		snprintf(why, len, "readable by everyone (mode %04o)%s", mode & 07777,
+		    key ? ": refused, as OpenSSH refuses such a key; chmod o-r it"
+		        : ": chmod o-r it");
+		return key ? -1 : 1;
+	}
+	if ((mode & 0040) && !own_group) {
+		snprintf(why, len,
+		    "readable by its group, which prepaidd is not in (mode %04o): chgrp it to "
+		    "prepaidd's group or chmod g-r it",
+		    mode & 07777);
+		return 1;
+	}
+	return 0;
+}
+
+/* Whether gid is the process's group or one of its supplementary ones. */
+static bool
+conf_own_group(gid_t gid)
+{
+	gid_t groups[256];
+	int n, i;
+
+	if (gid == getegid() || gid == getgid())
+		return true;
+	n = getgroups((int)ARRAY_SIZE(groups), groups);
+	for (i = 0; i < n; i++)
+		if (groups[i] == gid)
+			return true;
+	return false;
+}
+
+/* Check one secret file; subject is "section.key" or "the configuration". */
+static int
+conf_secret(struct conf_parse *p, const char *path, int line, const char *subject, bool key)
+{
+	struct stat st;
+	char why[256];
+	int rc;
+
+	if (path == NULL || stat(path, &st) != 0)
+		return 0; /* unset; a missing file was refused while parsing */
+	rc =
+	    conf_secret_mode((unsigned)st.st_mode, conf_own_group(st.st_gid), key, why, sizeof why);
+	if (rc < 0) {
+		conf_error(p, line, subject, "%s is %s", path, why);
+		return -1;
+	}
+	if (rc > 0 && p->c->nwarnings < CONF_WARNINGS_MAX) {
+		if (line > 0)
+			xasprintf(&p->c->warnings[p->c->nwarnings++], "%s:%d: %s: %s is %s",
+			    p->path, line, subject, path, why);
+		else
+			xasprintf(&p->c->warnings[p->c->nwarnings++], "%s: %s is %s", p->path,
+			    subject, why);
+	}
+	return 0;
+}
+
+/*
+ * Files holding secrets: the configuration itself (a conninfo may carry a
+ * password), the MQTT password and client key, the APIv3 key, the merchant
+ * keys that sign calls to the providers, gateway secrets. Keys (the MQTT
+ * client key, the APIv3 key, the WeChat Pay merchant key, the Alipay app
+ * key, the Official Account's AppSecret, a gateway's API secret) readable by
+ * everyone are refused; everything else open is warned about
+ * (conf->warnings).
+ */
+static int
+conf_check_secrets(struct conf_parse *p)
+{
+	static const struct {
+		size_t offset;
+		bool key;
+	} files[] = {
+	    {O(mqtt_password_file), false},
+	    {O(mqtt_tls_key), true},
+	    {O(payments_wechat_apiv3_key_file), true},
+	    {O(payments_wechat_merchant_key_file), true},
+	    {O(payments_alipay_app_key_file), true},
+	    {O(payments_wechat_app_secret_file), true},
+	};
+	const struct conf_key *k;
+	char subject[96];
+	size_t i, j;
+	int g;
+
+	if (conf_secret(p, p->path, 0, "the configuration file", false) != 0)
+		return -1;
+	for (i = 0; i < ARRAY_SIZE(files); i++) {
+		for (j = 0; j < ARRAY_SIZE(conf_key_table); j++)
+			if (conf_key_table[j].offset == files[i].offset)
+				break;
+		k = &conf_key_table[j];
+		conf_subject(subject, sizeof subject, k);
+		if (conf_secret(
+		        p, *(char **)conf_field(p->c, k), p->lines[j], subject, files[i].key) != 0)
+			return -1;
+	}
+	for (g = 0; g < p->c->ngateways; g++) {
+		snprintf(subject, sizeof subject, "gateway.%s.secret_file", p->c->gateways[g].name);
+		if (conf_secret(p, p->c->gateways[g].secret_file,
+		        conf_gw_line(p, &p->c->gateways[g], G(secret_file)), subject, true) != 0)
+			return -1;
+	}
+	return 0;
 }
 
 struct conf *
@@ -1902,6 +2232,8 @@ conf_load(const char *path, char *err, size_t errlen)
 	}
 	if (conf_check_cross(&p) != 0)
 		goto fail;
+	if (conf_check_secrets(&p) != 0)
+		goto fail;
 	p.c->key_lines = xcalloc(ARRAY_SIZE(conf_key_table), sizeof(int));
 	memcpy(p.c->key_lines, p.lines, sizeof p.lines);
 
@@ -1942,6 +2274,8 @@ conf_free(struct conf *c)
 	conf_wipe_free(c->mqtt_password);
 	for (i = 0; i < (size_t)c->ngateways; i++)
 		conf_gw_free(&c->gateways[i]);
+	for (i = 0; i < (size_t)c->nwarnings; i++)
+		free(c->warnings[i]);
 	free(c->key_lines);
 	free(c->path);
 	free(c);

@@ -101,8 +101,14 @@ struct conf_gateway {
 	int retry_max_ms;
 };
 
+#define CONF_WARNINGS_MAX 16
+
 struct conf {
 	char *path; /* the file it was read from */
+	/* What conf_load found risky but accepted ("FILE:LINE: key: why"): the
+	 * caller prints them (-n) or logs them (start, reload). */
+	char *warnings[CONF_WARNINGS_MAX];
+	int nwarnings;
 	int *key_lines; /* line of each key of the table; 0: the default */
 
 	/* [database] */
@@ -124,6 +130,14 @@ struct conf {
 	int mqtt_keepalive; /* seconds */
 	char *mqtt_shared_group; /* optional: subscribe via $share/<group>/... */
 	int mqtt_reconnect_max_ms;
+	int mqtt_session_resend_hours; /* session lost: meters seen this recently resend */
+	int mqtt_session_resend_rate; /* session lost: resend requests per second */
+
+	/* [journal] */
+	bool journal_enabled; /* off only for benchmarks: unsafe */
+	char *journal_directory;
+	int journal_sync_ms; /* fdatasync at most this often */
+	int journal_max_mb; /* size bound */
 
 	/* [ingest] */
 	int ingest_batch_size; /* readings per database round trip */
@@ -147,6 +161,8 @@ struct conf {
 	char *http_listen; /* address, default 127.0.0.1 */
 	int http_port;
 	int http_max_connections; /* connections served at once; more are closed */
+	int http_max_connections_per_address; /* waiting ones; 0: no cap */
+	int http_header_deadline_ms; /* the request head must arrive within this */
 	int http_deadline_ms; /* a request must arrive whole within this */
 	int http_max_body_bytes; /* bytes of a request body */
 	int http_max_headers; /* request header lines */
@@ -167,6 +183,37 @@ struct conf {
 	char *payments_alipay_app_id;
 	char *payments_alipay_seller_id; /* optional */
 	char *payments_alipay_public_key_file;
+	/* [payments]: calls to the providers (payout.c) */
+	char *payments_wechat_merchant_key_file; /* apiclient_key.pem; unset: no WeChat calls */
+	char *payments_wechat_merchant_serial; /* serial of the merchant API certificate */
+	char *payments_wechat_api_url; /* https://api.mch.weixin.qq.com */
+	char *payments_wechat_notify_url; /* public URL of wechat_path, sent with orders */
+	char *payments_alipay_app_key_file; /* the app private key; unset: no Alipay calls */
+	char *payments_alipay_gateway_url; /* https://openapi.alipay.com/gateway.do */
+	char *payments_alipay_notify_url; /* public URL of alipay_path, sent with orders */
+	int payments_api_timeout_ms; /* one provider call, queueing included */
+	char *payments_query_after; /* seconds after creation a pending order is queried */
+	int payments_query_retry_s; /* a call without an answer is tried again after */
+	int payments_query_poll_s; /* how often due orders and refunds are looked for */
+	char *payments_reconcile_at; /* HH:MM Beijing time: yesterday's bills are fetched */
+	/* [payments]: the pay page's JSAPI openid step (payout.c) */
+	char *payments_wechat_app_secret_file; /* Official Account AppSecret; unset: no JSAPI */
+	char *payments_wechat_authorize_url; /* WeChat's OAuth2 authorize page */
+	char *payments_wechat_oauth_api_url; /* https://api.weixin.qq.com: code -> openid */
+	int payments_rejects_keep; /* unverified rows kept in prepaid.payment_rejects */
+
+	/* [paypage] */
+	char *paypage_path; /* the page's path prefix; unset: off */
+	char *paypage_public_url; /* scheme://host[:port] occupants reach */
+	char *paypage_amounts; /* amount buttons, yuan, separated by spaces */
+	int paypage_usage_days; /* days of use shown */
+	int paypage_connections; /* PostgreSQL connections for the page */
+	int paypage_answer_within_ms; /* 503 page if the database is slower */
+	int paypage_rate_per_minute; /* requests per client address */
+	int paypage_rate_burst;
+	char *paypage_trusted_proxies; /* peers whose X-Forwarded-For is believed */
+	int paypage_order_valid_minutes;
+	char *paypage_stub_handoff_url; /* stand-in cashier (tests, demo) */
 
 	/* [log] */
 	char *log_level; /* error, warning, info, debug */
@@ -223,6 +270,13 @@ const struct conf_gateway *conf_gateway_find(const struct conf *c, const char *n
  * mqtt_password is read from mqtt_password_file (trailing newline stripped).
  */
 struct conf *conf_load(const char *path, char *err, size_t errlen);
+/*
+ * How open a secret file with this st_mode may be: 0 fine; 1 worth a
+ * warning (readable by everyone, or by a group the daemon is not in:
+ * own_group false); -1 refused (a key, key true, readable by everyone).
+ * why says which and what to do.
+ */
+int conf_secret_mode(unsigned mode, bool own_group, bool key, char *why, size_t len);
 void conf_free(struct conf *c);
 
 /*

@@ -5,10 +5,13 @@
  * POST routes other modules register (the payment callbacks).
  *
  * Hardened for a listener a payment gateway reaches through a reverse proxy:
- * exact paths, the method each route takes (405 otherwise), a body limit
- * (413), a header size and count limit (431), a connection cap (connections
- * past it are closed at once), and an absolute deadline for a request to
- * arrive whole: a client trickling bytes is cut off however slowly it sends.
+ * exact paths (the raw request target, byte for byte), the method each
+ * route takes (405 otherwise), a body limit (413), a head size and header
+ * count limit (431), absolute deadlines for the head and for the whole
+ * request (a client trickling bytes is cut off however slowly it sends),
+ * and connection caps, global and per address, that close the oldest
+ * connection still sending its request so that a newcomer sent whole (a
+ * provider's callback) always finds a slot. See httpd.c.
  */
 #ifndef PREPAIDD_HTTPD_H
 #define PREPAIDD_HTTPD_H
@@ -31,9 +34,14 @@ typedef void (*httpd_post_fn)(struct evhttp_request *req, void *arg);
 
 struct httpd *httpd_new(struct event_base *base, const struct conf *conf, httpd_health_fn health,
     void *arg, char *err, size_t errlen);
-/* Route POSTs to path (exact, no query string) to fn. */
+/* Route POSTs to path (exact: no query string, fragment or encoding) to fn. */
 void httpd_route_post(struct httpd *h, const char *path, httpd_post_fn fn, void *arg);
-/* Reloadable limits (deadline, header count) from a new configuration. */
+/* Route GET, HEAD and POST requests whose path is prefix or starts with
+ * prefix + "/" to fn (a query string is allowed on GET and HEAD only).
+ * Exact routes win over a prefix. */
+void httpd_route_prefix(struct httpd *h, const char *prefix, httpd_post_fn fn, void *arg);
+/* Reloadable limits (deadlines, header count, per-address cap) from a new
+ * configuration. */
 void httpd_reconfigure(struct httpd *h, const struct conf *conf);
 /* Reply with a body (type, body NUL-terminated; body may be NULL). */
 void httpd_reply(

@@ -34,8 +34,10 @@ int migrate_latest(void);
 int migrate_run(const char *conninfo);
 
 /*
- * SQL that yields one row: the applied schema version (0 if none) and the
- * SHA-256 of the concern files --migrate applied last (NULL if none).
+ * SQL that yields one row: the applied schema version (0 if none), the
+ * SHA-256 of the concern files --migrate applied last (NULL if none),
+ * whether the login is a superuser, whether it is a member of
+ * prepaid_owner, and its name.
  */
 extern const char migrate_version_sql[];
 

@@ -95,6 +95,39 @@ payload_meter_id_valid(const char *id, size_t len)
 	return payload_chars_in(id, len, METER_ID_MAX, "_.-", true);
 }
 
+static size_t
+payload_topic_byte(unsigned char c)
+{
+	return (c >= 0x20 && c < 0x7f && c != '%') ? 1 : 3;
+}
+
+void
+payload_escape_topic(const char *topic, char *out, size_t outlen)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	const unsigned char *t;
+	size_t o = 0, whole = 0, room = outlen - 1;
+
+	for (t = (const unsigned char *)topic; *t != '\0'; t++)
+		whole += payload_topic_byte(*t);
+	if (whole > room)
+		room -= 3; /* for the "..." of a cut */
+	for (t = (const unsigned char *)topic; *t != '\0'; t++) {
+		if (o + payload_topic_byte(*t) > room) {
+			memcpy(out + o, "...", 4);
+			return;
+		}
+		if (payload_topic_byte(*t) == 1)
+			out[o++] = (char)*t;
+		else {
+			out[o++] = '%';
+			out[o++] = hex[*t >> 4];
+			out[o++] = hex[*t & 15];
+		}
+	}
+	out[o] = '\0';
+}
+
 enum topic_kind
 payload_parse_topic(
     const char *topic, const char *prefix, char meter_id[METER_ID_MAX + 1], const char **why)

@@ -39,6 +39,16 @@ enum topic_kind payload_parse_topic(
     const char *topic, const char *prefix, char meter_id[METER_ID_MAX + 1], const char **why);
 
 /*
+ * A received topic as the operator may see it (prepaid.rejects, the log):
+ * printable ASCII as it is, every other byte (UTF-8 of a Chinese meter
+ * id, control characters) and '%' itself as %XX, so that nothing is lost
+ * or ambiguous: "meters/电表/reading" is "meters/%E7%94%B5%E8%A1%A8/reading".
+ * Cut, never inside an escape, with "..." at the end when it does not fit
+ * into out (outlen >= 4).
+ */
+void payload_escape_topic(const char *topic, char *out, size_t outlen);
+
+/*
  * RFC 3339 date-time with a mandatory offset ("Z" or "+hh:mm"/"-hh:mm"),
  * optional fraction up to 6 digits (more digits: error). Checks field
  * ranges (month 1-12, day within the month incl. leap years, hour 0-23,

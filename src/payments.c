@@ -67,6 +67,7 @@ struct payments {
 	struct payments_hooks hooks;
 	int64_t audit_second; /* the second audit_count counts in */
 	int audit_count;
+	int audits_unpruned; /* audit rows written since the last prune */
 };
 
 /* One callback between its arrival and its answer. */
@@ -87,6 +88,8 @@ struct pay_req {
 /* Refusals of unverified callbacks audited per second at most: a flood of
  * forgeries is counted and logged, not written row by row. */
 #define PAY_AUDIT_PER_S 100
+/* Audit rows written between two prunes of prepaid.payment_rejects. */
+#define PAY_PRUNE_EVERY 100
 
 /* ---------------------------------------------------------------- keys */
 
@@ -263,6 +266,16 @@ pay_audit_done(void *arg, PGresult *res, const char *err)
 		    "payments: could not audit a refused callback: %s", err);
 }
 
+static void
+pay_prune_done(void *arg, PGresult *res, const char *err)
+{
+	UNUSED(arg);
+	UNUSED(res);
+	if (err != NULL)
+		log_ratelimited(LOG_LVL_WARN, "pay-prune", 60,
+		    "payments: could not prune prepaid.payment_rejects: %s", err);
+}
+
 static struct pgconn *
 pay_pick(struct payments *p)
 {
@@ -291,7 +304,7 @@ pay_audit(struct pay_req *r, const char *peer, int code, const char *reason, boo
 {
 	struct payments *p = r->p;
 	struct pgconn *pc = pay_pick(p);
-	char at[40], fen[24], status[8];
+	char at[40], fen[24], status[8], keep[16];
 	const char *params[9];
 	int64_t sec = now_mono_us() / 1000000;
 
@@ -326,6 +339,15 @@ pay_audit(struct pay_req *r, const char *peer, int code, const char *reason, boo
 	    "peer, verified, out_trade_no, provider_txn, amount_fen) "
 	    "VALUES ($1, $2, $3, $4::int, $5, $6::boolean, $7, $8, $9::bigint)",
 	    9, params, pay_audit_done, NULL);
+	/* Bounded as prepaid.rejects is: the newest [payments] rejects_keep
+	 * unverified rows stay (sql/payments.sql). */
+	if (++p->audits_unpruned >= PAY_PRUNE_EVERY) {
+		p->audits_unpruned = 0;
+		snprintf(keep, sizeof keep, "%d", p->conf->payments_rejects_keep);
+		params[0] = keep;
+		pgconn_query(pc, "SELECT prepaid_internal.prune_payment_rejects($1::int)", 1,
+		    params, pay_prune_done, NULL);
+	}
 }
 
 static void

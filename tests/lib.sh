@@ -35,6 +35,9 @@ PG_PORT=
 PG_DIR=$LIB_TMP/pg
 PG_BINDIR=
 PG_RUNNING=
+# The login that runs --migrate, and the daemon's login (prepaid_daemon only).
+PG_ADMIN=prepaid_admin
+PG_DAEMON=prepaidd
 HTTP_PORT=
 LIB_PIDS=()
 SIM_LOG=
@@ -228,9 +231,15 @@ EOF
 	    { tail -n 20 "$PG_DIR/server.log" >&2; fail "PostgreSQL did not start"; }
 	PG_RUNNING=1
 	export PGHOST=127.0.0.1 PGPORT=$PG_PORT PGUSER=postgres PGDATABASE=prepaid
+	# As the README sets a site up: an administrator login that owns the
+	# database and runs --migrate, and the daemon's own login, which
+	# daemon_migrate gives prepaid_daemon and nothing else.
 	if [ "$("$PG_BINDIR/psql" -X -A -t -d postgres -c \
 	    "SELECT count(*) FROM pg_database WHERE datname = 'prepaid'")" = 0 ]; then
-		"$PG_BINDIR/psql" -X -q -d postgres -c "CREATE DATABASE prepaid" ||
+		"$PG_BINDIR/psql" -X -q -d postgres -v ON_ERROR_STOP=1 \
+		    -c "CREATE ROLE $PG_ADMIN LOGIN CREATEROLE" \
+		    -c "CREATE ROLE $PG_DAEMON LOGIN" \
+		    -c "CREATE DATABASE prepaid OWNER $PG_ADMIN" ||
 		    fail "CREATE DATABASE failed"
 	fi
 }
@@ -285,6 +294,8 @@ log_type notice
 log_type information
 connection_messages true
 EOF
+	# Settings of a test's own (later lines win), e.g. persistence.
+	[ -z "${BROKER_EXTRA:-}" ] || printf '%s\n' "$BROKER_EXTRA" >>"$dir/mosquitto.conf"
 	$LIB_SETSID "$MOSQUITTO" -c "$dir/mosquitto.conf" >>"$BROKER_LOG" 2>&1 &
 	BROKER_PID=$!
 	deadline=$(($(lib_now_ms) + 10000))
@@ -321,7 +332,7 @@ daemon_config()
 
 	[ -n "$HTTP_PORT" ] || HTTP_PORT=$(free_port)
 	kv=(
-		[database.conninfo]="host=127.0.0.1 port=$PG_PORT user=postgres dbname=prepaid connect_timeout=5"
+		[database.conninfo]="host=127.0.0.1 port=$PG_PORT user=$PG_DAEMON dbname=prepaid connect_timeout=5"
 		[mqtt.host]=127.0.0.1
 		[mqtt.port]=$BROKER_PORT
 		[mqtt.client_id]=prepaidd-test
@@ -339,6 +350,7 @@ daemon_config()
 		[http.listen]=127.0.0.1
 		[http.port]=$HTTP_PORT
 		[log.level]=info
+		[journal.directory]=$LIB_TMP/journal
 	)
 	for a in "$@"; do
 		k=${a%%=*}
@@ -351,7 +363,7 @@ daemon_config()
 	done
 	{
 		echo "# written by tests/lib.sh daemon_config"
-		for s in database mqtt ingest commands http payments log; do
+		for s in database mqtt ingest journal commands http payments paypage log; do
 			echo "[$s]"
 			for k in $(printf '%s\n' "${!kv[@]}" | grep "^$s\." | sort); do
 				v=${kv[$k]}
@@ -362,10 +374,20 @@ daemon_config()
 	} >"$CONF"
 }
 
+# --migrate as the administrator login, on the database of $CONF's
+# conninfo; then the daemon's login gets prepaid_daemon (roles are made by
+# --migrate).
 daemon_migrate()
 {
-	"$top_builddir/prepaidd" -c "$CONF" --migrate >>"$DAEMON_LOG" 2>&1 ||
+	local ci
+
+	ci=$(sed -n 's/^conninfo = "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CONF" | head -n 1)
+	ci=$(echo "$ci" | sed "s/user=[^ ]*/user=$PG_ADMIN/")
+	"$top_builddir/prepaidd" --migrate="$ci" >>"$DAEMON_LOG" 2>&1 ||
 	    { tail -n 20 "$DAEMON_LOG" >&2; fail "prepaidd --migrate failed"; }
+	"$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres \
+	    -d postgres -c "GRANT prepaid_daemon TO $PG_DAEMON" >/dev/null 2>&1 ||
+	    fail "GRANT prepaid_daemon failed"
 }
 
 # Start the daemon in the background and wait until it serves: /healthz
@@ -593,7 +615,7 @@ daemon2_config()
 	[ -n "$HTTP2_PORT" ] || HTTP2_PORT=$(free_port)
 	CONF=$CONF2
 	HTTP_PORT=$HTTP2_PORT
-	daemon_config "$@"
+	daemon_config "journal.directory=$LIB_TMP/journal2" "$@"
 	CONF=$conf1
 	HTTP_PORT=$http1
 }

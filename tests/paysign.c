@@ -1748,6 +1748,9 @@ main(int argc, char **argv)
 	if (strcmp(cmd, "keys") == 0) {
 		if (argc != 3)
 			paysign_bad_usage();
+		/* Private keys and the APIv3 key as a provider hands them out:
+		 * owner only (prepaidd refuses a key readable by everyone). */
+		umask(077);
 		return paysign_keys_cmd(argv[2]);
 	}
 	if (strcmp(cmd, "wechat") != 0 && strcmp(cmd, "alipay") != 0 && strcmp(cmd, "load") != 0)

@@ -117,6 +117,7 @@ pub meters/BAD0001/reading 'not json'
 pub meters/BAD0002/reading "{\"seq\":\"x\",\"ts\":\"$ts\",\"energy_wh\":1,\"relay\":\"closed\"}"
 pub meters/BAD0003/reading "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":-5,\"relay\":\"closed\"}"
 pub 'meters/bad id!/reading' "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":1,\"relay\":\"closed\"}"
+pub 'meters/电表01/reading' "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":1,\"relay\":\"closed\"}"
 pub meters/BAD0004/reading \
     "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":1,\"pad\":\"$(printf '%02000d' 0)\"}"
 pub meters/GOOD01/reading "{\"seq\":2,\"ts\":\"$ts\",\"energy_wh\":510,\"relay\":\"closed\"}"
@@ -131,6 +132,8 @@ reject_is "meter_id = 'BAD0001'" 'malformed JSON%'
 reject_is "meter_id = 'BAD0002'" '%seq: not a non-negative integer%'
 reject_is "meter_id = 'BAD0003'" '%energy_wh: negative register%'
 reject_is "meter_id IS NULL AND topic = 'meters/bad id!/reading'" '%bad meter id%'
+# A Unicode meter id: its UTF-8 bytes percent-escaped, not "???".
+reject_is "meter_id IS NULL AND topic = 'meters/%E7%94%B5%E8%A1%A801/reading'" '%bad meter id%'
 reject_is "meter_id = 'BAD0004'" 'payload too large%'
 assert_eq 'not json' "$(psql_q "SELECT payload_text FROM prepaid.recent_rejects
     WHERE meter_id = 'BAD0001' LIMIT 1")" "rejected payload kept"
@@ -206,8 +209,10 @@ psql_q "DROP TRIGGER test_poison ON prepaid.readings; DROP TRIGGER test_poison O
 
 note "a batch refused once with a retryable error (40001) is sent again whole"
 # A sequence, not a table, is the flag: its nextval survives the rollback of
-# the refused batch.
+# the refused batch. Readings are written as prepaid_owner (ingest_batch is
+# SECURITY DEFINER), so the trigger reaches the flag as that role.
 psql_q "CREATE SEQUENCE public.test_flaky_seq;
+GRANT USAGE ON SEQUENCE public.test_flaky_seq TO prepaid_owner;
 CREATE FUNCTION public.test_flaky() RETURNS trigger LANGUAGE plpgsql AS \$\$
 BEGIN
 	IF nextval('public.test_flaky_seq') = 1 THEN

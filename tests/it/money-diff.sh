@@ -55,7 +55,7 @@ for seed in $seeds; do
 	note "seed $seed: $meters meters over $days days"
 	# a fresh database for each seed
 	"$PG_BINDIR/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS prepaid" \
-	    -c "CREATE DATABASE prepaid" || harness_error "could not recreate the database"
+	    -c "CREATE DATABASE prepaid OWNER $PG_ADMIN" || harness_error "could not recreate the database"
 	daemon_migrate
 	daemon_start
 	python3 "$model" gen --seed "$seed" --meters "$meters" --days "$days" >"$LIB_TMP/scenario.json" ||

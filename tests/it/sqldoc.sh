@@ -4,7 +4,8 @@
 # `prepaidd --migrate` (run twice: the function and view files are applied
 # again every time), every table, view and function in schema prepaid -- the
 # operator interface -- has an entry in the CATALOG section of
-# prepaidd-sql(7) and a COMMENT, and every name that section lists exists.
+# prepaidd-sql(7) and a COMMENT with the same text, and every name that
+# section lists exists.
 # Internal objects (schema prepaid_internal), partitions of readings and the
 # sequences behind serial columns are not part of the interface.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
@@ -55,3 +56,18 @@ echo "ok - every name in the CATALOG of prepaidd-sql(7) ($(wc -l <"$LIB_TMP/docu
 uncommented=$(awk '$3 != "t" { print $1 " " $2 }' "$LIB_TMP/objects" | tr '\n' ',')
 [ -z "$uncommented" ] || fail "without COMMENT ON: $uncommented"
 echo "ok - every object of schema prepaid carries a COMMENT"
+
+# The page says what the COMMENT says: the line after each entry.
+sed -n '/^\.Sh CATALOG/,/^\.Sh /p' "$man" |
+    awk '/^\.It (Sy|Fn) prepaid\.[a-z_0-9]+$/ { n = substr($3, 9); getline; print n "|" $0 }' |
+    sort >"$LIB_TMP/page_text"
+psql_q "SELECT c.relname || '|' || obj_description(c.oid, 'pg_class') FROM pg_class c
+    WHERE c.relnamespace = 'prepaid'::regnamespace AND c.relkind IN ('r', 'p', 'v')
+      AND NOT c.relispartition
+    UNION ALL
+    SELECT p.proname || '|' || obj_description(p.oid, 'pg_proc') FROM pg_proc p
+    WHERE p.pronamespace = 'prepaid'::regnamespace" | sort >"$LIB_TMP/comment_text"
+diff "$LIB_TMP/comment_text" "$LIB_TMP/page_text" >"$LIB_TMP/text.diff" ||
+    fail "COMMENT and prepaidd-sql(7) say different things: $(cat "$LIB_TMP/text.diff")"
+[ "$(wc -l <"$LIB_TMP/page_text")" -gt 50 ] || fail "too few CATALOG texts"
+echo "ok - each COMMENT ($(wc -l <"$LIB_TMP/comment_text")) is the text of its entry in prepaidd-sql(7)"

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -96,6 +97,104 @@ conf_test_fail(const char *text, int line, const char *subject, const char *want
 		ck_assert_msg(
 		    strstr(err, want) != NULL, "error \"%s\" does not contain \"%s\"", err, want);
 }
+
+/* ------------------------------------------------------------ secrets */
+
+START_TEST(test_secret_mode_rules)
+{
+	char why[256];
+
+	ck_assert_int_eq(conf_secret_mode(0100600, false, true, why, sizeof why), 0);
+	ck_assert_int_eq(conf_secret_mode(0100400, false, true, why, sizeof why), 0);
+	/* root:prepaidd 0640, the documented set-up: fine. */
+	ck_assert_int_eq(conf_secret_mode(0100640, true, true, why, sizeof why), 0);
+	/* Readable by a group the daemon is not in: a warning. */
+	ck_assert_int_eq(conf_secret_mode(0100640, false, true, why, sizeof why), 1);
+	ck_assert_ptr_nonnull(strstr(why, "readable by its group"));
+	ck_assert_ptr_nonnull(strstr(why, "0640"));
+	/* Readable by everyone: a key is refused, anything else warned. */
+	ck_assert_int_eq(conf_secret_mode(0100644, true, true, why, sizeof why), -1);
+	ck_assert_ptr_nonnull(strstr(why, "readable by everyone (mode 0644)"));
+	ck_assert_int_eq(conf_secret_mode(0100604, true, true, why, sizeof why), -1);
+	ck_assert_int_eq(conf_secret_mode(0100644, true, false, why, sizeof why), 1);
+	ck_assert_ptr_nonnull(strstr(why, "chmod o-r"));
+}
+END_TEST
+
+START_TEST(test_world_readable_apiv3_key_refused)
+{
+	const char *key = conf_test_file("0123456789abcdef0123456789abcdef");
+	char text[512];
+	struct conf *c;
+
+	snprintf(text, sizeof text, "[payments]\n\nwechat_apiv3_key_file = %s\n", key);
+	c = conf_test_load(text);
+	ck_assert_int_eq(c->nwarnings, 0);
+	conf_free(c);
+	ck_assert_int_eq(chmod(key, 0644), 0);
+	conf_test_fail(text, 3, "payments.wechat_apiv3_key_file", "is readable by everyone");
+	conf_test_fail(text, 3, "payments.wechat_apiv3_key_file", key);
+	conf_test_cleanup();
+}
+END_TEST
+
+START_TEST(test_world_readable_mqtt_key_refused)
+{
+	const char *key = conf_test_file("-----BEGIN PRIVATE KEY-----\n");
+	char text[512];
+
+	ck_assert_int_eq(chmod(key, 0604), 0);
+	snprintf(
+	    text, sizeof text, "[mqtt]\ntls_ca = %s\ntls_cert = %s\ntls_key = %s\n", key, key, key);
+	conf_test_fail(text, 4, "mqtt.tls_key", "refused");
+	conf_test_cleanup();
+}
+END_TEST
+
+START_TEST(test_world_readable_gateway_secret_refused)
+{
+	const char *sec = conf_test_file("token\n");
+	char text[512];
+
+	ck_assert_int_eq(chmod(sec, 0644), 0);
+	snprintf(text, sizeof text,
+	    "[gateway g]\nchannel = sms\nurl = https://x/\n"
+	    "auth = bearer\nsecret_file = \"%s\"\nbody = x\nescape = raw\n"
+	    "content_type = text/plain\n",
+	    sec);
+	conf_test_fail(text, 5, "gateway.g.secret_file", "is readable by everyone");
+	conf_test_cleanup();
+}
+END_TEST
+
+START_TEST(test_open_config_and_password_warned)
+{
+	const char *pw = conf_test_file("secret\n");
+	const char *path;
+	char text[512], err[1024];
+	struct conf *c;
+
+	snprintf(text, sizeof text, "[mqtt]\nusername = u\npassword_file = %s\n", pw);
+	path = conf_test_file(text);
+	c = conf_load(path, err, sizeof err);
+	ck_assert_msg(c != NULL, "%s", err);
+	ck_assert_int_eq(c->nwarnings, 0);
+	conf_free(c);
+	ck_assert_int_eq(chmod(pw, 0644), 0);
+	ck_assert_int_eq(chmod(path, 0644), 0);
+	c = conf_load(path, err, sizeof err);
+	ck_assert_msg(c != NULL, "a password file or config readable by everyone is a warning");
+	ck_assert_int_eq(c->nwarnings, 2);
+	ck_assert_ptr_nonnull(strstr(c->warnings[0], "the configuration file is readable by "
+	                                             "everyone (mode 0644)"));
+	ck_assert_ptr_nonnull(strstr(c->warnings[1], ":3: mqtt.password_file: "));
+	ck_assert_ptr_nonnull(strstr(c->warnings[1], pw));
+	/* Never the secret itself. */
+	ck_assert_ptr_null(strstr(c->warnings[1], "secret\n"));
+	conf_free(c);
+	conf_test_cleanup();
+}
+END_TEST
 
 START_TEST(test_defaults_from_empty_file)
 {
@@ -906,6 +1005,41 @@ START_TEST(test_gateway_secret_read_and_newline_stripped)
 }
 END_TEST
 
+/* The pay page: a path needs a public URL; bad amounts and URLs are named
+ * with their line. */
+START_TEST(test_paypage_keys)
+{
+	char err[1024];
+	struct conf *c;
+
+	conf_test_fail("[paypage]\npath = /p\n", 2, "paypage.path", "needs paypage.public_url");
+	conf_test_fail(
+	    "[paypage]\npath = p\npublic_url = https://x\n", 2, "paypage.path", "absolute path");
+	conf_test_fail("[paypage]\npath = /healthz\npublic_url = https://x\n", 2, "paypage.path",
+	    "daemon's own paths");
+	conf_test_fail(
+	    "[paypage]\npath = /p/\npublic_url = https://x\n", 2, "paypage.path", "trailing /");
+	conf_test_fail("[paypage]\npath = /p\npublic_url = https://x/\n", 3, "paypage.public_url",
+	    "without a trailing /");
+	conf_test_fail(
+	    "[paypage]\npath = /p\npublic_url = ftp://x\n", 3, "paypage.public_url", "https://");
+	conf_test_fail("[paypage]\npath = /p\npublic_url = https://x\namounts = \"20 5.555\"\n", 4,
+	    "paypage.amounts", "\"5.555\" is not a yuan amount");
+	conf_test_fail("[paypage]\npath = /p\npublic_url = https://x\nstub_handoff_url = x\n", 4,
+	    "paypage.stub_handoff_url", "http(s) URL");
+	c = conf_load(conf_test_file("[paypage]\npath = /p\npublic_url = https://pay.example.com\n"
+	                             "amounts = \"10 20.5\"\n"),
+	    err, sizeof err);
+	ck_assert_msg(c != NULL, "%s", err);
+	ck_assert_str_eq(c->paypage_path, "/p");
+	ck_assert_str_eq(c->paypage_amounts, "10 20.5");
+	ck_assert_int_eq(c->paypage_rate_per_minute, 30);
+	ck_assert_str_eq(c->paypage_trusted_proxies, "127.0.0.1 ::1");
+	conf_free(c);
+	conf_test_cleanup();
+}
+END_TEST
+
 START_TEST(test_error_gateway_section_names)
 {
 	conf_test_fail("[gateway]\n", 1, "[gateway]", "needs a name");
@@ -915,7 +1049,7 @@ START_TEST(test_error_gateway_section_names)
 	    "[gateway 0123456789abcdef0123456789abcdefX]\n", 1, NULL, "bad gateway name");
 	conf_test_fail("[gatewayx]\n", 1, "[gatewayx]",
 	    "unknown section (known: database, "
-	    "mqtt, ingest, commands, http, payments, log, gateway NAME)");
+	    "mqtt, ingest, journal, commands, http, payments, paypage, log, gateway NAME)");
 	conf_test_cleanup();
 }
 END_TEST
@@ -1720,6 +1854,7 @@ conf_suite(void)
 
 	tc = tcase_create("values");
 	tcase_add_test(tc, test_defaults_from_empty_file);
+	tcase_add_test(tc, test_paypage_keys);
 	tcase_add_test(tc, test_every_default_parses_as_its_type);
 	tcase_add_test(tc, test_values_of_each_type);
 	tcase_add_test(tc, test_every_bool_spelling);
@@ -1799,6 +1934,11 @@ conf_suite(void)
 	tcase_add_test(tc, test_sample_config_documents_every_gateway_key);
 	tcase_add_test(tc, test_manual_documents_every_gateway_key);
 	tcase_add_test(tc, test_sample_gateway_examples_load);
+	tcase_add_test(tc, test_secret_mode_rules);
+	tcase_add_test(tc, test_world_readable_apiv3_key_refused);
+	tcase_add_test(tc, test_world_readable_mqtt_key_refused);
+	tcase_add_test(tc, test_world_readable_gateway_secret_refused);
+	tcase_add_test(tc, test_open_config_and_password_warned);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -76,6 +76,33 @@ assert_one_reject(const char *buf, size_t len, int index, const char *reason)
 	ck_assert_str_eq(c.reject_reason[0], reason);
 }
 
+START_TEST(topic_escaped_for_the_operator)
+{
+	char out[64];
+
+	payload_escape_topic("meters/bad id!/reading", out, sizeof out);
+	ck_assert_str_eq(out, "meters/bad id!/reading");
+	/* UTF-8 (电表) kept as its bytes, escaped; '%' and controls too. */
+	payload_escape_topic("meters/\xe7\x94\xb5\xe8\xa1\xa8/reading", out, sizeof out);
+	ck_assert_str_eq(out, "meters/%E7%94%B5%E8%A1%A8/reading");
+	payload_escape_topic("a%b\n\x7f\xff", out, sizeof out);
+	ck_assert_str_eq(out, "a%25b%0A%7F%FF");
+	/* Cut with "...", never inside an escape; an exact fit is not cut. */
+	payload_escape_topic("abcdefgh", out, 9);
+	ck_assert_str_eq(out, "abcdefgh");
+	payload_escape_topic("abcdefghi", out, 9);
+	ck_assert_str_eq(out, "abcde...");
+	payload_escape_topic("ab\xe7\x94\xb5", out, 9);
+	ck_assert_str_eq(out, "ab%E7...");
+	payload_escape_topic("abcd\xe7", out, 8);
+	ck_assert_str_eq(out, "abcd%E7");
+	payload_escape_topic("abcd\xe7", out, 7);
+	ck_assert_str_eq(out, "abc...");
+	payload_escape_topic("", out, 4);
+	ck_assert_str_eq(out, "");
+}
+END_TEST
+
 START_TEST(reading_good_decodes_every_field)
 {
 	struct collect c;
@@ -825,6 +852,7 @@ payload_suite(void)
 
 	tc = tcase_create("reading");
 	tcase_add_test(tc, reading_good_decodes_every_field);
+	tcase_add_test(tc, topic_escaped_for_the_operator);
 	tcase_add_test(tc, reading_minimal_leaves_optionals_absent);
 	tcase_add_test(tc, reading_large_int64_values_kept_exactly);
 	tcase_add_test(tc, reading_array_bad_item_rejected_rest_kept);

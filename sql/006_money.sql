@@ -1,4 +1,4 @@
--- 002_money.sql: money at rest in whole fen, with the exact amounts and the
+-- 006_money.sql: money at rest in whole fen, with the exact amounts and the
 -- carry (issue 10; prepaidd-sql(7), section MONEY, is the contract).
 --
 -- * ledger: amount_fen (whole fen, + credit, - charge), exact_fen (a charge's
@@ -28,7 +28,7 @@ ALTER TABLE prepaid.ledger
 DO $$
 BEGIN
 	IF EXISTS (SELECT 1 FROM prepaid.ledger) THEN
-		ALTER TABLE prepaid.ledger DISABLE TRIGGER ledger_append_only;
+		ALTER TABLE prepaid.ledger DISABLE TRIGGER USER;
 		WITH c AS (
 			SELECT l.entry_id, l.kind, -l.amount * 100 AS x,
 			       sum(CASE WHEN l.kind IN ('charge', 'standing') THEN -l.amount * 100 ELSE 0 END)
@@ -48,7 +48,7 @@ BEGIN
 			                  THEN -(floor(c.cum) - floor(c.cum - c.x)) ELSE round(l.amount * 100) END,
 			period_start = CASE WHEN c.kind = 'charge' THEN c.pstart END
 		FROM c WHERE c.entry_id = l.entry_id;
-		ALTER TABLE prepaid.ledger ENABLE TRIGGER ledger_append_only;
+		ALTER TABLE prepaid.ledger ENABLE TRIGGER USER;
 	END IF;
 END $$;
 
@@ -56,8 +56,9 @@ END $$;
 DROP VIEW IF EXISTS prepaid.balances;
 DROP VIEW IF EXISTS prepaid.site_daily;
 DROP VIEW IF EXISTS prepaid.site_monthly;
+-- (views on amount are dropped with it: the concern files make them again)
 ALTER TABLE prepaid.ledger ALTER COLUMN amount_fen SET NOT NULL,
-	DROP COLUMN amount,
+	DROP COLUMN amount CASCADE,
 	ADD COLUMN amount numeric(20,2) GENERATED ALWAYS AS (amount_fen / 100.0) STORED,
 	ADD CONSTRAINT ledger_exact CHECK ((exact_fen IS NOT NULL) = (kind IN ('charge', 'standing'))),
 	ADD CONSTRAINT ledger_reversal CHECK (reverses IS NULL OR kind IN ('charge', 'standing'));
@@ -106,7 +107,7 @@ ALTER TABLE prepaid.orders ADD COLUMN amount_fen bigint;
 UPDATE prepaid.orders SET amount_fen = round(amount * 100);
 ALTER TABLE prepaid.orders ALTER COLUMN amount_fen SET NOT NULL,
 	ADD CONSTRAINT orders_amount_fen CHECK (amount_fen > 0),
-	DROP COLUMN amount,
+	DROP COLUMN amount CASCADE,
 	ADD COLUMN amount numeric(20,2) GENERATED ALWAYS AS (amount_fen / 100.0) STORED;
 
 -- Why a payment left a tripped meter off ("below restore level 20.00: not
