@@ -533,6 +533,16 @@ BEGIN
 		WHERE episode_id = ep.episode_id;
 		UPDATE prepaid.commands SET state = 'cancelled', detail = 'balance restored'
 		WHERE id = ep.trip_command AND state IN ('queued', 'quarantined');
+		-- Its reminders not sent yet (held by quiet hours, waiting for a
+		-- retry) never go out after the payment.
+		UPDATE prepaid.messages x SET state = 'cancelled',
+		    last_error = 'episode ended: paid'
+		        || coalesce(', entry ' || (SELECT max(l.entry_id) FROM prepaid.ledger l
+		                                   WHERE l.meter_id = p_meter
+		                                     AND l.kind IN ('payment', 'adjustment')), '')
+		FROM prepaid.episode_sends es
+		WHERE es.episode_id = ep.episode_id AND es.message_id = x.message_id
+		  AND x.state = 'queued';
 		m.ladder_rearmed := m.balance >= v_first;
 		ep := NULL;
 	END IF;

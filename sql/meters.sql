@@ -331,12 +331,11 @@ BEGIN
 		    p_power, p_voltage, p_current, p_received, m.known, m.last, m.last_ts,
 		    m.last_wh, m.first, m.first_ts, m.first_wh, p_resend_on_gap, p_topic_prefix);
 		inserted := r.inserted; gaps := r.gaps; unknown := r.unknown; filled := r.filled;
-		duplicates := cardinality(p_meter) - inserted - unknown;
+		duplicates := cardinality(p_meter) - inserted - unknown - r.n_held;
 		-- Meters whose new readings the fast path did not charge.
 		IF r.slow_meter IS NOT NULL THEN
 			PERFORM prepaid_internal.charge_slow(r.slow_meter, r.slow_last, r.slow_last_ts,
-			    r.slow_last_wh, r.slow_first, r.slow_first_ts, r.slow_first_wh,
-			    p_meter, p_seq, p_ts, p_energy);
+			    r.slow_last_wh, r.slow_late, p_meter, p_seq, p_ts, p_energy);
 		END IF;
 	END IF;
 	IF filled > 0 THEN
@@ -401,8 +400,9 @@ LANGUAGE sql AS $$
 $$;
 
 -- The readings of a batch, in one set-based statement whose parts are the
--- jobs a reading sets off: classify each reading (new, repeat, resend into
--- a gap, unknown meter) against the locked meters' state (p_known ...);
+-- jobs a reading sets off: classify each reading (new, repeat, a reading
+-- between stored ones, held for a seq out of range, unknown meter) against
+-- the locked meters' state (p_known ...); hold the out-of-range ones (hold);
 -- store the new ones (ins); open gaps for skipped sequence numbers (newgaps,
 -- gins) and queue their resends (resend, rins); charge the common case, one
 -- interval the meter's rate cache covers (fast, fled); move the meters'
@@ -416,6 +416,10 @@ $$;
 -- estimates (PL/pgSQL keeps a generic plan after a few calls): one pass
 -- classifies each reading, one aggregate per meter feeds the meter update,
 -- with no join between derived sets.
+DROP FUNCTION IF EXISTS prepaid_internal.ingest_readings(text[], bigint[], timestamptz[],
+    bigint[], text[], double precision[], double precision[], double precision[],
+    timestamptz[], text[], bigint[], timestamptz[], bigint[], bigint[], timestamptz[],
+    bigint[], boolean, text);
 CREATE OR REPLACE FUNCTION prepaid_internal.ingest_readings(
     p_meter text[], p_seq bigint[], p_ts timestamptz[], p_energy bigint[],
     p_relay text[], p_power double precision[], p_voltage double precision[],
@@ -424,9 +428,8 @@ CREATE OR REPLACE FUNCTION prepaid_internal.ingest_readings(
     p_first bigint[], p_first_ts timestamptz[], p_first_wh bigint[],
     p_resend_on_gap boolean, p_topic_prefix text,
     OUT inserted integer, OUT gaps integer, OUT unknown integer, OUT filled integer,
-    OUT slow_meter text[], OUT slow_last bigint[], OUT slow_last_ts timestamptz[],
-    OUT slow_last_wh bigint[], OUT slow_first bigint[], OUT slow_first_ts timestamptz[],
-    OUT slow_first_wh bigint[])
+    OUT n_held integer, OUT slow_meter text[], OUT slow_last bigint[],
+    OUT slow_last_ts timestamptz[], OUT slow_last_wh bigint[], OUT slow_late boolean[])
 LANGUAGE plpgsql
 SET jit = off
 AS $$
@@ -439,28 +442,44 @@ BEGIN
 		       -- 1 for the meter's reading with the highest seq (its first copy)
 		       row_number() OVER (PARTITION BY u.m ORDER BY u.s DESC, u.rcv) AS top,
 		       -- 1 for the one with the lowest seq
-		       row_number() OVER (PARTITION BY u.m ORDER BY u.s, u.rcv) AS bot
+		       row_number() OVER (PARTITION BY u.m ORDER BY u.s, u.rcv) AS bot,
+		       -- the lowest seq of the meter's readings in the batch
+		       first_value(u.s) OVER (PARTITION BY u.m ORDER BY u.s, u.rcv) AS bmin
 		FROM unnest(p_meter, p_seq, p_ts, p_energy, p_relay, p_power,
 		            p_voltage, p_current, p_received)
 		     AS u(m, s, t, e, r, pw, v, c, rcv)
 		LEFT JOIN unnest(p_known, p_last, p_last_ts, p_last_wh, p_first, p_first_ts, p_first_wh)
 		     AS k(m, last, lts, lwh, first, fts, fwh) ON k.m = u.m
 	), cls AS (
-		-- fresh: first copy in the batch, of a known meter, and either
-		-- beyond the meter's last seq, before its first, or inside one
-		-- of its open gaps.
-		SELECT cls0.*,
-		       known AND rn = 1 AND (old_last IS NULL OR s > old_last OR s < old_first
-		           OR EXISTS (SELECT 1 FROM prepaid.gaps g
-		                      WHERE g.meter_id = cls0.m AND g.filled_at IS NULL
-		                        AND cls0.s BETWEEN g.from_seq AND g.to_seq)) AS fresh,
+		-- held: a seq more than 1,000,000 above the meter's highest stored
+		-- when the batch began, or below its lowest (a new meter's: from the
+		-- batch's lowest); never stored (seq_out_of_range).
+		-- fresh: first copy in the batch, of a known meter, not held, and
+		-- either beyond the meter's last seq, before its first, or a seq
+		-- between them not stored yet (a gap filled, or one left by a
+		-- reading older than the first).
+		SELECT c.*,
+		       known AND rn = 1 AND NOT held AND (old_last IS NULL OR s > old_last OR s < old_first
+		           OR NOT EXISTS (SELECT 1 FROM prepaid.readings x
+		                          WHERE x.meter_id = c.m AND x.seq = c.s)) AS fresh,
 		       old_last IS NULL OR s > old_last AS ahead,
 		       coalesce(s < old_first, false) AS behind
-		FROM cls0
+		FROM (SELECT cls0.*,
+		             known AND rn = 1 AND (s - coalesce(old_last, bmin) > 1000000
+		                                   OR coalesce(old_first, bmin) - s > 1000000) AS held
+		      FROM cls0) c
 	), ins AS (
 		INSERT INTO prepaid.readings (meter_id, seq, ts, energy_wh, relay,
 		    power_w, voltage_v, current_a, received_at, ingested_at)
 		SELECT m, s, t, e, r, pw, v, c, rcv, clock_timestamp() FROM cls WHERE fresh
+		RETURNING 1
+	), hold AS (
+		INSERT INTO prepaid.anomalies (meter_id, kind, from_seq, to_seq, from_ts, to_ts,
+		    from_wh, to_wh, energy_wh, state)
+		SELECT m, 'seq_out_of_range', s, s, t, t, e, e, 0, 'open' FROM cls
+		WHERE held AND NOT EXISTS (SELECT 1 FROM prepaid.anomalies a
+		                           WHERE a.meter_id = cls.m AND a.kind = 'seq_out_of_range'
+		                             AND a.to_seq = cls.s AND a.state = 'open')
 		RETURNING 1
 	), newgaps AS (
 		SELECT m, prev + 1 AS gf, s - 1 AS gt FROM (
@@ -495,6 +514,7 @@ BEGIN
 		       max(e) FILTER (WHERE top = 1 AND fresh AND ahead) AS le,
 		       max(r) FILTER (WHERE top = 1 AND fresh AND ahead) AS lr,
 		       count(*) FILTER (WHERE fresh AND behind) AS nbehind,
+		       count(*) FILTER (WHERE fresh AND NOT ahead AND NOT behind) AS nfill,
 		       -- the new first reading, if this batch brings one
 		       max(s) FILTER (WHERE bot = 1 AND fresh AND (old_first IS NULL OR behind)) AS fs_,
 		       max(t) FILTER (WHERE bot = 1 AND fresh AND (old_first IS NULL OR behind)) AS ft,
@@ -509,16 +529,19 @@ BEGIN
 		-- and the meter goes to prepaid_internal.charge_slow() below.
 		SELECT a.*, a.le - a.old_wh AS wh,
 		       mt.rate_vid, mt.rate_tier, mt.rate_band, mt.rate_price, mt.rate_service,
-		       mt.rate_day,
-		       CASE WHEN a.nahead = 1 AND a.nbehind = 0 AND a.old_last IS NOT NULL
-		            THEN prepaid_internal.fast_rate(mt, a.old_ts, a.lt, a.le - a.old_wh) END AS amt
+		       mt.rate_day, mt.rate_period, mt.exact_fen AS x0,
+		       -- amt: the exact fen of the interval
+		       CASE WHEN a.nahead = 1 AND a.nbehind = 0 AND a.nfill = 0 AND a.old_last IS NOT NULL
+		            THEN prepaid_internal.fast_rate(mt, a.old_ts, a.lt, a.le - a.old_wh) * 100 END AS amt
 		FROM agg a JOIN prepaid.meters mt ON mt.meter_id = a.m
 	), fled AS (
-		INSERT INTO prepaid.ledger (meter_id, day, kind, amount, from_seq, to_seq, from_ts,
-		    to_ts, energy_wh, tariff_version_id, tier, band, price, service_fee, author)
-		SELECT m, rate_day, 'charge', -amt, old_last, ls, old_ts, lt, wh, rate_vid,
-		       rate_tier, rate_band, rate_price, CASE WHEN amt = 0 THEN 0 ELSE rate_service END,
-		       'prepaidd'
+		-- whole fen by the carry: floor(X + amt) - floor(X)
+		INSERT INTO prepaid.ledger (meter_id, day, kind, amount_fen, exact_fen, from_seq,
+		    to_seq, from_ts, to_ts, energy_wh, tariff_version_id, tier, band, price,
+		    service_fee, period_start, author)
+		SELECT m, rate_day, 'charge', -(floor(x0 + amt) - floor(x0))::bigint, -amt, old_last,
+		       ls, old_ts, lt, wh, rate_vid, rate_tier, rate_band, rate_price,
+		       CASE WHEN amt = 0 THEN 0 ELSE rate_service END, rate_period, 'prepaidd'
 		FROM fast WHERE amt IS NOT NULL AND rate_vid IS NOT NULL AND wh > 0
 		RETURNING 1
 	), upd AS (
@@ -538,7 +561,14 @@ BEGIN
 			first_seq = coalesce(a.fs_, mt.first_seq),
 			first_ts = CASE WHEN a.fs_ IS NOT NULL THEN a.ft ELSE mt.first_ts END,
 			first_wh = CASE WHEN a.fs_ IS NOT NULL THEN a.fe ELSE mt.first_wh END,
-			balance = mt.balance - coalesce(a.amt, 0),
+			exact_fen = mt.exact_fen + CASE WHEN a.rate_vid IS NOT NULL AND a.wh > 0
+			                                THEN coalesce(a.amt, 0) ELSE 0 END,
+			balance_fen = mt.balance_fen - CASE WHEN a.amt IS NOT NULL AND a.rate_vid IS NOT NULL
+			        AND a.wh > 0 THEN (floor(a.x0 + a.amt) - floor(a.x0))::bigint ELSE 0 END,
+			balance = (mt.balance_fen - CASE WHEN a.amt IS NOT NULL AND a.rate_vid IS NOT NULL
+			        AND a.wh > 0 THEN (floor(a.x0 + a.amt) - floor(a.x0))::bigint ELSE 0 END) / 100.0,
+			rated_ts = CASE WHEN a.amt IS NOT NULL AND a.rate_vid IS NOT NULL AND a.wh > 0
+			                THEN a.lt ELSE mt.rated_ts END,
 			period_wh = mt.period_wh + CASE WHEN a.amt IS NOT NULL AND a.rate_vid IS NOT NULL
 			                                THEN a.wh ELSE 0 END
 		FROM fast a
@@ -555,13 +585,33 @@ BEGIN
 	SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM gins),
 	       (SELECT count(*) FROM unk),
 	       (SELECT count(*) FROM cls WHERE fresh AND NOT ahead AND NOT behind),
-	       sl.m, sl.s, sl.t, sl.e, sl.fs, sl.ft, sl.fe
-	INTO inserted, gaps, unknown, filled, slow_meter, slow_last, slow_last_ts, slow_last_wh,
-	     slow_first, slow_first_ts, slow_first_wh
+	       (SELECT count(*) FROM hold),
+	       sl.m, sl.s, sl.t, sl.e, sl.late
+	INTO inserted, gaps, unknown, filled, n_held, slow_meter, slow_last, slow_last_ts,
+	     slow_last_wh, slow_late
 	FROM (SELECT array_agg(m) AS m, array_agg(old_last) AS s, array_agg(old_ts) AS t,
-	             array_agg(old_wh) AS e, array_agg(old_first) AS fs,
-	             array_agg(old_first_ts) AS ft, array_agg(old_first_wh) AS fe
-	      FROM fast WHERE (amt IS NULL AND nahead > 0) OR nbehind > 0) sl;
+	             array_agg(old_wh) AS e, array_agg(nbehind > 0 OR nfill > 0) AS late
+	      FROM fast WHERE (amt IS NULL AND nahead > 0) OR nbehind > 0 OR nfill > 0) sl;
+	-- A held reading may have been the batch's highest (or lowest): the
+	-- meter's latest (first) reading is then the highest (lowest) stored.
+	IF n_held > 0 THEN
+		UPDATE prepaid.meters mt SET last_seq = r.seq, last_ts = r.ts, last_energy_wh = r.energy_wh
+		FROM (SELECT DISTINCT ON (x.meter_id) x.meter_id, x.seq, x.ts, x.energy_wh
+		      FROM prepaid.readings x
+		      WHERE x.meter_id IN (SELECT a.meter_id FROM prepaid.anomalies a
+		                           WHERE a.kind = 'seq_out_of_range' AND a.state = 'open'
+		                             AND a.meter_id = ANY (p_known))
+		      ORDER BY x.meter_id, x.seq DESC) r
+		WHERE mt.meter_id = r.meter_id AND r.seq > coalesce(mt.last_seq, -1);
+		UPDATE prepaid.meters mt SET first_seq = r.seq, first_ts = r.ts, first_wh = r.energy_wh
+		FROM (SELECT DISTINCT ON (x.meter_id) x.meter_id, x.seq, x.ts, x.energy_wh
+		      FROM prepaid.readings x
+		      WHERE x.meter_id IN (SELECT a.meter_id FROM prepaid.anomalies a
+		                           WHERE a.kind = 'seq_out_of_range' AND a.state = 'open'
+		                             AND a.meter_id = ANY (p_known))
+		      ORDER BY x.meter_id, x.seq) r
+		WHERE mt.meter_id = r.meter_id AND (mt.first_seq IS NULL OR r.seq < mt.first_seq);
+	END IF;
 END $$;
 
 -- Readings that arrived into open gaps (a resend): shrink or split the

@@ -49,8 +49,8 @@ BEGIN
 	PERFORM prepaid_internal.lock_meter(p_meter);
 	v_no := 'PP' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS')
 	        || substr(replace(gen_random_uuid()::text, '-', ''), 1, 10);
-	INSERT INTO prepaid.orders (out_trade_no, meter_id, provider, amount, expires_at)
-	VALUES (v_no, p_meter, p_provider, p_amount, now() + p_valid_for);
+	INSERT INTO prepaid.orders (out_trade_no, meter_id, provider, amount_fen, expires_at)
+	VALUES (v_no, p_meter, p_provider, (p_amount * 100)::bigint, now() + p_valid_for);
 	RETURN v_no;
 END $$;
 COMMENT ON FUNCTION prepaid.create_order(text,numeric,text,interval) IS
@@ -75,6 +75,7 @@ COMMENT ON VIEW prepaid.order_status IS
 -- has a trip in flight gets an arm (restore_mode arm, the default: the
 -- occupant presses the button) or a close (auto). Returns the command id,
 -- or NULL when nothing was needed. The meter row is locked by the caller.
+-- A tripped meter left off says why in its payment's rearm_note.
 CREATE OR REPLACE FUNCTION prepaid_internal.payment_rearm(p_meter text, p_payment bigint, p_paid_at timestamptz)
 RETURNS text
 LANGUAGE plpgsql AS $$
@@ -101,6 +102,9 @@ BEGIN
 	JOIN prepaid.policies pol ON pol.policy_id = coalesce(m.policy_id, s.policy_id)
 	WHERE s.site_id = m.site_id;
 	IF m.balance < p.restore_level THEN
+		UPDATE prepaid.payments SET rearm_note = format('below restore level %s: not re-armed',
+		    p.restore_level)
+		WHERE payment_id = p_payment;
 		RETURN NULL;
 	END IF;
 	IF v_trip_queued THEN
@@ -115,6 +119,9 @@ BEGIN
 	SELECT command_id INTO v_cmd FROM prepaid.restores
 	WHERE meter_id = p_meter AND state IN ('pending', 'armed');
 	IF FOUND THEN
+		UPDATE prepaid.payments SET rearm_note = format('a restore is already pending (command %s)',
+		    v_cmd)
+		WHERE payment_id = p_payment;
 		RETURN v_cmd;
 	END IF;
 	v_cmd := prepaid.send_command(p_meter, v_mode,
@@ -142,10 +149,12 @@ BEGIN
 	SELECT (now() AT TIME ZONE s.time_zone)::date INTO v_day
 	FROM prepaid.meters m JOIN prepaid.sites s ON s.site_id = m.site_id
 	WHERE m.meter_id = p_meter;
-	INSERT INTO prepaid.ledger (meter_id, day, kind, amount, reference)
-	VALUES (p_meter, v_day, 'payment', v_amount, pay.provider || ':' || pay.provider_txn)
+	INSERT INTO prepaid.ledger (meter_id, day, kind, amount_fen, reference)
+	VALUES (p_meter, v_day, 'payment', pay.amount_fen, pay.provider || ':' || pay.provider_txn)
 	RETURNING ledger.entry_id INTO entry_id;
-	UPDATE prepaid.meters SET balance = balance + v_amount WHERE meter_id = p_meter;
+	UPDATE prepaid.meters SET balance_fen = balance_fen + pay.amount_fen,
+	    balance = (balance_fen + pay.amount_fen) / 100.0
+	WHERE meter_id = p_meter;
 	UPDATE prepaid.payments SET state = p_state, meter_id = p_meter, ledger_entry = entry_id
 	WHERE payment_id = p_payment;
 	-- The ladder sees the new balance now: an open episode paid back ends,
@@ -183,11 +192,14 @@ END $$;
 -- durably recorded, and retrying would not change the outcome. With
 -- p_wake_self the commands and messages queued here send no NOTIFY: the
 -- caller wakes its own outbox and dispatcher after the commit.
+-- rearm_note says why a tripped meter was left off (see payment_rearm).
+DROP FUNCTION IF EXISTS prepaid_internal.record_payment(text, text, text, bigint, text, text,
+    timestamptz, timestamptz, boolean, boolean);
 CREATE OR REPLACE FUNCTION prepaid_internal.record_payment(p_provider text, p_txn text, p_out_trade_no text,
     p_amount_fen bigint, p_trade_status text, p_notify_id text, p_paid_at timestamptz,
     p_received_at timestamptz, p_notify_occupant boolean, p_wake_self boolean,
     OUT outcome text, OUT payment_id bigint, OUT meter_id text, OUT command_id text,
-    OUT balance numeric)
+    OUT balance numeric, OUT rearm_note text)
 LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
 AS $$
@@ -227,9 +239,8 @@ BEGIN
 		v_reason := 'no such order';
 	ELSIF o.provider <> p_provider THEN
 		v_reason := format('the order is for %s', o.provider);
-	ELSIF round(o.amount * 100) <> p_amount_fen THEN
-		v_reason := format('amount %s fen, the order is %s fen', p_amount_fen,
-		    round(o.amount * 100));
+	ELSIF o.amount_fen <> p_amount_fen THEN
+		v_reason := format('amount %s fen, the order is %s fen', p_amount_fen, o.amount_fen);
 	ELSIF o.state = 'paid' THEN
 		v_reason := 'the order was already paid by another transaction';
 	ELSIF o.state = 'disputed' THEN
@@ -256,6 +267,8 @@ BEGIN
 	FROM prepaid_internal.payment_credit(payment_id, o.meter_id, 'credited', p_notify_occupant) c;
 	outcome := 'credited';
 	SELECT m.balance INTO balance FROM prepaid.meters m WHERE m.meter_id = o.meter_id;
+	SELECT pp.rearm_note INTO rearm_note FROM prepaid.payments pp
+	WHERE pp.payment_id = record_payment.payment_id;
 END $$;
 
 -- Called by the daemon for a verified notification that must not credit
@@ -442,7 +455,7 @@ CREATE OR REPLACE VIEW prepaid.payment_status AS
 SELECT p.payment_id, p.provider, p.provider_txn, p.out_trade_no, p.meter_id,
        round(p.amount_fen / 100.0, 2) AS amount, p.state, p.reason, p.trade_status,
        p.paid_at, p.received_at, p.recorded_at, p.ledger_entry, p.resolved_by,
-       p.resolved_at, p.resolution
+       p.resolved_at, p.resolution, p.rearm_note
 FROM prepaid.payments p;
 COMMENT ON VIEW prepaid.payment_status IS
 	'Payments with their order, meter, state and resolution.';
@@ -512,7 +525,7 @@ AS $$
 	      LIMIT p_limit
 	      FOR UPDATE SKIP LOCKED) d
 	WHERE o.out_trade_no = d.out_trade_no
-	RETURNING o.out_trade_no, o.provider, round(o.amount * 100)::bigint, o.expires_at <= now();
+	RETURNING o.out_trade_no, o.provider, o.amount_fen, o.expires_at <= now();
 $$;
 
 -- The provider answered a query (p_closed false) or closed the order
@@ -651,11 +664,12 @@ BEGIN
 		RETURN r.state;         -- final already: a repeat changes nothing
 	END IF;
 	IF p_outcome = 'refunded' THEN
-		INSERT INTO prepaid.ledger (meter_id, day, kind, amount, reference)
+		INSERT INTO prepaid.ledger (meter_id, day, kind, amount_fen, reference)
 		VALUES (r.meter_id, prepaid_internal.local_day(r.meter_id, now()), 'adjustment',
-		    -(r.amount_fen / 100.0), 'refund:' || r.refund_no)
+		    -r.amount_fen, 'refund:' || r.refund_no)
 		RETURNING entry_id INTO v_entry;
-		UPDATE prepaid.meters SET balance = balance - r.amount_fen / 100.0
+		UPDATE prepaid.meters SET balance_fen = balance_fen - r.amount_fen,
+		    balance = (balance_fen - r.amount_fen) / 100.0
 		WHERE meter_id = r.meter_id;
 		UPDATE prepaid.refunds SET state = 'refunded', confirmed_at = now(),
 		    ledger_entry = v_entry, provider_state = p_provider_state, last_error = NULL

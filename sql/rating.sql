@@ -311,34 +311,36 @@ COMMENT ON FUNCTION prepaid.set_meter_site(text,text) IS
 
 -- ------------------------------------------------------------------ rating
 
--- The rating engine, set-based: one call rates any number of reading
--- intervals. Each interval [t0, t1] with wh Wh is cut at local midnights, at
--- the starts of time-of-use bands, and where the meter's tariff assignment
--- or the tariff's version changes; the energy is shared in proportion to
--- time (whole Wh: the parts are differences of floor(wh * elapsed / total),
--- so they add up to wh exactly). Each part takes the tariff version in force
--- at its start and, with bands, the band of its local day type and time;
--- then it is cut at the period's tier thresholds and free quota on the
--- meter's cumulative consumption in the billing period (meters.period_start
--- and period_wh before the call, plus the earlier parts of the call).
--- Parts with no tariff in force are not returned (not charged).
-CREATE OR REPLACE FUNCTION prepaid_internal.rate_intervals(p_meter text[], p_from_seq bigint[], p_to_seq bigint[],
+-- Whether wh Wh between two reading times is more than max_power_w can
+-- deliver: wh * 3600 > max_power_w * seconds (at least 60), exactly.
+CREATE OR REPLACE FUNCTION prepaid_internal.implausible(p_wh bigint, p_t0 timestamptz, p_t1 timestamptz,
+    p_max_power_w bigint) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+	SELECT p_wh::numeric * 3600 > p_max_power_w * greatest(extract(epoch FROM p_t1 - p_t0), 60)
+$$;
+
+-- The parts of reading intervals: each interval [t0, t1] of wh Wh is cut at
+-- local midnights, band starts, tariff assignment and version changes; a
+-- part's Wh is floor(wh * (s1 - t0) / (t1 - t0)) - floor(wh * (s0 - t0) /
+-- (t1 - t0)) on exact microseconds. Each part has the version in force at
+-- its start (none: not returned), its band, and the billing period of its
+-- local day.
+CREATE OR REPLACE FUNCTION prepaid_internal.interval_parts(p_meter text[], p_from_seq bigint[], p_to_seq bigint[],
     p_t0 timestamptz[], p_t1 timestamptz[], p_wh bigint[])
-RETURNS TABLE (meter_id text, ivn bigint, from_seq bigint, to_seq bigint,
+RETURNS TABLE (ivn bigint, meter_id text, from_seq bigint, to_seq bigint,
     seg_from timestamptz, seg_to timestamptz, day date, energy_wh bigint, version_id bigint,
-    tier integer, free boolean, band text, price numeric, service_fee numeric, amount numeric,
-    period_start date, period_wh_after bigint)
+    service numeric, pstart date, band text, bprice numeric)
 LANGUAGE sql STABLE AS $$
 WITH iv AS (
 	SELECT u.ord AS ivn, u.m, u.fs, u.ts, u.t0, u.t1, u.wh, s.time_zone AS tz, s.calendar,
-	       s.default_tariff_id AS deft, mt.period_start AS base_period, mt.period_wh AS base_wh
+	       s.default_tariff_id AS deft,
+	       extract(epoch FROM u.t1 - u.t0) * 1000000 AS span
 	FROM unnest(p_meter, p_from_seq, p_to_seq, p_t0, p_t1, p_wh) WITH ORDINALITY
 	     AS u(m, fs, ts, t0, t1, wh, ord)
 	JOIN prepaid.meters mt ON mt.meter_id = u.m
 	JOIN prepaid.sites s ON s.site_id = mt.site_id
 	WHERE u.t1 > u.t0 AND u.wh > 0
 ), tar AS (
-	-- tariffs that can apply: the one in force at t0 and any assigned inside
 	SELECT iv.ivn, coalesce(a.tariff_id, iv.deft) AS tariff_id FROM iv
 	LEFT JOIN LATERAL (SELECT x.tariff_id FROM prepaid.meter_tariffs x
 	                   WHERE x.meter_id = iv.m AND x.effective_from <= iv.t0
@@ -347,7 +349,6 @@ WITH iv AS (
 	SELECT iv.ivn, x.tariff_id FROM iv
 	JOIN prepaid.meter_tariffs x ON x.meter_id = iv.m AND x.effective_from > iv.t0 AND x.effective_from < iv.t1
 ), bst AS (
-	-- band start times of every version of the tariffs that can apply
 	SELECT DISTINCT tar.ivn, b.start_time AS t FROM tar
 	JOIN prepaid.tariff_versions v ON v.tariff_id = tar.tariff_id AND v.has_bands
 	JOIN prepaid.tariff_bands b ON b.version_id = v.version_id
@@ -373,139 +374,500 @@ WITH iv AS (
 ), seg AS (
 	SELECT ivn, p AS s0, lead(p) OVER (PARTITION BY ivn ORDER BY p) AS s1 FROM cut
 ), part AS (
-	SELECT iv.ivn, iv.m, iv.fs, iv.ts, iv.tz, iv.calendar, iv.deft, iv.base_period, iv.base_wh,
-	       seg.s0, seg.s1, (seg.s0 AT TIME ZONE iv.tz) AS local0,
-	       (floor(iv.wh * extract(epoch FROM seg.s1 - iv.t0) / extract(epoch FROM iv.t1 - iv.t0))
-	        - floor(iv.wh * extract(epoch FROM seg.s0 - iv.t0) / extract(epoch FROM iv.t1 - iv.t0)))::bigint AS e
+	SELECT iv.ivn, iv.m, iv.fs, iv.ts, iv.calendar, iv.deft, seg.s0, seg.s1,
+	       (seg.s0 AT TIME ZONE iv.tz) AS local0,
+	       (div(iv.wh * extract(epoch FROM seg.s1 - iv.t0) * 1000000, iv.span)
+	        - div(iv.wh * extract(epoch FROM seg.s0 - iv.t0) * 1000000, iv.span))::bigint AS e
 	FROM seg JOIN iv ON iv.ivn = seg.ivn
 	WHERE seg.s1 IS NOT NULL
-), priced AS (
-	SELECT part.*, v.version_id AS vid, v.has_bands, v.service_per_kwh,
-	       prepaid_internal.period_start(v.period, v.period_start_day, v.period_start_month, part.local0::date) AS pstart,
-	       b.band AS bname, b.price AS bprice
+), keyed AS (
+	SELECT part.ivn, part.m, part.fs, part.ts, part.s0, part.s1, part.local0::date AS d, part.e,
+	       v.version_id, v.service_per_kwh,
+	       prepaid_internal.period_start(v.period, v.period_start_day, v.period_start_month,
+	           part.local0::date) AS pstart,
+	       b.band, b.price AS bprice
 	FROM part
 	LEFT JOIN LATERAL (SELECT x.tariff_id FROM prepaid.meter_tariffs x
 	                   WHERE x.meter_id = part.m AND x.effective_from <= part.s0
 	                   ORDER BY x.effective_from DESC LIMIT 1) a ON true
-	JOIN LATERAL (SELECT y.* FROM prepaid.tariff_versions y
-	              WHERE y.tariff_id = coalesce(a.tariff_id, part.deft) AND y.effective_from <= part.s0
-	              ORDER BY y.effective_from DESC LIMIT 1) v ON true
+	LEFT JOIN LATERAL (SELECT y.* FROM prepaid.tariff_versions y
+	                   WHERE y.tariff_id = coalesce(a.tariff_id, part.deft) AND y.effective_from <= part.s0
+	                   ORDER BY y.effective_from DESC LIMIT 1) v ON true
 	LEFT JOIN LATERAL (SELECT bb.band, bb.price FROM prepaid.tariff_bands bb
 	                   WHERE v.has_bands AND bb.version_id = v.version_id
 	                     AND bb.day_type = prepaid.day_type(part.calendar, part.local0::date)
 	                     AND bb.start_time <= part.local0::time
 	                   ORDER BY bb.start_time DESC LIMIT 1) b ON true
-	WHERE part.e > 0
-), cum AS (
-	SELECT priced.*,
-	       CASE WHEN pstart = base_period THEN base_wh ELSE 0 END
-	       + coalesce(sum(e) OVER (PARTITION BY m, pstart ORDER BY s0, ivn
-	                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS cb
-	FROM priced
+), islands AS (
+	-- a part is the longest span of one day, version and band: merge the
+	-- cuts that changed none of them (their Wh add up, floor differences)
+	SELECT x.*, sum(CASE WHEN x.k = x.pk THEN 0 ELSE 1 END)
+	                OVER (PARTITION BY x.ivn ORDER BY x.s0) AS g
+	FROM (SELECT keyed.*, ROW(d, version_id, band, bprice)::text AS k,
+	             lag(ROW(d, version_id, band, bprice)::text) OVER (PARTITION BY ivn ORDER BY s0) AS pk
+	      FROM keyed) x
 )
-SELECT c.m, c.ivn, c.fs, c.ts, c.s0, c.s1, c.local0::date, pe.wh, c.vid, r.tier, r.free, c.bname,
-       CASE WHEN r.free THEN 0 ELSE coalesce(c.bprice, 0) + r.price END,
-       CASE WHEN r.free THEN 0 ELSE c.service_per_kwh END,
-       CASE WHEN r.free THEN 0
-            ELSE pe.wh * (coalesce(c.bprice, 0) + r.price + c.service_per_kwh) / 1000 END,
-       c.pstart, c.cb + c.e
-FROM cum c
-JOIN prepaid.tariff_ranges r ON r.version_id = c.vid
-     AND r.lo_wh < c.cb + c.e AND (r.hi_wh IS NULL OR r.hi_wh > c.cb)
-CROSS JOIN LATERAL (SELECT least(coalesce(r.hi_wh, c.cb + c.e), c.cb + c.e) - greatest(r.lo_wh, c.cb) AS wh) pe
+SELECT ivn, m, fs, ts, min(s0), max(s1), d, sum(e)::bigint, version_id, service_per_kwh, pstart,
+       band, bprice
+FROM islands
+WHERE version_id IS NOT NULL
+GROUP BY ivn, m, fs, ts, g, d, version_id, service_per_kwh, pstart, band, bprice
+HAVING sum(e) > 0
 $$;
 
--- Charge rated intervals and standing days: ledger rows, balances and the
--- period state, in one statement. p_upto_* name, per meter, the oldest and
--- the newest reading of the batch: every local day since the last one
--- charged (for a meter never charged, since the oldest reading's day) up to
--- the newest reading's day gets its standing charge.
+-- The energy a meter's billing period already holds before a part (by
+-- from_ts, to_ts, to_seq): its tier position. Reversals cancel what they
+-- reverse, so a plain sum of the period's charge entries is the live one.
+CREATE OR REPLACE FUNCTION prepaid_internal.period_wh_before(p_meter text, p_period date, p_s0 timestamptz,
+    p_s1 timestamptz, p_to_seq bigint) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+	SELECT coalesce(sum(l.energy_wh), 0)::bigint FROM prepaid.ledger l
+	WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.period_start = p_period
+	  -- (a part of the period is on its first local day or later: the
+	  -- ledger's index by meter and day finds them)
+	  AND l.day >= p_period AND l.day <= (p_s0 AT TIME ZONE 'UTC')::date + 1
+	  AND (l.from_ts, l.to_ts, l.to_seq) < (p_s0, p_s1, p_to_seq)
+$$;
+
+-- Rate intervals that come after every part already charged for their
+-- meters (the in-order case): each part's position is the energy of its
+-- period so far plus the earlier parts of the call. Returns the pieces cut
+-- at the tier thresholds and free quota, with their exact amount in fen.
+DROP FUNCTION IF EXISTS prepaid_internal.rate_intervals(text[], bigint[], bigint[], timestamptz[], timestamptz[], bigint[]);
+CREATE OR REPLACE FUNCTION prepaid_internal.rate_intervals(p_meter text[], p_from_seq bigint[], p_to_seq bigint[],
+    p_t0 timestamptz[], p_t1 timestamptz[], p_wh bigint[])
+RETURNS TABLE (meter_id text, ivn bigint, from_seq bigint, to_seq bigint,
+    seg_from timestamptz, seg_to timestamptz, day date, energy_wh bigint, version_id bigint,
+    tier integer, free boolean, band text, price numeric, service_fee numeric, exact_fen numeric,
+    period_start date, period_wh_after bigint)
+LANGUAGE sql STABLE AS $$
+WITH priced AS (
+	SELECT p.*, mt.period_start AS base_period, mt.period_wh AS base_wh
+	FROM prepaid_internal.interval_parts(p_meter, p_from_seq, p_to_seq, p_t0, p_t1, p_wh) p
+	JOIN prepaid.meters mt ON mt.meter_id = p.meter_id
+), first AS (
+	SELECT DISTINCT ON (meter_id, pstart) meter_id, pstart, base_period, base_wh, seg_from, seg_to, to_seq
+	FROM priced ORDER BY meter_id, pstart, seg_from, seg_to, to_seq
+), base AS (
+	SELECT f.meter_id, f.pstart,
+	       CASE WHEN f.pstart = f.base_period THEN f.base_wh
+	            ELSE prepaid_internal.period_wh_before(f.meter_id, f.pstart, f.seg_from, f.seg_to, f.to_seq) END AS wh
+	FROM first f
+), cum AS (
+	SELECT priced.*, base.wh
+	       + coalesce(sum(priced.energy_wh) OVER (PARTITION BY priced.meter_id, priced.pstart
+	                       ORDER BY priced.seg_from, priced.seg_to, priced.to_seq
+	                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS cb
+	FROM priced JOIN base ON base.meter_id = priced.meter_id AND base.pstart = priced.pstart
+)
+SELECT c.meter_id, c.ivn, c.from_seq, c.to_seq, c.seg_from, c.seg_to, c.day, pe.wh, c.version_id,
+       r.tier, r.free, c.band,
+       CASE WHEN r.free THEN 0 ELSE coalesce(c.bprice, 0) + r.price END,
+       CASE WHEN r.free THEN 0 ELSE c.service END,
+       CASE WHEN r.free THEN 0
+            ELSE pe.wh * (coalesce(c.bprice, 0) + r.price + c.service) / 10 END,
+       c.pstart, c.cb + c.energy_wh
+FROM cum c
+JOIN prepaid.tariff_ranges r ON r.version_id = c.version_id
+     AND r.lo_wh < c.cb + c.energy_wh AND (r.hi_wh IS NULL OR r.hi_wh > c.cb)
+CROSS JOIN LATERAL (SELECT least(coalesce(r.hi_wh, c.cb + c.energy_wh), c.cb + c.energy_wh)
+                           - greatest(r.lo_wh, c.cb) AS wh) pe
+$$;
+
+-- Standing days due for meters whose stored readings now reach from p_from
+-- to p_to: every local day of that range outside the days already charged
+-- (meters.standing_from .. standing_through), at the standing_per_day of
+-- the version in force at the first instant of the day at which any is.
+CREATE OR REPLACE FUNCTION prepaid_internal.standing_due(p_meter text[], p_from timestamptz[], p_to timestamptz[])
+RETURNS TABLE (meter_id text, day date, version_id bigint, exact_fen numeric)
+LANGUAGE sql STABLE AS $$
+	SELECT k.m, d.d::date, v.version_id, v.standing_per_day * 100
+	FROM (SELECT u.m, min(u.f) AS f, max(u.t) AS t FROM unnest(p_meter, p_from, p_to) AS u(m, f, t)
+	      GROUP BY u.m) k
+	JOIN prepaid.meters mt ON mt.meter_id = k.m
+	JOIN prepaid.sites s ON s.site_id = mt.site_id
+	CROSS JOIN LATERAL generate_series(
+	    least((k.f AT TIME ZONE s.time_zone)::date, mt.standing_from),
+	    greatest((k.t AT TIME ZONE s.time_zone)::date, mt.standing_through), interval '1 day') AS d(d)
+	CROSS JOIN LATERAL (SELECT (d.d::date + time '00:00') AT TIME ZONE s.time_zone AS ds,
+	                           (d.d::date + 1 + time '00:00') AT TIME ZONE s.time_zone AS de) b
+	JOIN LATERAL (
+		SELECT y.version_id, y.standing_per_day
+		FROM (SELECT b.ds AS t
+		      UNION SELECT x.effective_from FROM prepaid.meter_tariffs x
+		            WHERE x.meter_id = k.m AND x.effective_from > b.ds AND x.effective_from < b.de
+		      UNION SELECT z.effective_from FROM prepaid.tariff_versions z
+		            WHERE z.effective_from > b.ds AND z.effective_from < b.de) c
+		LEFT JOIN LATERAL (SELECT x.tariff_id FROM prepaid.meter_tariffs x
+		                   WHERE x.meter_id = k.m AND x.effective_from <= c.t
+		                   ORDER BY x.effective_from DESC LIMIT 1) a ON true
+		JOIN LATERAL (SELECT y.* FROM prepaid.tariff_versions y
+		              WHERE y.tariff_id = coalesce(a.tariff_id, s.default_tariff_id)
+		                AND y.effective_from <= c.t
+		              ORDER BY y.effective_from DESC LIMIT 1) y ON true
+		ORDER BY c.t LIMIT 1) v ON true
+	WHERE NOT (d.d::date BETWEEN coalesce(mt.standing_from, 'infinity') AND coalesce(mt.standing_through, '-infinity'))
+	  AND v.standing_per_day > 0
+$$;
+
+-- The entries a transaction is about to write, in order (see post_entries).
+CREATE OR REPLACE FUNCTION prepaid_internal.post_open() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+	-- (created once per session; emptied with DELETE: TRUNCATE of a temp
+	-- table costs a new file each time)
+	IF to_regclass('pg_temp.post_rows') IS NOT NULL THEN
+		DELETE FROM pg_temp.post_rows;
+		RETURN;
+	END IF;
+	CREATE TEMP TABLE post_rows (ord bigint, meter_id text, day date, kind text,
+	    exact_fen numeric, from_seq bigint, to_seq bigint, from_ts timestamptz, to_ts timestamptz,
+	    energy_wh bigint, tariff_version_id bigint, tier integer, band text, price numeric,
+	    service_fee numeric, anomaly_id bigint, reverses bigint, period_start date)
+	    ON COMMIT DELETE ROWS;
+END $$;
+
+-- Write the charge and standing entries of pg_temp.post_rows (exact_fen is
+-- the exact debit: positive for a charge, the negated one for a reversal)
+-- with their fen by the carry, meter by meter in the order ord: an entry of
+-- exact x after exact charges X takes floor(X + x) - floor(X) fen. Moves the
+-- meters' balances, exact charges, rated time and standing range.
+CREATE OR REPLACE FUNCTION prepaid_internal.post_entries() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+	v_n integer;
+BEGIN
+	WITH e AS (
+		SELECT x.*, mt.exact_fen AS x0,
+		       mt.exact_fen + sum(x.exact_fen) OVER (PARTITION BY x.meter_id ORDER BY x.ord) AS cum
+		FROM pg_temp.post_rows x
+		JOIN prepaid.meters mt ON mt.meter_id = x.meter_id
+	), led AS (
+		INSERT INTO prepaid.ledger (meter_id, day, kind, amount_fen, exact_fen, from_seq, to_seq,
+		    from_ts, to_ts, energy_wh, tariff_version_id, tier, band, price, service_fee,
+		    anomaly_id, reverses, period_start, author)
+		SELECT meter_id, day, kind, -(floor(cum) - floor(cum - exact_fen))::bigint, -exact_fen,
+		       from_seq, to_seq, from_ts, to_ts, energy_wh, tariff_version_id, tier, band, price,
+		       service_fee, anomaly_id, reverses, period_start, 'prepaidd'
+		FROM e ORDER BY meter_id, ord
+		RETURNING 1
+	), tot AS (
+		SELECT meter_id, max(x0) AS x0, sum(exact_fen) AS x,
+		       max(to_ts) FILTER (WHERE kind = 'charge' AND reverses IS NULL) AS rated
+		FROM e GROUP BY meter_id
+	), upd AS (
+		UPDATE prepaid.meters mt SET
+			exact_fen = t.x0 + t.x,
+			balance_fen = mt.balance_fen - (floor(t.x0 + t.x) - floor(t.x0))::bigint,
+			balance = (mt.balance_fen - (floor(t.x0 + t.x) - floor(t.x0))::bigint) / 100.0,
+			rated_ts = greatest(mt.rated_ts, t.rated)
+		FROM tot t WHERE mt.meter_id = t.meter_id
+		RETURNING 1
+	)
+	SELECT count(*) INTO v_n FROM led;
+	DELETE FROM pg_temp.post_rows;
+	RETURN v_n;
+END $$;
+
+-- The standing range of meters grows to the local days of their readings.
+CREATE OR REPLACE FUNCTION prepaid_internal.standing_extend(p_meter text[], p_from timestamptz[], p_to timestamptz[])
+RETURNS void LANGUAGE sql AS $$
+	UPDATE prepaid.meters mt SET
+		standing_from = least(mt.standing_from, (k.f AT TIME ZONE s.time_zone)::date),
+		standing_through = greatest(mt.standing_through, (k.t AT TIME ZONE s.time_zone)::date)
+	FROM (SELECT u.m, min(u.f) AS f, max(u.t) AS t FROM unnest(p_meter, p_from, p_to) AS u(m, f, t)
+	      GROUP BY u.m) k, prepaid.sites s
+	WHERE mt.meter_id = k.m AND s.site_id = mt.site_id
+$$;
+
+-- Charge intervals that come after everything charged for their meters
+-- (rate_intervals) and the standing days the batch's readings reach
+-- (p_upto_*: per meter, the oldest and newest reading), with the carry.
+DROP FUNCTION IF EXISTS prepaid_internal.charge(text[], bigint[], bigint[], timestamptz[], timestamptz[], bigint[],
+    text[], timestamptz[], timestamptz[], bigint);
 CREATE OR REPLACE FUNCTION prepaid_internal.charge(p_meter text[], p_from_seq bigint[], p_to_seq bigint[],
     p_t0 timestamptz[], p_t1 timestamptz[], p_wh bigint[],
-    p_upto_meter text[], p_upto_from timestamptz[], p_upto_ts timestamptz[],
-    p_anomaly bigint DEFAULT NULL)
+    p_upto_meter text[], p_upto_from timestamptz[], p_upto_ts timestamptz[])
 RETURNS integer LANGUAGE plpgsql
--- A generic plan would guess a few rows for the array parameters and join
--- them in nested loops; JIT compiling such plans once cost seconds.
 SET jit = off
 SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
 	v_n integer;
 BEGIN
+	PERFORM prepaid_internal.post_open();
 	WITH r AS (
 		SELECT * FROM prepaid_internal.rate_intervals(p_meter, p_from_seq, p_to_seq, p_t0, p_t1, p_wh)
-	), st AS (
-		-- standing days since the last one charged, up to the newest reading's day
-		SELECT mt.meter_id AS m, d.d::date AS day, v.version_id AS vid, v.standing_per_day AS amount
-		FROM unnest(p_upto_meter, p_upto_from, p_upto_ts) AS u(m, f, t)
-		JOIN prepaid.meters mt ON mt.meter_id = u.m
-		JOIN prepaid.sites s ON s.site_id = mt.site_id
-		CROSS JOIN LATERAL generate_series(
-		    coalesce(mt.standing_through + 1, (u.f AT TIME ZONE s.time_zone)::date),
-		    (u.t AT TIME ZONE s.time_zone)::date, interval '1 day') AS d(d)
-		LEFT JOIN LATERAL (SELECT x.tariff_id FROM prepaid.meter_tariffs x
-		                   WHERE x.meter_id = mt.meter_id
-		                     AND x.effective_from <= (d.d::date + time '00:00') AT TIME ZONE s.time_zone
-		                   ORDER BY x.effective_from DESC LIMIT 1) a ON true
-		JOIN LATERAL (SELECT y.version_id, y.standing_per_day FROM prepaid.tariff_versions y
-		              WHERE y.tariff_id = coalesce(a.tariff_id, s.default_tariff_id)
-		                AND y.effective_from <= (d.d::date + time '00:00') AT TIME ZONE s.time_zone
-		              ORDER BY y.effective_from DESC LIMIT 1) v ON true
-		WHERE v.standing_per_day > 0
-	), led AS (
-		INSERT INTO prepaid.ledger (meter_id, day, kind, amount, from_seq, to_seq, from_ts, to_ts,
-		    energy_wh, tariff_version_id, tier, band, price, service_fee, anomaly_id, author)
-		SELECT r.meter_id, r.day, 'charge', -r.amount, r.from_seq, r.to_seq, r.seg_from, r.seg_to,
-		       r.energy_wh, r.version_id, r.tier, r.band, r.price, r.service_fee, p_anomaly, 'prepaidd'
+	), ins AS (
+		INSERT INTO pg_temp.post_rows (ord, meter_id, day, kind, exact_fen, from_seq, to_seq,
+		    from_ts, to_ts, energy_wh, tariff_version_id, tier, band, price, service_fee,
+		    period_start)
+		SELECT row_number() OVER (ORDER BY r.meter_id, r.seg_from, r.seg_to, r.to_seq, r.tier),
+		       r.meter_id, r.day, 'charge', r.exact_fen, r.from_seq, r.to_seq, r.seg_from, r.seg_to,
+		       r.energy_wh, r.version_id, r.tier, r.band, r.price, r.service_fee, r.period_start
 		FROM r
 		UNION ALL
-		SELECT m, day, 'standing', -amount, NULL, NULL, NULL, NULL, NULL, vid, NULL, NULL, NULL, NULL,
-		       NULL, 'prepaidd'
-		FROM st
-		RETURNING meter_id, amount
-	), tot AS (
-		SELECT meter_id AS m, sum(amount) AS amount FROM led GROUP BY meter_id
+		SELECT 1000000000 + row_number() OVER (ORDER BY st.meter_id, st.day), st.meter_id, st.day,
+		       'standing', st.exact_fen, NULL, NULL, NULL, NULL, NULL, st.version_id, NULL, NULL,
+		       NULL, NULL, NULL
+		FROM prepaid_internal.standing_due(p_upto_meter, p_upto_from, p_upto_ts) st
+		RETURNING 1
 	), per AS (
 		SELECT DISTINCT ON (r.meter_id) r.meter_id AS m, r.period_start, r.period_wh_after
-		FROM r ORDER BY r.meter_id, r.seg_from DESC, r.ivn DESC
-	), upto AS (
-		SELECT u.m, max(u.t) AS t FROM unnest(p_upto_meter, p_upto_ts) AS u(m, t) GROUP BY u.m
-	), touched AS (
-		SELECT m FROM unnest(p_meter) AS m UNION SELECT m FROM upto
+		FROM r ORDER BY r.meter_id, r.seg_from DESC, r.seg_to DESC, r.to_seq DESC, r.tier DESC
 	), upd AS (
-		UPDATE prepaid.meters mt SET
-			balance = mt.balance + coalesce(x.amount, 0),
-			period_start = coalesce(x.period_start, mt.period_start),
-			period_wh = CASE WHEN x.period_start IS NULL
-			                   OR (p_anomaly IS NOT NULL AND x.period_start < mt.period_start)
-			                 THEN mt.period_wh ELSE x.period_wh_after END,
-			standing_through = greatest(mt.standing_through, (x.upto AT TIME ZONE s.time_zone)::date)
-		FROM (SELECT tc.m, t.amount, p.period_start, p.period_wh_after, up.t AS upto
-		      FROM touched tc
-		      LEFT JOIN tot t ON t.m = tc.m
-		      LEFT JOIN per p ON p.m = tc.m
-		      LEFT JOIN upto up ON up.m = tc.m) x,
-		     prepaid.sites s
-		WHERE mt.meter_id = x.m AND s.site_id = mt.site_id
+		UPDATE prepaid.meters mt SET period_start = per.period_start, period_wh = per.period_wh_after
+		FROM per WHERE mt.meter_id = per.m
 		RETURNING 1
 	)
-	SELECT count(*) INTO v_n FROM led;
+	SELECT (SELECT count(*) FROM ins) INTO v_n;
+	v_n := prepaid_internal.post_entries();
+	PERFORM prepaid_internal.standing_extend(p_upto_meter, p_upto_from, p_upto_ts);
 	RETURN v_n;
 END $$;
 
--- ------------------------------------------------------------ rate cache
+-- Make a meter's ledger what the rules give for its readings with seq in
+-- [p_lo, p_hi] (late readings, gap fills, an accepted jump): intervals that
+-- no longer exist are reversed (an open jump among them superseded), new
+-- ones classified and charged in their own periods at their position in
+-- time, and the later parts of those periods whose tiers moved corrected
+-- (reversal + new charge) from the first changed position on; standing
+-- days the readings reach are charged. Returns the entries written.
+CREATE OR REPLACE FUNCTION prepaid_internal.rerate_meter(p_meter text, p_lo bigint, p_hi bigint) RETURNS integer
+LANGUAGE plpgsql
+-- (one meter, a few intervals: generic plans, planned once a session, do
+-- as well as custom ones and save planning the big statements every call)
+SET jit = off
+AS $$
+DECLARE
+	v_maxp bigint;
+	v_n integer;
+	v_f timestamptz;
+	v_t timestamptz;
+	v_d0 date;
+	v_d1 date;
+	a_fs bigint[]; a_ts bigint[]; a_t0 timestamptz[]; a_t1 timestamptz[]; a_wh bigint[];
+BEGIN
+	SELECT coalesce(mt.max_power_w, s.max_power_w) INTO v_maxp
+	FROM prepaid.meters mt JOIN prepaid.sites s ON s.site_id = mt.site_id WHERE mt.meter_id = p_meter;
 
--- The amount (>= 0) of an interval that the meter's rate cache covers, or
--- NULL when it does not: then the interval is rated in full. Covered means:
--- inside the cache window, not an anomaly (no negative step, nothing beyond
--- the power limit), and within the cached tier range of the current period.
+	IF to_regclass('pg_temp.rr_iv') IS NULL THEN
+		CREATE TEMP TABLE rr_iv (fs bigint, ts bigint, t0 timestamptz, t1 timestamptz,
+		    r0 timestamptz, e0 bigint, e1 bigint, wh bigint, cls text, anomaly bigint, live boolean)
+		    ON COMMIT DELETE ROWS;
+		CREATE TEMP TABLE rr_parts (ivn bigint, fs bigint, ts bigint, s0 timestamptz,
+		    s1 timestamptz, day date, e bigint, vid bigint, service numeric, pstart date, band text,
+		    bprice numeric, anomaly bigint, fresh boolean) ON COMMIT DELETE ROWS;
+		CREATE TEMP TABLE rr_drop (entry_id bigint, period_start date, from_ts timestamptz,
+		    to_ts timestamptz, to_seq bigint) ON COMMIT DELETE ROWS;
+		CREATE TEMP TABLE rr_k (pstart date, k0 timestamptz, k1 timestamptz, k2 bigint)
+		    ON COMMIT DELETE ROWS;
+		CREATE TEMP TABLE rr_want (fs bigint, ts bigint, pstart date, s0 timestamptz,
+		    s1 timestamptz, day date, e bigint, vid bigint, tier integer, band text, price numeric,
+		    service numeric, exact numeric, anomaly bigint, fresh boolean) ON COMMIT DELETE ROWS;
+	ELSE
+		DELETE FROM rr_iv;
+		DELETE FROM rr_parts;
+		DELETE FROM rr_drop;
+		DELETE FROM rr_k;
+		DELETE FROM rr_want;
+	END IF;
+	-- every part of an interval of the range lies between these (and on
+	-- local days between these, whatever the time zone)
+	SELECT min(ts) - interval '1 second', max(ts) INTO v_f, v_t FROM prepaid.readings
+	WHERE meter_id = p_meter AND seq BETWEEN p_lo AND p_hi;
+	v_d0 := (v_f AT TIME ZONE 'UTC')::date - 1;
+	v_d1 := (v_t AT TIME ZONE 'UTC')::date + 1;
+
+	-- The intervals now: consecutive stored readings in the range.
+	INSERT INTO rr_iv
+	SELECT x.fs, x.s, CASE WHEN x.t > x.t0 THEN x.t0 ELSE x.t - interval '1 second' END, x.t, x.t0,
+	       x.e0, x.e, x.e - x.e0,
+	       CASE WHEN x.e < x.e0 THEN 'register_down' WHEN x.e = x.e0 THEN 'zero'
+	            WHEN prepaid_internal.implausible(x.e - x.e0, x.t0, x.t, v_maxp) THEN 'implausible_jump'
+	            ELSE 'chargeable' END,
+	       NULL,
+	       EXISTS (SELECT 1 FROM prepaid.ledger l
+	               WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.to_seq = x.s
+	                 AND l.day BETWEEN v_d0 AND v_d1
+	                 AND l.from_seq = x.fs AND l.reverses IS NULL
+	                 AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id))
+	FROM (SELECT lag(seq) OVER w AS fs, seq AS s, lag(ts) OVER w AS t0, ts AS t,
+	             lag(energy_wh) OVER w AS e0, energy_wh AS e
+	      FROM prepaid.readings WHERE meter_id = p_meter AND seq BETWEEN p_lo AND p_hi
+	      WINDOW w AS (ORDER BY seq)) x
+	WHERE x.fs IS NOT NULL;
+
+	-- Anomalies of new intervals; open jumps of intervals split meanwhile.
+	INSERT INTO prepaid.anomalies (meter_id, kind, from_seq, to_seq, from_ts, to_ts,
+	    from_wh, to_wh, energy_wh, limit_wh, state)
+	SELECT p_meter, i.cls, i.fs, i.ts, i.r0, i.t1, i.e0, i.e1, i.wh,
+	       floor(v_maxp * greatest(extract(epoch FROM i.t1 - i.r0), 60) / 3600)::bigint,
+	       CASE i.cls WHEN 'register_down' THEN 'noted' ELSE 'open' END
+	FROM rr_iv i
+	WHERE i.cls IN ('register_down', 'implausible_jump')
+	  AND NOT EXISTS (SELECT 1 FROM prepaid.anomalies a WHERE a.meter_id = p_meter
+	                  AND a.from_seq = i.fs AND a.to_seq = i.ts AND a.kind = i.cls);
+	UPDATE prepaid.anomalies a SET state = 'superseded', resolved_at = now(),
+	    note = 'a late reading split its interval'
+	WHERE a.meter_id = p_meter AND a.kind IN ('register_down', 'implausible_jump')
+	  AND a.state IN ('noted', 'open', 'accepted')
+	  AND a.from_seq >= p_lo AND a.to_seq <= p_hi
+	  AND NOT EXISTS (SELECT 1 FROM rr_iv i WHERE i.fs = a.from_seq AND i.ts = a.to_seq);
+	UPDATE rr_iv i SET anomaly = a.id FROM prepaid.anomalies a
+	WHERE i.cls = 'implausible_jump' AND a.meter_id = p_meter AND a.kind = 'implausible_jump'
+	  AND a.from_seq = i.fs AND a.to_seq = i.ts AND a.state = 'accepted';
+
+	-- Entries of intervals that no longer exist.
+	INSERT INTO rr_drop
+	SELECT l.entry_id, l.period_start, l.from_ts, l.to_ts, l.to_seq FROM prepaid.ledger l
+	WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.to_seq BETWEEN p_lo AND p_hi
+	  AND l.day BETWEEN v_d0 AND v_d1
+	  AND l.from_seq >= p_lo AND l.reverses IS NULL
+	  AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id)
+	  AND NOT EXISTS (SELECT 1 FROM rr_iv i WHERE i.fs = l.from_seq AND i.ts = l.to_seq);
+
+	-- The parts of the intervals to charge.
+	SELECT array_agg(fs), array_agg(ts), array_agg(t0), array_agg(t1), array_agg(wh)
+	INTO a_fs, a_ts, a_t0, a_t1, a_wh
+	FROM rr_iv WHERE NOT live AND (cls = 'chargeable' OR anomaly IS NOT NULL);
+	INSERT INTO rr_parts
+	SELECT p.ivn, p.from_seq, p.to_seq, p.seg_from, p.seg_to, p.day, p.energy_wh, p.version_id,
+	       p.service, p.pstart, p.band, p.bprice, i.anomaly, true
+	FROM prepaid_internal.interval_parts(array_fill(p_meter, ARRAY[coalesce(cardinality(a_fs), 0)]),
+	                            a_fs, a_ts, a_t0, a_t1, a_wh) p
+	JOIN rr_iv i ON i.fs = p.from_seq AND i.ts = p.to_seq;
+
+	-- The periods they change, from their first changed position.
+	INSERT INTO rr_k
+	SELECT DISTINCT ON (pstart) pstart, s0, s1, ts FROM (
+		SELECT pstart, s0, s1, ts FROM rr_parts
+		UNION ALL SELECT period_start, from_ts, to_ts, to_seq FROM rr_drop) z
+	ORDER BY pstart, s0, s1, ts;
+
+	-- The intervals already charged there from that position on, rated
+	-- again (only their parts in those periods, from that position, count).
+	SELECT array_agg(x.fs), array_agg(x.ts), array_agg(CASE WHEN ra.ts < rb.ts THEN ra.ts ELSE rb.ts - interval '1 second' END),
+	       array_agg(rb.ts), array_agg(rb.energy_wh - ra.energy_wh)
+	INTO a_fs, a_ts, a_t0, a_t1, a_wh
+	FROM (SELECT DISTINCT l.from_seq AS fs, l.to_seq AS ts FROM prepaid.ledger l
+	      JOIN rr_k k ON l.period_start = k.pstart
+	      WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.reverses IS NULL
+	        AND l.day >= (k.k0 AT TIME ZONE 'UTC')::date - 1
+	        AND (l.from_ts, l.to_ts, l.to_seq) >= (k.k0, k.k1, k.k2)
+	        AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id)
+	        AND NOT EXISTS (SELECT 1 FROM rr_drop d WHERE d.entry_id = l.entry_id)) x
+	JOIN prepaid.readings ra ON ra.meter_id = p_meter AND ra.seq = x.fs
+	JOIN prepaid.readings rb ON rb.meter_id = p_meter AND rb.seq = x.ts;
+	INSERT INTO rr_parts
+	SELECT p.ivn, p.from_seq, p.to_seq, p.seg_from, p.seg_to, p.day, p.energy_wh, p.version_id,
+	       p.service, p.pstart, p.band, p.bprice,
+	       (SELECT a.id FROM prepaid.anomalies a WHERE a.meter_id = p_meter AND a.kind = 'implausible_jump'
+	          AND a.from_seq = p.from_seq AND a.to_seq = p.to_seq AND a.state = 'accepted'),
+	       false
+	FROM prepaid_internal.interval_parts(array_fill(p_meter, ARRAY[coalesce(cardinality(a_fs), 0)]),
+	                            a_fs, a_ts, a_t0, a_t1, a_wh) p
+	JOIN rr_k k ON k.pstart = p.pstart AND (p.seg_from, p.seg_to, p.to_seq) >= (k.k0, k.k1, k.k2);
+
+	-- Positions in time order from the period's energy before, then tiers.
+	INSERT INTO rr_want
+	SELECT c.fs, c.ts, c.pstart, c.s0, c.s1, c.day, pe.wh, c.vid, r.tier, c.band,
+	       CASE WHEN r.free THEN 0 ELSE coalesce(c.bprice, 0) + r.price END,
+	       CASE WHEN r.free THEN 0 ELSE c.service END,
+	       CASE WHEN r.free THEN 0 ELSE pe.wh * (coalesce(c.bprice, 0) + r.price + c.service) / 10 END,
+	       c.anomaly, c.fresh
+	FROM (SELECT p.*, prepaid_internal.period_wh_before(p_meter, k.pstart, k.k0, k.k1, k.k2)
+	              + coalesce(sum(p.e) OVER (PARTITION BY p.pstart ORDER BY p.s0, p.s1, p.ts
+	                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS cb
+	      FROM rr_parts p JOIN rr_k k ON k.pstart = p.pstart) c
+	JOIN prepaid.tariff_ranges r ON r.version_id = c.vid
+	     AND r.lo_wh < c.cb + c.e AND (r.hi_wh IS NULL OR r.hi_wh > c.cb)
+	CROSS JOIN LATERAL (SELECT least(coalesce(r.hi_wh, c.cb + c.e), c.cb + c.e)
+	                           - greatest(r.lo_wh, c.cb) AS wh) pe;
+
+	-- Post: reversals (dropped intervals, changed ones), then new charges.
+	PERFORM prepaid_internal.post_open();
+	WITH live AS (
+		SELECT l.* FROM prepaid.ledger l JOIN rr_k k ON l.period_start = k.pstart
+		WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.reverses IS NULL
+		  AND l.day >= (k.k0 AT TIME ZONE 'UTC')::date - 1
+		  AND (l.from_ts, l.to_ts, l.to_seq) >= (k.k0, k.k1, k.k2)
+		  AND NOT EXISTS (SELECT 1 FROM prepaid.ledger r WHERE r.reverses = l.entry_id)
+		  AND NOT EXISTS (SELECT 1 FROM rr_drop d WHERE d.entry_id = l.entry_id)
+	), changed AS (
+		SELECT DISTINCT fs, ts, pstart FROM (
+			(SELECT from_seq AS fs, to_seq AS ts, period_start AS pstart, from_ts, to_ts, day,
+			        tariff_version_id, tier, band, price, service_fee, energy_wh, -exact_fen AS x
+			 FROM live
+			 EXCEPT ALL
+			 SELECT fs, ts, pstart, s0, s1, day, vid, tier, band, price, service, e, exact
+			 FROM rr_want WHERE NOT fresh)
+			UNION ALL
+			(SELECT fs, ts, pstart, s0, s1, day, vid, tier, band, price, service, e, exact
+			 FROM rr_want WHERE NOT fresh
+			 EXCEPT ALL
+			 SELECT from_seq, to_seq, period_start, from_ts, to_ts, day, tariff_version_id, tier,
+			        band, price, service_fee, energy_wh, -exact_fen
+			 FROM live)) z
+	), rev AS (
+		SELECT l.* FROM prepaid.ledger l WHERE l.entry_id IN (SELECT entry_id FROM rr_drop)
+		UNION ALL
+		SELECT live.* FROM live JOIN changed c
+		     ON c.fs = live.from_seq AND c.ts = live.to_seq AND c.pstart = live.period_start
+	)
+	INSERT INTO pg_temp.post_rows (ord, meter_id, day, kind, exact_fen, from_seq, to_seq, from_ts,
+	    to_ts, energy_wh, tariff_version_id, tier, band, price, service_fee, anomaly_id, reverses,
+	    period_start)
+	SELECT row_number() OVER (ORDER BY rev.entry_id), p_meter, rev.day, 'charge', rev.exact_fen,
+	       rev.from_seq, rev.to_seq, rev.from_ts, rev.to_ts, -rev.energy_wh, rev.tariff_version_id,
+	       rev.tier, rev.band, rev.price, rev.service_fee, rev.anomaly_id, rev.entry_id,
+	       rev.period_start
+	FROM rev
+	UNION ALL
+	SELECT 1000000 + row_number() OVER (ORDER BY w.s0, w.s1, w.ts, w.tier), p_meter, w.day, 'charge',
+	       w.exact, w.fs, w.ts, w.s0, w.s1, w.e, w.vid, w.tier, w.band, w.price, w.service,
+	       w.anomaly, NULL, w.pstart
+	FROM rr_want w
+	WHERE w.fresh OR EXISTS (SELECT 1 FROM changed c WHERE c.fs = w.fs AND c.ts = w.ts AND c.pstart = w.pstart);
+
+	-- Standing days the range's readings reach.
+	v_f := v_f + interval '1 second';
+	IF v_f IS NOT NULL THEN
+		INSERT INTO pg_temp.post_rows (ord, meter_id, day, kind, exact_fen, tariff_version_id)
+		SELECT 1000000000 + row_number() OVER (ORDER BY st.day), p_meter, st.day, 'standing',
+		       st.exact_fen, st.version_id
+		FROM prepaid_internal.standing_due(ARRAY[p_meter], ARRAY[v_f], ARRAY[v_t]) st;
+	END IF;
+	v_n := prepaid_internal.post_entries();
+	IF v_f IS NOT NULL THEN
+		PERFORM prepaid_internal.standing_extend(ARRAY[p_meter], ARRAY[v_f], ARRAY[v_t]);
+	END IF;
+
+	-- The period cache of the fast path follows.
+	UPDATE prepaid.meters mt SET period_wh = (
+		SELECT coalesce(sum(l.energy_wh), 0) FROM prepaid.ledger l
+		WHERE l.meter_id = p_meter AND l.kind = 'charge' AND l.period_start = mt.period_start
+		  AND l.day >= mt.period_start)
+	WHERE mt.meter_id = p_meter AND mt.period_start IN (SELECT pstart FROM rr_k);
+	RETURN v_n;
+END $$;
+
+-- The amount (exact yuan, >= 0) of an interval the meter's rate cache
+-- covers, or NULL: then it goes the full way. Covered means: inside the
+-- cache window (ending strictly before its end, so that a reading at local
+-- midnight starts the new day's standing charge), after everything charged,
+-- not an anomaly (no negative step, not beyond the power limit, compared
+-- exactly), and within the cached tier range of the current period.
 CREATE OR REPLACE FUNCTION prepaid_internal.fast_rate(m prepaid.meters, p_t0 timestamptz, p_t1 timestamptz,
     p_wh bigint) RETURNS numeric
 LANGUAGE sql IMMUTABLE AS $$
 	SELECT CASE WHEN m.rate_until IS NOT NULL AND p_t0 >= m.rate_from AND p_t1 > p_t0
-	             AND p_t1 <= m.rate_until AND p_wh >= 0
-	             AND p_wh <= ceil(m.rate_max_power_w * greatest(extract(epoch FROM p_t1 - p_t0), 60) / 3600)
+	             AND p_t1 < m.rate_until AND p_wh >= 0
+	             AND (m.rated_ts IS NULL OR p_t0 >= m.rated_ts)
+	             -- (prepaid_internal.implausible(), written out: this runs for
+	             -- every reading)
+	             AND p_wh::numeric * 3600
+	                 <= m.rate_max_power_w * greatest(extract(epoch FROM p_t1 - p_t0), 60)
 	             AND (m.rate_vid IS NULL
 	                  OR (m.period_start = m.rate_period AND m.period_wh >= m.rate_lo
 	                      AND (m.rate_hi IS NULL OR m.period_wh + p_wh <= m.rate_hi)))
@@ -514,17 +876,16 @@ LANGUAGE sql IMMUTABLE AS $$
 	       END
 $$;
 
--- Recompute the rate cache of meters at a time (their newest reading): the
--- window runs from then to the first of: the next local midnight, the next
--- band start, the next tariff assignment, the next version of the tariff. A
--- period that has begun resets period_wh (nothing of it was charged yet).
+-- Recompute the rate cache of meters at their newest reading (see 002); a
+-- period that is not the cached one starts from the energy the ledger holds
+-- for it (tier state is per period).
 CREATE OR REPLACE FUNCTION prepaid_internal.refresh_rate_cache(p_meter text[], p_at timestamptz[]) RETURNS void
 LANGUAGE sql AS $$
 	UPDATE prepaid.meters mt SET
 		period_start = CASE WHEN c.vid IS NOT NULL AND c.pstart IS DISTINCT FROM mt.period_start
 		                    THEN c.pstart ELSE mt.period_start END,
 		period_wh = CASE WHEN c.vid IS NOT NULL AND c.pstart IS DISTINCT FROM mt.period_start
-		                 THEN 0 ELSE mt.period_wh END,
+		                 THEN c.base ELSE mt.period_wh END,
 		rate_from = c.at,
 		rate_until = c.until,
 		rate_vid = c.vid,
@@ -557,7 +918,11 @@ LANGUAGE sql AS $$
 		       CASE WHEN v.version_id IS NULL THEN 0
 		            WHEN mt2.period_start = prepaid_internal.period_start(v.period, v.period_start_day,
 		                     v.period_start_month, (u.at AT TIME ZONE s.time_zone)::date)
-		            THEN mt2.period_wh ELSE 0 END AS base
+		            THEN mt2.period_wh
+		            ELSE prepaid_internal.period_wh_before(u.m,
+		                     prepaid_internal.period_start(v.period, v.period_start_day,
+		                         v.period_start_month, (u.at AT TIME ZONE s.time_zone)::date),
+		                     'infinity', 'infinity', NULL) END AS base
 		FROM (SELECT x.m, greatest(x.at, y.last_ts) AS at
 		      FROM unnest(p_meter, p_at) AS x(m, at) JOIN prepaid.meters y ON y.meter_id = x.m) u
 		JOIN prepaid.meters mt2 ON mt2.meter_id = u.m
@@ -628,15 +993,17 @@ CREATE TRIGGER meters_rate_cache BEFORE UPDATE OF site_id, max_power_w ON prepai
 	EXECUTE FUNCTION prepaid_internal.meters_rate_cache_trigger();
 
 -- The full path of charging, for the meters whose new readings the fast
--- path of prepaid_internal.ingest_batch() did not charge: every new interval between
--- consecutive readings (by seq), from the meter's latest reading before the
--- batch (p_last_*) through the batch's readings beyond it, is classified
--- (a register that went down is noted and never charged; a jump beyond the
--- power limit is held) and the rest rated and charged with the standing
--- days; then the meters' rate caches are refreshed. Readings older than the
--- meter's first one (p_first_*) form a second chain up to it.
+-- path of prepaid_internal.ingest_batch() did not charge. Readings beyond the
+-- meter's latest, all later in time than what was charged: every new
+-- interval is classified (register down: noted, never charged; beyond the
+-- power limit: held) and the rest rated with the standing days. Anything
+-- else (readings older than the first, gap fills, a reading dated before
+-- what was charged): prepaid_internal.rerate_meter() over the batch's seq range.
+-- Then the meters' rate caches are refreshed.
+DROP FUNCTION IF EXISTS prepaid_internal.charge_slow(text[], bigint[], timestamptz[], bigint[], bigint[],
+    timestamptz[], bigint[], text[], bigint[], timestamptz[], bigint[]);
 CREATE OR REPLACE FUNCTION prepaid_internal.charge_slow(p_sm text[], p_last bigint[], p_last_ts timestamptz[],
-    p_last_wh bigint[], p_first bigint[], p_first_ts timestamptz[], p_first_wh bigint[],
+    p_last_wh bigint[], p_late boolean[],
     p_meter text[], p_seq bigint[], p_ts timestamptz[], p_energy bigint[])
 RETURNS void LANGUAGE plpgsql
 SET jit = off
@@ -645,49 +1012,63 @@ AS $$
 DECLARE
 	c_meter text[]; c_fs bigint[]; c_ts bigint[]; c_t0 timestamptz[]; c_t1 timestamptz[];
 	c_wh bigint[]; u_meter text[]; u_from timestamptz[]; u_ts timestamptz[];
+	v_late text[];
+	r record;
 BEGIN
-	CREATE TEMP TABLE IF NOT EXISTS charge_iv (m text, fs bigint, ts bigint, t0 timestamptz,
-	    t1 timestamptz, e0 bigint, e1 bigint, wh bigint, limit_wh bigint) ON COMMIT DELETE ROWS;
-	TRUNCATE charge_iv;
+	IF to_regclass('pg_temp.charge_iv') IS NULL THEN
+		CREATE TEMP TABLE charge_iv (m text, fs bigint, ts bigint, t0 timestamptz,
+		    t1 timestamptz, e0 bigint, e1 bigint, wh bigint, limit_wh bigint, jump boolean)
+		    ON COMMIT DELETE ROWS;
+		CREATE TEMP TABLE charge_rd (m text, s bigint, t timestamptz, e bigint)
+		    ON COMMIT DELETE ROWS;
+	ELSE
+		DELETE FROM charge_iv;
+		DELETE FROM charge_rd;
+	END IF;
+	-- the batch's readings of these meters that were stored (first copies)
+	INSERT INTO charge_rd
+	SELECT DISTINCT ON (u.m, u.s) u.m, u.s, u.t, u.e
+	FROM unnest(p_meter, p_seq, p_ts, p_energy) AS u(m, s, t, e)
+	WHERE u.m = ANY (p_sm)
+	  AND EXISTS (SELECT 1 FROM prepaid.readings x WHERE x.meter_id = u.m AND x.seq = u.s);
+
 	WITH sm AS (
-		SELECT * FROM unnest(p_sm, p_last, p_last_ts, p_last_wh, p_first, p_first_ts, p_first_wh)
-		     AS k(m, last, lts, lwh, first, fts, fwh)
+		SELECT * FROM unnest(p_sm, p_last, p_last_ts, p_last_wh, p_late) AS k(m, last, lts, lwh, late)
 	), pts AS (
-		-- chain 1: from the latest reading before the batch onwards
-		SELECT m, 1 AS chain, last AS s, lts AS t, lwh AS e FROM sm WHERE last IS NOT NULL
+		SELECT m, last AS s, lts AS t, lwh AS e FROM sm WHERE last IS NOT NULL AND NOT late
 		UNION ALL
-		SELECT DISTINCT ON (u.m, u.s) u.m, 1, u.s, u.t, u.e
-		FROM unnest(p_meter, p_seq, p_ts, p_energy) AS u(m, s, t, e)
-		JOIN sm ON sm.m = u.m
-		WHERE sm.last IS NULL OR u.s > sm.last
-		UNION ALL
-		-- chain 2: readings older than the meter's first one, up to it
-		SELECT m, 2, first, fts, fwh FROM sm WHERE first IS NOT NULL
-		UNION ALL
-		SELECT DISTINCT ON (u.m, u.s) u.m, 2, u.s, u.t, u.e
-		FROM unnest(p_meter, p_seq, p_ts, p_energy) AS u(m, s, t, e)
-		JOIN sm ON sm.m = u.m
-		WHERE u.s < sm.first
+		SELECT c.m, c.s, c.t, c.e FROM charge_rd c JOIN sm ON sm.m = c.m
+		WHERE NOT sm.late AND (sm.last IS NULL OR c.s > sm.last)
 	), iv AS (
 		SELECT m, lag(s) OVER w AS fs, s AS ts, lag(t) OVER w AS t0, t AS t1,
 		       lag(e) OVER w AS e0, e AS e1
-		FROM pts WINDOW w AS (PARTITION BY m, chain ORDER BY s)
+		FROM pts WINDOW w AS (PARTITION BY m ORDER BY s)
 	)
 	INSERT INTO charge_iv
 	SELECT iv.m, fs, ts, t0, t1, e0, e1, e1 - e0,
-	       -- at least a minute, so that clock jitter cannot turn a small step into a glitch
-	       ceil(coalesce(mt.max_power_w, s.max_power_w)
-	            * greatest(extract(epoch FROM t1 - t0), 60) / 3600)::bigint
+	       floor(coalesce(mt.max_power_w, s.max_power_w)
+	             * greatest(extract(epoch FROM t1 - t0), 60) / 3600)::bigint,
+	       prepaid_internal.implausible(e1 - e0, t0, t1, coalesce(mt.max_power_w, s.max_power_w))
 	FROM iv JOIN prepaid.meters mt ON mt.meter_id = iv.m
 	JOIN prepaid.sites s ON s.site_id = mt.site_id
 	WHERE iv.fs IS NOT NULL;
+
+	-- Late: readings before what was charged go the full way.
+	SELECT array_agg(DISTINCT z.m) INTO v_late FROM (
+		SELECT k.m FROM unnest(p_sm, p_late) AS k(m, late) WHERE k.late
+		UNION
+		SELECT c.m FROM charge_iv c JOIN prepaid.meters mt ON mt.meter_id = c.m
+		WHERE (CASE WHEN c.t1 > c.t0 THEN c.t0 ELSE c.t1 - interval '1 second' END) < mt.rated_ts) z;
+	IF v_late IS NOT NULL THEN
+		DELETE FROM charge_iv WHERE m = ANY (v_late);
+	END IF;
 
 	INSERT INTO prepaid.anomalies (meter_id, kind, from_seq, to_seq, from_ts, to_ts,
 	    from_wh, to_wh, energy_wh, limit_wh, state)
 	SELECT m, CASE WHEN wh < 0 THEN 'register_down' ELSE 'implausible_jump' END,
 	       fs, ts, t0, t1, e0, e1, wh, limit_wh,
 	       CASE WHEN wh < 0 THEN 'noted' ELSE 'open' END
-	FROM charge_iv WHERE wh < 0 OR wh > limit_wh;
+	FROM charge_iv WHERE wh < 0 OR jump;
 
 	SELECT array_agg(m), array_agg(fs), array_agg(ts),
 	       -- a reading not later than the one before it: its energy is
@@ -695,14 +1076,28 @@ BEGIN
 	       array_agg(CASE WHEN t1 > t0 THEN t0 ELSE t1 - interval '1 second' END),
 	       array_agg(t1), array_agg(wh)
 	INTO c_meter, c_fs, c_ts, c_t0, c_t1, c_wh
-	FROM charge_iv WHERE wh > 0 AND wh <= limit_wh;
+	FROM (SELECT * FROM charge_iv WHERE wh > 0 AND NOT jump ORDER BY m, ts) x;
 
 	SELECT array_agg(k.m), array_agg(k.f), array_agg(k.t) INTO u_meter, u_from, u_ts
-	FROM (SELECT u.m, min(u.t) AS f, max(u.t) AS t FROM unnest(p_meter, p_ts) AS u(m, t)
-	      JOIN unnest(p_sm) AS sm(m) ON sm.m = u.m GROUP BY u.m) k;
+	FROM (SELECT c.m, min(c.t) AS f, max(c.t) AS t FROM charge_rd c
+	      WHERE v_late IS NULL OR c.m <> ALL (v_late) GROUP BY c.m) k;
 	PERFORM prepaid_internal.charge(coalesce(c_meter, '{}'), coalesce(c_fs, '{}'), coalesce(c_ts, '{}'),
 	    coalesce(c_t0, '{}'), coalesce(c_t1, '{}'), coalesce(c_wh, '{}'),
 	    coalesce(u_meter, '{}'), coalesce(u_from, '{}'), coalesce(u_ts, '{}'));
+
+	FOR r IN
+		SELECT k.m,
+		       coalesce((SELECT max(x.seq) FROM prepaid.readings x WHERE x.meter_id = k.m AND x.seq < k.lo), k.lo) AS lo,
+		       coalesce((SELECT min(x.seq) FROM prepaid.readings x WHERE x.meter_id = k.m AND x.seq > k.hi), k.hi) AS hi
+		FROM (SELECT c.m, min(c.s) AS lo, max(c.s) AS hi FROM charge_rd c
+		      WHERE c.m = ANY (v_late) GROUP BY c.m) k
+		ORDER BY k.m
+	LOOP
+		PERFORM prepaid_internal.rerate_meter(r.m, r.lo, r.hi);
+	END LOOP;
+
+	SELECT array_agg(c.m), array_agg(c.t) INTO u_meter, u_ts
+	FROM (SELECT m, max(t) AS t FROM charge_rd GROUP BY m) c;
 	PERFORM prepaid_internal.refresh_rate_cache(u_meter, u_ts);
 END $$;
 

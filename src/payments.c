@@ -390,7 +390,7 @@ static void
 pay_recorded(void *arg, PGresult *res, const char *err)
 {
 	struct pay_req *r = arg;
-	const char *outcome, *meter, *cmd, *bal;
+	const char *outcome, *meter, *cmd, *bal, *note;
 	char yuan[32];
 	bool late = r->req == NULL;
 
@@ -417,12 +417,14 @@ pay_recorded(void *arg, PGresult *res, const char *err)
 		pay_req_free(r);
 		return;
 	}
-	if (PQntuples(res) == 1 && PQnfields(res) == 5) {
-		/* a payment: outcome, payment_id, meter_id, command_id, balance */
+	if (PQntuples(res) == 1 && PQnfields(res) == 6) {
+		/* a payment: outcome, payment_id, meter_id, command_id, balance,
+		 * and why a tripped meter was left off */
 		outcome = PQgetvalue(res, 0, 0);
 		meter = PQgetisnull(res, 0, 2) ? "-" : PQgetvalue(res, 0, 2);
 		cmd = PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3);
 		bal = PQgetisnull(res, 0, 4) ? "-" : PQgetvalue(res, 0, 4);
+		note = PQgetisnull(res, 0, 5) ? NULL : PQgetvalue(res, 0, 5);
 		if (strcmp(outcome, "credited") == 0) {
 			metrics.pay_credited++;
 			if (cmd != NULL) {
@@ -435,10 +437,11 @@ pay_recorded(void *arg, PGresult *res, const char *err)
 			if (r->p->hooks.on_message != NULL)
 				r->p->hooks.on_message(r->p->hooks.arg);
 			log_info("payments: %s out_trade_no=%s transaction=%s %s yuan credited to "
-			         "meter %s (balance %s)%s%s%s",
+			         "meter %s (balance %s)%s%s%s%s%s",
 			    pay_provider_names[r->provider], r->out_trade_no, r->txn, yuan, meter,
 			    bal, cmd != NULL ? "; " : "", cmd != NULL ? "restore command " : "",
-			    cmd != NULL ? cmd : "");
+			    cmd != NULL ? cmd : "", note != NULL ? "; " : "",
+			    note != NULL ? note : "");
 		} else if (strcmp(outcome, "duplicate") == 0) {
 			metrics.pay_duplicate++;
 			log_debug("payments: %s transaction=%s repeated: already recorded",
@@ -492,7 +495,7 @@ pay_submit(struct pay_req *r, const char *sql, int n, const char *const *params)
 }
 
 static const char pay_record_sql[] =
-    "SELECT outcome, payment_id, meter_id, command_id, round(balance, 2) "
+    "SELECT outcome, payment_id, meter_id, command_id, round(balance, 2), rearm_note "
     "FROM prepaid_internal.record_payment($1, $2, $3, $4::bigint, $5, $6, $7::timestamptz, "
     "$8::timestamptz, $9::boolean, $10::boolean)";
 static const char pay_notice_sql[] = "SELECT prepaid_internal.record_payment_notice($1, $2, $3, "

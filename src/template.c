@@ -15,11 +15,22 @@
 /* Longest piece of template text quoted in an error message. */
 #define TEMPLATE_QUOTE_MAX 40
 
+enum template_part_kind {
+	TEMPLATE_LITERAL,
+	TEMPLATE_NAME, /* {{name}} */
+	TEMPLATE_OPEN, /* {{#name}}: a section, kept when name is not empty */
+	TEMPLATE_CLOSE /* {{/name}} */
+};
+
 struct template_part {
 	size_t off; /* literal: start in text; name: offset of its "{{" */
 	size_t len; /* literal: length; name: unused */
 	int name; /* index into names, or -1 for a literal */
+	enum template_part_kind kind;
 };
+
+/* How deep sections may nest. */
+#define TEMPLATE_DEPTH_MAX 8
 
 struct template
 {
@@ -66,7 +77,8 @@ PRINTFLIKE(2, 3) static void template_cause(char **cause, const char *fmt, ...)
 }
 
 static void
-template_add_part(struct template *t, size_t off, size_t len, int name)
+template_add_part_kind(
+    struct template *t, size_t off, size_t len, int name, enum template_part_kind kind)
 {
 	if (name < 0 && len == 0)
 		return;
@@ -77,7 +89,14 @@ template_add_part(struct template *t, size_t off, size_t len, int name)
 	t->parts[t->nparts].off = off;
 	t->parts[t->nparts].len = len;
 	t->parts[t->nparts].name = name;
+	t->parts[t->nparts].kind = kind;
 	t->nparts++;
+}
+
+static void
+template_add_part(struct template *t, size_t off, size_t len, int name)
+{
+	template_add_part_kind(t, off, len, name, name < 0 ? TEMPLATE_LITERAL : TEMPLATE_NAME);
 }
 
 /* Index of name (len bytes) in t's names, adding it if new. */
@@ -122,6 +141,7 @@ template_parse_name(struct template *t, size_t at, const char *const *known, cha
 {
 	const char *s = t->text;
 	size_t i = at + 2, end, b, e;
+	enum template_part_kind kind = TEMPLATE_NAME;
 
 	/*
 	 * The end is the first "}}"; a newline, another "{{" or the end of the
@@ -139,6 +159,10 @@ template_parse_name(struct template *t, size_t at, const char *const *known, cha
 
 	for (b = at + 2; b < i && (s[b] == ' ' || s[b] == '\t'); b++)
 		;
+	if (b < i && (s[b] == '#' || s[b] == '/')) {
+		kind = s[b] == '#' ? TEMPLATE_OPEN : TEMPLATE_CLOSE;
+		b++;
+	}
 	for (e = i; e > b && (s[e - 1] == ' ' || s[e - 1] == '\t'); e--)
 		;
 	if (b == e) {
@@ -159,8 +183,46 @@ template_parse_name(struct template *t, size_t at, const char *const *known, cha
 		    (int)(e - b > TEMPLATE_QUOTE_MAX ? TEMPLATE_QUOTE_MAX : e - b), s + b, at);
 		return 0;
 	}
-	template_add_part(t, at, 0, template_add_name(t, s + b, e - b));
+	template_add_part_kind(t, at, 0, template_add_name(t, s + b, e - b), kind);
 	return end;
+}
+
+/* Sections must nest: every {{#x}} closed by {{/x}}, innermost first. */
+static bool
+template_check_sections(const struct template *t, char **cause)
+{
+	const struct template_part *open[TEMPLATE_DEPTH_MAX];
+	size_t i, depth = 0;
+
+	for (i = 0; i < t->nparts; i++) {
+		const struct template_part *pt = &t->parts[i];
+
+		if (pt->kind == TEMPLATE_OPEN) {
+			if (depth == TEMPLATE_DEPTH_MAX) {
+				template_cause(cause,
+				    "sections nested more than %d deep at offset %zu",
+				    TEMPLATE_DEPTH_MAX, pt->off);
+				return false;
+			}
+			open[depth++] = pt;
+		} else if (pt->kind == TEMPLATE_CLOSE) {
+			if (depth == 0 || open[depth - 1]->name != pt->name) {
+				template_cause(cause,
+				    "'{{/%s}}' at offset %zu closes no open section%s%s",
+				    t->names[pt->name], pt->off, depth > 0 ? ": open is " : "",
+				    depth > 0 ? t->names[open[depth - 1]->name] : "");
+				return false;
+			}
+			depth--;
+		}
+	}
+	if (depth > 0) {
+		template_cause(cause, "section '%s' at offset %zu is not closed ('{{/%s}}')",
+		    t->names[open[depth - 1]->name], open[depth - 1]->off,
+		    t->names[open[depth - 1]->name]);
+		return false;
+	}
+	return true;
 }
 
 struct template *
@@ -198,6 +260,10 @@ template_parse(const char *text, const char *const *known, char **cause)
 		lit = i;
 	}
 	template_add_part(t, lit, i - lit, -1);
+	if (!template_check_sections(t, cause)) {
+		template_free(t);
+		return NULL;
+	}
 	return t;
 }
 
@@ -389,12 +455,29 @@ template_render(const struct template *t, enum template_mode mode, template_look
 	sbuf_add(&b, "", 0);
 	for (i = 0; i < t->nparts; i++) {
 		pt = &t->parts[i];
-		if (pt->name < 0) {
+		if (pt->kind == TEMPLATE_LITERAL) {
 			sbuf_add(&b, t->text + pt->off, pt->len);
 			continue;
 		}
+		if (pt->kind == TEMPLATE_CLOSE)
+			continue;
 		name = t->names[pt->name];
 		value = lookup(arg, name);
+		if (pt->kind == TEMPLATE_OPEN) {
+			/* An empty or missing optional field: leave its section out
+			 * (sections nest, checked when parsed). */
+			if (value == NULL || value[0] == '\0') {
+				size_t depth = 1;
+
+				while (depth > 0 && ++i < t->nparts) {
+					if (t->parts[i].kind == TEMPLATE_OPEN)
+						depth++;
+					else if (t->parts[i].kind == TEMPLATE_CLOSE)
+						depth--;
+				}
+			}
+			continue;
+		}
 		if (value == NULL) {
 			template_cause(
 			    cause, "unknown placeholder '%s' at offset %zu", name, pt->off);

@@ -9,6 +9,12 @@
  * Syntax:
  *   {{name}}    a placeholder; name is [a-z0-9_.]+, spaces or tabs may
  *               surround it inside the braces: {{ balance }}.
+ *   {{#name}}text{{/name}}
+ *               a section: text (placeholders included) is kept when name
+ *               has a non-empty value, and left out, with no error, when
+ *               it is empty or missing: "Please top up{{#link}}: {{link}}
+ *               {{/link}}." for an optional field. Sections nest (at most
+ *               8 deep); each must be closed, innermost first.
  *   {{{{        a literal "{{" (doubled, like printf's %%).
  *   { and }     any other brace is literal, so JSON bodies need no escaping:
  *               {"text":"{{text}}"} is a valid template.

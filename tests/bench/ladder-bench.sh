@@ -108,7 +108,8 @@ psql_q "UPDATE prepaid.meters SET ladder_watch = 20, ladder_due_at = NULL" >/dev
 psql_q "VACUUM ANALYZE" >/dev/null
 
 note "1% of the balances change"
-ms_change=$(timed "UPDATE prepaid.meters SET balance = CASE WHEN i % 2 = 0 THEN 15 ELSE 95 END
+ms_change=$(timed "UPDATE prepaid.meters SET balance = CASE WHEN i % 2 = 0 THEN 15 ELSE 95 END,
+    balance_fen = CASE WHEN i % 2 = 0 THEN 1500 ELSE 9500 END
     FROM generate_series(1, $CHANGED) i WHERE meter_id = 'M' || (i * 100)")
 due=$(psql_q "SELECT count(*) FROM prepaid.meters WHERE ladder_due_at <= prepaid.now()")
 sweep
@@ -139,7 +140,7 @@ psql_q "WITH a AS (SELECT 'M' || (20 * k + 1) AS meter_id
           SELECT episode_id, 1, started_at FROM e)
     INSERT INTO prepaid.episode_sends (episode_id, step_no, repeat_no, channel, at, note)
     SELECT episode_id, 1, 0, 'sms', started_at, 'bench' FROM e" >/dev/null
-psql_q "UPDATE prepaid.meters SET balance = 15
+psql_q "UPDATE prepaid.meters SET balance = 15, balance_fen = 1500
     WHERE meter_id IN (SELECT 'M' || (20 * k + 1) FROM generate_series(0, $ARREARS - 1) k)" >/dev/null
 psql_q "UPDATE prepaid.meters SET ladder_watch = 20, ladder_rearmed = false,
         ladder_due_at = prepaid.now() + interval '23 hours',
@@ -152,7 +153,7 @@ arrears_round()
 {
 	local ms_use due_use
 
-	ms_use=$(timed "UPDATE prepaid.meters SET balance = balance - 0.01
+	ms_use=$(timed "UPDATE prepaid.meters SET balance = balance - 0.01, balance_fen = balance_fen - 1
 	    WHERE meter_id IN (SELECT 'M' || (20 * k + 1) FROM generate_series(0, $ARREARS - 1) k)")
 	due_use=$(psql_q "SELECT count(*) FROM prepaid.meters WHERE ladder_due_at <= prepaid.now()")
 	sweep

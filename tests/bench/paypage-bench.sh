@@ -51,8 +51,8 @@ daemon_start
 psql_q "SELECT count(prepaid.register_meter('PG' || lpad(i::text, 5, '0')))
     FROM generate_series(1, $METERS) i" >/dev/null
 # A week of use on every meter: 96 charges a day, as 15-minute readings make.
-psql_q "INSERT INTO prepaid.ledger (meter_id, day, kind, amount, energy_wh)
-    SELECT 'PG' || lpad(i::text, 5, '0'), current_date - d, 'charge', -0.05, 100
+psql_q "INSERT INTO prepaid.ledger (meter_id, day, kind, amount_fen, exact_fen, energy_wh)
+    SELECT 'PG' || lpad(i::text, 5, '0'), current_date - d, 'charge', -5, -5, 100
     FROM generate_series(1, $METERS) i, generate_series(0, 6) d, generate_series(1, 96) k" \
     >/dev/null
 psql_q "SELECT url FROM prepaid.pay_links_issue()" >"$LIB_TMP/urls"

@@ -378,7 +378,16 @@ pa=$(psql_q "SELECT prepaid.approve_trip('$PA')")
 wait_until "SELECT detail = 'defer: weekend or holiday' FROM prepaid.commands
     WHERE id = '$pa'" 10 "PA: approved trip queued (deferred to Monday)"
 pa_msgs=$(msgs $PA)
-psql_q "SELECT prepaid.credit('$PA', 100.00, 'wx-4200001')" >/dev/null
+# A reminder of the episode held (as quiet hours hold one) when the payment
+# comes: it must never go out after it.
+pa_held=$(psql_q "UPDATE prepaid.messages SET state = 'queued',
+    next_attempt_at = now() + interval '1 hour'
+    WHERE message_id = (SELECT max(s.message_id) FROM prepaid.episode_sends s
+        JOIN prepaid.arrears_episodes e USING (episode_id)
+        WHERE e.meter_id = '$PA' AND e.ended_at IS NULL AND s.message_id IS NOT NULL)
+    RETURNING message_id")
+[ -n "$pa_held" ] || fail "PA: no message of the episode to hold"
+pa_entry=$(psql_q "SELECT prepaid.credit('$PA', 100.00, 'wx-4200001')")
 wait_until "SELECT ended_at IS NOT NULL FROM prepaid.arrears_episodes
     WHERE meter_id = '$PA'" 5 "PA: the episode ends within a sweep of the payment"
 assert_eq "paid|cancelled|balance restored" "$(psql_q "SELECT end_reason || '|' ||
@@ -386,6 +395,9 @@ assert_eq "paid|cancelled|balance restored" "$(psql_q "SELECT end_reason || '|' 
     "PA: episode ended 'paid', trip cancelled"
 assert_eq "cancelled|balance restored" "$(psql_q "SELECT state || '|' || detail
     FROM prepaid.commands WHERE id = '$pa'")" "PA: the queued trip command is cancelled"
+assert_eq "cancelled|episode ended: paid, entry $pa_entry" "$(psql_q "SELECT state || '|' ||
+    last_error FROM prepaid.messages WHERE message_id = $pa_held")" \
+    "PA: the held reminder is cancelled, with the reason"
 assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.arrears WHERE meter_id = '$PA'")" \
     "PA: no longer in prepaid.arrears"
 assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.trips_awaiting_approval

@@ -215,9 +215,17 @@ BEGIN
 		j := strpos(substr(t, i + 2), '}}');
 		IF j = 0 THEN RETURN r || t; END IF;
 		k := btrim(substr(t, i + 2, j - 1), E' \t');
-		IF NOT p ? k THEN RAISE EXCEPTION 'no value for {{%}}', k; END IF;
-		r := r || substr(t, 1, i - 1) || (p->>k);
+		r := r || substr(t, 1, i - 1);
 		t := substr(t, i + j + 3);
+		IF left(k, 1) = '#' THEN
+			-- a section: left out, up to its close, when its value is empty
+			IF coalesce(p->>substr(k, 2), '') = '' THEN
+				t := substr(t, strpos(t, '{{/' || substr(k, 2) || '}}') + length(k) + 4);
+			END IF;
+		ELSIF left(k, 1) <> '/' THEN
+			IF NOT p ? k THEN RAISE EXCEPTION 'no value for {{%}}', k; END IF;
+			r := r || (p->>k);
+		END IF;
 	END LOOP;
 END \$\$;
 CREATE FUNCTION public.t_expected(p_id bigint) RETURNS text LANGUAGE sql AS \$\$
@@ -483,6 +491,23 @@ assert_eq "" "$(psql_q "SELECT string_agg(template_key || '/' || channel || '/' 
     ORDER BY 1) FROM prepaid.message_templates WHERE strpos(body, E'\\\\n') > 0")" \
     "shipped templates with a literal backslash-n instead of a line break"
 
+# A site without a payment link: the link's section is left out, and the
+# reminder still reads as a sentence.
+psql_q "UPDATE prepaid.sites SET payment_link = NULL WHERE site_id = 'default'" >/dev/null
+idl=$(psql_q "SELECT prepaid.send_message('NT1', 'low_balance', 'sms', '{\"ref\": \"R-nolink\"}')")
+wait_until "SELECT state IN ('sent', 'failed') FROM prepaid.messages WHERE message_id = $idl" 15 \
+    "message $idl (no payment link) finished"
+gw_load
+assert_eq "true|true" "$(psql_q "SELECT (body::jsonb->>'text' = public.t_expected($idl))::text || '|' ||
+    (right(body::jsonb->>'text', 6) = '请及时充值。')::text FROM public.gw WHERE ref = '$idl'")" \
+    "low_balance without a payment link ends '请及时充值。', not '请及时充值：'"
+assert_eq "Dear Li, the balance of meter M1 is 5.00 yuan. Please top up." "$(psql_q "SELECT
+    public.t_render(body, '{\"name\": \"Li\", \"meter\": \"M1\", \"balance\": \"5.00\",
+    \"link\": \"\"}') FROM prepaid.message_templates WHERE template_key = 'low_balance'
+    AND channel = 'sms' AND language = 'en'")" "the English text without a link"
+psql_q "UPDATE prepaid.sites SET payment_link = 'https://pay.example.org/p?site=default&m=1'
+    WHERE site_id = 'default'" >/dev/null
+
 ##########################################################################
 note "7. e-mail over SMTP: headers written by the daemon, text intact"
 
@@ -536,9 +561,7 @@ assert_eq "<billing@example.com>|[\"<ming@example.com>\"]|true|true|true" "$(psq
     parts AS (SELECT j, split_part(j->>'data', E'\\r\\n\\r\\n', 1) AS head,
                      split_part(j->>'data', E'\\r\\n\\r\\n', 2) AS body FROM m),
     p AS (SELECT params FROM prepaid.messages WHERE message_id = $m1),
-    t AS (SELECT subject, replace(replace(replace(replace(replace(body, '{{name}}', '王小明 \"Ming\" <x>'),
-              '{{meter}}', 'NTM'), '{{balance}}', p.params->>'balance'),
-              '{{amount_due}}', p.params->>'amount_due'), '{{link}}', p.params->>'link') AS text
+    t AS (SELECT subject, public.t_render(body, p.params) AS text
           FROM prepaid.message_templates, p
           WHERE template_key = 'low_balance' AND channel = 'email' AND language = 'zh')
     SELECT j->>'from' || '|' || (j->'rcpt')::text || '|' ||

@@ -134,6 +134,25 @@ wait_until "SELECT relay = 'closed' FROM prepaid.meter_status WHERE meter_id = '
 assert_eq "25.0000000" "$(balance SIM0004)" "SIM0004 balance -5.00 + 30.00"
 psql_q "SELECT prepaid.adjust('SIM0004', -25.00, 'test: back to zero')" >/dev/null
 
+note "a payment below the restore level credits, does not re-arm, and says why"
+psql_q "SELECT prepaid.register_meter('LOW0001')" >/dev/null
+psql_q "UPDATE prepaid.meters SET relay = 'open' WHERE meter_id = 'LOW0001'" >/dev/null
+psql_q "SELECT prepaid.adjust('LOW0001', -30.00, 'test: arrears')" >/dev/null
+restore=$(psql_q "SELECT p.restore_level FROM prepaid.meters m JOIN prepaid.sites s USING (site_id)
+    JOIN prepaid.policies p ON p.policy_id = coalesce(m.policy_id, s.policy_id)
+    WHERE m.meter_id = 'LOW0001'")
+ol=$(order LOW0001 10.00 wechat)
+wx --out-trade-no "$ol" --transaction-id 4200000099 --total 1000 --expect 204 >/dev/null ||
+    fail "payment for LOW0001 not answered 204"
+assert_eq "-20.0000000" "$(balance LOW0001)" "LOW0001 credited: -30.00 + 10.00"
+assert_eq "credited|below restore level $restore: not re-armed" "$(psql_q "SELECT state || '|' ||
+    rearm_note FROM prepaid.payment_status WHERE provider_txn = '4200000099'")" \
+    "payment_status says why LOW0001 was not re-armed"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.commands WHERE meter_id = 'LOW0001'
+    AND action IN ('arm', 'close')")" "no arm for LOW0001"
+wait_log "10.00 yuan credited to meter LOW0001 .*below restore level $restore: not re-armed" 1 5
+psql_q "SELECT prepaid.adjust('LOW0001', 20.00, 'test: back to zero')" >/dev/null
+
 note "an IC card and the button restore power too (a meter without a simulator)"
 psql_q "SELECT prepaid.register_meter('CARD0001')" >/dev/null
 psql_q "UPDATE prepaid.meters SET relay = 'open' WHERE meter_id = 'CARD0001'" >/dev/null

@@ -45,8 +45,8 @@ psql_q "UPDATE prepaid.meters SET relay = CASE meter_id WHEN 'PPM2' THEN 'open' 
     WHERE meter_id LIKE 'PPM%'"
 # Use on the meter's local days: 1.5 kWh yesterday, 2.25 kWh today
 # (charges as ingest writes them; the balance is set above).
-psql_q "INSERT INTO prepaid.ledger (meter_id, day, kind, amount, energy_wh)
-    SELECT 'PPM1', (now() AT TIME ZONE 'Asia/Shanghai')::date - d, 'charge', 0, wh
+psql_q "INSERT INTO prepaid.ledger (meter_id, day, kind, amount_fen, exact_fen, energy_wh)
+    SELECT 'PPM1', (now() AT TIME ZONE 'Asia/Shanghai')::date - d, 'charge', 0, 0, wh
     FROM (VALUES (1, 1500), (0, 1000), (0, 1250)) v(d, wh)"
 
 get()

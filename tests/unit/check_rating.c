@@ -172,18 +172,21 @@ static void RATING_PRINTFLIKE(1, 2) rating_sql_any(const char *fmt, ...)
 	} while (0)
 
 /*
- * The sum of the ledger amounts of a meter whose rows match where must
- * equal want as a NUMERIC (so 0.45 equals -0.4500000 * -1, scale aside).
+ * The sum of the exact amounts (yuan) of a meter's ledger rows matching
+ * where must equal want as a NUMERIC (so 0.45 equals -0.4500000 * -1, scale
+ * aside): a charge's exact_fen / 100, a credit's amount. The whole fen of
+ * charges are checked by rating_balance().
  */
+#define RATING_EXACT "coalesce(exact_fen / 100, amount)"
 static void
 rating_sum(const char *meter, const char *where, const char *want)
 {
 	const char *ok, *got;
 
-	got = rating_sql("SELECT coalesce(sum(amount), 0)::text FROM prepaid.ledger "
+	got = rating_sql("SELECT coalesce(sum(" RATING_EXACT "), 0)::text FROM prepaid.ledger "
 	                 "WHERE meter_id = '%s' AND (%s)",
 	    meter, where);
-	ok = rating_sql("SELECT coalesce(sum(amount), 0) = (%s)::numeric "
+	ok = rating_sql("SELECT coalesce(sum(" RATING_EXACT "), 0) = (%s)::numeric "
 	                "FROM prepaid.ledger WHERE meter_id = '%s' AND (%s)",
 	    want, meter, where);
 	ck_assert_msg(strcmp(ok, "t") == 0,
@@ -210,9 +213,11 @@ rating_energy(const char *meter, const char *where, long long want)
 }
 
 /*
- * The meter's balance must equal want exactly, must equal the sum of its
- * ledger, and prepaid.verify_ledger() must find no meter at all out of
- * step. Called at the end of every test.
+ * The meter's exact balance (credits less exact charges) must equal want
+ * exactly; its balance must be the whole fen of it by the carry, i.e.
+ * credits less floor(exact charges): want rounded up to the fen; it must
+ * equal the sum of its ledger, and prepaid.verify_ledger() must find no
+ * meter at all out of step. Called at the end of every test.
  */
 static void
 rating_balance(const char *meter, const char *want_in)
@@ -223,14 +228,17 @@ rating_balance(const char *meter, const char *want_in)
 	/* want may be one of rating_sql()'s buffers: keep a copy. */
 	snprintf(want, sizeof want, "%s", want_in);
 
-	got = rating_sql("SELECT balance::text FROM prepaid.meters "
-	                 "WHERE meter_id = '%s'",
+	got = rating_sql("SELECT balance_exact::text || ' (' || balance || ')' "
+	                 "FROM prepaid.balances WHERE meter_id = '%s'",
 	    meter);
-	ok = rating_sql("SELECT balance = (%s)::numeric FROM prepaid.meters "
+	ok = rating_sql("SELECT b.balance_exact = (%s)::numeric "
+	                "AND m.balance_fen = ceil((%s)::numeric * 100) "
+	                "AND m.balance * 100 = m.balance_fen "
+	                "FROM prepaid.balances b JOIN prepaid.meters m USING (meter_id) "
 	                "WHERE meter_id = '%s'",
-	    want, meter);
+	    want, want, meter);
 	ck_assert_msg(strcmp(ok, "t") == 0,
-	    "meter %s: balance expected %s, "
+	    "meter %s: exact balance expected %s (whole fen rounded up), "
 	    "got %s",
 	    meter, want, got);
 	rating_expect("t",
@@ -611,12 +619,12 @@ START_TEST(test_tou_band_start_splits_interval_by_local_time)
 	    "AND to_seq = 5",
 	    id.meter);
 	rating_expect("t",
-	    "SELECT sum(amount) = -(sum(energy_wh) FILTER "
+	    "SELECT sum(exact_fen) / 100 = -(sum(energy_wh) FILTER "
 	    "(WHERE band = 'valley') * 0.3 + sum(energy_wh) FILTER "
 	    "(WHERE band = 'peak') * 0.6) / 1000 FROM prepaid.ledger "
 	    "WHERE meter_id = '%s' AND to_seq = 5",
 	    id.meter);
-	rating_balance(id.meter, rating_sql("SELECT sum(amount) FROM "
+	rating_balance(id.meter, rating_sql("SELECT sum(" RATING_EXACT ") FROM "
 	                                    "prepaid.ledger WHERE meter_id = '%s'",
 	                             id.meter));
 	rating_sum(id.meter, "to_seq <= 3", "-2.1");
@@ -857,16 +865,16 @@ END_TEST
 
 /* -------------------------------------------------------------- rounding */
 
-START_TEST(test_amounts_exact_to_seven_decimals_views_round_to_fen)
+START_TEST(test_amounts_exact_whole_fen_by_the_carry)
 {
 	struct rating_ids id, half;
 
 	rating_meter(&id, "round", "Asia/Shanghai", "{\"price\": 0.5283}");
 	rating_read(id.meter, 1, "2025-03-03T02:00:00Z", 0);
-	/* 1 Wh x 0.5283 / 1000 = 0.0005283, not rounded. */
+	/* 1 Wh x 0.5283 / 1000 = 0.0005283 yuan exactly, 0 fen yet. */
 	rating_read(id.meter, 2, "2025-03-03T02:15:00Z", 1);
-	rating_expect("-0.0005283",
-	    "SELECT amount::text FROM prepaid.ledger "
+	rating_expect("-0.05283|0",
+	    "SELECT exact_fen::numeric(20,5) || '|' || amount_fen FROM prepaid.ledger "
 	    "WHERE meter_id = '%s' AND to_seq = 2",
 	    id.meter);
 	/* Two more 1 Wh intervals: 3 x 0.0005283 = 0.0015849, no drift. */
@@ -874,7 +882,7 @@ START_TEST(test_amounts_exact_to_seven_decimals_views_round_to_fen)
 	rating_read(id.meter, 4, "2025-03-03T02:45:00Z", 3);
 	rating_balance(id.meter, "-0.0015849");
 	rating_expect("t",
-	    "SELECT balance_exact = -0.0015849 AND balance = 0 "
+	    "SELECT balance_exact = -0.0015849 AND balance = 0 AND carry_fen = 0.15849 "
 	    "AND balance::text = '0.00' FROM prepaid.balances WHERE "
 	    "meter_id = '%s'",
 	    id.meter);
@@ -883,22 +891,30 @@ START_TEST(test_amounts_exact_to_seven_decimals_views_round_to_fen)
 	    "'2025-03-03T02:45:00Z' FROM prepaid.balances WHERE meter_id = '%s'",
 	    id.site, id.meter);
 
-	/* Half a fen rounds away from zero: 10 Wh x 0.5 = 0.005 -> -0.01. */
+	/*
+	 * Half a fen is carried, not charged: 10 Wh x 0.5 = 0.5 fen -> 0.00;
+	 * the next half fen makes one: 20 Wh -> 1 fen, on that entry.
+	 */
 	rating_meter(&half, "roundhalf", "Asia/Shanghai", "{\"price\": 0.5}");
 	rating_read(half.meter, 1, "2025-03-03T02:00:00Z", 0);
 	rating_read(half.meter, 2, "2025-03-03T03:00:00Z", 10);
 	rating_balance(half.meter, "-0.005");
-	rating_expect("-0.01",
+	rating_expect("0.00",
 	    "SELECT balance::text FROM prepaid.balances "
 	    "WHERE meter_id = '%s'",
 	    half.meter);
-	/* Credit 0.01: 0.005 -> 0.01. */
+	rating_read(half.meter, 3, "2025-03-03T04:00:00Z", 20);
+	rating_expect("0,-1",
+	    "SELECT string_agg(amount_fen::text, ',' ORDER BY entry_id) FROM prepaid.ledger "
+	    "WHERE meter_id = '%s' AND kind = 'charge'",
+	    half.meter);
+	/* Credit 0.01: -0.01 -> 0.00. */
 	rating_sql("SELECT prepaid.credit('%s', 0.01, 'round-%s')", half.meter, rating_tag);
-	rating_expect("0.01",
+	rating_expect("0.00",
 	    "SELECT balance::text FROM prepaid.balances "
 	    "WHERE meter_id = '%s'",
 	    half.meter);
-	rating_balance(half.meter, "0.005");
+	rating_balance(half.meter, "0.000");
 }
 END_TEST
 
@@ -1050,17 +1066,25 @@ START_TEST(test_duplicates_and_late_readings_never_charge_twice)
 	/* seq 5 after a gap (3, 4): 3000 Wh x 0.5 = 1.5, one interval 2-5. */
 	rating_read(id.meter, 5, "2025-03-03T03:00:00Z", 4000);
 	rating_sum(id.meter, "from_seq = 2 AND to_seq = 5", "-1.5");
-	/* The gap filled late (with a repeat of 2): stored, not charged. */
+	/*
+	 * The gap filled late (with a repeat of 2): stored, and the interval
+	 * 2-5 re-rated with the real readings: reversed, then 2-3, 3-4 and 4-5
+	 * charged; the total stays 2.0 at a flat price.
+	 */
 	ck_assert_int_eq(rating_ingest(id.meter, late, RATING_NELEM(late)), 2);
 	ck_assert_str_eq(rating_sql("SELECT count(*) FROM prepaid.readings "
 	                            "WHERE meter_id = '%s'",
 	                     id.meter),
 	    "5");
 	rating_sum(id.meter, "true", "-2.0");
-	rating_expect("0",
-	    "SELECT count(*) FROM prepaid.ledger WHERE "
-	    "meter_id = '%s' AND (to_seq IN (3, 4) OR from_seq IN (3, 4))",
-	    id.meter);
+	rating_expect("0|1|2-3:1000,2-5:0,3-4:1000,4-5:1000",
+	    "SELECT sum(energy_wh) FILTER (WHERE from_seq = 2 AND to_seq = 5) || '|' || "
+	    "count(*) FILTER (WHERE reverses IS NOT NULL) || '|' || "
+	    "(SELECT string_agg(k || ':' || e, ',' ORDER BY k) FROM (SELECT from_seq || '-' || "
+	    "to_seq AS k, sum(energy_wh) AS e FROM prepaid.ledger WHERE meter_id = '%s' AND "
+	    "kind = 'charge' AND from_seq >= 2 GROUP BY 1) x) "
+	    "FROM prepaid.ledger WHERE meter_id = '%s' AND kind = 'charge'",
+	    id.meter, id.meter);
 	/* Next in order: 1000 Wh, 0.5. */
 	rating_read(id.meter, 6, "2025-03-03T03:15:00Z", 5000);
 	/* Out of order in one batch, with a repeat: 2500 Wh, 1.25. */
@@ -1242,12 +1266,15 @@ START_TEST(test_fast_path_charges_exactly_as_full_rating)
 
 #define RATING_FAST_Q                                                                              \
 	"SELECT coalesce(string_agg(k || '=' || v, ' ' ORDER BY k), '') FROM ("                    \
-	" SELECT 'total' AS k, sum(amount)::text AS v FROM prepaid.ledger WHERE meter_id = '%s'"   \
-	" UNION ALL SELECT 'standing', sum(amount)::text FROM prepaid.ledger"                      \
+	" SELECT 'total' AS k, sum(" RATING_EXACT                                                  \
+	")::text AS v FROM prepaid.ledger WHERE meter_id = '%s'"                                   \
+	" UNION ALL SELECT 'standing', sum(" RATING_EXACT ")::text FROM prepaid.ledger"            \
 	"  WHERE meter_id = '%s' AND kind = 'standing'"                                            \
-	" UNION ALL SELECT 'band:' || band, sum(energy_wh)::text || '/' || sum(amount)::text"      \
+	" UNION ALL SELECT 'band:' || band, sum(energy_wh)::text || '/' || sum(" RATING_EXACT      \
+	")::text"                                                                                  \
 	"  FROM prepaid.ledger WHERE meter_id = '%s' AND kind = 'charge' GROUP BY band"            \
-	" UNION ALL SELECT 'tier:' || tier, sum(energy_wh)::text || '/' || sum(amount)::text"      \
+	" UNION ALL SELECT 'tier:' || tier, sum(energy_wh)::text || '/' || sum(" RATING_EXACT      \
+	")::text"                                                                                  \
 	"  FROM prepaid.ledger WHERE meter_id = '%s' AND kind = 'charge' GROUP BY tier) x"
 	{
 		char *a = strdup(
@@ -1265,7 +1292,7 @@ START_TEST(test_fast_path_charges_exactly_as_full_rating)
 	    fast.meter);
 	/* All energy after the first reading was charged (some of it free). */
 	rating_energy(fast.meter, "kind = 'charge'", wh - r[0].wh);
-	rating_balance(fast.meter, rating_sql("SELECT sum(amount) FROM prepaid.ledger"
+	rating_balance(fast.meter, rating_sql("SELECT sum(" RATING_EXACT ") FROM prepaid.ledger"
 	                                      " WHERE meter_id = '%s'",
 	                               full.meter));
 }
@@ -1287,7 +1314,7 @@ rating_suite(void)
 	tcase_add_test(tc, test_yearly_period_rolls_over_on_its_start_month);
 	tcase_add_test(tc, test_free_quota_is_free_of_energy_and_service_fee);
 	tcase_add_test(tc, test_service_fee_per_kwh_added_to_price);
-	tcase_add_test(tc, test_amounts_exact_to_seven_decimals_views_round_to_fen);
+	tcase_add_test(tc, test_amounts_exact_whole_fen_by_the_carry);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("time");

@@ -381,6 +381,52 @@ START_TEST(malformed_placeholders_fail_with_offsets)
 }
 END_TEST
 
+/* An optional field in a section: the text reads well when it is empty. */
+START_TEST(sections_leave_out_an_empty_optional_field)
+{
+	const char *text = "Balance {{balance}} yuan. Please top up{{#link}}: {{link}}{{/link}}.";
+	struct template_var with[] = {
+	    {"balance", "5.00"}, {"link", "https://pay.example/m"}, {NULL, NULL}};
+	struct template_var empty[] = {{"balance", "5.00"}, {"link", ""}, {NULL, NULL}};
+	struct template_var missing[] = {{"balance", "5.00"}, {NULL, NULL}};
+	struct template_var nested[] = {{"a", "x"}, {"b", ""}, {NULL, NULL}};
+	char *out;
+
+	out = render_ok(text, TEMPLATE_RAW, with);
+	ck_assert_str_eq(out, "Balance 5.00 yuan. Please top up: https://pay.example/m.");
+	free(out);
+	out = render_ok(text, TEMPLATE_RAW, empty);
+	ck_assert_str_eq(out, "Balance 5.00 yuan. Please top up.");
+	free(out);
+	out = render_ok(text, TEMPLATE_RAW, missing);
+	ck_assert_str_eq(out, "Balance 5.00 yuan. Please top up.");
+	free(out);
+	/* nested: an empty inner section inside a kept outer one */
+	out = render_ok("[{{#a}}<{{a}}{{#b}}({{b}}){{/b}}>{{/a}}]", TEMPLATE_RAW, nested);
+	ck_assert_str_eq(out, "[<x>]");
+	free(out);
+	out = render_ok("[{{#b}}<{{#a}}{{a}}{{/a}}>{{/b}}]", TEMPLATE_RAW, nested);
+	ck_assert_str_eq(out, "[]");
+	free(out);
+	/* spaces inside the braces, as for names */
+	out = render_ok("a{{ #link }}b{{ /link }}c", TEMPLATE_RAW, empty);
+	ck_assert_str_eq(out, "ac");
+	free(out);
+}
+END_TEST
+
+START_TEST(sections_must_nest)
+{
+	parse_fails("x{{#a}}y", NULL, "section 'a' at offset 1 is not closed ('{{/a}}')");
+	parse_fails("x{{/a}}", NULL, "'{{/a}}' at offset 1 closes no open section");
+	parse_fails("{{#a}}{{#b}}{{/a}}{{/b}}", NULL,
+	    "'{{/a}}' at offset 12 closes no open section: open is b");
+	parse_fails("{{#A}}{{/A}}", NULL,
+	    "invalid placeholder name 'A' at offset 0 (names are [a-z0-9_.])");
+	parse_fails("{{#}}", NULL, "empty placeholder at offset 0");
+}
+END_TEST
+
 START_TEST(literal_braces)
 {
 	struct template_var vars[] = {{"name", "Lei"}, {NULL, NULL}};
@@ -574,6 +620,8 @@ template_suite(void)
 	tcase_add_test(tc, names_lists_distinct_placeholders_in_order);
 	tcase_add_test(tc, parsed_once_rendered_many_times_with_a_callback);
 	tcase_add_test(tc, mode_names);
+	tcase_add_test(tc, sections_leave_out_an_empty_optional_field);
+	tcase_add_test(tc, sections_must_nest);
 	tcase_add_test(tc, json_placeholders_ending_in_json_go_in_as_json);
 	suite_add_tcase(s, tc);
 
