@@ -4,10 +4,13 @@
 # and records every (meter, seq) the broker acknowledged (prepaid-sim
 # --record); its meters never answer resend, so nothing lost by the daemon
 # can come back from them. Proves that:
-# - kill -9 of the daemon, five times under load, loses and doubles nothing
-#   (the journal replays what was acknowledged but not committed);
-# - kill -9 while catching up after a PostgreSQL outage loses nothing
-#   (the in-memory queue, already acknowledged to the broker, is journaled);
+# - kill -9 of the daemon, five times under load, doubles nothing and loses
+#   nothing but, at most, the one message being received at each kill, in
+#   the microseconds between libmosquitto's acknowledgement and the journal's
+#   write, and that one is seen as a gap and asked for again (the journal
+#   replays what was acknowledged but not committed);
+# - kill -9 while catching up after a PostgreSQL outage likewise (the
+#   in-memory queue, already acknowledged to the broker, is journaled);
 # - a PostgreSQL immediate stop (a crash) under load loses nothing;
 # - and every time prepaid.verify_ledger() is empty;
 # - a broker killed with a backlog queued for the stopped daemon, restarted
@@ -63,22 +66,36 @@ sim_done()
 }
 
 # Everything the broker acknowledged for fleet prefix $1 (record file $2) is
-# in the database exactly once; the ledger verifies.
+# in the database exactly once; the ledger verifies. $3 is how many times the
+# daemon was killed meanwhile: libmosquitto acknowledges a QoS 1 message
+# before its callback runs (it has no delayed acknowledgement), so a kill -9
+# in the microseconds between that acknowledgement and the journal's write
+# can lose the one message being received, at most one per kill. Such a
+# reading must not vanish silently: it must lie in an open gap, for which
+# the daemon has asked the meter to resend (these simulated meters never
+# answer). Nothing else may be missing.
 nothing_lost()
 {
-	local prefix=$1 rec=$2 acked lost
+	local prefix=$1 rec=$2 kills=${3:-0} acked lost
 
 	acked=$(sort -u "$rec" | wc -l)
 	[ "$acked" -gt 0 ] || fail "the broker acknowledged nothing for $prefix"
-	wait_until "SELECT count(*) >= $acked FROM prepaid.readings WHERE meter_id LIKE '$prefix%'" \
-	    60 "$acked acknowledged readings of $prefix written"
 	sort -u "$rec" | awk '{ print $1 "\t" $2 }' >"$LIB_TMP/acked.tsv"
 	"$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -c "DROP TABLE IF EXISTS public.acked" \
 	    -c "CREATE TABLE public.acked (meter_id text, seq bigint)" \
 	    -c "\\copy public.acked FROM '$LIB_TMP/acked.tsv'" || fail "loading $rec"
+	# Wait until each acknowledged reading is stored, or known missing.
+	wait_until "SELECT NOT EXISTS (SELECT 1 FROM public.acked a WHERE NOT EXISTS (
+	    SELECT 1 FROM prepaid.readings r WHERE r.meter_id = a.meter_id AND r.seq = a.seq)
+	    AND NOT EXISTS (SELECT 1 FROM prepaid.gaps g WHERE g.meter_id = a.meter_id
+	    AND a.seq BETWEEN g.from_seq AND g.to_seq AND g.filled_at IS NULL
+	    AND g.resend_command_id IS NOT NULL))" \
+	    "${FAULTS_WRITE_SECS:-120}" "$acked acknowledged readings of $prefix written or asked for again"
 	lost=$(psql_q "SELECT count(*) FROM public.acked a WHERE NOT EXISTS (SELECT 1
 	    FROM prepaid.readings r WHERE r.meter_id = a.meter_id AND r.seq = a.seq)")
-	assert_eq 0 "$lost" "acknowledged readings of $prefix lost"
+	[ "$lost" -le "$kills" ] ||
+	    fail "$lost acknowledged readings of $prefix lost ($kills kill(s): at most one each)"
+	echo "ok - acknowledged readings of $prefix missing: $lost (at most $kills, each in an open gap with a resend)"
 	assert_eq 0 "$(psql_q "SELECT count(*) FROM (SELECT 1 FROM prepaid.readings
 	    WHERE meter_id LIKE '$prefix%' GROUP BY meter_id, seq HAVING count(*) > 1) x")" \
 	    "readings of $prefix stored twice"
@@ -88,7 +105,7 @@ nothing_lost()
 	assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.verify_ledger()")" \
 	    "rows of prepaid.verify_ledger()"
 	psql_q "DROP TABLE public.acked" >/dev/null 2>&1 || true
-	echo "ok - $prefix: $acked acknowledged, 0 lost, 0 doubled"
+	echo "ok - $prefix: $acked acknowledged, $lost lost in the acknowledgement window, 0 doubled"
 }
 
 note "kill -9 five times under load"
@@ -101,7 +118,7 @@ for i in 1 2 3 4 5; do
 	daemon_kill9
 done
 sim_done "$kil_pid" "$kil_log"
-nothing_lost KIL "$LIB_TMP/kil.rec"
+nothing_lost KIL "$LIB_TMP/kil.rec" 5
 echo "journal: $(grep -c 'record(s) of the last run' "$DAEMON_LOG") replays logged"
 
 note "kill -9 while catching up after a PostgreSQL outage"
@@ -112,7 +129,7 @@ pg_start
 wait_until "SELECT count(*) > 500 FROM prepaid.readings WHERE meter_id LIKE 'CAT%'" 30 \
     "catching up"
 daemon_kill9
-nothing_lost CAT "$LIB_TMP/cat.rec"
+nothing_lost CAT "$LIB_TMP/cat.rec" 1
 
 note "PostgreSQL immediate stop (crash) under load"
 sim_bg -i IMM -n 100 --load 8000 --rate 1000 --no-commands --record "$LIB_TMP/imm.rec"
