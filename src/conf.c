@@ -90,6 +90,8 @@ static const struct conf_key conf_key_table[] = {
         "rows kept in prepaid.rejects", NULL, 0},
     {"ingest", "partitions_ahead", CONF_INT, "3", 1, 24, true, O(ingest_partitions_ahead),
         "months of reading partitions made ahead", NULL, 0},
+    {"ingest", "connections", CONF_INT, "2", 1, 16, false, O(ingest_connections),
+        "PostgreSQL connections writing batches, meters routed by hash", NULL, 0},
 
     {"commands", "retry_initial_ms", CONF_INT, "5000", 100, 3600000, true,
         O(commands_retry_initial_ms), "first resend of an unacknowledged command", NULL, 0},

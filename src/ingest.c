@@ -73,6 +73,8 @@ struct ingest {
 	size_t nparts, capparts;
 	bool ready; /* PostgreSQL usable */
 	bool full; /* we asked the broker link to pause */
+	int share; /* writers sharing queue_bound (ingestpool.h) */
+	size_t depth_shown; /* our part of metrics.queue_depth */
 	bool draining;
 
 	struct event *window_timer;
@@ -113,10 +115,12 @@ static void
 ingest_pressure(struct ingest *in)
 {
 	size_t depth = ingest_queued(in);
-	size_t bound = (size_t)in->conf->ingest_queue_bound;
+	size_t bound = (size_t)in->conf->ingest_queue_bound / (size_t)in->share;
 	bool full;
 
-	metrics.queue_depth = (int64_t)depth;
+	/* Several writers add up to the queue depth shown. */
+	metrics.queue_depth += (int64_t)depth - (int64_t)in->depth_shown;
+	in->depth_shown = depth;
 	if (!in->ready || depth >= bound)
 		full = true;
 	else if (depth <= bound / 2)
@@ -784,8 +788,15 @@ ingest_new(struct event_base *base, struct pgconn *pc, const struct conf *conf,
 	in->window_timer = evtimer_new(base, ingest_window_cb, in);
 	in->retry_timer = evtimer_new(base, ingest_retry_cb, in);
 	in->full = false;
+	in->share = 1;
 	metrics.queue_bound = conf->ingest_queue_bound;
 	return in;
+}
+
+void
+ingest_set_share(struct ingest *in, int share)
+{
+	in->share = share > 0 ? share : 1;
 }
 
 void
@@ -793,6 +804,7 @@ ingest_free(struct ingest *in)
 {
 	if (in == NULL)
 		return;
+	metrics.queue_depth -= (int64_t)in->depth_shown;
 	event_free(in->window_timer);
 	event_free(in->retry_timer);
 	ingest_batch_free(in->inflight);

@@ -38,6 +38,9 @@ void ingest_free(struct ingest *in);
 /* A new configuration after SIGHUP (the pointer must stay valid). */
 void ingest_set_conf(struct ingest *in, const struct conf *conf);
 
+/* Share queue_bound with n-1 other writers: this one holds bound / n. */
+void ingest_set_share(struct ingest *in, int n);
+
 /* PostgreSQL connected with the right schema (true) or not (false). */
 void ingest_set_ready(struct ingest *in, bool ready);
 

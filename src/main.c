@@ -35,6 +35,7 @@
 #include "conf.h"
 #include "httpd.h"
 #include "ingest.h"
+#include "ingestpool.h"
 #include "log.h"
 #include "metrics.h"
 #include "migrate.h"
@@ -60,7 +61,7 @@ struct daemon {
 	struct conf *conf;
 	struct pgconn *pg_ingest, *pg_control, *pg_commands;
 	struct mqtt *mqtt;
-	struct ingest *ingest;
+	struct ingestpool *ingest;
 	struct outbox *outbox;
 	struct notify *notify;
 	struct ladder *ladder;
@@ -153,7 +154,7 @@ daemon_links_changed(struct daemon *d)
 
 	metrics.pg_up = pg;
 	metrics.mqtt_up = d->mqtt_up;
-	ingest_set_ready(d->ingest, d->schema_ok && d->ingest_up);
+	ingestpool_set_ready(d->ingest, d->schema_ok && d->ingest_up);
 	if (pg && d->mqtt_up && !d->ready_sent && !d->stopping) {
 		d->ready_sent = true;
 		sdnotify_ready();
@@ -398,7 +399,7 @@ mqtt_message_cb(void *arg, const char *topic, const void *payload, size_t len)
 {
 	struct daemon *d = arg;
 
-	ingest_message(d->ingest, topic, payload, len);
+	ingestpool_message(d->ingest, topic, payload, len);
 }
 
 static void
@@ -423,10 +424,10 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	if (now / 1000000 % 5 == 0)
 		sdnotify_status("%s; %llu readings/s; queue %zu; PostgreSQL %s; broker %s",
 		    d->stopping ? "stopping" : "running",
-		    (unsigned long long)(ins - d->last_inserted), ingest_depth(d->ingest),
+		    (unsigned long long)(ins - d->last_inserted), ingestpool_depth(d->ingest),
 		    metrics.pg_up ? "up" : "down", d->mqtt_up ? "up" : "down");
 	d->last_inserted = ins;
-	if (d->stopping && ingest_idle(d->ingest) && payments_pending(d->payments) == 0) {
+	if (d->stopping && ingestpool_idle(d->ingest) && payments_pending(d->payments) == 0) {
 		log_info("stopped: all received readings and payments are written");
 		event_base_loopexit(d->base, NULL);
 	}
@@ -463,7 +464,7 @@ stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	UNUSED(what);
 	log_error("stop: PostgreSQL did not take the last %zu queued items within %d s; "
 	          "exiting without them (the meters' next readings carry the registers)",
-	    ingest_depth(d->ingest), STOP_GRACE_S);
+	    ingestpool_depth(d->ingest), STOP_GRACE_S);
 	d->exit_code = 1;
 	event_base_loopexit(d->base, NULL);
 }
@@ -483,9 +484,9 @@ daemon_stop(struct daemon *d)
 	sdnotify_stopping();
 	log_info("stopping: no more reads from the broker; writing what is queued");
 	mqtt_pause(d->mqtt, true);
-	ingest_drain(d->ingest);
+	ingestpool_drain(d->ingest);
 	payments_stop(d->payments);
-	if (ingest_idle(d->ingest) && payments_pending(d->payments) == 0) {
+	if (ingestpool_idle(d->ingest) && payments_pending(d->payments) == 0) {
 		event_base_loopexit(d->base, NULL);
 		return;
 	}
@@ -525,7 +526,7 @@ daemon_reload(struct daemon *d)
 	if (d->httpd != NULL)
 		httpd_reconfigure(d->httpd, nc);
 	payments_reconfigure(d->payments, nc);
-	ingest_set_conf(d->ingest, nc);
+	ingestpool_set_conf(d->ingest, nc);
 	outbox_set_conf(d->outbox, nc);
 	notify_set_conf(d->notify, nc);
 	pgconn_set_conninfo(d->pg_ingest, nc->database_conninfo);
@@ -613,7 +614,7 @@ daemon_run(struct conf *conf)
 	memset(&ih, 0, sizeof ih);
 	ih.on_pressure = ingest_pressure_cb;
 	ih.arg = d;
-	d->ingest = ingest_new(d->base, d->pg_ingest, conf, &ih);
+	d->ingest = ingestpool_new(d->base, d->pg_ingest, conf, &ih);
 
 	memset(&mh, 0, sizeof mh);
 	mh.on_connect = mqtt_connected_cb;
@@ -668,7 +669,7 @@ daemon_run(struct conf *conf)
 	notify_free(d->notify);
 	outbox_free(d->outbox);
 	mqtt_free(d->mqtt);
-	ingest_free(d->ingest);
+	ingestpool_free(d->ingest);
 	pgconn_free(d->pg_ingest);
 	pgconn_free(d->pg_control);
 	pgconn_free(d->pg_commands);
