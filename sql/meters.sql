@@ -26,6 +26,8 @@ COMMENT ON TABLE prepaid.events IS
 	'Meter events as the meters reported them: relay changes with their cause, tamper, power down and up.';
 COMMENT ON TABLE prepaid.commands IS
 	'The command outbox: trips, arms, closes, keep-power and resends, from queued to acknowledged or expired.';
+COMMENT ON TABLE prepaid.session_losses IS
+	'Broker sessions found lost on reconnect, and the resends requested for them.';
 COMMENT ON TABLE prepaid.command_audit IS
 	'Every state change of a command, naming the database role and the application.';
 COMMENT ON TABLE prepaid.schema_migrations IS
@@ -768,3 +770,71 @@ CREATE TRIGGER meters_no_delete BEFORE DELETE ON prepaid.meters
 -- Partitions for this month and the next three, so that a new database
 -- takes readings at once; the daemon keeps [ingest] partitions_ahead.
 SELECT prepaid_internal.ensure_partitions(3);
+
+-- ---------------------------------------------------------- durability
+
+-- An event can arrive more than once: replayed from the daemon's journal
+-- after a crash (when its batch had committed but the journal was not yet
+-- trimmed), or received by every daemon, since events and acknowledgements
+-- are subscribed to unshared so that they reach a live one. It is stored
+-- once: a repeat of (meter, ts, type, relay, cause) is skipped. Batches that
+-- touch a meter are serialised on its row lock in ingest_batch(), so the
+-- check sees any earlier copy.
+CREATE OR REPLACE FUNCTION prepaid_internal.events_once_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM prepaid.events e
+	           WHERE e.meter_id = NEW.meter_id AND e.ts = NEW.ts AND e.type = NEW.type
+	             AND e.relay IS NOT DISTINCT FROM NEW.relay
+	             AND e.cause IS NOT DISTINCT FROM NEW.cause) THEN
+		RETURN NULL;
+	END IF;
+	RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS events_once ON prepaid.events;
+CREATE TRIGGER events_once BEFORE INSERT ON prepaid.events
+	FOR EACH ROW EXECUTE FUNCTION prepaid_internal.events_once_trigger();
+
+-- The broker lost the session of daemon p_client_id: ask every meter seen in
+-- the last p_hours hours to resend from its last stored reading on, at most
+-- p_rate requests a second (spread through next_attempt_at of the command
+-- outbox), record the loss in prepaid.session_losses and raise an alert.
+-- Returns the number of meters. Called by the daemon (prepaid_daemon).
+CREATE OR REPLACE FUNCTION prepaid_internal.broker_session_lost(p_client_id text,
+    p_hours integer, p_rate integer)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, prepaid, prepaid_internal, pg_temp
+AS $$
+DECLARE
+	v_n integer;
+	v_last timestamptz;
+BEGIN
+	IF p_client_id IS NULL OR p_hours IS NULL OR p_hours < 1 OR p_rate IS NULL
+	   OR p_rate < 1 THEN
+		RAISE EXCEPTION 'broker_session_lost: a client id, and positive hours and rate, are needed';
+	END IF;
+	WITH m AS (
+		SELECT meter_id, last_seq,
+		       now() + (row_number() OVER (ORDER BY last_seen DESC, meter_id) - 1)
+		               * interval '1 second' / p_rate AS due
+		FROM prepaid.meters
+		WHERE last_seq IS NOT NULL
+		  AND last_seen >= now() - make_interval(hours => p_hours)
+	), ins AS (
+		INSERT INTO prepaid.commands (meter_id, action, from_seq, reason, valid_until,
+		    next_attempt_at)
+		SELECT meter_id, 'resend', last_seq + 1,
+		       'broker session of ' || p_client_id || ' lost', due + interval '5 minutes', due
+		FROM m
+		RETURNING next_attempt_at
+	)
+	SELECT count(*), max(next_attempt_at) INTO v_n, v_last FROM ins;
+	INSERT INTO prepaid.session_losses (client_id, hours, meters, rate, last_due)
+	VALUES (p_client_id, p_hours, v_n, p_rate, v_last);
+	PERFORM pg_notify('prepaid_alerts', format('the broker lost the session of %s: '
+	    'what it had queued is gone; %s meter(s) seen in the last %s h asked to resend',
+	    p_client_id, v_n, p_hours));
+	PERFORM pg_notify('prepaid_commands', '');
+	RETURN v_n;
+END $$;

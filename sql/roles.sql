@@ -59,7 +59,8 @@ GRANT EXECUTE ON FUNCTION
         timestamptz, boolean, boolean),
     prepaid_internal.record_payment_notice(text, text, text, text, text, text, bigint,
         timestamptz),
-    prepaid_internal.prune_payment_rejects(integer)
+    prepaid_internal.prune_payment_rejects(integer),
+    prepaid_internal.broker_session_lost(text, integer, integer)
 TO prepaid_daemon;
 GRANT SELECT ON prepaid.schema_migrations, prepaid.schema_code TO prepaid_daemon;
 -- Refused payment callbacks are written after the answer, outside a
@@ -92,6 +93,9 @@ GRANT EXECUTE ON FUNCTION
 TO prepaid_operator, prepaid_finance, prepaid_readonly;
 -- prepaid.now() and prepaid.day_type() read these as the caller.
 GRANT SELECT ON prepaid.clock, prepaid.holidays TO prepaid_readonly;
+-- The record of broker sessions lost, for auditors too (append-only: only
+-- broker_session_lost() writes it, as the owner).
+GRANT SELECT ON prepaid.session_losses TO prepaid_readonly;
 
 -- --------------------------------------------------------------- operator
 

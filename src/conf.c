@@ -72,6 +72,11 @@ static const struct conf_key conf_key_table[] = {
     {"mqtt", "reconnect_max_ms", CONF_INT, "30000", 1000, 600000, true, O(mqtt_reconnect_max_ms),
         "cap of the reconnect backoff, milliseconds", NULL, 0},
 
+    {"mqtt", "session_resend_hours", CONF_INT, "24", 1, 8760, true, O(mqtt_session_resend_hours),
+        "session lost: ask meters seen within this many hours to resend", NULL, 0},
+    {"mqtt", "session_resend_rate", CONF_INT, "50", 1, 100000, true, O(mqtt_session_resend_rate),
+        "session lost: resend requests per second", NULL, 0},
+
     {"ingest", "batch_size", CONF_INT, "1000", 1, 50000, true, O(ingest_batch_size),
         "readings written per database round trip", NULL, 0},
     {"ingest", "batch_window_ms", CONF_INT, "50", 1, 10000, true, O(ingest_batch_window_ms),
@@ -92,6 +97,15 @@ static const struct conf_key conf_key_table[] = {
         "months of reading partitions made ahead", NULL, 0},
     {"ingest", "connections", CONF_INT, "2", 1, 16, false, O(ingest_connections),
         "PostgreSQL connections writing batches, meters routed by hash", NULL, 0},
+
+    {"journal", "enabled", CONF_BOOL, "true", 0, 0, false, O(journal_enabled),
+        "journal every message before queueing (off: unsafe, benchmarks only)", NULL, 0},
+    {"journal", "directory", CONF_STRING, "/var/lib/prepaidd/journal", 0, 0, false,
+        O(journal_directory), "directory of the journal's segment files", NULL, 0},
+    {"journal", "sync_ms", CONF_INT, "50", 1, 10000, true, O(journal_sync_ms),
+        "fdatasync the journal at most this often, milliseconds", NULL, 0},
+    {"journal", "max_mb", CONF_INT, "1024", 1, 1048576, false, O(journal_max_mb),
+        "journal size bound, MiB (reading pauses at 3/4)", NULL, 0},
 
     {"commands", "retry_initial_ms", CONF_INT, "5000", 100, 3600000, true,
         O(commands_retry_initial_ms), "first resend of an unacknowledged command", NULL, 0},
@@ -441,6 +455,7 @@ conf_check_string(const struct conf_key *k, const char *v, char *why, size_t len
 	switch (k->offset) {
 	case O(mqtt_host):
 	case O(http_listen):
+	case O(journal_directory):
 		if (*v == '\0')
 			return "must not be empty";
 		break;

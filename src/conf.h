@@ -130,6 +130,14 @@ struct conf {
 	int mqtt_keepalive; /* seconds */
 	char *mqtt_shared_group; /* optional: subscribe via $share/<group>/... */
 	int mqtt_reconnect_max_ms;
+	int mqtt_session_resend_hours; /* session lost: meters seen this recently resend */
+	int mqtt_session_resend_rate; /* session lost: resend requests per second */
+
+	/* [journal] */
+	bool journal_enabled; /* off only for benchmarks: unsafe */
+	char *journal_directory;
+	int journal_sync_ms; /* fdatasync at most this often */
+	int journal_max_mb; /* size bound */
 
 	/* [ingest] */
 	int ingest_batch_size; /* readings per database round trip */

@@ -26,6 +26,7 @@
 #include <jansson.h>
 
 #include "ingest.h"
+#include "journal.h"
 #include "log.h"
 #include "metrics.h"
 #include "payload.h"
@@ -41,6 +42,7 @@
 struct ingest_reading {
 	struct reading r;
 	int64_t received_us;
+	uint64_t jseq; /* journal record it came from; 0: none */
 };
 
 struct ingest_batch {
@@ -61,6 +63,7 @@ struct ingest {
 	struct pgconn *pc;
 	const struct conf *conf;
 	struct ingest_hooks hooks;
+	struct journal *jnl; /* NULL: journal off */
 
 	struct ingest_reading *rd; /* queued readings */
 	size_t nrd, caprd;
@@ -84,6 +87,7 @@ struct ingest {
 	const void *cur_payload;
 	size_t cur_len;
 	int64_t cur_us;
+	uint64_t cur_jseq; /* journal record of the message being decoded */
 	const char *rd_meter; /* meter of the message being decoded */
 };
 
@@ -147,12 +151,67 @@ ingest_mark(struct ingest *in)
 		in->oldest_us = now_mono_us();
 }
 
+/* ---------------------------------------------------------- journal */
+
+/*
+ * Every queued item carries the journal record it was decoded from (a
+ * reading in its struct, the others as "j" in their JSON object, which
+ * prepaid.ingest_batch() ignores), so that its commit can be released.
+ */
+static void
+ingest_tag(json_t *o, uint64_t jseq)
+{
+	if (jseq != 0)
+		json_object_set_new(o, "j", json_integer((json_int_t)jseq));
+}
+
+static uint64_t
+ingest_jseq(const json_t *o)
+{
+	return (uint64_t)json_integer_value(json_object_get(o, "j"));
+}
+
+static void
+ingest_release_one(struct ingest *in, uint64_t jseq)
+{
+	if (jseq != 0 && in->jnl != NULL)
+		journal_release(in->jnl, jseq);
+}
+
+static void
+ingest_release_arr(struct ingest *in, const json_t *arr)
+{
+	size_t i;
+
+	for (i = 0; i < json_array_size(arr); i++)
+		ingest_release_one(in, ingest_jseq(json_array_get(arr, i)));
+}
+
+/* The batch committed: its items leave the journal. */
+static void
+ingest_release(struct ingest *in, const struct ingest_batch *b)
+{
+	size_t i;
+
+	for (i = 0; i < b->readings; i++)
+		ingest_release_one(in, b->rd[i].jseq);
+	ingest_release_arr(in, b->events);
+	ingest_release_arr(in, b->acks);
+	ingest_release_arr(in, b->rejects);
+}
+
+void
+ingest_set_journal(struct ingest *in, struct journal *jnl)
+{
+	in->jnl = jnl;
+}
+
 /* ---------------------------------------------------------- decoding */
 
 /* Queue one reject row; hex is the payload as hex, received_at RFC 3339. */
 static void
 ingest_push_reject(struct ingest *in, const char *meter, const char *topic, const char *reason,
-    const char *hex, const char *received_at)
+    const char *hex, const char *received_at, uint64_t jseq)
 {
 	json_t *o;
 
@@ -166,6 +225,7 @@ ingest_push_reject(struct ingest *in, const char *meter, const char *topic, cons
 		if (o == NULL)
 			return;
 	}
+	ingest_tag(o, jseq);
 	ingest_mark(in);
 	json_array_append_new(in->rejects, o);
 	metrics.rejects++;
@@ -182,7 +242,7 @@ ingest_add_reject(struct ingest *in, const char *meter, const char *reason)
 	payload_escape_topic(in->cur_topic, topic, sizeof topic);
 	sbuf_hex(&hex, in->cur_payload, in->cur_len, INGEST_REJECT_KEEP_BYTES);
 	payload_format_rfc3339(in->cur_us, ts, sizeof ts);
-	ingest_push_reject(in, meter, topic, reason, hex.p ? hex.p : "", ts);
+	ingest_push_reject(in, meter, topic, reason, hex.p ? hex.p : "", ts, in->cur_jseq);
 	free(hex.p);
 	log_ratelimited(LOG_LVL_WARN, meter ? meter : topic, in->conf->ingest_reject_log_interval,
 	    "meter %s: rejected message on %s: %s", meter ? meter : "(none)", topic, reason);
@@ -200,6 +260,7 @@ ingest_on_reading(void *arg, const struct reading *r)
 	ingest_mark(in);
 	in->rd[in->nrd].r = *r;
 	in->rd[in->nrd].received_us = in->cur_us;
+	in->rd[in->nrd].jseq = in->cur_jseq;
 	in->nrd++;
 	metrics.readings_received++;
 }
@@ -219,8 +280,11 @@ ingest_on_item_reject(void *arg, int item, const char *reason)
 }
 
 void
-ingest_message(struct ingest *in, const char *topic, const void *payload, size_t len)
+ingest_message(struct ingest *in, uint64_t jseq, int64_t received_us, const char *topic,
+    const void *payload, size_t len)
 {
+	size_t before = ingest_queued(in);
+	json_t *o;
 	char meter[METER_ID_MAX + 1];
 	const char *why = NULL;
 	char reason[256];
@@ -232,7 +296,8 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 	in->cur_topic = topic;
 	in->cur_payload = payload;
 	in->cur_len = len;
-	in->cur_us = now_wall_us();
+	in->cur_us = received_us;
+	in->cur_jseq = jseq;
 
 	kind = payload_parse_topic(topic, in->conf->mqtt_topic_prefix, meter, &why);
 	in->rd_meter = meter;
@@ -252,11 +317,12 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 		sbuf_hex(&hex, payload, len, INGEST_REJECT_KEEP_BYTES);
 		payload_format_rfc3339(in->cur_us, ts, sizeof ts);
 		ingest_mark(in);
-		json_array_append_new(in->events,
-		    json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s, s:s}", "meter", meter, "ts", ev.ts,
-		        "type", ev.type, "relay", payload_relay_name(ev.relay), "cause",
-		        ev.cause[0] ? ev.cause : NULL, "received_at", ts, "payload",
-		        hex.p ? hex.p : ""));
+		o = json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s, s:s}", "meter", meter, "ts", ev.ts,
+		    "type", ev.type, "relay", payload_relay_name(ev.relay), "cause",
+		    ev.cause[0] ? ev.cause : NULL, "received_at", ts, "payload",
+		    hex.p ? hex.p : "");
+		ingest_tag(o, jseq);
+		json_array_append_new(in->events, o);
 		free(hex.p);
 		metrics.events_received++;
 		break;
@@ -273,10 +339,11 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 		sbuf_hex(&hex, payload, len, INGEST_REJECT_KEEP_BYTES);
 		payload_format_rfc3339(in->cur_us, ts, sizeof ts);
 		ingest_mark(in);
-		json_array_append_new(in->acks,
-		    json_pack("{s:s, s:s, s:s, s:s?, s:s, s:s, s:s}", "meter", meter, "id", ack.id,
-		        "result", ack.result, "relay", payload_relay_name(ack.relay), "detail",
-		        ack.detail, "received_at", ts, "payload", hex.p ? hex.p : ""));
+		o = json_pack("{s:s, s:s, s:s, s:s?, s:s, s:s, s:s}", "meter", meter, "id", ack.id,
+		    "result", ack.result, "relay", payload_relay_name(ack.relay), "detail",
+		    ack.detail, "received_at", ts, "payload", hex.p ? hex.p : "");
+		ingest_tag(o, jseq);
+		json_array_append_new(in->acks, o);
 		free(hex.p);
 		break;
 	}
@@ -285,6 +352,10 @@ ingest_message(struct ingest *in, const char *topic, const void *payload, size_t
 		break;
 	}
 	in->rd_meter = NULL;
+	in->cur_jseq = 0;
+	/* Nothing flushed meanwhile: what was queued now came from this message. */
+	if (jseq != 0 && in->jnl != NULL)
+		journal_hold(in->jnl, jseq, ingest_queued(in) - before);
 	ingest_pressure(in);
 	ingest_maybe_flush(in);
 }
@@ -540,6 +611,7 @@ ingest_poison(struct ingest *in, const struct ingest_batch *b, const char *state
 	const char *meter, *kind, *hex, *rcv;
 	char *rhex = NULL;
 	json_t *o = NULL;
+	uint64_t jseq;
 
 	ingest_poison_reason(state, msg, reason, sizeof reason);
 	metrics.ingest_poison++;
@@ -550,6 +622,7 @@ ingest_poison(struct ingest *in, const struct ingest_batch *b, const char *state
 		hex = rhex;
 		payload_format_rfc3339(b->rd[0].received_us, ts, sizeof ts);
 		rcv = ts;
+		jseq = b->rd[0].jseq;
 	} else {
 		if ((o = json_array_get(b->events, 0)) != NULL)
 			kind = "event";
@@ -562,15 +635,18 @@ ingest_poison(struct ingest *in, const struct ingest_batch *b, const char *state
 			    "ingest: reject of meter %s (%s) refused by the database: %s; dropped",
 			    meter ? meter : "(none)",
 			    json_string_value(json_object_get(o, "reason")), reason);
+			ingest_release_one(in, ingest_jseq(o));
 			return;
 		}
+		jseq = ingest_jseq(o);
 		meter = json_string_value(json_object_get(o, "meter"));
 		hex = json_string_value(json_object_get(o, "payload"));
 		rcv = json_string_value(json_object_get(o, "received_at"));
 	}
 	snprintf(
 	    topic, sizeof topic, "%s/%s/%s", in->conf->mqtt_topic_prefix, meter ? meter : "", kind);
-	ingest_push_reject(in, meter, topic, reason, hex ? hex : "", rcv ? rcv : "");
+	/* The reject takes the item's place in the journal's count. */
+	ingest_push_reject(in, meter, topic, reason, hex ? hex : "", rcv ? rcv : "", jseq);
 	free(rhex);
 	log_ratelimited(LOG_LVL_WARN, meter ? meter : topic, in->conf->ingest_reject_log_interval,
 	    "meter %s: %s refused by the database, stored as a reject: %s",
@@ -674,6 +750,7 @@ ingest_done(void *arg, PGresult *res, const char *err)
 		log_debug("ingest: batch %zu items: %llu new, %llu duplicate, %.1f ms", b->items,
 		    (unsigned long long)v[0], (unsigned long long)v[1], (double)took / 1000);
 	}
+	ingest_release(in, b);
 	metrics.batches++;
 	metrics.batch_items_last = b->items;
 	metrics.batch_us_last = took;

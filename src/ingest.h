@@ -6,7 +6,8 @@
  * flushed when a batch is full or the batch window has passed, with one
  * batch in flight at a time while the next one fills. A batch whose
  * outcome is unknown (connection lost) is sent again: the database side is
- * idempotent on (meter, seq).
+ * idempotent on (meter, seq). Every item remembers the journal record it
+ * came from (journal.h), released once its batch commits.
  *
  * Backpressure: when the queue reaches its bound, or PostgreSQL is not
  * usable, the on_pressure hook asks the broker link to stop reading; it is
@@ -44,8 +45,18 @@ void ingest_set_share(struct ingest *in, int n);
 /* PostgreSQL connected with the right schema (true) or not (false). */
 void ingest_set_ready(struct ingest *in, bool ready);
 
-/* One MQTT message (topic and payload are only valid during the call). */
-void ingest_message(struct ingest *in, const char *topic, const void *payload, size_t len);
+/*
+ * One MQTT message (topic and payload are only valid during the call),
+ * received at received_us (wall clock), from journal record jseq (0: not
+ * journaled). The items decoded from it are held in the journal until
+ * their batch commits.
+ */
+void ingest_message(struct ingest *in, uint64_t jseq, int64_t received_us, const char *topic,
+    const void *payload, size_t len);
+
+struct journal;
+/* Release committed items in jnl (NULL: no journal). */
+void ingest_set_journal(struct ingest *in, struct journal *jnl);
 
 /* Shutdown: send what is queued now, without waiting for the window. */
 void ingest_drain(struct ingest *in);

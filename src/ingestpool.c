@@ -170,7 +170,17 @@ ingestpool_set_ready(struct ingestpool *p, bool ready)
 }
 
 void
-ingestpool_message(struct ingestpool *p, const char *topic, const void *payload, size_t len)
+ingestpool_set_journal(struct ingestpool *p, struct journal *jnl)
+{
+	int i;
+
+	for (i = 0; i < p->n; i++)
+		ingest_set_journal(p->w[i].in, jnl);
+}
+
+void
+ingestpool_message(struct ingestpool *p, uint64_t jseq, int64_t received_us, const char *topic,
+    const void *payload, size_t len)
 {
 	char meter[METER_ID_MAX + 1];
 	const char *why = NULL;
@@ -179,7 +189,7 @@ ingestpool_message(struct ingestpool *p, const char *topic, const void *payload,
 	if (p->n > 1 &&
 	    payload_parse_topic(topic, p->conf->mqtt_topic_prefix, meter, &why) != TOPIC_UNKNOWN)
 		k = ingestpool_route(meter, p->n);
-	ingest_message(p->w[k].in, topic, payload, len);
+	ingest_message(p->w[k].in, jseq, received_us, topic, payload, len);
 }
 
 void

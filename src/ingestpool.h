@@ -22,6 +22,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <event2/event.h>
 
@@ -42,8 +43,12 @@ void ingestpool_set_conf(struct ingestpool *p, const struct conf *conf);
 /* The schema is right and the first connection is up (true) or not. */
 void ingestpool_set_ready(struct ingestpool *p, bool ready);
 
-/* One MQTT message, to the writer of its meter. */
-void ingestpool_message(struct ingestpool *p, const char *topic, const void *payload, size_t len);
+/* One MQTT message, to the writer of its meter (arguments as ingest_message()). */
+void ingestpool_message(struct ingestpool *p, uint64_t jseq, int64_t received_us, const char *topic,
+    const void *payload, size_t len);
+
+/* Release committed items in jnl (NULL: no journal), in every writer. */
+void ingestpool_set_journal(struct ingestpool *p, struct journal *jnl);
 
 /* Shutdown: every writer sends what it holds now. */
 void ingestpool_drain(struct ingestpool *p);

@@ -8,9 +8,11 @@
  * PostgreSQL connections ("ingest" for reading batches; "control" for the
  * schema check, LISTEN prepaid_alerts and prepaid_messages, the message
  * dispatcher, the ladder and partition upkeep; "commands" for the command
- * outbox and LISTEN prepaid_commands); the broker link; then the loop runs
- * until SIGTERM/SIGINT. READY is told to systemd once the schema is
- * verified, and both PostgreSQL and the broker are connected.
+ * outbox and LISTEN prepaid_commands); the journal (checked; what it holds
+ * is replayed once PostgreSQL is usable, before anything new is read from
+ * the broker); the broker link; then the loop runs until SIGTERM/SIGINT.
+ * READY is told to systemd once the schema is verified, and both
+ * PostgreSQL and the broker are connected.
  *
  * Errors: start-up failures exit 1 with a message on stderr; at run time a
  * failure of one connection or one message never stops the daemon. The
@@ -19,6 +21,7 @@
  */
 #include "config.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -36,6 +39,7 @@
 #include "httpd.h"
 #include "ingest.h"
 #include "ingestpool.h"
+#include "journal.h"
 #include "log.h"
 #include "metrics.h"
 #include "migrate.h"
@@ -75,6 +79,16 @@ struct daemon {
 	struct event *lag_probe;
 	int64_t lag_expected_us;
 	uint64_t last_inserted;
+
+	/* journal (NULL when [journal] enabled is off) */
+	struct journal *jnl;
+	struct event *jnl_sync, *jnl_replay;
+	bool replaying; /* records of the last run still to replay */
+	bool jnl_high; /* past its high-water mark: reading paused */
+	bool ingest_full; /* the ingest queue asked to pause */
+	bool paused; /* reading from the broker paused */
+	bool session_noted; /* the state file says we have a session */
+	bool resend_pending; /* session lost: resends not yet requested */
 };
 
 static void
@@ -203,6 +217,8 @@ daemon_fatal_stop(struct daemon *d, int code)
 	event_base_loopbreak(d->base);
 }
 
+static void session_resend(struct daemon *d);
+
 static void
 schema_checked(void *arg, PGresult *res, const char *err)
 {
@@ -256,6 +272,45 @@ schema_checked(void *arg, PGresult *res, const char *err)
 	notify_set_ready(d->notify, true);
 	ladder_set_ready(d->ladder, true);
 	daemon_links_changed(d);
+	session_resend(d);
+}
+
+/* ---------------------------------------------------- session loss */
+
+static void
+session_resend_done(void *arg, PGresult *res, const char *err)
+{
+	struct daemon *d = arg;
+
+	if (res == NULL) {
+		d->resend_pending = true; /* connection lost: again on reconnect */
+		return;
+	}
+	if (err != NULL) {
+		log_error("mqtt: session lost, but requesting resends failed: %s", err);
+		return;
+	}
+	log_warn("mqtt: session lost: %s meter(s) seen in the last %d h asked to resend, "
+	         "%d a second",
+	    PQgetvalue(res, 0, 0), d->conf->mqtt_session_resend_hours,
+	    d->conf->mqtt_session_resend_rate);
+}
+
+/* Ask the meters to resend what the broker lost (once PostgreSQL is up). */
+static void
+session_resend(struct daemon *d)
+{
+	char hours[16], rate[16];
+	const char *params[3] = {d->conf->mqtt_client_id, hours, rate};
+
+	if (!d->resend_pending || !d->control_up || !d->schema_ok)
+		return;
+	d->resend_pending = false;
+	snprintf(hours, sizeof hours, "%d", d->conf->mqtt_session_resend_hours);
+	snprintf(rate, sizeof rate, "%d", d->conf->mqtt_session_resend_rate);
+	pgconn_query(d->pg_control,
+	    "SELECT prepaid_internal.broker_session_lost($1::text, $2::int, $3::int)", 3, params,
+	    session_resend_done, d);
 }
 
 static void
@@ -373,11 +428,36 @@ ingest_lost(void *arg, struct pgconn *pc, const char *why)
 
 /* ------------------------------------------------------------- MQTT */
 
+/* The journal's state file: which session at which broker we had. */
+static void
+session_key(const struct conf *c, char *out, size_t outlen)
+{
+	snprintf(out, outlen, "%s@%s:%d", c->mqtt_client_id, c->mqtt_host, c->mqtt_port);
+}
+
+static void
+mqtt_session_lost_cb(void *arg)
+{
+	struct daemon *d = arg;
+
+	metrics.mqtt_session_lost++;
+	d->resend_pending = true;
+	session_resend(d);
+}
+
 static void
 mqtt_connected_cb(void *arg)
 {
 	struct daemon *d = arg;
+	char key[512];
 
+	if (d->jnl != NULL && !d->session_noted) {
+		session_key(d->conf, key, sizeof key);
+		if (journal_state_set(d->jnl, "session", key) != 0)
+			log_warn("journal: cannot record the broker session in %s: %s",
+			    d->conf->journal_directory, strerror(errno));
+		d->session_noted = true;
+	}
 	d->mqtt_up = true;
 	metrics.mqtt_reconnects++;
 	daemon_links_changed(d);
@@ -394,12 +474,131 @@ mqtt_lost_cb(void *arg, const char *why)
 	daemon_links_changed(d);
 }
 
+/* ----------------------------------------------------------- journal */
+
+static void daemon_update_pause(struct daemon *d);
+
+static void
+journal_failed(struct daemon *d, const char *err)
+{
+	log_error("%s: stopping; the next start replays what the journal holds", err);
+	daemon_fatal_stop(d, 1);
+}
+
+static void
+journal_sync_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	char err[512];
+
+	UNUSED(fd);
+	UNUSED(what);
+	if (journal_sync(d->jnl, err, sizeof err) != 0)
+		journal_failed(d, err);
+}
+
+/* Past 3/4 of its bound reading pauses; below 1/2 it resumes. */
+static void
+journal_check_high(struct daemon *d)
+{
+	uint64_t bytes = journal_bytes(d->jnl), max = journal_max_bytes(d->jnl);
+
+	if (!d->jnl_high && bytes >= max / 4 * 3) {
+		d->jnl_high = true;
+		metrics.journal_full++;
+		log_error("journal: %llu of %llu bytes used (%s): reading from the broker paused "
+		          "until batches commit",
+		    (unsigned long long)bytes, (unsigned long long)max, d->conf->journal_directory);
+		daemon_update_pause(d);
+	} else if (d->jnl_high && bytes <= max / 2) {
+		d->jnl_high = false;
+		log_info("journal: %llu bytes used: reading from the broker again",
+		    (unsigned long long)bytes);
+		daemon_update_pause(d);
+	}
+}
+
+static void
+replay_one(void *arg, uint64_t seq, int64_t received_us, const char *topic, const void *payload,
+    size_t len)
+{
+	struct daemon *d = arg;
+
+	ingestpool_message(d->ingest, seq, received_us, topic, payload, len);
+}
+
+/* Every 10 ms while replaying: feed the ingest queue up to half its bound. */
+static void
+journal_replay_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	size_t half = (size_t)d->conf->ingest_queue_bound / 2, depth;
+
+	UNUSED(fd);
+	UNUSED(what);
+	if (d->stopping)
+		return;
+	if (d->schema_ok && d->ingest_up && (depth = ingestpool_depth(d->ingest)) < half)
+		journal_replay(d->jnl, half - depth, replay_one, d);
+	if (!journal_replaying(d->jnl)) {
+		event_del(d->jnl_replay);
+		d->replaying = false;
+		log_info("journal: replayed %llu record(s) of the last run",
+		    (unsigned long long)metrics.journal_replayed);
+		daemon_update_pause(d);
+	}
+}
+
+/* Read from the broker unless something asks to pause; sync before resuming. */
+static void
+daemon_update_pause(struct daemon *d)
+{
+	bool pause = d->ingest_full || d->stopping || d->replaying || d->jnl_high;
+	char err[512];
+
+	if (pause == d->paused)
+		return;
+	if (!pause && d->jnl != NULL && journal_dirty(d->jnl) &&
+	    journal_sync(d->jnl, err, sizeof err) != 0) {
+		journal_failed(d, err);
+		return;
+	}
+	d->paused = pause;
+	mqtt_pause(d->mqtt, pause);
+}
+
 static void
 mqtt_message_cb(void *arg, const char *topic, const void *payload, size_t len)
 {
 	struct daemon *d = arg;
+	int64_t now = now_wall_us();
+	uint64_t seq = 0;
+	char err[512];
+	int rc;
 
-	ingestpool_message(d->ingest, topic, payload, len);
+	if (d->jnl != NULL) {
+		/* Durable against kill -9 before it is queued; synced within sync_ms. */
+		rc = journal_append(d->jnl, now, topic, payload, len, &seq, err, sizeof err);
+		if (rc < 0) {
+			journal_failed(d, err);
+		} else if (rc > 0) {
+			metrics.journal_overflow++;
+			log_ratelimited(LOG_LVL_ERROR, "journal-full", 10,
+			    "journal full (%s): a message is queued without a journal record; "
+			    "a crash now would lose it",
+			    d->conf->journal_directory);
+		} else {
+			if (!evtimer_pending(d->jnl_sync, NULL)) {
+				struct timeval tv = {d->conf->journal_sync_ms / 1000,
+				    (d->conf->journal_sync_ms % 1000) * 1000};
+
+				evtimer_add(d->jnl_sync, &tv);
+			}
+			if (!d->jnl_high)
+				journal_check_high(d);
+		}
+	}
+	ingestpool_message(d->ingest, seq, now, topic, payload, len);
 }
 
 static void
@@ -407,7 +606,10 @@ ingest_pressure_cb(void *arg, bool full)
 {
 	struct daemon *d = arg;
 
-	mqtt_pause(d->mqtt, full || d->stopping);
+	d->ingest_full = full;
+	if (d->jnl != NULL)
+		journal_check_high(d);
+	daemon_update_pause(d);
 }
 
 /* ------------------------------------------------------------ timers */
@@ -427,6 +629,8 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 		    (unsigned long long)(ins - d->last_inserted), ingestpool_depth(d->ingest),
 		    metrics.pg_up ? "up" : "down", d->mqtt_up ? "up" : "down");
 	d->last_inserted = ins;
+	if (d->jnl != NULL)
+		journal_check_high(d);
 	if (d->stopping && ingestpool_idle(d->ingest) && payments_pending(d->payments) == 0) {
 		log_info("stopped: all received readings and payments are written");
 		event_base_loopexit(d->base, NULL);
@@ -483,7 +687,7 @@ daemon_stop(struct daemon *d)
 	d->stopping = true;
 	sdnotify_stopping();
 	log_info("stopping: no more reads from the broker; writing what is queued");
-	mqtt_pause(d->mqtt, true);
+	daemon_update_pause(d);
 	ingestpool_drain(d->ingest);
 	payments_stop(d->payments);
 	if (ingestpool_idle(d->ingest) && payments_pending(d->payments) == 0) {
@@ -616,17 +820,48 @@ daemon_run(struct conf *conf)
 	ih.arg = d;
 	d->ingest = ingestpool_new(d->base, d->pg_ingest, conf, &ih);
 
+	if (conf->journal_enabled) {
+		d->jnl = journal_open(conf->journal_directory, (uint64_t)conf->journal_max_mb << 20,
+		    0, err, sizeof err);
+		if (d->jnl == NULL) {
+			fprintf(stderr, "prepaidd: %s\n", err);
+			return 1;
+		}
+		metrics.journal_max_bytes = (int64_t)journal_max_bytes(d->jnl);
+		ingestpool_set_journal(d->ingest, d->jnl);
+		d->jnl_sync = evtimer_new(d->base, journal_sync_cb, d);
+		d->jnl_replay = event_new(d->base, -1, EV_PERSIST, journal_replay_cb, d);
+		d->replaying = journal_replaying(d->jnl);
+		if (d->replaying) {
+			struct timeval ten = {0, 10000};
+
+			event_add(d->jnl_replay, &ten);
+		}
+	} else
+		log_warn("journal: off ([journal] enabled = false): messages received but not yet "
+		         "written are lost if the daemon crashes");
+
 	memset(&mh, 0, sizeof mh);
 	mh.on_connect = mqtt_connected_cb;
 	mh.on_disconnect = mqtt_lost_cb;
 	mh.on_message = mqtt_message_cb;
+	mh.on_session_lost = mqtt_session_lost_cb;
 	mh.arg = d;
 	d->mqtt = mqtt_new(d->base, conf, &mh, err, sizeof err);
 	if (d->mqtt == NULL) {
 		fprintf(stderr, "prepaidd: %s\n", err);
 		return 1;
 	}
+	if (d->jnl != NULL) {
+		char key[512];
+
+		session_key(conf, key, sizeof key);
+		d->session_noted = journal_state_is(d->jnl, "session", key);
+		mqtt_expect_session(d->mqtt, d->session_noted);
+	}
 	/* Nothing is read from the broker until PostgreSQL is usable. */
+	d->ingest_full = true;
+	d->paused = true;
 	mqtt_pause(d->mqtt, true);
 	d->outbox = outbox_new(d->base, d->pg_commands, d->mqtt, conf);
 	d->notify = notify_new(d->base, d->pg_control, conf);
@@ -670,6 +905,11 @@ daemon_run(struct conf *conf)
 	outbox_free(d->outbox);
 	mqtt_free(d->mqtt);
 	ingestpool_free(d->ingest);
+	if (d->jnl_sync != NULL)
+		event_free(d->jnl_sync);
+	if (d->jnl_replay != NULL)
+		event_free(d->jnl_replay);
+	journal_close(d->jnl); /* syncs; what did not commit stays for the next start */
 	pgconn_free(d->pg_ingest);
 	pgconn_free(d->pg_control);
 	pgconn_free(d->pg_commands);

@@ -144,6 +144,27 @@ metrics_render(void)
 	    (long long)m->queue_bound);
 	C("ingest_pauses_total", "Times reading from the broker was paused (backpressure).",
 	    m->paused_total);
+	G("journal_bytes", "Bytes of the journal's segment files.", "%lld",
+	    (long long)m->journal_bytes);
+	G("journal_max_bytes", "Bound of the journal ([journal] max_mb).", "%lld",
+	    (long long)m->journal_max_bytes);
+	G("journal_segments", "Journal segment files.", "%lld", (long long)m->journal_segments);
+	C("journal_records_total", "Messages appended to the journal.", m->journal_records);
+	C("journal_syncs_total", "Journal syncs (fdatasync).", m->journal_syncs);
+	C("journal_replayed_total", "Journal records replayed at start.", m->journal_replayed);
+	C("journal_trimmed_total", "Journal segments deleted once all their items committed.",
+	    m->journal_trimmed);
+	C("journal_torn_total", "Journal segments found with a bad tail at start.",
+	    m->journal_torn);
+	C("journal_corrupt_total", "Older journal segments found damaged (kept as *.corrupt).",
+	    m->journal_corrupt);
+	C("journal_full_total", "Times the journal passed its high-water mark (reading paused).",
+	    m->journal_full);
+	C("journal_overflow_total", "Messages queued without a journal record (journal full).",
+	    m->journal_overflow);
+	C("mqtt_session_lost_total",
+	    "Reconnects that found the broker had lost our session (resends requested).",
+	    m->mqtt_session_lost);
 	C("commands_published_total", "Commands published to meters (including re-sends).",
 	    m->commands_published);
 	C("command_claims_total", "Outbox claim round trips.", m->command_claims);

@@ -38,6 +38,19 @@ struct metrics {
 	int64_t queue_depth; /* items waiting, not yet sent */
 	int64_t queue_bound;
 	uint64_t paused_total; /* times reading was paused */
+	/* journal */
+	int64_t journal_bytes; /* bytes of all segment files */
+	int64_t journal_max_bytes;
+	int64_t journal_segments;
+	uint64_t journal_records; /* records appended */
+	uint64_t journal_syncs; /* fdatasync calls */
+	uint64_t journal_replayed; /* records replayed at start */
+	uint64_t journal_trimmed; /* segments deleted once committed */
+	uint64_t journal_torn; /* segments found with a bad tail */
+	uint64_t journal_corrupt; /* older segments found damaged */
+	uint64_t journal_full; /* times it passed its high-water mark */
+	uint64_t journal_overflow; /* messages queued without a journal record */
+	uint64_t mqtt_session_lost; /* reconnects that found our session gone */
 	/* commands */
 	uint64_t commands_published;
 	uint64_t command_claims;

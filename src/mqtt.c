@@ -67,6 +67,7 @@ struct mqtt {
 	bool started; /* the library knows host and port */
 	bool connected; /* CONNACK accepted */
 	bool ever_connected;
+	bool expect_session; /* an earlier run had a session */
 	bool paused;
 	bool deferred; /* a connect attempt waits for resume */
 	bool stopping; /* mqtt_disconnect() called */
@@ -227,9 +228,12 @@ mqtt_on_connect(
 	m->fail_logged = false;
 	log_info(
 	    "mqtt: connected to %s:%d (session %s)", m->host, m->port, resumed ? "resumed" : "new");
-	if (m->ever_connected && !resumed)
-		log_warn("mqtt: the broker did not keep our session: messages "
-		         "published while we were away are lost");
+	if ((m->ever_connected || m->expect_session) && !resumed) {
+		log_warn("mqtt: the broker did not keep our session: what it queued for us "
+		         "while we were away is lost");
+		if (m->h.on_session_lost != NULL)
+			m->h.on_session_lost(m->h.arg);
+	}
 	m->ever_connected = true;
 	/* The session keeps them too, but a broker may have lost it. */
 	for (i = 0; i < MQTT_NSUBS; i++) {
@@ -419,13 +423,15 @@ mqtt_retry_cb(evutil_socket_t fd, short what, void *arg)
 	mqtt_connect_start(m);
 }
 
+/* Readings are shared between daemons; acknowledgements and events are not. */
 static char *
 mqtt_filter(const struct conf *conf, const char *leaf)
 {
 	const char *prefix = conf->mqtt_topic_prefix != NULL ? conf->mqtt_topic_prefix : "meters";
 	char *s;
 
-	if (conf->mqtt_shared_group != NULL && *conf->mqtt_shared_group != '\0')
+	if (conf->mqtt_shared_group != NULL && *conf->mqtt_shared_group != '\0' &&
+	    strcmp(leaf, "reading") == 0)
 		xasprintf(&s, "$share/%s/%s/+/%s", conf->mqtt_shared_group, prefix, leaf);
 	else
 		xasprintf(&s, "%s/+/%s", prefix, leaf);
@@ -560,6 +566,12 @@ bool
 mqtt_connected(const struct mqtt *m)
 {
 	return m->connected;
+}
+
+void
+mqtt_expect_session(struct mqtt *m, bool expect)
+{
+	m->expect_session = expect;
 }
 
 void

@@ -26,6 +26,13 @@ struct mqtt_handlers {
 	/* Connected and subscriptions sent (every (re)connect). */
 	void (*on_connect)(void *arg);
 	void (*on_disconnect)(void *arg, const char *why);
+	/*
+	 * The broker answered a (re)connect without our session although one
+	 * was expected (we had one in this process, or mqtt_expect_session()):
+	 * what it queued for us while we were away is gone. Called before
+	 * on_connect.
+	 */
+	void (*on_session_lost)(void *arg);
 	/* A message; topic and payload are valid only during the call. */
 	void (*on_message)(void *arg, const char *topic, const void *payload, size_t len);
 	/* The broker acknowledged our publish with this mid (QoS >= 1). */
@@ -35,8 +42,12 @@ struct mqtt_handlers {
 
 /*
  * Create and start connecting. Subscribes, at conf->mqtt_qos, to
- * <prefix>/+/reading, <prefix>/+/event and <prefix>/+/ack — each wrapped as
- * $share/<group>/... when mqtt_shared_group is set. Returns NULL with a
+ * <prefix>/+/reading — wrapped as $share/<group>/... when mqtt_shared_group
+ * is set — and to <prefix>/+/event and <prefix>/+/ack always unshared: with
+ * several daemons each receives every acknowledgement and event, so that
+ * they reach a live daemon when another is down (the broker would keep
+ * dealing a share to the dead daemon's session); processing them twice is
+ * harmless. Returns NULL with a
  * message in err if the library refuses the settings (bad TLS files...).
  */
 struct mqtt *mqtt_new(struct event_base *base, const struct conf *conf,
@@ -44,6 +55,9 @@ struct mqtt *mqtt_new(struct event_base *base, const struct conf *conf,
 void mqtt_free(struct mqtt *m);
 
 bool mqtt_connected(const struct mqtt *m);
+
+/* A session should exist at the broker already (from an earlier run). */
+void mqtt_expect_session(struct mqtt *m, bool expect);
 
 /* Stop (true) or resume (false) reading the socket. Idempotent. */
 void mqtt_pause(struct mqtt *m, bool pause);

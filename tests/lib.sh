@@ -294,6 +294,8 @@ log_type notice
 log_type information
 connection_messages true
 EOF
+	# Settings of a test's own (later lines win), e.g. persistence.
+	[ -z "${BROKER_EXTRA:-}" ] || printf '%s\n' "$BROKER_EXTRA" >>"$dir/mosquitto.conf"
 	$LIB_SETSID "$MOSQUITTO" -c "$dir/mosquitto.conf" >>"$BROKER_LOG" 2>&1 &
 	BROKER_PID=$!
 	deadline=$(($(lib_now_ms) + 10000))
@@ -348,6 +350,7 @@ daemon_config()
 		[http.listen]=127.0.0.1
 		[http.port]=$HTTP_PORT
 		[log.level]=info
+		[journal.directory]=$LIB_TMP/journal
 	)
 	for a in "$@"; do
 		k=${a%%=*}
@@ -360,7 +363,7 @@ daemon_config()
 	done
 	{
 		echo "# written by tests/lib.sh daemon_config"
-		for s in database mqtt ingest commands http payments log; do
+		for s in database mqtt ingest journal commands http payments log; do
 			echo "[$s]"
 			for k in $(printf '%s\n' "${!kv[@]}" | grep "^$s\." | sort); do
 				v=${kv[$k]}
@@ -612,7 +615,7 @@ daemon2_config()
 	[ -n "$HTTP2_PORT" ] || HTTP2_PORT=$(free_port)
 	CONF=$CONF2
 	HTTP_PORT=$HTTP2_PORT
-	daemon_config "$@"
+	daemon_config "journal.directory=$LIB_TMP/journal2" "$@"
 	CONF=$conf1
 	HTTP_PORT=$http1
 }

@@ -102,6 +102,7 @@ static struct {
 	const char *client_id;
 	int inflight;
 	bool status;
+	const char *record; /* --record: file of (meter, seq) the broker acknowledged */
 	int64_t load;
 	int64_t rate;
 	bool verbose;
@@ -143,6 +144,9 @@ static struct {
 	/* per message id: how many readings it carries (0: not a reading) */
 	uint32_t mid_readings[65536];
 	uint8_t mid_tracked[65536];
+	char *mid_rec[65536]; /* --record: "meter seq" lines of a message in flight */
+	char *rec_next; /* lines of the reading message being published */
+	FILE *rec;
 	int64_t outstanding; /* QoS > 0 publishes awaiting their ack */
 	int64_t outstanding_rd; /* of which reading messages */
 	int64_t published; /* readings in reading messages sent */
@@ -361,6 +365,10 @@ sim_publish(const char *topic, const char *payload, size_t len, int qos, uint32_
 	}
 	sim.mid_readings[(uint16_t)mid] = readings;
 	sim.mid_tracked[(uint16_t)mid] = 1;
+	if (readings > 0 && sim.rec_next != NULL) {
+		free(sim.mid_rec[(uint16_t)mid]);
+		sim.mid_rec[(uint16_t)mid] = xstrdup(sim.rec_next);
+	}
 	sim.outstanding++;
 	if (readings > 0)
 		sim.outstanding_rd++;
@@ -377,6 +385,12 @@ sim_on_publish(struct mosquitto *mosq, void *arg, int mid)
 	if (!sim.mid_tracked[m])
 		return;
 	sim.mid_tracked[m] = 0;
+	if (sim.mid_rec[m] != NULL) {
+		/* The broker acknowledged it: a loss after this is the head-end's. */
+		fputs(sim.mid_rec[m], sim.rec);
+		free(sim.mid_rec[m]);
+		sim.mid_rec[m] = NULL;
+	}
 	n = sim.mid_readings[m];
 	sim.mid_readings[m] = 0;
 	sim.outstanding--;
@@ -410,9 +424,19 @@ sim_publish_readings(
 		sim_buf_add("]");
 	if (sent == 0)
 		return;
+	if (sim.rec != NULL && opt.qos > 0) {
+		struct sbuf lines = {0};
+
+		for (i = 0; i < n; i++)
+			if (!(skip_lost && sim_skipped(r[i].seq)))
+				sbuf_printf(&lines, "%s %" PRId64 "\n", m->id, r[i].seq);
+		sim.rec_next = lines.p;
+	}
 	sim_publish(m->t_reading, sim.buf, sim.buf_len, opt.qos, (uint32_t)sent);
 	if (opt.duplicate)
 		sim_publish(m->t_reading, sim.buf, sim.buf_len, opt.qos, (uint32_t)sent);
+	free(sim.rec_next);
+	sim.rec_next = NULL;
 }
 
 static void
@@ -1103,7 +1127,8 @@ sim_usage(FILE *f)
 	    "         [-P prefix] [-p port] [-q qos] [-r ms] [-w watts] [--client-id id]\n"
 	    "         [--duplicate] [--hold n] [--inflight n] [--linger ms] [--load n]\n"
 	    "         [--no-commands] [--press-delay ms] [--rate r] [--skip-seq list]\n"
-	    "         [--start-energy wh] [--start-seq n] [--status] [--ts-now | --ts-step]\n");
+	    "         [--record file] [--start-energy wh] [--start-seq n] [--status]\n"
+	    "         [--ts-now | --ts-step]\n");
 }
 
 enum {
@@ -1120,6 +1145,7 @@ enum {
 	OPT_CLIENT_ID,
 	OPT_INFLIGHT,
 	OPT_STATUS,
+	OPT_RECORD,
 	OPT_LOAD,
 	OPT_RATE,
 	OPT_HELP
@@ -1135,8 +1161,9 @@ static const struct option sim_longopts[] = {{"start-seq", required_argument, NU
     {"hold", required_argument, NULL, OPT_HOLD}, {"linger", required_argument, NULL, OPT_LINGER},
     {"client-id", required_argument, NULL, OPT_CLIENT_ID},
     {"inflight", required_argument, NULL, OPT_INFLIGHT}, {"status", no_argument, NULL, OPT_STATUS},
-    {"load", required_argument, NULL, OPT_LOAD}, {"rate", required_argument, NULL, OPT_RATE},
-    {"help", no_argument, NULL, OPT_HELP}, {NULL, 0, NULL, 0}};
+    {"record", required_argument, NULL, OPT_RECORD}, {"load", required_argument, NULL, OPT_LOAD},
+    {"rate", required_argument, NULL, OPT_RATE}, {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0}};
 
 static void
 sim_options(int argc, char **argv)
@@ -1217,6 +1244,9 @@ sim_options(int argc, char **argv)
 		case OPT_STATUS:
 			opt.status = true;
 			break;
+		case OPT_RECORD:
+			opt.record = optarg;
+			break;
 		case OPT_LOAD:
 			opt.load = sim_number(optarg, 1, INT64_MAX / 2, "--load");
 			break;
@@ -1237,6 +1267,8 @@ sim_options(int argc, char **argv)
 	}
 	if (opt.rate > 0 && opt.load == 0)
 		sim_fatal("--rate needs --load");
+	if (opt.record != NULL && (sim.rec = fopen(opt.record, "w")) == NULL)
+		sim_fatal("--record %s: %s", opt.record, strerror(errno));
 }
 
 static bool

@@ -13,6 +13,9 @@
 #      charging off (no tariff) and (4b) on (a flat tariff);
 #   5. publish->commit latency (p50/p99) at half that rate, open loop;
 #   6. prepaidd's peak RSS;
+#   6b. the journal's cost: sustained rate and p99 publish->commit at a
+#      quarter of that rate, with the journal and with [journal] enabled =
+#      false (unsafe, benchmarks only), alternating, twice each;
 #   7. notification dispatch: messages/s to a loopback gateway (tests/fakegw)
 #      while readings keep arriving, and the event loop's lag p99 meanwhile;
 #
@@ -205,7 +208,7 @@ pg_restart
 CONNINFO="host=127.0.0.1 port=$PG_PORT user=postgres dbname=prepaid"
 
 bench_broker_start
-daemon_config \
+BENCH_CONF=(
     "mqtt.client_id=bench-prepaidd" \
     "ingest.batch_size=$BATCH" \
     "ingest.batch_window_ms=$WINDOW_MS" \
@@ -215,6 +218,8 @@ daemon_config \
     "commands.retry_initial_ms=5000" \
     "commands.retry_max_ms=60000" \
     "log.level=info"
+)
+daemon_config "${BENCH_CONF[@]}"
 daemon_migrate
 
 echo
@@ -374,6 +379,67 @@ RSS=$(awk '/^VmRSS:/ { print $2 }' "/proc/$DAEMON_PID/status")
 bench_line "prepaidd peak RSS (VmHWM)" "$((HWM / 1024)) MiB (now $((RSS / 1024)) MiB)"
 daemon_stop >/dev/null
 
+# --- 6b. the journal's cost
+
+# Phases 4 and 5 once more, with the journal as configured ($1: true or
+# false), so that both see the same machine; the latency at a quarter of
+# phase 4's rate ($JRATE), well below saturation, where a difference is the
+# journal's and not the queue's. Sets JB_RATE and JB_P99.
+bench_journal()
+{
+	local base pid first lat_n p50 pmax
+
+	daemon_config "${BENCH_CONF[@]}" "journal.enabled=$1"
+	bench_reset
+	bench_daemon_start
+	base=$(bench_metric prepaidd_readings_inserted_total)
+	sim_bg -n "$METERS" -i JB --load "$N" -q 1 --inflight "$INFLIGHT" --no-commands \
+	    "${CONSUMPTION[@]}"
+	pid=$SIM_PID
+	bench_wait_inserted $((base + N))
+	wait "$pid" || fail "prepaid-sim failed: $(tail -n 3 "$SIM_LOG")"
+	first=$(bench_psql "SELECT extract(epoch FROM min(ts)) FROM prepaid.readings")
+	JB_RATE=$(bench_calc 'sprintf("%.0f", n / (t1 - t0))' -v n="$N" -v t0="$first" \
+	    -v t1="$BENCH_T_DONE")
+	bench_reset
+	base=$(bench_metric prepaidd_readings_inserted_total)
+	sim_bg -n "$METERS" -i JL --load "$JLAT_N" --rate "$JRATE" -q 1 --inflight "$INFLIGHT" \
+	    --no-commands
+	pid=$SIM_PID
+	bench_wait_inserted $((base + JLAT_N))
+	wait "$pid" || fail "prepaid-sim failed: $(tail -n 3 "$SIM_LOG")"
+	IFS='|' read -r lat_n p50 JB_P99 pmax <<<"$(bench_psql "SELECT count(*),
+	        round(percentile_cont(0.50) WITHIN GROUP (ORDER BY d)::numeric, 1),
+	        round(percentile_cont(0.99) WITHIN GROUP (ORDER BY d)::numeric, 1),
+	        round(max(d)::numeric, 1)
+	    FROM (SELECT extract(epoch FROM ingested_at - ts) * 1000 AS d
+	          FROM prepaid.readings WHERE meter_id LIKE 'JL%') x")"
+	bench_line "journal $1: sustained" "$JB_RATE readings/s"
+	bench_line "journal $1: publish->commit at $JRATE/s" \
+	    "p50 $p50 ms, p99 $JB_P99 ms, max $pmax ms ($lat_n readings)"
+	[ "$1" = false ] || bench_line "  journal" \
+	    "$(bench_metric prepaidd_journal_records_total) records, $(bench_metric prepaidd_journal_syncs_total) syncs, $(bench_metric prepaidd_journal_trimmed_total) segments trimmed, $(bench_metric prepaidd_journal_bytes) bytes left"
+	daemon_stop >/dev/null
+}
+
+note "6b the journal's cost: with it and without ([journal] enabled = false), twice, alternating"
+JRATE=$((DAEMON_RATE / 4))
+[ "$JRATE" -gt 0 ] || JRATE=1
+JLAT_N=$((JRATE * LAT_SECONDS))
+J_RATE=0 J_P99=0 NOJ_RATE=0 NOJ_P99=0
+for round in 1 2; do
+	bench_journal true
+	J_RATE=$((J_RATE + JB_RATE))
+	J_P99=$(bench_calc 'sprintf("%.1f", a + b)' -v a="$J_P99" -v b="$JB_P99")
+	bench_journal false
+	NOJ_RATE=$((NOJ_RATE + JB_RATE))
+	NOJ_P99=$(bench_calc 'sprintf("%.1f", a + b)' -v a="$NOJ_P99" -v b="$JB_P99")
+done
+J_RATE=$((J_RATE / 2)) NOJ_RATE=$((NOJ_RATE / 2))
+J_P99=$(bench_calc 'sprintf("%.1f", a / 2)' -v a="$J_P99")
+NOJ_P99=$(bench_calc 'sprintf("%.1f", a / 2)' -v a="$NOJ_P99")
+daemon_config "${BENCH_CONF[@]}"
+
 # --- 7. notification dispatch while readings keep arriving
 
 MSG_N=${BENCH_MSG_N:-10000}
@@ -463,6 +529,10 @@ bench_line "prepaidd / naive" "$R2 (target >= 10) $(verdict 'r >= 10' -v r="$R2"
 bench_line "p99 publish->commit at half load" \
     "$P99 ms (target <= $TARGET_MS ms) $(verdict 'p <= t' -v p="$P99" -v t="$TARGET_MS")"
 bench_line "prepaidd peak RSS" "$((HWM / 1024)) MiB"
+RJ=$(bench_calc 'sprintf("%.2f", d / n)' -v d="$J_RATE" -v n="$NOJ_RATE")
+DJ=$(bench_calc 'sprintf("%.1f", p - q)' -v p="$J_P99" -v q="$NOJ_P99")
+bench_line "journal: rate with / without (mean of 2)" "$J_RATE / $NOJ_RATE = $RJ (target >= 0.9) $(verdict 'r >= 0.9' -v r="$RJ")"
+bench_line "journal: p99 at $JRATE/s with - without" "$J_P99 - $NOJ_P99 = $DJ ms (target <= +10 ms) $(verdict 'd <= 10' -v d="$DJ")"
 bench_line "message dispatch" "$MSG_RATE messages/s (target >= 500) $(verdict 'r >= 500' -v r="$MSG_RATE")"
 bench_line "  loop lag p99 meanwhile" "<= $LAG_P99 ms (target < 20 ms) $(verdict 'l < 20' -v l="${LAG_P99//>/}")"
 exit 0

@@ -124,7 +124,8 @@ assert_eq "f|f" "$(psql_q "SELECT rolsuper, rolcreaterole FROM pg_roles WHERE ro
 
 for role in "${ROLES[@]}"; do
 	for t in ledger:entry_id readings:seq payments:payment_id command_audit:id \
-	    operator_audit:id message_attempts:attempt payment_rejects:id payment_notices:id; do
+	    operator_audit:id message_attempts:attempt payment_rejects:id payment_notices:id \
+	    session_losses:id; do
 		tab=${t%%:*}
 		col=${t#*:}
 		for sql in "ALTER TABLE prepaid.$tab DISABLE TRIGGER ALL" \
@@ -135,7 +136,7 @@ for role in "${ROLES[@]}"; do
 		done
 	done
 done
-echo "ok - no runtime role may disable a trigger of, update, delete or truncate the ledger, readings, payments or an audit table (${#ROLES[@]} roles x 8 tables x 4 statements)"
+echo "ok - no runtime role may disable a trigger of, update, delete or truncate the ledger, readings, payments or an audit table (${#ROLES[@]} roles x 9 tables x 4 statements)"
 got=$(state_as "$PG_DAEMON" "ALTER TABLE prepaid.ledger DISABLE TRIGGER ledger_append_only")
 assert_eq 42501 "$got" "daemon: ALTER TABLE prepaid.ledger DISABLE TRIGGER ledger_append_only"
 got=$(state_as "$PG_DAEMON" "CREATE OR REPLACE FUNCTION prepaid_internal.ledger_append_only_trigger()

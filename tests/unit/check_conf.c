@@ -1014,7 +1014,7 @@ START_TEST(test_error_gateway_section_names)
 	    "[gateway 0123456789abcdef0123456789abcdefX]\n", 1, NULL, "bad gateway name");
 	conf_test_fail("[gatewayx]\n", 1, "[gatewayx]",
 	    "unknown section (known: database, "
-	    "mqtt, ingest, commands, http, payments, log, gateway NAME)");
+	    "mqtt, ingest, journal, commands, http, payments, log, gateway NAME)");
 	conf_test_cleanup();
 }
 END_TEST
