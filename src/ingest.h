@@ -4,7 +4,8 @@
  * acknowledgements and the rejects are queued, and written to PostgreSQL in
  * batches — one round trip per batch through prepaid_internal.ingest_batch() —
  * flushed when a batch is full or the batch window has passed, with one
- * batch in flight at a time while the next one fills. A batch whose
+ * batch in flight at a time while the next one fills (ingestpool.h runs
+ * several of these writers, one a connection). A batch whose
  * outcome is unknown (connection lost) is sent again: the database side is
  * idempotent on (meter, seq). Every item remembers the journal record it
  * came from (journal.h), released once its batch commits.
