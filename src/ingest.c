@@ -77,6 +77,7 @@ struct ingest {
 	bool ready; /* PostgreSQL usable */
 	bool full; /* we asked the broker link to pause */
 	int share; /* writers sharing queue_bound (ingestpool.h) */
+	int writer; /* this writer's index among them */
 	size_t depth_shown; /* our part of metrics.queue_depth */
 	bool draining;
 
@@ -125,6 +126,10 @@ ingest_pressure(struct ingest *in)
 	/* Several writers add up to the queue depth shown. */
 	metrics.queue_depth += (int64_t)depth - (int64_t)in->depth_shown;
 	in->depth_shown = depth;
+	if (in->writer < METRICS_WRITERS_MAX) {
+		metrics.writer_depth[in->writer] = (int64_t)depth;
+		metrics.writer_up[in->writer] = in->ready;
+	}
 	if (!in->ready || depth >= bound)
 		full = true;
 	else if (depth <= bound / 2)
@@ -752,6 +757,10 @@ ingest_done(void *arg, PGresult *res, const char *err)
 	}
 	ingest_release(in, b);
 	metrics.batches++;
+	if (in->writer < METRICS_WRITERS_MAX) {
+		metrics.writer_batches[in->writer]++;
+		metrics.writer_us_sum[in->writer] += (uint64_t)took;
+	}
 	metrics.batch_items_last = b->items;
 	metrics.batch_us_last = took;
 	metrics.batch_us_sum += (uint64_t)took;
@@ -871,9 +880,12 @@ ingest_new(struct event_base *base, struct pgconn *pc, const struct conf *conf,
 }
 
 void
-ingest_set_share(struct ingest *in, int share)
+ingest_set_share(struct ingest *in, int writer, int share)
 {
 	in->share = share > 0 ? share : 1;
+	in->writer = writer >= 0 ? writer : 0;
+	if (in->share > metrics.ingest_writers)
+		metrics.ingest_writers = in->share;
 }
 
 void

@@ -40,8 +40,11 @@ void ingest_free(struct ingest *in);
 /* A new configuration after SIGHUP (the pointer must stay valid). */
 void ingest_set_conf(struct ingest *in, const struct conf *conf);
 
-/* Share queue_bound with n-1 other writers: this one holds bound / n. */
-void ingest_set_share(struct ingest *in, int n);
+/*
+ * This is writer number writer (from 0) of n sharing queue_bound: it holds
+ * bound / n items, and its metrics are shown as writer="writer + 1".
+ */
+void ingest_set_share(struct ingest *in, int writer, int n);
 
 /* PostgreSQL connected with the right schema (true) or not (false). */
 void ingest_set_ready(struct ingest *in, bool ready);

@@ -126,7 +126,7 @@ ingestpool_new(struct event_base *base, struct pgconn *pc, const struct conf *co
 			    conf->database_reconnect_max_ms, &ph);
 		}
 		w->in = ingest_new(base, i == 0 ? pc : w->pc, conf, &wh);
-		ingest_set_share(w->in, n);
+		ingest_set_share(w->in, i, n);
 	}
 	return p;
 }

@@ -286,6 +286,19 @@ assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.gaps WHERE meter_id LIKE 'PO
     "no gap: every meter's readings were written in order"
 wait_until "SELECT count(*) = 4 FROM pg_stat_activity
     WHERE application_name ~ '^prepaidd-ingest[0-9]*$'" 20 "the lost connection is back"
+daemon_metrics >"$LIB_TMP/pool-metrics"
+for w in 1 2 3 4; do
+	b=$(awk -v k="prepaidd_ingest_writer_batches_total{writer=\"$w\"}" '$1 == k { print $2 }' \
+	    "$LIB_TMP/pool-metrics")
+	[ "${b:-0}" -gt 0 ] || fail "writer $w wrote no batch: the meters are not spread"
+	echo "ok - writer $w wrote $b batches"
+done
+deadline=$(($(lib_now_ms) + 10000))
+until daemon_metrics | grep -q '^prepaidd_ingest_writer_up{writer="3"} 1$'; do
+	[ "$(lib_now_ms)" -lt "$deadline" ] || fail "writer 3 not usable again"
+	sleep 0.2
+done
+echo "ok - writer 3 usable again"
 
 daemon_stop
 echo "PASS: ingest"
