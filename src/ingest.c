@@ -452,6 +452,20 @@ ingest_params(struct ingest *in, struct ingest_batch *b)
 	b->params[15] = xstrdup(in->conf->mqtt_topic_prefix);
 }
 
+/*
+ * Readings in one batch: batch_size shared among the writers, so that as
+ * many readings are in flight as with one. (A batch spanning more than one
+ * round of a meter's readings would take the slow path of charging, one
+ * interval per meter being the fast one.)
+ */
+static size_t
+ingest_batch_max(const struct ingest *in)
+{
+	size_t n = (size_t)in->conf->ingest_batch_size / (size_t)in->share;
+
+	return n > 0 ? n : 1;
+}
+
 /* Build a batch from the front of the queue; it takes the items over. */
 static struct ingest_batch *
 ingest_build(struct ingest *in)
@@ -459,8 +473,8 @@ ingest_build(struct ingest *in)
 	struct ingest_batch *b = xcalloc(1, sizeof *b);
 	size_t n = in->nrd;
 
-	if (n > (size_t)in->conf->ingest_batch_size)
-		n = (size_t)in->conf->ingest_batch_size;
+	if (n > ingest_batch_max(in))
+		n = ingest_batch_max(in);
 	if (n > 0) {
 		b->rd = xreallocarray(NULL, n, sizeof *b->rd);
 		memcpy(b->rd, in->rd, n * sizeof *b->rd);
@@ -824,7 +838,7 @@ ingest_maybe_flush(struct ingest *in)
 	if (ingest_queued(in) == 0 || in->inflight != NULL || !in->ready)
 		return;
 	age = now_mono_us() - in->oldest_us;
-	if (in->draining || in->nrd >= (size_t)in->conf->ingest_batch_size || age >= window) {
+	if (in->draining || in->nrd >= ingest_batch_max(in) || age >= window) {
 		ingest_flush(in);
 		return;
 	}

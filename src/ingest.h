@@ -41,8 +41,9 @@ void ingest_free(struct ingest *in);
 void ingest_set_conf(struct ingest *in, const struct conf *conf);
 
 /*
- * This is writer number writer (from 0) of n sharing queue_bound: it holds
- * bound / n items, and its metrics are shown as writer="writer + 1".
+ * This is writer number writer (from 0) of n sharing queue_bound and
+ * batch_size: it holds queue_bound / n items, writes batches of at most
+ * batch_size / n readings, and its metrics are shown as writer="writer + 1".
  */
 void ingest_set_share(struct ingest *in, int writer, int n);
 

@@ -12,8 +12,8 @@
  * the connection it is given, the others open their own.
  *
  * Each writer keeps its own queue (queue_bound / connections items), its
- * batch in flight, its retries and its poison-batch split; the broker link
- * is asked to pause while any writer is full or not ready, and to resume
+ * batch in flight (at most batch_size / connections readings), its retries and its poison-batch
+ * split; the broker link is asked to pause while any writer is full or not ready, and to resume
  * once none is. Journal records are held and released by the writer that
  * took them, in any order across writers (journal.h counts per record).
  */
