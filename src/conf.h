@@ -149,6 +149,7 @@ struct conf {
 	int ingest_reject_log_interval; /* seconds between log lines per meter */
 	int ingest_rejects_keep; /* rows kept in prepaid.rejects */
 	int ingest_partitions_ahead; /* months of reading partitions kept ready */
+	int ingest_connections; /* batch writers, each on its own connection */
 
 	/* [commands] */
 	int commands_retry_initial_ms; /* first resend of an unacknowledged command */

@@ -76,6 +76,9 @@ struct ingest {
 	size_t nparts, capparts;
 	bool ready; /* PostgreSQL usable */
 	bool full; /* we asked the broker link to pause */
+	int share; /* writers sharing queue_bound (ingestpool.h) */
+	int writer; /* this writer's index among them */
+	size_t depth_shown; /* our part of metrics.queue_depth */
 	bool draining;
 
 	struct event *window_timer;
@@ -117,10 +120,16 @@ static void
 ingest_pressure(struct ingest *in)
 {
 	size_t depth = ingest_queued(in);
-	size_t bound = (size_t)in->conf->ingest_queue_bound;
+	size_t bound = (size_t)in->conf->ingest_queue_bound / (size_t)in->share;
 	bool full;
 
-	metrics.queue_depth = (int64_t)depth;
+	/* Several writers add up to the queue depth shown. */
+	metrics.queue_depth += (int64_t)depth - (int64_t)in->depth_shown;
+	in->depth_shown = depth;
+	if (in->writer < METRICS_WRITERS_MAX) {
+		metrics.writer_depth[in->writer] = (int64_t)depth;
+		metrics.writer_up[in->writer] = in->ready;
+	}
 	if (!in->ready || depth >= bound)
 		full = true;
 	else if (depth <= bound / 2)
@@ -443,6 +452,20 @@ ingest_params(struct ingest *in, struct ingest_batch *b)
 	b->params[15] = xstrdup(in->conf->mqtt_topic_prefix);
 }
 
+/*
+ * Readings in one batch: batch_size shared among the writers, so that as
+ * many readings are in flight as with one. (A batch spanning more than one
+ * round of a meter's readings would take the slow path of charging, one
+ * interval per meter being the fast one.)
+ */
+static size_t
+ingest_batch_max(const struct ingest *in)
+{
+	size_t n = (size_t)in->conf->ingest_batch_size / (size_t)in->share;
+
+	return n > 0 ? n : 1;
+}
+
 /* Build a batch from the front of the queue; it takes the items over. */
 static struct ingest_batch *
 ingest_build(struct ingest *in)
@@ -450,8 +473,8 @@ ingest_build(struct ingest *in)
 	struct ingest_batch *b = xcalloc(1, sizeof *b);
 	size_t n = in->nrd;
 
-	if (n > (size_t)in->conf->ingest_batch_size)
-		n = (size_t)in->conf->ingest_batch_size;
+	if (n > ingest_batch_max(in))
+		n = ingest_batch_max(in);
 	if (n > 0) {
 		b->rd = xreallocarray(NULL, n, sizeof *b->rd);
 		memcpy(b->rd, in->rd, n * sizeof *b->rd);
@@ -748,6 +771,10 @@ ingest_done(void *arg, PGresult *res, const char *err)
 	}
 	ingest_release(in, b);
 	metrics.batches++;
+	if (in->writer < METRICS_WRITERS_MAX) {
+		metrics.writer_batches[in->writer]++;
+		metrics.writer_us_sum[in->writer] += (uint64_t)took;
+	}
 	metrics.batch_items_last = b->items;
 	metrics.batch_us_last = took;
 	metrics.batch_us_sum += (uint64_t)took;
@@ -811,7 +838,7 @@ ingest_maybe_flush(struct ingest *in)
 	if (ingest_queued(in) == 0 || in->inflight != NULL || !in->ready)
 		return;
 	age = now_mono_us() - in->oldest_us;
-	if (in->draining || in->nrd >= (size_t)in->conf->ingest_batch_size || age >= window) {
+	if (in->draining || in->nrd >= ingest_batch_max(in) || age >= window) {
 		ingest_flush(in);
 		return;
 	}
@@ -861,8 +888,18 @@ ingest_new(struct event_base *base, struct pgconn *pc, const struct conf *conf,
 	in->window_timer = evtimer_new(base, ingest_window_cb, in);
 	in->retry_timer = evtimer_new(base, ingest_retry_cb, in);
 	in->full = false;
+	in->share = 1;
 	metrics.queue_bound = conf->ingest_queue_bound;
 	return in;
+}
+
+void
+ingest_set_share(struct ingest *in, int writer, int share)
+{
+	in->share = share > 0 ? share : 1;
+	in->writer = writer >= 0 ? writer : 0;
+	if (in->share > metrics.ingest_writers)
+		metrics.ingest_writers = in->share;
 }
 
 void
@@ -870,6 +907,7 @@ ingest_free(struct ingest *in)
 {
 	if (in == NULL)
 		return;
+	metrics.queue_depth -= (int64_t)in->depth_shown;
 	event_free(in->window_timer);
 	event_free(in->retry_timer);
 	ingest_batch_free(in->inflight);

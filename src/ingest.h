@@ -4,7 +4,8 @@
  * acknowledgements and the rejects are queued, and written to PostgreSQL in
  * batches — one round trip per batch through prepaid_internal.ingest_batch() —
  * flushed when a batch is full or the batch window has passed, with one
- * batch in flight at a time while the next one fills. A batch whose
+ * batch in flight at a time while the next one fills (ingestpool.h runs
+ * several of these writers, one a connection). A batch whose
  * outcome is unknown (connection lost) is sent again: the database side is
  * idempotent on (meter, seq). Every item remembers the journal record it
  * came from (journal.h), released once its batch commits.
@@ -38,6 +39,13 @@ void ingest_free(struct ingest *in);
 
 /* A new configuration after SIGHUP (the pointer must stay valid). */
 void ingest_set_conf(struct ingest *in, const struct conf *conf);
+
+/*
+ * This is writer number writer (from 0) of n sharing queue_bound and
+ * batch_size: it holds queue_bound / n items, writes batches of at most
+ * batch_size / n readings, and its metrics are shown as writer="writer + 1".
+ */
+void ingest_set_share(struct ingest *in, int writer, int n);
 
 /* PostgreSQL connected with the right schema (true) or not (false). */
 void ingest_set_ready(struct ingest *in, bool ready);

@@ -38,6 +38,7 @@
 #include "conf.h"
 #include "httpd.h"
 #include "ingest.h"
+#include "ingestpool.h"
 #include "journal.h"
 #include "log.h"
 #include "metrics.h"
@@ -66,7 +67,7 @@ struct daemon {
 	struct conf *conf;
 	struct pgconn *pg_ingest, *pg_control, *pg_commands;
 	struct mqtt *mqtt;
-	struct ingest *ingest;
+	struct ingestpool *ingest;
 	struct outbox *outbox;
 	struct notify *notify;
 	struct ladder *ladder;
@@ -171,7 +172,7 @@ daemon_links_changed(struct daemon *d)
 
 	metrics.pg_up = pg;
 	metrics.mqtt_up = d->mqtt_up;
-	ingest_set_ready(d->ingest, d->schema_ok && d->ingest_up);
+	ingestpool_set_ready(d->ingest, d->schema_ok && d->ingest_up);
 	if (pg && d->mqtt_up && !d->ready_sent && !d->stopping) {
 		d->ready_sent = true;
 		sdnotify_ready();
@@ -527,7 +528,7 @@ replay_one(void *arg, uint64_t seq, int64_t received_us, const char *topic, cons
 {
 	struct daemon *d = arg;
 
-	ingest_message(d->ingest, seq, received_us, topic, payload, len);
+	ingestpool_message(d->ingest, seq, received_us, topic, payload, len);
 }
 
 /* Every 10 ms while replaying: feed the ingest queue up to half its bound. */
@@ -541,7 +542,7 @@ journal_replay_cb(evutil_socket_t fd, short what, void *arg)
 	UNUSED(what);
 	if (d->stopping)
 		return;
-	if (d->schema_ok && d->ingest_up && (depth = ingest_depth(d->ingest)) < half)
+	if (d->schema_ok && d->ingest_up && (depth = ingestpool_depth(d->ingest)) < half)
 		journal_replay(d->jnl, half - depth, replay_one, d);
 	if (!journal_replaying(d->jnl)) {
 		event_del(d->jnl_replay);
@@ -601,7 +602,7 @@ mqtt_message_cb(void *arg, const char *topic, const void *payload, size_t len)
 				journal_check_high(d);
 		}
 	}
-	ingest_message(d->ingest, seq, now, topic, payload, len);
+	ingestpool_message(d->ingest, seq, now, topic, payload, len);
 }
 
 static void
@@ -629,12 +630,12 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	if (now / 1000000 % 5 == 0)
 		sdnotify_status("%s; %llu readings/s; queue %zu; PostgreSQL %s; broker %s",
 		    d->stopping ? "stopping" : "running",
-		    (unsigned long long)(ins - d->last_inserted), ingest_depth(d->ingest),
+		    (unsigned long long)(ins - d->last_inserted), ingestpool_depth(d->ingest),
 		    metrics.pg_up ? "up" : "down", d->mqtt_up ? "up" : "down");
 	d->last_inserted = ins;
 	if (d->jnl != NULL)
 		journal_check_high(d);
-	if (d->stopping && ingest_idle(d->ingest) && payments_pending(d->payments) == 0) {
+	if (d->stopping && ingestpool_idle(d->ingest) && payments_pending(d->payments) == 0) {
 		log_info("stopped: all received readings and payments are written");
 		event_base_loopexit(d->base, NULL);
 	}
@@ -671,7 +672,7 @@ stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	UNUSED(what);
 	log_error("stop: PostgreSQL did not take the last %zu queued items within %d s; "
 	          "exiting without them (the meters' next readings carry the registers)",
-	    ingest_depth(d->ingest), STOP_GRACE_S);
+	    ingestpool_depth(d->ingest), STOP_GRACE_S);
 	d->exit_code = 1;
 	event_base_loopexit(d->base, NULL);
 }
@@ -691,10 +692,10 @@ daemon_stop(struct daemon *d)
 	sdnotify_stopping();
 	log_info("stopping: no more reads from the broker; writing what is queued");
 	daemon_update_pause(d);
-	ingest_drain(d->ingest);
+	ingestpool_drain(d->ingest);
 	payments_stop(d->payments);
 	paysite_stop(d->paysite);
-	if (ingest_idle(d->ingest) && payments_pending(d->payments) == 0) {
+	if (ingestpool_idle(d->ingest) && payments_pending(d->payments) == 0) {
 		event_base_loopexit(d->base, NULL);
 		return;
 	}
@@ -736,7 +737,7 @@ daemon_reload(struct daemon *d)
 	payments_reconfigure(d->payments, nc);
 	payout_reconfigure(d->payout, nc);
 	paysite_reconfigure(d->paysite, nc);
-	ingest_set_conf(d->ingest, nc);
+	ingestpool_set_conf(d->ingest, nc);
 	outbox_set_conf(d->outbox, nc);
 	notify_set_conf(d->notify, nc);
 	pgconn_set_conninfo(d->pg_ingest, nc->database_conninfo);
@@ -838,7 +839,7 @@ daemon_run(struct conf *conf)
 	memset(&ih, 0, sizeof ih);
 	ih.on_pressure = ingest_pressure_cb;
 	ih.arg = d;
-	d->ingest = ingest_new(d->base, d->pg_ingest, conf, &ih);
+	d->ingest = ingestpool_new(d->base, d->pg_ingest, conf, &ih);
 
 	if (conf->journal_enabled) {
 		d->jnl = journal_open(conf->journal_directory, (uint64_t)conf->journal_max_mb << 20,
@@ -848,7 +849,7 @@ daemon_run(struct conf *conf)
 			return 1;
 		}
 		metrics.journal_max_bytes = (int64_t)journal_max_bytes(d->jnl);
-		ingest_set_journal(d->ingest, d->jnl);
+		ingestpool_set_journal(d->ingest, d->jnl);
 		d->jnl_sync = evtimer_new(d->base, journal_sync_cb, d);
 		d->jnl_replay = event_new(d->base, -1, EV_PERSIST, journal_replay_cb, d);
 		d->replaying = journal_replaying(d->jnl);
@@ -930,7 +931,7 @@ daemon_run(struct conf *conf)
 	notify_free(d->notify);
 	outbox_free(d->outbox);
 	mqtt_free(d->mqtt);
-	ingest_free(d->ingest);
+	ingestpool_free(d->ingest);
 	if (d->jnl_sync != NULL)
 		event_free(d->jnl_sync);
 	if (d->jnl_replay != NULL)

@@ -103,6 +103,58 @@ metrics_histogram(
 	b->len += (size_t)n;
 }
 
+/* One gauge or counter per ingest writer, labelled writer="1".."n". */
+static void
+metrics_writers(struct metrics_buf *b, const char *name, const char *type, const char *help,
+    int decimals, double (*get)(int))
+{
+	int i, n;
+
+	for (;;) {
+		size_t need = b->len + 512 + (size_t)metrics.ingest_writers * 96;
+
+		if (need < b->cap)
+			break;
+		b->cap *= 2;
+		b->p = xrealloc(b->p, b->cap);
+	}
+	n = snprintf(
+	    b->p + b->len, b->cap - b->len, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+	b->len += (size_t)n;
+	for (i = 0; i < metrics.ingest_writers && i < METRICS_WRITERS_MAX; i++) {
+		n = snprintf(b->p + b->len, b->cap - b->len, "%s{writer=\"%d\"} ", name, i + 1);
+		b->len += (size_t)n;
+		n = snprintf(b->p + b->len, b->cap - b->len, "%.*f", decimals, get(i));
+		b->len += (size_t)n;
+		b->p[b->len++] = '\n';
+		b->p[b->len] = '\0';
+	}
+}
+
+static double
+metrics_w_batches(int i)
+{
+	return (double)metrics.writer_batches[i];
+}
+
+static double
+metrics_w_seconds(int i)
+{
+	return (double)metrics.writer_us_sum[i] / 1e6;
+}
+
+static double
+metrics_w_depth(int i)
+{
+	return (double)metrics.writer_depth[i];
+}
+
+static double
+metrics_w_up(int i)
+{
+	return (double)metrics.writer_up[i];
+}
+
 #define C(name, help, v)                                                                           \
 	metrics_add(&b, "prepaidd_" name, "counter", help, "%llu", (unsigned long long)(v))
 #define G(name, help, fmt, v) metrics_add(&b, "prepaidd_" name, "gauge", help, fmt, v)
@@ -140,6 +192,14 @@ metrics_render(void)
 	    "Time spent in batch round trips, microsecond resolution (as seconds).",
 	    m->batch_us_sum / 1000000);
 	G("queue_depth", "Items waiting to be written.", "%lld", (long long)m->queue_depth);
+	metrics_writers(&b, "prepaidd_ingest_writer_batches_total", "counter",
+	    "Batches written, per ingest connection.", 0, metrics_w_batches);
+	metrics_writers(&b, "prepaidd_ingest_writer_busy_seconds_total", "counter",
+	    "Time with a batch in flight, per ingest connection.", 3, metrics_w_seconds);
+	metrics_writers(&b, "prepaidd_ingest_writer_queue_depth", "gauge",
+	    "Items waiting to be written, per ingest connection.", 0, metrics_w_depth);
+	metrics_writers(&b, "prepaidd_ingest_writer_up", "gauge",
+	    "Ingest connection usable (1) or not (0).", 0, metrics_w_up);
 	G("queue_bound", "Items held before reading from the broker pauses.", "%lld",
 	    (long long)m->queue_bound);
 	C("ingest_pauses_total", "Times reading from the broker was paused (backpressure).",

@@ -17,6 +17,9 @@ struct metrics_hist {
 	uint64_t sum_us;
 };
 
+/* Most ingest writers ([ingest] connections). */
+#define METRICS_WRITERS_MAX 16
+
 struct metrics {
 	/* ingest */
 	uint64_t messages_received; /* MQTT messages on our topics */
@@ -36,6 +39,12 @@ struct metrics {
 	int64_t batch_us_last;
 	uint64_t batch_us_sum;
 	int64_t queue_depth; /* items waiting, not yet sent */
+	/* per ingest writer (ingestpool.h), [0, ingest_writers) */
+	int ingest_writers;
+	uint64_t writer_batches[METRICS_WRITERS_MAX];
+	uint64_t writer_us_sum[METRICS_WRITERS_MAX]; /* time with a batch in flight */
+	int64_t writer_depth[METRICS_WRITERS_MAX];
+	int writer_up[METRICS_WRITERS_MAX];
 	int64_t queue_bound;
 	uint64_t paused_total; /* times reading was paused */
 	/* journal */

@@ -599,6 +599,36 @@ wait_until()
 	done
 }
 
+# Meter ids, one for each of the daemon's ingest connections: a meter's
+# messages are written in order on the connection of its meter (FNV-1a of
+# the id modulo [ingest] connections, as src/ingestpool.c routes them), so
+# a marker reading written on each of them means that everything published
+# before the markers is written. Prints MARK plus a number, one a line.
+marker_ids()
+{
+	local n i c h id k
+	local -A seen=()
+
+	n=$(awk '/^\[/ { s = $1 } s == "[ingest]" && /^connections *=/ { sub(/.*= */, ""); v = $0 }
+	    END { print v }' "$CONF" 2>/dev/null)
+	# (The default, as the sample configuration shows it.)
+	[ -n "$n" ] || n=$(awk '/^\[/ { s = $1 } s == "[ingest]" && /^;connections =/ { print $3 }' \
+	    "$top_srcdir/etc/prepaidd.conf")
+	[ -n "$n" ] || n=1
+	for ((i = 0; ${#seen[@]} < n; i++)); do
+		id=MARK$i
+		h=2166136261
+		for ((c = 0; c < ${#id}; c++)); do
+			printf -v k '%d' "'${id:c:1}"
+			h=$((((h ^ k) * 16777619) & 0xffffffff))
+		done
+		k=$((h % n))
+		[ -n "${seen[$k]:-}" ] && continue
+		seen[$k]=1
+		echo "$id"
+	done
+}
+
 # --- clean-up
 
 # --- a second daemon on the same database and broker (tests of several

@@ -10,7 +10,9 @@
 #   2. batched COPY of the same rows at the daemon's batch size (bench-copy);
 #   3. the naive subscriber: one autocommit INSERT per message (bench-naive);
 #   4. prepaidd's sustained ingest rate, QoS 1, from the simulator, with
-#      charging off (no tariff) and (4b) on (a flat tariff);
+#      charging off (no tariff) and (4b) on (a flat tariff; the meters
+#      registered in advance and in credit, so that the arrears ladder is
+#      not measured as charging);
 #   5. publish->commit latency (p50/p99) at half that rate, open loop;
 #   6. prepaidd's peak RSS;
 #   6b. the journal's cost: sustained rate and p99 publish->commit at a
@@ -18,6 +20,12 @@
 #      false (unsafe, benchmarks only), alternating, twice each;
 #   7. notification dispatch: messages/s to a loopback gateway (tests/fakegw)
 #      while readings keep arriving, and the event loop's lag p99 meanwhile;
+#   8. catch-up: a backlog queued in the broker for the daemon's session
+#      while it is stopped (charging on), then drained after a start: (8a)
+#      single readings from $METERS meters (one reading per meter in a
+#      batch), (8b) single readings from a few meters (many readings per
+#      meter in a batch, as in any catch-up), (8c) array payloads of
+#      BENCH_CATCHUP_ARRAY readings (a gateway's or a back-filling meter's);
 #
 # then prints the ratios against the targets of the meter-link issue. It is
 # a measurement, not a test: it exits 0 whatever the figures, and non-zero
@@ -29,8 +37,13 @@
 # BENCH_BATCH (the daemon's batch_size, also COPY's; 1000), BENCH_WINDOW_MS
 # (batch_window_ms; 50), BENCH_QUEUE (queue_bound; 50000), BENCH_NAIVE_N
 # (20000), BENCH_LAT_SECONDS (length of the latency phase; 10),
-# BENCH_INFLIGHT (the simulator's publish window; 100), PREPAID_KEEP_TMP=1
-# keeps the logs.
+# BENCH_INFLIGHT (the simulator's publish window; 100), BENCH_CONNECTIONS
+# ([ingest] connections; the daemon's default if unset), BENCH_CATCHUP_N
+# (readings in each catch-up backlog; 200000, 1000000 for the published
+# figure), BENCH_CATCHUP_FEW (meters in 8b; 20), BENCH_CATCHUP_ARRAY
+# (readings per array payload in 8c; 96, a day at 15 minutes),
+# BENCH_JOURNAL_ROUNDS (rounds of phase 6b; 2, 0 skips it),
+# BENCH_SKIP_CATCHUP=1 skips phase 8, PREPAID_KEEP_TMP=1 keeps the logs.
 
 set -e
 
@@ -51,6 +64,11 @@ QUEUE=${BENCH_QUEUE:-50000}
 NAIVE_N=${BENCH_NAIVE_N:-20000}
 LAT_SECONDS=${BENCH_LAT_SECONDS:-10}
 INFLIGHT=${BENCH_INFLIGHT:-100}
+CONNECTIONS=${BENCH_CONNECTIONS:-}
+CATCHUP_N=${BENCH_CATCHUP_N:-200000}
+CATCHUP_FEW=${BENCH_CATCHUP_FEW:-20}
+CATCHUP_ARRAY=${BENCH_CATCHUP_ARRAY:-96}
+JOURNAL_ROUNDS=${BENCH_JOURNAL_ROUNDS:-2}
 # Generous: a phase that takes this long has broken, not run slowly.
 PHASE_TIMEOUT=${BENCH_PHASE_TIMEOUT:-180}
 SIM_TIMEOUT=$PHASE_TIMEOUT
@@ -111,6 +129,19 @@ bench_reset()
 	    UPDATE prepaid.sites SET default_tariff_id = NULL" \
 	    >/dev/null || fail "could not empty the tables"
 	bench_psql "CHECKPOINT" >/dev/null
+}
+
+# Register the simulator's meters $1 0001..$2 in advance, in credit, as
+# most of a fleet is: with every meter in arrears the arrears ladder (a
+# trigger on every balance change, sweeps) would be measured as charging.
+bench_credit()
+{
+	bench_psql "SELECT count(prepaid.credit(id, 1000000, 'bench')) FROM (
+	    SELECT id FROM (SELECT '$1' || CASE WHEN i < 10000 THEN lpad(i::text, 4, '0')
+	                                       ELSE i::text END AS id
+	                    FROM generate_series(1, $2) i) x
+	    WHERE prepaid.register_meter(id) IS NOT NULL) y" >/dev/null ||
+	    fail "could not register and credit the meters"
 }
 
 bench_metric()
@@ -218,6 +249,7 @@ BENCH_CONF=(
     "commands.retry_initial_ms=5000" \
     "commands.retry_max_ms=60000" \
     "log.level=info"
+    ${CONNECTIONS:+"ingest.connections=$CONNECTIONS"}
 )
 daemon_config "${BENCH_CONF[@]}"
 daemon_migrate
@@ -227,7 +259,7 @@ echo "prepaidd ingest benchmark — $(date '+%F %T')"
 bench_line "machine" "$(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 bench_line "PostgreSQL" "$(bench_psql 'SHOW server_version'), fsync=$(bench_psql 'SHOW fsync'), synchronous_commit=$(bench_psql 'SHOW synchronous_commit'), shared_buffers=$(bench_psql 'SHOW shared_buffers')"
 bench_line "readings, meters" "$N readings from $METERS meters, QoS 1, window $INFLIGHT"
-bench_line "daemon batch" "batch_size=$BATCH batch_window_ms=$WINDOW_MS queue_bound=$QUEUE"
+bench_line "daemon batch" "batch_size=$BATCH batch_window_ms=$WINDOW_MS queue_bound=$QUEUE connections=${CONNECTIONS:-default}"
 echo
 
 # --- 1. broker-only ceiling
@@ -325,6 +357,7 @@ bench_psql "SELECT prepaid.create_tariff('bench', 'bench flat')
             WHERE NOT EXISTS (SELECT 1 FROM prepaid.tariff_versions WHERE tariff_id = 'bench');
     UPDATE prepaid.sites SET default_tariff_id = 'bench' WHERE site_id = 'default'" >/dev/null ||
     fail "could not set up the tariff"
+bench_credit SIM "$METERS"
 base=$(bench_metric prepaidd_readings_inserted_total)
 sim_bg -n "$METERS" --load "$N" -q 1 --inflight "$INFLIGHT" --no-commands "${CONSUMPTION[@]}"
 CSIM_PID=$SIM_PID
@@ -427,7 +460,7 @@ JRATE=$((DAEMON_RATE / 4))
 [ "$JRATE" -gt 0 ] || JRATE=1
 JLAT_N=$((JRATE * LAT_SECONDS))
 J_RATE=0 J_P99=0 NOJ_RATE=0 NOJ_P99=0
-for round in 1 2; do
+for round in $(seq 1 "$JOURNAL_ROUNDS"); do
 	bench_journal true
 	J_RATE=$((J_RATE + JB_RATE))
 	J_P99=$(bench_calc 'sprintf("%.1f", a + b)' -v a="$J_P99" -v b="$JB_P99")
@@ -435,9 +468,10 @@ for round in 1 2; do
 	NOJ_RATE=$((NOJ_RATE + JB_RATE))
 	NOJ_P99=$(bench_calc 'sprintf("%.1f", a + b)' -v a="$NOJ_P99" -v b="$JB_P99")
 done
-J_RATE=$((J_RATE / 2)) NOJ_RATE=$((NOJ_RATE / 2))
-J_P99=$(bench_calc 'sprintf("%.1f", a / 2)' -v a="$J_P99")
-NOJ_P99=$(bench_calc 'sprintf("%.1f", a / 2)' -v a="$NOJ_P99")
+JR=$((JOURNAL_ROUNDS > 0 ? JOURNAL_ROUNDS : 1))
+J_RATE=$((J_RATE / JR)) NOJ_RATE=$((NOJ_RATE / JR))
+J_P99=$(bench_calc 'sprintf("%.1f", a / r)' -v a="$J_P99" -v r="$JR")
+NOJ_P99=$(bench_calc 'sprintf("%.1f", a / r)' -v a="$NOJ_P99" -v r="$JR")
 daemon_config "${BENCH_CONF[@]}"
 
 # --- 7. notification dispatch while readings keep arriving
@@ -499,6 +533,64 @@ bench_line "messages sent (queued -> gateway answered)" "$MSG_RATE messages/s ($
 bench_line "  event-loop lag p99 meanwhile" "<= $LAG_P99 ms (readings at $HALF/s at the same time)"
 daemon_stop >/dev/null
 
+# --- 8. catch-up
+
+# The daemon's session exists (it ran above); with the daemon stopped, the
+# simulator queues a backlog of $CATCHUP_N readings in the broker for that
+# session ($1: a label, then the simulator's arguments); the daemon is
+# started and the drain rate is the backlog over the time from its start to
+# the last reading inserted. Charging is on (the flat tariff of phase 4b).
+# Sets CU_RATE.
+bench_catchup()
+{
+	local label=$1 t0 base pub b
+
+	shift
+	bench_reset
+	bench_psql "UPDATE prepaid.sites SET default_tariff_id = 'bench' WHERE site_id = 'default'" \
+	    >/dev/null
+	bench_credit "CU$CU_ROUND" "$METERS"
+	sim -i "CU$CU_ROUND" --load "$CATCHUP_N" -q 1 --inflight "$INFLIGHT" --no-commands \
+	    "${CONSUMPTION[@]}" "$@" >"$LIB_TMP/sim-catchup.out" 2>&1 ||
+	    fail "prepaid-sim failed: $(tail -n 3 "$LIB_TMP/sim-catchup.out")"
+	pub=$(bench_result "$LIB_TMP/sim-catchup.out")
+	echo "=== bench daemon start (catch-up $label) $(date +%T)" >>"$DAEMON_LOG"
+	t0=$(bench_now)
+	$LIB_SETSID "$top_builddir/prepaidd" -c "$CONF" >>"$DAEMON_LOG" 2>&1 &
+	DAEMON_PID=$!
+	bench_wait_inserted "$CATCHUP_N"
+	CU_RATE=$(bench_calc 'sprintf("%.0f", n / (t1 - t0))' -v n="$CATCHUP_N" -v t0="$t0" \
+	    -v t1="$BENCH_T_DONE")
+	b=$(bench_metric prepaidd_batches_total)
+	bench_line "catch-up $label" "$CU_RATE readings/s ($CATCHUP_N queued, start -> last insert)"
+	bench_line "  batches, readings each, loop lag max" \
+	    "$b, $(bench_calc 'sprintf("%.0f", n / b)' -v n="$CATCHUP_N" -v b="$b"), $(bench_metric prepaidd_loop_lag_max_seconds) s"
+	bench_line "  backlog publish" "$pub"
+	rows=$(bench_psql "SELECT count(*) FROM prepaid.readings WHERE meter_id LIKE 'CU%'")
+	[ "$rows" = "$CATCHUP_N" ] || fail "catch-up wrote $rows rows, expected $CATCHUP_N"
+	daemon_stop >/dev/null
+	CU_ROUND=$((CU_ROUND + 1))
+}
+
+CU_ONE=0 CU_MANY=0 CU_ARRAY=0
+if [ -z "${BENCH_SKIP_CATCHUP:-}" ]; then
+	note "8 catch-up: $CATCHUP_N readings queued while the daemon is stopped, then drained"
+	daemon_config "${BENCH_CONF[@]}"
+	# The session's queue must hold the whole backlog: drain what phase 7
+	# left behind with the daemon itself, then stop it.
+	bench_reset
+	bench_daemon_start
+	sleep 1
+	daemon_stop >/dev/null
+	CU_ROUND=1
+	bench_catchup "single, $METERS meters" -n "$METERS"
+	CU_ONE=$CU_RATE
+	bench_catchup "single, $CATCHUP_FEW meters" -n "$CATCHUP_FEW"
+	CU_MANY=$CU_RATE
+	bench_catchup "arrays of $CATCHUP_ARRAY, $METERS meters" -n "$METERS" -b "$CATCHUP_ARRAY"
+	CU_ARRAY=$CU_RATE
+fi
+
 # --- verdict
 
 CEIL=$BROKER_RATE
@@ -516,6 +608,7 @@ R2=$(bench_calc 'sprintf("%.1f", d / n)' -v d="$DAEMON_RATE" -v n="$NAIVE_RATE")
 TARGET_MS=$((WINDOW_MS + 50))
 echo
 echo "summary"
+bench_line "load average at the end" "$(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
 bench_line "broker only" "$BROKER_RATE readings/s"
 bench_line "batched COPY" "$COPY_RATE readings/s"
 bench_line "naive subscriber" "$NAIVE_RATE readings/s"
@@ -529,10 +622,20 @@ bench_line "prepaidd / naive" "$R2 (target >= 10) $(verdict 'r >= 10' -v r="$R2"
 bench_line "p99 publish->commit at half load" \
     "$P99 ms (target <= $TARGET_MS ms) $(verdict 'p <= t' -v p="$P99" -v t="$TARGET_MS")"
 bench_line "prepaidd peak RSS" "$((HWM / 1024)) MiB"
-RJ=$(bench_calc 'sprintf("%.2f", d / n)' -v d="$J_RATE" -v n="$NOJ_RATE")
+RJ=$(bench_calc 'sprintf("%.2f", n ? d / n : 0)' -v d="$J_RATE" -v n="$NOJ_RATE")
 DJ=$(bench_calc 'sprintf("%.1f", p - q)' -v p="$J_P99" -v q="$NOJ_P99")
-bench_line "journal: rate with / without (mean of 2)" "$J_RATE / $NOJ_RATE = $RJ (target >= 0.9) $(verdict 'r >= 0.9' -v r="$RJ")"
-bench_line "journal: p99 at $JRATE/s with - without" "$J_P99 - $NOJ_P99 = $DJ ms (target <= +10 ms) $(verdict 'd <= 10' -v d="$DJ")"
+if [ "$JOURNAL_ROUNDS" -gt 0 ]; then
+	bench_line "journal: rate with / without (mean of $JOURNAL_ROUNDS)" "$J_RATE / $NOJ_RATE = $RJ (target >= 0.9) $(verdict 'r >= 0.9' -v r="$RJ")"
+	bench_line "journal: p99 at $JRATE/s with - without" "$J_P99 - $NOJ_P99 = $DJ ms (target <= +10 ms) $(verdict 'd <= 10' -v d="$DJ")"
+fi
+if [ -z "${BENCH_SKIP_CATCHUP:-}" ]; then
+	C1=$(bench_calc 'sprintf("%.2f", d / b)' -v d="$CU_ONE" -v b="$BROKER_RATE")
+	C2=$(bench_calc 'sprintf("%.2f", d / b)' -v d="$CU_MANY" -v b="$BROKER_RATE")
+	C3=$(bench_calc 'sprintf("%.2f", d / c)' -v d="$CU_ARRAY" -v c="$COPY_RATE")
+	bench_line "catch-up single, 1/meter/batch / broker" "$CU_ONE / $BROKER_RATE = $C1 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$C1")"
+	bench_line "catch-up single, many/meter/batch / broker" "$CU_MANY / $BROKER_RATE = $C2 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$C2")"
+	bench_line "catch-up arrays / batched COPY" "$CU_ARRAY / $COPY_RATE = $C3 (target >= 0.5) $(verdict 'r >= 0.5' -v r="$C3")"
+fi
 bench_line "message dispatch" "$MSG_RATE messages/s (target >= 500) $(verdict 'r >= 500' -v r="$MSG_RATE")"
 bench_line "  loop lag p99 meanwhile" "<= $LAG_P99 ms (target < 20 ms) $(verdict 'l < 20' -v l="${LAG_P99//>/}")"
 exit 0

@@ -64,15 +64,21 @@ pub_rd()
 	pub "meters/$1/reading" "$(rd "$2" "$3" "$4")"
 }
 
-# Readings published before a marker reading are written before it (one
-# daemon, one ordered stream, batches in order): wait for the marker.
+# Readings published before a marker reading are written before it when
+# they take the same ingest connection (one daemon, one ordered stream per
+# connection, batches in order): a marker on each, and wait for them all.
 marker=0
 wait_marker()
 {
+	local ids id
+
 	marker=$((marker + 1))
-	pub_rd MARK "$marker" "$(date +%s)" 1
-	wait_until "SELECT count(*) = 1 FROM prepaid.readings
-	    WHERE meter_id = 'MARK' AND seq = $marker" 20 "marker reading $marker written"
+	ids=$(marker_ids)
+	for id in $ids; do
+		pub_rd "$id" "$marker" "$(date +%s)" 1
+	done
+	wait_until "SELECT count(*) = $(echo "$ids" | wc -l) FROM prepaid.readings
+	    WHERE meter_id LIKE 'MARK%' AND seq = $marker" 20 "marker readings $marker written"
 }
 
 bal()

@@ -22,16 +22,22 @@ daemon_start
 # to the simulator's start register of 1000000 Wh.
 FLEET=(-n 100 -c 10 -r 20 -w 3600000 --ts-step)
 
-# Readings published before a marker reading are written before it (one
-# ordered stream, batches in order): wait for the marker.
+# Readings published before a marker reading are written before it when
+# they take the same ingest connection (one ordered stream per connection,
+# batches in order): a marker on each connection, and wait for them all.
 marker=0
 wait_marker()
 {
+	local ids id
+
 	marker=$((marker + 1))
-	pub meters/MARK/reading \
-	    "{\"seq\":$marker,\"ts\":\"$(date -u +%FT%TZ)\",\"energy_wh\":1,\"relay\":\"closed\"}"
-	wait_until "SELECT count(*) = 1 FROM prepaid.readings
-	    WHERE meter_id = 'MARK' AND seq = $marker" 20 "marker reading $marker written"
+	ids=$(marker_ids)
+	for id in $ids; do
+		pub "meters/$id/reading" \
+		    "{\"seq\":$marker,\"ts\":\"$(date -u +%FT%TZ)\",\"energy_wh\":1,\"relay\":\"closed\"}"
+	done
+	wait_until "SELECT count(*) = $(echo "$ids" | wc -l) FROM prepaid.readings
+	    WHERE meter_id LIKE 'MARK%' AND seq = $marker" 20 "marker readings $marker written"
 }
 
 note "100 meters x 10 readings land exactly once"
@@ -257,6 +263,42 @@ assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.meters WHERE meter_id = 'NEW
     "unknown meter not registered"
 assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id = 'NEW0001'")" \
     "unknown meter's reading not written"
+
+note "four ingest connections: each meter's readings land once and in order, one connection lost meanwhile"
+daemon_stop
+daemon_config ingest.max_payload_bytes=1024 ingest.connections=4 ingest.batch_size=50
+daemon_start
+wait_until "SELECT count(*) = 4 FROM pg_stat_activity
+    WHERE application_name ~ '^prepaidd-ingest[0-9]*$'" 10 "four ingest connections"
+sim_bg -i POOL -n 40 -c 50 -r 40 -w 3600000 --ts-step
+sleep 1
+assert_eq 1 "$(psql_q "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+    WHERE application_name = 'prepaidd-ingest3'")" "ingest connection 3 terminated"
+wait "$SIM_PID" || fail "prepaid-sim failed: $(tail -n 3 "$SIM_LOG")"
+wait_until "SELECT count(*) = 2000 FROM prepaid.readings WHERE meter_id LIKE 'POOL%'" 20 \
+    "40 meters x 50 readings written"
+# 3600 kW for 40 ms is 40 Wh a reading; a reading written out of its
+# meter's order would have left a gap behind (detected, then filled).
+assert_eq 40 "$(psql_q "SELECT count(*) FROM prepaid.meters WHERE meter_id LIKE 'POOL%'
+    AND last_seq = 50 AND readings = 50 AND duplicates = 0
+    AND last_energy_wh = 1000000 + 49 * 40")" "meters complete, latest state from their last reading"
+assert_eq 0 "$(psql_q "SELECT count(*) FROM prepaid.gaps WHERE meter_id LIKE 'POOL%'")" \
+    "no gap: every meter's readings were written in order"
+wait_until "SELECT count(*) = 4 FROM pg_stat_activity
+    WHERE application_name ~ '^prepaidd-ingest[0-9]*$'" 20 "the lost connection is back"
+daemon_metrics >"$LIB_TMP/pool-metrics"
+for w in 1 2 3 4; do
+	b=$(awk -v k="prepaidd_ingest_writer_batches_total{writer=\"$w\"}" '$1 == k { print $2 }' \
+	    "$LIB_TMP/pool-metrics")
+	[ "${b:-0}" -gt 0 ] || fail "writer $w wrote no batch: the meters are not spread"
+	echo "ok - writer $w wrote $b batches"
+done
+deadline=$(($(lib_now_ms) + 10000))
+until daemon_metrics | grep -q '^prepaidd_ingest_writer_up{writer="3"} 1$'; do
+	[ "$(lib_now_ms)" -lt "$deadline" ] || fail "writer 3 not usable again"
+	sleep 0.2
+done
+echo "ok - writer 3 usable again"
 
 daemon_stop
 echo "PASS: ingest"
