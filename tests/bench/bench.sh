@@ -43,7 +43,9 @@
 # figure), BENCH_CATCHUP_FEW (meters in 8b; 20), BENCH_CATCHUP_ARRAY
 # (readings per array payload in 8c; 96, a day at 15 minutes),
 # BENCH_JOURNAL_ROUNDS (rounds of phase 6b; 2, 0 skips it),
-# BENCH_SKIP_CATCHUP=1 skips phase 8, PREPAID_KEEP_TMP=1 keeps the logs.
+# BENCH_SKIP_CATCHUP=1 skips phase 8, BENCH_ONLY_CATCHUP=1 runs phases 1, 2 and 8
+# only, BENCH_PROFILE=1 prints PostgreSQL's time per function after each
+# catch-up, PREPAID_KEEP_TMP=1 keeps the logs.
 
 set -e
 
@@ -222,6 +224,29 @@ bench_daemon_start()
 	done
 }
 
+# The flat tariff of the charging phases, as the default site's.
+bench_tariff()
+{
+	bench_psql "SELECT prepaid.create_tariff('bench', 'bench flat')
+	            WHERE NOT EXISTS (SELECT 1 FROM prepaid.tariffs WHERE tariff_id = 'bench');
+	    SELECT prepaid.create_tariff_version('bench', '2000-01-01', '{\"price\": 0.5283, \"standing_per_day\": 0.5}')
+	            WHERE NOT EXISTS (SELECT 1 FROM prepaid.tariff_versions WHERE tariff_id = 'bench');
+	    UPDATE prepaid.sites SET default_tariff_id = 'bench' WHERE site_id = 'default'" >/dev/null ||
+	    fail "could not set up the tariff"
+}
+
+# BENCH_PROFILE=1: where PostgreSQL's time went since the last call (the
+# functions with the most time of their own, track_functions = all).
+bench_profile()
+{
+	[ -n "${BENCH_PROFILE:-}" ] || return 0
+	bench_psql "SELECT '  ' || rpad(funcname, 24) || lpad(calls::text, 8) || ' calls '
+	                   || lpad(round(self_time)::text, 7) || ' ms self '
+	                   || lpad(round(total_time)::text, 7) || ' ms total'
+	            FROM pg_stat_user_functions ORDER BY self_time DESC LIMIT 8"
+	bench_psql "SELECT pg_stat_reset()" >/dev/null
+}
+
 # --- set-up
 
 note "setting up: PostgreSQL (fsync on), mosquitto, schema"
@@ -230,7 +255,7 @@ pg_start
 # pays real commits: fsync, full-page writes and synchronous commit on, and
 # PostgreSQL's default shared_buffers.
 for s in "fsync = on" "full_page_writes = on" "synchronous_commit = on" \
-    "shared_buffers = '128MB'"; do
+    "shared_buffers = '128MB'" ${BENCH_PROFILE:+"track_functions = 'all'"}; do
 	bench_psql "ALTER SYSTEM SET $s" >/dev/null
 done
 pg_restart
@@ -296,6 +321,9 @@ COPY_RATE=$(bench_field "$r" rate)
     fail "bench-copy did not write $N rows"
 bench_line "batched COPY ($BATCH rows/commit)" "$COPY_RATE readings/s"
 
+# BENCH_ONLY_CATCHUP=1: phases 1, 2 and 8 only (the catch-up ratios).
+if [ -z "${BENCH_ONLY_CATCHUP:-}" ]; then
+
 # --- 3. naive subscriber
 
 note "3/5 naive subscriber, one autocommit INSERT per message"
@@ -351,12 +379,7 @@ bench_line "  batches" "$batches, $(bench_calc 'sprintf("%.0f", n / b)' -v n="$N
 
 note "4b/5 prepaidd sustained ingest (charging on: flat tariff with a standing charge)"
 bench_reset
-bench_psql "SELECT prepaid.create_tariff('bench', 'bench flat')
-            WHERE NOT EXISTS (SELECT 1 FROM prepaid.tariffs WHERE tariff_id = 'bench');
-    SELECT prepaid.create_tariff_version('bench', '2000-01-01', '{\"price\": 0.5283, \"standing_per_day\": 0.5}')
-            WHERE NOT EXISTS (SELECT 1 FROM prepaid.tariff_versions WHERE tariff_id = 'bench');
-    UPDATE prepaid.sites SET default_tariff_id = 'bench' WHERE site_id = 'default'" >/dev/null ||
-    fail "could not set up the tariff"
+bench_tariff
 bench_credit SIM "$METERS"
 base=$(bench_metric prepaidd_readings_inserted_total)
 sim_bg -n "$METERS" --load "$N" -q 1 --inflight "$INFLIGHT" --no-commands "${CONSUMPTION[@]}"
@@ -533,25 +556,40 @@ bench_line "messages sent (queued -> gateway answered)" "$MSG_RATE messages/s ($
 bench_line "  event-loop lag p99 meanwhile" "<= $LAG_P99 ms (readings at $HALF/s at the same time)"
 daemon_stop >/dev/null
 
+fi # BENCH_ONLY_CATCHUP
+
 # --- 8. catch-up
 
 # The daemon's session exists (it ran above); with the daemon stopped, the
 # simulator queues a backlog of $CATCHUP_N readings in the broker for that
-# session ($1: a label, then the simulator's arguments); the daemon is
+# session from $2 meters that were reading before the outage ($1: a label,
+# then the simulator's further arguments); the daemon is
 # started and the drain rate is the backlog over the time from its start to
 # the last reading inserted. Charging is on (the flat tariff of phase 4b).
 # Sets CU_RATE.
 bench_catchup()
 {
-	local label=$1 t0 base pub b
+	local label=$1 n_meters=$2 n_prefix="CU$CU_ROUND" t0 base pub b
 
-	shift
+	shift 2
 	bench_reset
-	bench_psql "UPDATE prepaid.sites SET default_tariff_id = 'bench' WHERE site_id = 'default'" \
-	    >/dev/null
-	bench_credit "CU$CU_ROUND" "$METERS"
-	sim -i "CU$CU_ROUND" --load "$CATCHUP_N" -q 1 --inflight "$INFLIGHT" --no-commands \
-	    "${CONSUMPTION[@]}" "$@" >"$LIB_TMP/sim-catchup.out" 2>&1 ||
+	bench_tariff
+	bench_credit "$n_prefix" "$n_meters"
+	# The meters were reading before the outage: each has its reading 1
+	# of an hour ago (1,000,000 Wh, the simulator's start), written as the
+	# daemon would have (through ingest_batch, so with its rate cache).
+	bench_psql "SELECT (prepaid_internal.ingest_batch(array_agg(id), array_agg(1::bigint),
+	        array_agg(now() - interval '1 hour'), array_agg(1000000::bigint),
+	        array_agg('closed'::text), array_agg(NULL::float8), array_agg(NULL::float8),
+	        array_agg(NULL::float8), array_agg(now()), '[]', '[]', '[]', false, false,
+	        100000, 'meters')).inserted
+	    FROM (SELECT '$n_prefix' || CASE WHEN i < 10000 THEN lpad(i::text, 4, '0') ELSE i::text END AS id
+	          FROM generate_series(1, $n_meters) i) x" >/dev/null ||
+	    fail "could not write the readings before the outage"
+	# The backlog: readings 2.. a minute apart from now (--ts-step), as
+	# the meters took them during the outage.
+	sim -i "$n_prefix" -n "$n_meters" --load "$CATCHUP_N" -q 1 --inflight "$INFLIGHT" --no-commands \
+	    --start-seq 2 --ts-step "${CONSUMPTION[@]}" "$@" >"$LIB_TMP/sim-catchup.out" 2>&1 ||
 	    fail "prepaid-sim failed: $(tail -n 3 "$LIB_TMP/sim-catchup.out")"
 	pub=$(bench_result "$LIB_TMP/sim-catchup.out")
 	echo "=== bench daemon start (catch-up $label) $(date +%T)" >>"$DAEMON_LOG"
@@ -566,8 +604,10 @@ bench_catchup()
 	bench_line "  batches, readings each, loop lag max" \
 	    "$b, $(bench_calc 'sprintf("%.0f", n / b)' -v n="$CATCHUP_N" -v b="$b"), $(bench_metric prepaidd_loop_lag_max_seconds) s"
 	bench_line "  backlog publish" "$pub"
+	bench_profile
 	rows=$(bench_psql "SELECT count(*) FROM prepaid.readings WHERE meter_id LIKE 'CU%'")
-	[ "$rows" = "$CATCHUP_N" ] || fail "catch-up wrote $rows rows, expected $CATCHUP_N"
+	[ "$rows" = $((CATCHUP_N + n_meters)) ] ||
+	    fail "catch-up wrote $rows rows, expected $CATCHUP_N after $n_meters"
 	daemon_stop >/dev/null
 	CU_ROUND=$((CU_ROUND + 1))
 }
@@ -583,11 +623,11 @@ if [ -z "${BENCH_SKIP_CATCHUP:-}" ]; then
 	sleep 1
 	daemon_stop >/dev/null
 	CU_ROUND=1
-	bench_catchup "single, $METERS meters" -n "$METERS"
+	bench_catchup "single, $METERS meters" "$METERS"
 	CU_ONE=$CU_RATE
-	bench_catchup "single, $CATCHUP_FEW meters" -n "$CATCHUP_FEW"
+	bench_catchup "single, $CATCHUP_FEW meters" "$CATCHUP_FEW"
 	CU_MANY=$CU_RATE
-	bench_catchup "arrays of $CATCHUP_ARRAY, $METERS meters" -n "$METERS" -b "$CATCHUP_ARRAY"
+	bench_catchup "arrays of $CATCHUP_ARRAY, $METERS meters" "$METERS" -b "$CATCHUP_ARRAY"
 	CU_ARRAY=$CU_RATE
 fi
 
@@ -603,30 +643,32 @@ verdict()
 {
 	if [ "$(bench_calc "($1) ? 1 : 0" "${@:2}")" = 1 ]; then echo PASS; else echo MISS; fi
 }
-R1=$(bench_calc 'sprintf("%.2f", d / c)' -v d="$DAEMON_RATE" -v c="$CEIL")
-R2=$(bench_calc 'sprintf("%.1f", d / n)' -v d="$DAEMON_RATE" -v n="$NAIVE_RATE")
 TARGET_MS=$((WINDOW_MS + 50))
 echo
 echo "summary"
 bench_line "load average at the end" "$(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
 bench_line "broker only" "$BROKER_RATE readings/s"
 bench_line "batched COPY" "$COPY_RATE readings/s"
-bench_line "naive subscriber" "$NAIVE_RATE readings/s"
-bench_line "prepaidd" "$DAEMON_RATE readings/s"
-bench_line "prepaidd with charging" "$CHARGE_RATE readings/s"
-R3=$(bench_calc 'sprintf("%.2f", c / d)' -v c="$CHARGE_RATE" -v d="$DAEMON_RATE")
-bench_line "charging on / off" "$R3 (target >= 0.8: charging costs <= 20%) $(verdict 'r >= 0.8' -v r="$R3")"
-bench_line "prepaidd / min(broker, COPY) [$CEIL_NAME]" \
-    "$R1 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$R1")"
-bench_line "prepaidd / naive" "$R2 (target >= 10) $(verdict 'r >= 10' -v r="$R2")"
-bench_line "p99 publish->commit at half load" \
-    "$P99 ms (target <= $TARGET_MS ms) $(verdict 'p <= t' -v p="$P99" -v t="$TARGET_MS")"
-bench_line "prepaidd peak RSS" "$((HWM / 1024)) MiB"
-RJ=$(bench_calc 'sprintf("%.2f", n ? d / n : 0)' -v d="$J_RATE" -v n="$NOJ_RATE")
-DJ=$(bench_calc 'sprintf("%.1f", p - q)' -v p="$J_P99" -v q="$NOJ_P99")
-if [ "$JOURNAL_ROUNDS" -gt 0 ]; then
-	bench_line "journal: rate with / without (mean of $JOURNAL_ROUNDS)" "$J_RATE / $NOJ_RATE = $RJ (target >= 0.9) $(verdict 'r >= 0.9' -v r="$RJ")"
-	bench_line "journal: p99 at $JRATE/s with - without" "$J_P99 - $NOJ_P99 = $DJ ms (target <= +10 ms) $(verdict 'd <= 10' -v d="$DJ")"
+if [ -z "${BENCH_ONLY_CATCHUP:-}" ]; then
+	R1=$(bench_calc 'sprintf("%.2f", d / c)' -v d="$DAEMON_RATE" -v c="$CEIL")
+	R2=$(bench_calc 'sprintf("%.1f", d / n)' -v d="$DAEMON_RATE" -v n="$NAIVE_RATE")
+	bench_line "naive subscriber" "$NAIVE_RATE readings/s"
+	bench_line "prepaidd" "$DAEMON_RATE readings/s"
+	bench_line "prepaidd with charging" "$CHARGE_RATE readings/s"
+	R3=$(bench_calc 'sprintf("%.2f", c / d)' -v c="$CHARGE_RATE" -v d="$DAEMON_RATE")
+	bench_line "charging on / off" "$R3 (target >= 0.8: charging costs <= 20%) $(verdict 'r >= 0.8' -v r="$R3")"
+	bench_line "prepaidd / min(broker, COPY) [$CEIL_NAME]" \
+	    "$R1 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$R1")"
+	bench_line "prepaidd / naive" "$R2 (target >= 10) $(verdict 'r >= 10' -v r="$R2")"
+	bench_line "p99 publish->commit at half load" \
+	    "$P99 ms (target <= $TARGET_MS ms) $(verdict 'p <= t' -v p="$P99" -v t="$TARGET_MS")"
+	bench_line "prepaidd peak RSS" "$((HWM / 1024)) MiB"
+	RJ=$(bench_calc 'sprintf("%.2f", n ? d / n : 0)' -v d="$J_RATE" -v n="$NOJ_RATE")
+	DJ=$(bench_calc 'sprintf("%.1f", p - q)' -v p="$J_P99" -v q="$NOJ_P99")
+	if [ "$JOURNAL_ROUNDS" -gt 0 ]; then
+		bench_line "journal: rate with / without (mean of $JOURNAL_ROUNDS)" "$J_RATE / $NOJ_RATE = $RJ (target >= 0.9) $(verdict 'r >= 0.9' -v r="$RJ")"
+		bench_line "journal: p99 at $JRATE/s with - without" "$J_P99 - $NOJ_P99 = $DJ ms (target <= +10 ms) $(verdict 'd <= 10' -v d="$DJ")"
+	fi
 fi
 if [ -z "${BENCH_SKIP_CATCHUP:-}" ]; then
 	C1=$(bench_calc 'sprintf("%.2f", d / b)' -v d="$CU_ONE" -v b="$BROKER_RATE")
@@ -636,6 +678,7 @@ if [ -z "${BENCH_SKIP_CATCHUP:-}" ]; then
 	bench_line "catch-up single, many/meter/batch / broker" "$CU_MANY / $BROKER_RATE = $C2 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$C2")"
 	bench_line "catch-up arrays / batched COPY" "$CU_ARRAY / $COPY_RATE = $C3 (target >= 0.5) $(verdict 'r >= 0.5' -v r="$C3")"
 fi
+[ -n "${BENCH_ONLY_CATCHUP:-}" ] && exit 0
 bench_line "message dispatch" "$MSG_RATE messages/s (target >= 500) $(verdict 'r >= 500' -v r="$MSG_RATE")"
 bench_line "  loop lag p99 meanwhile" "<= $LAG_P99 ms (target < 20 ms) $(verdict 'l < 20' -v l="${LAG_P99//>/}")"
 exit 0
