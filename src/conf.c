@@ -96,7 +96,7 @@ static const struct conf_key conf_key_table[] = {
         "rows kept in prepaid.rejects", NULL, 0},
     {"ingest", "partitions_ahead", CONF_INT, "3", 1, 24, true, O(ingest_partitions_ahead),
         "months of reading partitions made ahead", NULL, 0},
-    {"ingest", "connections", CONF_INT, "1", 1, 16, false, O(ingest_connections),
+    {"ingest", "connections", CONF_INT, "2", 1, 16, false, O(ingest_connections),
         "PostgreSQL connections writing batches, meters routed by hash", NULL, 0},
 
     {"journal", "enabled", CONF_BOOL, "true", 0, 0, false, O(journal_enabled),
