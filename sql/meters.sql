@@ -314,7 +314,6 @@ SET jit = off
 AS $$
 DECLARE
 	v_ids text[];
-	v_state prepaid.meters[];   -- the batch's meters, locked, as they were
 	r record;   -- what a helper did
 BEGIN
 	inserted := 0; duplicates := 0; gaps := 0; unknown := 0; filled := 0;
@@ -324,11 +323,11 @@ BEGIN
 	IF p_auto_register AND v_ids IS NOT NULL THEN
 		PERFORM prepaid_internal.ingest_register(v_ids);
 	END IF;
-	v_state := prepaid_internal.ingest_lock(v_ids);
+	PERFORM prepaid_internal.ingest_lock(v_ids);
 
 	IF coalesce(cardinality(p_meter), 0) > 0 THEN
 		r := prepaid_internal.ingest_readings(p_meter, p_seq, p_ts, p_energy, p_relay,
-		    p_power, p_voltage, p_current, p_received, v_state, p_resend_on_gap, p_topic_prefix);
+		    p_power, p_voltage, p_current, p_received, p_resend_on_gap, p_topic_prefix);
 		inserted := r.inserted; gaps := r.gaps; unknown := r.unknown; filled := r.filled;
 		duplicates := cardinality(p_meter) - inserted - unknown - r.n_held;
 		-- Meters whose new readings the fast path did not charge.
@@ -380,25 +379,23 @@ LANGUAGE sql AS $$
 	ON CONFLICT (meter_id) DO NOTHING
 $$;
 
--- Lock the batch's meters, reading their state in the same pass. Batches
--- of several daemons that touch the same meters are serialised here, in
--- meter order so that two batches cannot deadlock; NO KEY UPDATE leaves
--- operators free to insert commands referencing the meters meanwhile.
--- Returns the meters' rows as they are when locked (their last and first
--- readings, rate cache, balance); unknown meters (auto_register off) are
--- not among them.
+-- Lock the batch's meters. Batches of several daemons that touch the same
+-- meters are serialised here, in meter order so that two batches cannot
+-- deadlock; NO KEY UPDATE leaves operators free to insert commands
+-- referencing the meters meanwhile. Returns how many of them are known
+-- (unknown meters: auto_register off).
 DROP FUNCTION IF EXISTS prepaid_internal.ingest_lock(text[]);
-CREATE OR REPLACE FUNCTION prepaid_internal.ingest_lock(p_ids text[]) RETURNS prepaid.meters[]
+CREATE OR REPLACE FUNCTION prepaid_internal.ingest_lock(p_ids text[]) RETURNS integer
 LANGUAGE sql AS $$
-	SELECT array_agg(x.mt ORDER BY (x.mt).meter_id)
-	FROM (SELECT mt FROM prepaid.meters mt
+	SELECT count(*)::integer
+	FROM (SELECT 1 FROM prepaid.meters mt
 	      WHERE mt.meter_id = ANY (p_ids) ORDER BY mt.meter_id FOR NO KEY UPDATE) x
 $$;
 
 -- The readings of a batch, in one set-based statement whose parts are the
 -- jobs a reading sets off: classify each reading (new, repeat, a reading
 -- between stored ones, held for a seq out of range, unknown meter) against
--- the locked meters' rows (p_state); hold the out-of-range ones (hold);
+-- the locked meters' rows as the statement starts; hold the out-of-range ones (hold);
 -- store the new ones (ins); open gaps for skipped sequence numbers (newgaps,
 -- gins) and queue their resends (resend, rins); charge the common case, the
 -- new intervals the meter's rate cache covers, in seq order up to the first
@@ -421,7 +418,7 @@ DROP FUNCTION IF EXISTS prepaid_internal.ingest_readings(text[], bigint[], times
 CREATE OR REPLACE FUNCTION prepaid_internal.ingest_readings(
     p_meter text[], p_seq bigint[], p_ts timestamptz[], p_energy bigint[],
     p_relay text[], p_power double precision[], p_voltage double precision[],
-    p_current double precision[], p_received timestamptz[], p_state prepaid.meters[],
+    p_current double precision[], p_received timestamptz[],
     p_resend_on_gap boolean, p_topic_prefix text,
     OUT inserted integer, OUT gaps integer, OUT unknown integer, OUT filled integer,
     OUT n_held integer, OUT slow_meter text[], OUT slow_last bigint[],
@@ -449,7 +446,7 @@ BEGIN
 		FROM unnest(p_meter, p_seq, p_ts, p_energy, p_relay, p_power,
 		            p_voltage, p_current, p_received)
 		     AS u(m, s, t, e, r, pw, v, c, rcv)
-		LEFT JOIN unnest(p_state) k ON k.meter_id = u.m
+		LEFT JOIN prepaid.meters k ON k.meter_id = u.m
 	), cls AS (
 		-- held: a seq more than 1,000,000 above the meter's highest stored
 		-- when the batch began, or below its lowest (a new meter's: from the
@@ -629,7 +626,7 @@ BEGIN
 		      FROM prepaid.readings x
 		      WHERE x.meter_id IN (SELECT a.meter_id FROM prepaid.anomalies a
 		                           WHERE a.kind = 'seq_out_of_range' AND a.state = 'open'
-		                             AND a.meter_id IN (SELECT k.meter_id FROM unnest(p_state) k))
+		                             AND a.meter_id = ANY (p_meter))
 		      ORDER BY x.meter_id, x.seq DESC) r
 		WHERE mt.meter_id = r.meter_id AND r.seq > coalesce(mt.last_seq, -1);
 		UPDATE prepaid.meters mt SET first_seq = r.seq, first_ts = r.ts, first_wh = r.energy_wh
@@ -637,7 +634,7 @@ BEGIN
 		      FROM prepaid.readings x
 		      WHERE x.meter_id IN (SELECT a.meter_id FROM prepaid.anomalies a
 		                           WHERE a.kind = 'seq_out_of_range' AND a.state = 'open'
-		                             AND a.meter_id IN (SELECT k.meter_id FROM unnest(p_state) k))
+		                             AND a.meter_id = ANY (p_meter))
 		      ORDER BY x.meter_id, x.seq) r
 		WHERE mt.meter_id = r.meter_id AND (mt.first_seq IS NULL OR r.seq < mt.first_seq);
 	END IF;

@@ -1229,9 +1229,11 @@ END_TEST
  * get the same 60 readings every 47 minutes over two days (crossing band
  * starts, midnights, the free quota and a tier threshold); one meter gets
  * each reading in its own batch (fast path wherever the cache covers the
- * interval), the other all of them in one batch (full rating of the whole
- * chain). Their ledgers must agree to the last digit, in total, per band,
- * per tier and in standing charges.
+ * interval), another all of them in one batch (full rating of the whole
+ * chain), a third the first alone and then the rest 7 to a batch (the fast
+ * path takes a batch's intervals up to the first its cache does not cover,
+ * full rating the rest). Their ledgers must agree to the last digit, in
+ * total, per band, per tier and in standing charges.
  */
 #define RATING_FAST_N 60
 START_TEST(test_fast_path_charges_exactly_as_full_rating)
@@ -1242,7 +1244,7 @@ START_TEST(test_fast_path_charges_exactly_as_full_rating)
 	    " \"service_per_kwh\": 0.01, \"standing_per_day\": 0.2, " RATING_TOU_BANDS "}";
 	static char ts[RATING_FAST_N][32];
 	struct rating_reading r[RATING_FAST_N];
-	struct rating_ids fast, full;
+	struct rating_ids fast, full, multi;
 	time_t t0 = 1736884800; /* 2025-01-14T20:00:00Z, 04:00 local */
 	long long wh = 500000;
 	int i;
@@ -1260,9 +1262,14 @@ START_TEST(test_fast_path_charges_exactly_as_full_rating)
 	}
 	rating_meter(&fast, "fastpath", "Asia/Shanghai", def);
 	rating_meter(&full, "fullrate", "Asia/Shanghai", def);
+	rating_meter(&multi, "fastmany", "Asia/Shanghai", def);
 	for (i = 0; i < RATING_FAST_N; i++)
 		rating_ingest(fast.meter, &r[i], 1);
 	rating_ingest(full.meter, r, RATING_FAST_N);
+	rating_ingest(multi.meter, r, 1);
+	for (i = 1; i < RATING_FAST_N; i += 7)
+		rating_ingest(
+		    multi.meter, &r[i], RATING_FAST_N - i < 7 ? (size_t)(RATING_FAST_N - i) : 7);
 
 #define RATING_FAST_Q                                                                              \
 	"SELECT coalesce(string_agg(k || '=' || v, ' ' ORDER BY k), '') FROM ("                    \
@@ -1284,6 +1291,11 @@ START_TEST(test_fast_path_charges_exactly_as_full_rating)
 
 		ck_assert_msg(strcmp(a, b) == 0, "fast path: %s\nfull rating: %s", a, b);
 		free(a);
+		a = strdup(
+		    rating_sql(RATING_FAST_Q, multi.meter, multi.meter, multi.meter, multi.meter));
+		b = rating_sql(RATING_FAST_Q, full.meter, full.meter, full.meter, full.meter);
+		ck_assert_msg(strcmp(a, b) == 0, "batches of 7: %s\nfull rating: %s", a, b);
+		free(a);
 	}
 	/* The one-reading batches left a rate cache for the fast path to use. */
 	rating_expect("t",
@@ -1295,6 +1307,9 @@ START_TEST(test_fast_path_charges_exactly_as_full_rating)
 	rating_balance(fast.meter, rating_sql("SELECT sum(" RATING_EXACT ") FROM prepaid.ledger"
 	                                      " WHERE meter_id = '%s'",
 	                               full.meter));
+	rating_balance(multi.meter, rating_sql("SELECT sum(" RATING_EXACT ") FROM prepaid.ledger"
+	                                       " WHERE meter_id = '%s'",
+	                                full.meter));
 }
 END_TEST
 
