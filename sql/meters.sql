@@ -314,6 +314,7 @@ SET jit = off
 AS $$
 DECLARE
 	v_ids text[];
+	m record;   -- the batch's meters, locked, with their state
 	r record;   -- what a helper did
 BEGIN
 	inserted := 0; duplicates := 0; gaps := 0; unknown := 0; filled := 0;
@@ -323,17 +324,26 @@ BEGIN
 	IF p_auto_register AND v_ids IS NOT NULL THEN
 		PERFORM prepaid_internal.ingest_register(v_ids);
 	END IF;
-	PERFORM prepaid_internal.ingest_lock(v_ids);
+	m := prepaid_internal.ingest_lock(v_ids);
 
 	IF coalesce(cardinality(p_meter), 0) > 0 THEN
 		r := prepaid_internal.ingest_readings(p_meter, p_seq, p_ts, p_energy, p_relay,
-		    p_power, p_voltage, p_current, p_received, p_resend_on_gap, p_topic_prefix);
+		    p_power, p_voltage, p_current, p_received, m.known, m.last, m.last_ts,
+		    m.last_wh, m.first, m.first_ts, m.first_wh, p_resend_on_gap, p_topic_prefix);
 		inserted := r.inserted; gaps := r.gaps; unknown := r.unknown; filled := r.filled;
 		duplicates := cardinality(p_meter) - inserted - unknown - r.n_held;
-		-- Meters whose new readings the fast path did not charge.
+		-- Meters whose new readings the fast path did not charge: several
+		-- new intervals take the fast path as far as it goes, the rest
+		-- the full one.
 		IF r.slow_meter IS NOT NULL THEN
-			PERFORM prepaid_internal.charge_slow(r.slow_meter, r.slow_last, r.slow_last_ts,
-			    r.slow_last_wh, r.slow_late, p_meter, p_seq, p_ts, p_energy);
+			IF true = ANY (r.slow_many) THEN
+				r := prepaid_internal.charge_fast(r.slow_meter, r.slow_last, r.slow_last_ts,
+				    r.slow_last_wh, r.slow_late, r.slow_many);
+			END IF;
+			IF r.slow_meter IS NOT NULL THEN
+				PERFORM prepaid_internal.charge_slow(r.slow_meter, r.slow_last, r.slow_last_ts,
+				    r.slow_last_wh, r.slow_late, p_meter, p_seq, p_ts, p_energy);
+			END IF;
 		END IF;
 	END IF;
 	IF filled > 0 THEN
@@ -379,33 +389,36 @@ LANGUAGE sql AS $$
 	ON CONFLICT (meter_id) DO NOTHING
 $$;
 
--- Lock the batch's meters. Batches of several daemons that touch the same
--- meters are serialised here, in meter order so that two batches cannot
--- deadlock; NO KEY UPDATE leaves operators free to insert commands
--- referencing the meters meanwhile. Returns how many of them are known
--- (unknown meters: auto_register off).
-DROP FUNCTION IF EXISTS prepaid_internal.ingest_lock(text[]);
-CREATE OR REPLACE FUNCTION prepaid_internal.ingest_lock(p_ids text[]) RETURNS integer
+-- Lock the batch's meters, reading their state in the same pass. Batches
+-- of several daemons that touch the same meters are serialised here, in
+-- meter order so that two batches cannot deadlock; NO KEY UPDATE leaves
+-- operators free to insert commands referencing the meters meanwhile.
+-- Unknown meters (auto_register off) are not in known.
+CREATE OR REPLACE FUNCTION prepaid_internal.ingest_lock(p_ids text[],
+    OUT known text[], OUT last bigint[], OUT last_ts timestamptz[], OUT last_wh bigint[],
+    OUT first bigint[], OUT first_ts timestamptz[], OUT first_wh bigint[])
 LANGUAGE sql AS $$
-	SELECT count(*)::integer
-	FROM (SELECT 1 FROM prepaid.meters mt
-	      WHERE mt.meter_id = ANY (p_ids) ORDER BY mt.meter_id FOR NO KEY UPDATE) x
+	SELECT array_agg(meter_id ORDER BY meter_id), array_agg(last_seq ORDER BY meter_id),
+	       array_agg(last_ts ORDER BY meter_id), array_agg(last_energy_wh ORDER BY meter_id),
+	       array_agg(first_seq ORDER BY meter_id), array_agg(first_ts ORDER BY meter_id),
+	       array_agg(first_wh ORDER BY meter_id)
+	FROM (SELECT meter_id, last_seq, last_ts, last_energy_wh, first_seq, first_ts, first_wh
+	      FROM prepaid.meters
+	      WHERE meter_id = ANY (p_ids) ORDER BY meter_id FOR NO KEY UPDATE) x
 $$;
 
 -- The readings of a batch, in one set-based statement whose parts are the
 -- jobs a reading sets off: classify each reading (new, repeat, a reading
 -- between stored ones, held for a seq out of range, unknown meter) against
--- the locked meters' rows as the statement starts; hold the out-of-range ones (hold);
+-- the locked meters' state (p_known ...); hold the out-of-range ones (hold);
 -- store the new ones (ins); open gaps for skipped sequence numbers (newgaps,
--- gins) and queue their resends (resend, rins); charge the common case, the
--- new intervals the meter's rate cache covers, in seq order up to the first
--- it does not (civ, fled); move the meters' last and first readings, relay
--- and balance (upd); and keep the readings of unknown meters as rejects
--- (unk). It stays one statement because every part reads the same
--- classification: split into statements, each would rebuild it or need it
--- stored, and the batch would be slower. The meters whose new readings the
--- fast path did not all charge come back in slow_* for charge_slow(), with
--- the last reading it did charge (or the meter's last).
+-- gins) and queue their resends (resend, rins); charge the common case, one
+-- interval the meter's rate cache covers (fast, fled); move the meters'
+-- last and first readings, relay and balance (upd); and keep the readings
+-- of unknown meters as rejects (unk). It stays one statement because every
+-- part reads the same classification: split into statements, each would
+-- rebuild it or need it stored, and the batch would be slower. The meters
+-- the fast path did not charge come back in slow_* for charge_slow().
 --
 -- The statement is written so that its plan does not depend on row
 -- estimates (PL/pgSQL keeps a generic plan after a few calls): one pass
@@ -419,23 +432,21 @@ CREATE OR REPLACE FUNCTION prepaid_internal.ingest_readings(
     p_meter text[], p_seq bigint[], p_ts timestamptz[], p_energy bigint[],
     p_relay text[], p_power double precision[], p_voltage double precision[],
     p_current double precision[], p_received timestamptz[],
+    p_known text[], p_last bigint[], p_last_ts timestamptz[], p_last_wh bigint[],
+    p_first bigint[], p_first_ts timestamptz[], p_first_wh bigint[],
     p_resend_on_gap boolean, p_topic_prefix text,
     OUT inserted integer, OUT gaps integer, OUT unknown integer, OUT filled integer,
     OUT n_held integer, OUT slow_meter text[], OUT slow_last bigint[],
-    OUT slow_last_ts timestamptz[], OUT slow_last_wh bigint[], OUT slow_late boolean[])
+    OUT slow_last_ts timestamptz[], OUT slow_last_wh bigint[], OUT slow_late boolean[],
+    OUT slow_many boolean[])
 LANGUAGE plpgsql
 SET jit = off
 AS $$
 BEGIN
 	WITH cls0 AS (
-		SELECT u.*, k.last_seq AS old_last, k.last_ts AS old_ts, k.last_energy_wh AS old_wh,
-		       k.first_seq AS old_first, k.first_ts AS old_first_ts, k.first_wh AS old_first_wh,
-		       k.meter_id IS NOT NULL AS known,
-		       -- the rate cache (see prepaid_internal.fast_rate) and the carry
-		       k.rate_from, k.rate_until, k.rated_ts, k.rate_max_power_w, k.rate_vid,
-		       k.rate_free, k.rate_price, k.rate_service, k.rate_day, k.rate_period,
-		       k.rate_lo, k.rate_hi, k.rate_tier, k.rate_band, k.period_start, k.period_wh,
-		       k.exact_fen AS x0,
+		SELECT u.*, k.last AS old_last, k.lts AS old_ts, k.lwh AS old_wh,
+		       k.first AS old_first, k.fts AS old_first_ts, k.fwh AS old_first_wh,
+		       k.m IS NOT NULL AS known,
 		       row_number() OVER (PARTITION BY u.m, u.s ORDER BY u.rcv) AS rn,
 		       -- 1 for the meter's reading with the highest seq (its first copy)
 		       row_number() OVER (PARTITION BY u.m ORDER BY u.s DESC, u.rcv) AS top,
@@ -446,7 +457,8 @@ BEGIN
 		FROM unnest(p_meter, p_seq, p_ts, p_energy, p_relay, p_power,
 		            p_voltage, p_current, p_received)
 		     AS u(m, s, t, e, r, pw, v, c, rcv)
-		LEFT JOIN prepaid.meters k ON k.meter_id = u.m
+		LEFT JOIN unnest(p_known, p_last, p_last_ts, p_last_wh, p_first, p_first_ts, p_first_wh)
+		     AS k(m, last, lts, lwh, first, fts, fwh) ON k.m = u.m
 	), cls AS (
 		-- held: a seq more than 1,000,000 above the meter's highest stored
 		-- when the batch began, or below its lowest (a new meter's: from the
@@ -501,41 +513,6 @@ BEGIN
 		SELECT g.m, g.gf, g.gt, (SELECT r.cmd FROM resend r WHERE r.m = g.m)
 		FROM newgaps g
 		RETURNING 1
-	), civ AS (
-		-- Charging's fast path. ia: a new reading beyond the meter's last
-		-- (and the meter has one), the end of an interval from the reading
-		-- before it (the meter's last, for the first); ok: an interval the
-		-- rate cache covers (see prepaid_internal.fast_rate: inside the
-		-- cache window, after everything charged, no negative step, within
-		-- the power limit exactly, the period's energy up to its end within
-		-- the cached tier range), of a meter with no new reading between or
-		-- before stored ones and none dated at or before the one before it;
-		-- fast: it and every interval before it are ok. amt: its exact fen;
-		-- cum: those of the fast ones up to it.
-		SELECT y.*, y.ia AND bool_and(y.ok) OVER w AS fast, sum(y.amt) OVER w AS cum
-		FROM (SELECT x.*,
-		             coalesce(NOT x.late AND NOT bool_or(x.t <= x.t0) OVER (PARTITION BY x.m, x.ia)
-		                 AND x.rate_until IS NOT NULL AND x.t0 >= x.rate_from
-		                 AND x.t < x.rate_until AND x.wh >= 0
-		                 AND (x.rated_ts IS NULL OR x.t0 >= x.rated_ts)
-		                 AND x.wh::numeric * 3600
-		                     <= x.rate_max_power_w * greatest(extract(epoch FROM x.t - x.t0), 60)
-		                 AND (x.rate_vid IS NULL
-		                      OR (x.period_start = x.rate_period AND x.period_wh >= x.rate_lo
-		                          AND (x.rate_hi IS NULL
-		                               OR x.period_wh + sum(x.wh) OVER w <= x.rate_hi))),
-		                 false) AS ok,
-		             CASE WHEN x.rate_vid IS NULL OR x.rate_free THEN 0
-		                  ELSE x.wh * (x.rate_price + x.rate_service) / 1000 * 100 END AS amt
-		      FROM (SELECT z.*, coalesce(lag(z.s) OVER w, z.old_last) AS s0,
-		                   coalesce(lag(z.t) OVER w, z.old_ts) AS t0,
-		                   z.e - coalesce(lag(z.e) OVER w, z.old_wh) AS wh
-		            FROM (SELECT cls.*, fresh AND ahead AND old_last IS NOT NULL AS ia,
-		                         bool_or(fresh AND NOT ahead) OVER (PARTITION BY m) AS late
-		                  FROM cls WHERE known) z
-		            WINDOW w AS (PARTITION BY z.m, z.ia ORDER BY z.s, z.rcv)) x
-		      WINDOW w AS (PARTITION BY x.m, x.ia ORDER BY x.s, x.rcv)) y
-		WINDOW w AS (PARTITION BY y.m, y.ia ORDER BY y.s, y.rcv)
 	), agg AS (
 		SELECT m, count(*) AS nall, count(*) FILTER (WHERE fresh) AS nfresh,
 		       count(*) FILTER (WHERE fresh AND ahead) AS nahead,
@@ -552,26 +529,29 @@ BEGIN
 		       max(t) FILTER (WHERE bot = 1 AND fresh AND (old_first IS NULL OR behind)) AS ft,
 		       max(e) FILTER (WHERE bot = 1 AND fresh AND (old_first IS NULL OR behind)) AS fe,
 		       max(old_last) AS old_last, max(old_ts) AS old_ts, max(old_wh) AS old_wh,
-		       -- what the fast path charged: how many intervals, the last
-		       -- reading (seq, time and energy all grow along them), the
-		       -- exact fen, the energy of the period, the end of the last
-		       -- charged
-		       count(*) FILTER (WHERE fast) AS nfast,
-		       max(s) FILTER (WHERE fast) AS fls, max(t) FILTER (WHERE fast) AS flt,
-		       max(e) FILTER (WHERE fast) AS fle,
-		       coalesce(sum(amt) FILTER (WHERE fast), 0) AS famt,
-		       coalesce(sum(wh) FILTER (WHERE fast AND rate_vid IS NOT NULL), 0) AS fwh,
-		       max(t) FILTER (WHERE fast AND rate_vid IS NOT NULL AND wh > 0) AS frated
-		FROM civ GROUP BY m
+		       max(old_first) AS old_first, max(old_first_ts) AS old_first_ts,
+		       max(old_first_wh) AS old_first_wh
+		FROM cls WHERE known GROUP BY m
+	), fast AS (
+		-- The fast path of charging: one new interval that the meter's
+		-- rate cache covers (see prepaid_internal.fast_rate); amt is NULL otherwise,
+		-- and the meter goes to prepaid_internal.charge_slow() below.
+		SELECT a.*, a.le - a.old_wh AS wh,
+		       mt.rate_vid, mt.rate_tier, mt.rate_band, mt.rate_price, mt.rate_service,
+		       mt.rate_day, mt.rate_period, mt.exact_fen AS x0,
+		       -- amt: the exact fen of the interval
+		       CASE WHEN a.nahead = 1 AND a.nbehind = 0 AND a.nfill = 0 AND a.old_last IS NOT NULL
+		            THEN prepaid_internal.fast_rate(mt, a.old_ts, a.lt, a.le - a.old_wh) * 100 END AS amt
+		FROM agg a JOIN prepaid.meters mt ON mt.meter_id = a.m
 	), fled AS (
-		-- whole fen by the carry: floor(X + cum) - floor(X + cum - amt)
+		-- whole fen by the carry: floor(X + amt) - floor(X)
 		INSERT INTO prepaid.ledger (meter_id, day, kind, amount_fen, exact_fen, from_seq,
 		    to_seq, from_ts, to_ts, energy_wh, tariff_version_id, tier, band, price,
 		    service_fee, period_start, author)
-		SELECT m, rate_day, 'charge', -(floor(x0 + cum) - floor(x0 + cum - amt))::bigint, -amt,
-		       s0, s, t0, t, wh, rate_vid, rate_tier, rate_band, rate_price,
+		SELECT m, rate_day, 'charge', -(floor(x0 + amt) - floor(x0))::bigint, -amt, old_last,
+		       ls, old_ts, lt, wh, rate_vid, rate_tier, rate_band, rate_price,
 		       CASE WHEN amt = 0 THEN 0 ELSE rate_service END, rate_period, 'prepaidd'
-		FROM civ WHERE fast AND rate_vid IS NOT NULL AND wh > 0
+		FROM fast WHERE amt IS NOT NULL AND rate_vid IS NOT NULL AND wh > 0
 		RETURNING 1
 	), upd AS (
 		UPDATE prepaid.meters mt SET
@@ -590,13 +570,17 @@ BEGIN
 			first_seq = coalesce(a.fs_, mt.first_seq),
 			first_ts = CASE WHEN a.fs_ IS NOT NULL THEN a.ft ELSE mt.first_ts END,
 			first_wh = CASE WHEN a.fs_ IS NOT NULL THEN a.fe ELSE mt.first_wh END,
-			exact_fen = mt.exact_fen + a.famt,
-			balance_fen = mt.balance_fen - (floor(mt.exact_fen + a.famt) - floor(mt.exact_fen))::bigint,
-			balance = (mt.balance_fen
-			           - (floor(mt.exact_fen + a.famt) - floor(mt.exact_fen))::bigint) / 100.0,
-			rated_ts = coalesce(a.frated, mt.rated_ts),
-			period_wh = mt.period_wh + a.fwh
-		FROM agg a
+			exact_fen = mt.exact_fen + CASE WHEN a.rate_vid IS NOT NULL AND a.wh > 0
+			                                THEN coalesce(a.amt, 0) ELSE 0 END,
+			balance_fen = mt.balance_fen - CASE WHEN a.amt IS NOT NULL AND a.rate_vid IS NOT NULL
+			        AND a.wh > 0 THEN (floor(a.x0 + a.amt) - floor(a.x0))::bigint ELSE 0 END,
+			balance = (mt.balance_fen - CASE WHEN a.amt IS NOT NULL AND a.rate_vid IS NOT NULL
+			        AND a.wh > 0 THEN (floor(a.x0 + a.amt) - floor(a.x0))::bigint ELSE 0 END) / 100.0,
+			rated_ts = CASE WHEN a.amt IS NOT NULL AND a.rate_vid IS NOT NULL AND a.wh > 0
+			                THEN a.lt ELSE mt.rated_ts END,
+			period_wh = mt.period_wh + CASE WHEN a.amt IS NOT NULL AND a.rate_vid IS NOT NULL
+			                                THEN a.wh ELSE 0 END
+		FROM fast a
 		WHERE mt.meter_id = a.m
 		RETURNING 1
 	), unk AS (
@@ -611,13 +595,14 @@ BEGIN
 	       (SELECT count(*) FROM unk),
 	       (SELECT count(*) FROM cls WHERE fresh AND NOT ahead AND NOT behind),
 	       (SELECT count(*) FROM hold),
-	       sl.m, sl.s, sl.t, sl.e, sl.late
+	       sl.m, sl.s, sl.t, sl.e, sl.late, sl.many
 	INTO inserted, gaps, unknown, filled, n_held, slow_meter, slow_last, slow_last_ts,
-	     slow_last_wh, slow_late
-	FROM (SELECT array_agg(m) AS m, array_agg(coalesce(fls, old_last)) AS s,
-	             array_agg(coalesce(flt, old_ts)) AS t, array_agg(coalesce(fle, old_wh)) AS e,
-	             array_agg(nbehind > 0 OR nfill > 0) AS late
-	      FROM agg WHERE nahead > nfast OR nbehind > 0 OR nfill > 0) sl;
+	     slow_last_wh, slow_late, slow_many
+	FROM (SELECT array_agg(m) AS m, array_agg(old_last) AS s, array_agg(old_ts) AS t,
+	             array_agg(old_wh) AS e, array_agg(nbehind > 0 OR nfill > 0) AS late,
+	             array_agg(nahead > 1 AND nbehind = 0 AND nfill = 0
+	                       AND old_last IS NOT NULL) AS many
+	      FROM fast WHERE (amt IS NULL AND nahead > 0) OR nbehind > 0 OR nfill > 0) sl;
 	-- A held reading may have been the batch's highest (or lowest): the
 	-- meter's latest (first) reading is then the highest (lowest) stored.
 	IF n_held > 0 THEN
@@ -626,7 +611,7 @@ BEGIN
 		      FROM prepaid.readings x
 		      WHERE x.meter_id IN (SELECT a.meter_id FROM prepaid.anomalies a
 		                           WHERE a.kind = 'seq_out_of_range' AND a.state = 'open'
-		                             AND a.meter_id = ANY (p_meter))
+		                             AND a.meter_id = ANY (p_known))
 		      ORDER BY x.meter_id, x.seq DESC) r
 		WHERE mt.meter_id = r.meter_id AND r.seq > coalesce(mt.last_seq, -1);
 		UPDATE prepaid.meters mt SET first_seq = r.seq, first_ts = r.ts, first_wh = r.energy_wh
@@ -634,7 +619,7 @@ BEGIN
 		      FROM prepaid.readings x
 		      WHERE x.meter_id IN (SELECT a.meter_id FROM prepaid.anomalies a
 		                           WHERE a.kind = 'seq_out_of_range' AND a.state = 'open'
-		                             AND a.meter_id = ANY (p_meter))
+		                             AND a.meter_id = ANY (p_known))
 		      ORDER BY x.meter_id, x.seq) r
 		WHERE mt.meter_id = r.meter_id AND (mt.first_seq IS NULL OR r.seq < mt.first_seq);
 	END IF;

@@ -876,6 +876,105 @@ LANGUAGE sql IMMUTABLE AS $$
 	       END
 $$;
 
+-- Charging's fast path for meters with several new intervals in a batch
+-- (a backlog drained, a meter's array), none of them late (p_many; the
+-- other meters pass through): from the meter's last reading before the
+-- batch (p_last ...), each interval of its stored readings in seq order is
+-- charged as prepaid_internal.ingest_readings() charges one the rate cache
+-- covers (see prepaid_internal.fast_rate, with the period's energy up to
+-- the interval's end), up to the first the cache does not cover; none if
+-- any reading is not later in time than the one before it. Whole fen by
+-- the carry, as post_entries() writes them. Returns the meters for
+-- charge_slow(): the others, and these unless all their intervals were
+-- charged, with the last reading charged as their last.
+CREATE OR REPLACE FUNCTION prepaid_internal.charge_fast(p_meter text[], p_last bigint[],
+    p_last_ts timestamptz[], p_last_wh bigint[], p_late boolean[], p_many boolean[],
+    OUT slow_meter text[], OUT slow_last bigint[], OUT slow_last_ts timestamptz[],
+    OUT slow_last_wh bigint[], OUT slow_late boolean[])
+LANGUAGE plpgsql
+SET jit = off
+AS $$
+BEGIN
+	WITH iv AS (
+		-- the intervals: each stored reading after the last, from the one
+		-- before it
+		SELECT y.*, lag(y.s) OVER w AS s0, lag(y.t) OVER w AS t0,
+		       y.e - lag(y.e) OVER w AS wh
+		FROM (SELECT k.m, k.last AS s, k.lts AS t, k.lwh AS e
+		      FROM unnest(p_meter, p_last, p_last_ts, p_last_wh, p_many) AS k(m, last, lts, lwh, many)
+		      WHERE k.many
+		      UNION ALL
+		      SELECT r.meter_id, r.seq, r.ts, r.energy_wh
+		      FROM unnest(p_meter, p_last, p_many) AS k(m, last, many)
+		      JOIN prepaid.readings r ON r.meter_id = k.m AND r.seq > k.last
+		      WHERE k.many) y
+		WINDOW w AS (PARTITION BY y.m ORDER BY y.s)
+	), ok AS (
+		SELECT iv.*, mt.exact_fen AS x0, mt.rate_day, mt.rate_vid, mt.rate_tier, mt.rate_band,
+		       mt.rate_price, mt.rate_period,
+		       CASE WHEN mt.rate_vid IS NULL OR mt.rate_free THEN 0 ELSE mt.rate_service END AS service,
+		       CASE WHEN mt.rate_vid IS NULL OR mt.rate_free THEN 0
+		            ELSE iv.wh * (mt.rate_price + mt.rate_service) / 1000 * 100 END AS amt,
+		       coalesce(NOT bool_or(iv.t <= iv.t0) OVER (PARTITION BY iv.m)
+		           AND mt.rate_until IS NOT NULL AND iv.t0 >= mt.rate_from
+		           AND iv.t < mt.rate_until AND iv.wh >= 0
+		           AND (mt.rated_ts IS NULL OR iv.t0 >= mt.rated_ts)
+		           AND iv.wh::numeric * 3600
+		               <= mt.rate_max_power_w * greatest(extract(epoch FROM iv.t - iv.t0), 60)
+		           AND (mt.rate_vid IS NULL
+		                OR (mt.period_start = mt.rate_period AND mt.period_wh >= mt.rate_lo
+		                    AND (mt.rate_hi IS NULL
+		                         OR mt.period_wh + sum(iv.wh) OVER (PARTITION BY iv.m ORDER BY iv.s)
+		                            <= mt.rate_hi))),
+		           false) AS ok
+		FROM iv JOIN prepaid.meters mt ON mt.meter_id = iv.m
+		WHERE iv.s0 IS NOT NULL
+	), f AS (
+		-- fast: it and every interval before it are covered; cum: the exact
+		-- fen of those
+		SELECT ok.*, bool_and(ok.ok) OVER w AS fast, sum(ok.amt) OVER w AS cum
+		FROM ok WINDOW w AS (PARTITION BY ok.m ORDER BY ok.s)
+	), led AS (
+		INSERT INTO prepaid.ledger (meter_id, day, kind, amount_fen, exact_fen, from_seq,
+		    to_seq, from_ts, to_ts, energy_wh, tariff_version_id, tier, band, price,
+		    service_fee, period_start, author)
+		SELECT m, rate_day, 'charge', -(floor(x0 + cum) - floor(x0 + cum - amt))::bigint, -amt,
+		       s0, s, t0, t, wh, rate_vid, rate_tier, rate_band, rate_price,
+		       CASE WHEN amt = 0 THEN 0 ELSE service END, rate_period, 'prepaidd'
+		FROM f WHERE fast AND rate_vid IS NOT NULL AND wh > 0
+		ORDER BY m, s
+		RETURNING 1
+	), agg AS (
+		SELECT m, count(*) AS n, count(*) FILTER (WHERE fast) AS nfast,
+		       -- the last reading charged (seq, time and energy all grow
+		       -- along the fast intervals)
+		       max(s) FILTER (WHERE fast) AS ls, max(t) FILTER (WHERE fast) AS lt,
+		       max(e) FILTER (WHERE fast) AS le,
+		       coalesce(sum(amt) FILTER (WHERE fast), 0) AS x,
+		       coalesce(sum(wh) FILTER (WHERE fast AND rate_vid IS NOT NULL), 0) AS pwh,
+		       max(t) FILTER (WHERE fast AND rate_vid IS NOT NULL AND wh > 0) AS rated
+		FROM f GROUP BY m
+	), upd AS (
+		UPDATE prepaid.meters mt SET
+			exact_fen = mt.exact_fen + a.x,
+			balance_fen = mt.balance_fen - (floor(mt.exact_fen + a.x) - floor(mt.exact_fen))::bigint,
+			balance = (mt.balance_fen
+			           - (floor(mt.exact_fen + a.x) - floor(mt.exact_fen))::bigint) / 100.0,
+			rated_ts = coalesce(a.rated, mt.rated_ts),
+			period_wh = mt.period_wh + a.pwh
+		FROM agg a
+		WHERE mt.meter_id = a.m AND a.nfast > 0
+		RETURNING 1
+	)
+	SELECT array_agg(k.m), array_agg(coalesce(a.ls, k.last)), array_agg(coalesce(a.lt, k.lts)),
+	       array_agg(coalesce(a.le, k.lwh)), array_agg(k.late)
+	INTO slow_meter, slow_last, slow_last_ts, slow_last_wh, slow_late
+	FROM unnest(p_meter, p_last, p_last_ts, p_last_wh, p_late) AS k(m, last, lts, lwh, late)
+	LEFT JOIN agg a ON a.m = k.m
+	-- (the data-modifying parts run whether read or not)
+	WHERE a.m IS NULL OR a.nfast < a.n;
+END $$;
+
 -- Recompute the rate cache of meters at their newest reading (see 002); a
 -- period that is not the cached one starts from the energy the ledger holds
 -- for it (tier state is per period).
