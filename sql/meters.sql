@@ -418,7 +418,8 @@ $$;
 -- of unknown meters as rejects (unk). It stays one statement because every
 -- part reads the same classification: split into statements, each would
 -- rebuild it or need it stored, and the batch would be slower. The meters
--- the fast path did not charge come back in slow_* for charge_slow().
+-- the fast path did not charge come back in slow_* (slow_many: several new
+-- intervals, none late, for charge_fast() first) for charge_slow().
 --
 -- The statement is written so that its plan does not depend on row
 -- estimates (PL/pgSQL keeps a generic plan after a few calls): one pass
