@@ -489,8 +489,10 @@ ingest_build(struct ingest *in)
 	ingest_params(in, b);
 
 	/* What stays queued keeps the older arrival time: it is flushed no later. */
-	in->nrd -= n;
-	memmove(in->rd, in->rd + n, in->nrd * sizeof *in->rd);
+	if (n > 0) {
+		in->nrd -= n;
+		memmove(in->rd, in->rd + n, in->nrd * sizeof *in->rd);
+	}
 	return b;
 }
 
