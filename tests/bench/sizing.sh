@@ -182,7 +182,12 @@ for cad in 900 60; do
 	psql_q "CHECKPOINT" >/dev/null
 	base=$(inserted)
 	d0=$(ticks "$DAEMON_PID") p0=$(pg_ticks) t0=$(date +%s.%N)
-	sim -i C -n 100000 --start-seq 3 --start-energy 2000000 --load "$n" --rate "$rate" -q 1 --inflight 100 \
+	# The window goes on where the warm-up ended: seq 3, and the register
+	# one interval further (500 W for 15 minutes is 125 Wh a reading after
+	# 1,000,000 and 1,000,125), so that its readings are plausible
+	# consumption and take the steady path (a register far ahead would be
+	# an implausible jump, held and measured as the anomaly path).
+	sim -i C -n 100000 --start-seq 3 --start-energy 1000250 --load "$n" --rate "$rate" -q 1 --inflight 100 \
 	    --no-commands -w 500 -r 900000 >"$LIB_TMP/sim-cad.out" 2>&1 || fail "prepaid-sim failed"
 	wait_inserted $((base + n))
 	d1=$(ticks "$DAEMON_PID") p1=$(pg_ticks) t1=$(date +%s.%N)
