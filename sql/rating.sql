@@ -904,9 +904,14 @@ BEGIN
 		      FROM unnest(p_meter, p_last, p_last_ts, p_last_wh, p_many) AS k(m, last, lts, lwh, many)
 		      WHERE k.many
 		      UNION ALL
-		      SELECT r.meter_id, r.seq, r.ts, r.energy_wh
+		      -- (an index lookup per meter, OFFSET 0 keeping the subquery
+		      -- from being flattened into a join: with statistics not yet
+		      -- gathered on a fresh month, the join was planned as a scan of
+		      -- all its readings)
+		      SELECT k.m, r.seq, r.ts, r.energy_wh
 		      FROM unnest(p_meter, p_last, p_many) AS k(m, last, many)
-		      JOIN prepaid.readings r ON r.meter_id = k.m AND r.seq > k.last
+		      CROSS JOIN LATERAL (SELECT x.seq, x.ts, x.energy_wh FROM prepaid.readings x
+		                          WHERE x.meter_id = k.m AND x.seq > k.last OFFSET 0) r
 		      WHERE k.many) y
 		WINDOW w AS (PARTITION BY y.m ORDER BY y.s)
 	), ok AS (

@@ -44,8 +44,10 @@
 # (readings per array payload in 8c; 96, a day at 15 minutes),
 # BENCH_JOURNAL_ROUNDS (rounds of phase 6b; 2, 0 skips it),
 # BENCH_SKIP_CATCHUP=1 skips phase 8, BENCH_ONLY_CATCHUP=1 runs phases 1, 2 and 8
-# only, BENCH_PROFILE=1 prints PostgreSQL's time per function after each
-# catch-up, PREPAID_KEEP_TMP=1 keeps the logs.
+# only, BENCH_ONLY_SUSTAINED=1 phases 1 to 4b only, BENCH_PROFILE=1 prints
+# PostgreSQL's time per function after phases 4, 4b and each catch-up,
+# BENCH_PG_CONF adds PostgreSQL settings ("name = value", separated by ";",
+# e.g. auto_explain's), PREPAID_KEEP_TMP=1 keeps the logs.
 
 set -e
 
@@ -258,6 +260,12 @@ for s in "fsync = on" "full_page_writes = on" "synchronous_commit = on" \
     "shared_buffers = '128MB'" ${BENCH_PROFILE:+"track_functions = 'all'"}; do
 	bench_psql "ALTER SYSTEM SET $s" >/dev/null
 done
+# (appended to postgresql.conf: ALTER SYSTEM refuses a module's settings
+# before the module is loaded)
+IFS=';' read -r -a extra <<<"${BENCH_PG_CONF:-}"
+for s in "${extra[@]}"; do
+	printf '%s\n' "$s" | lib_as_pg tee -a "$PG_DIR/data/postgresql.conf" >/dev/null
+done
 pg_restart
 [ "$(bench_psql 'SHOW fsync')" = on ] || fail "fsync is not on"
 [ "$(bench_psql 'SHOW synchronous_commit')" = on ] || fail "synchronous_commit is not on"
@@ -374,6 +382,7 @@ bench_line "  same, to the last commit (SQL)" \
 bench_line "  simulator" "$(bench_result "$DSIM_LOG")"
 batches=$(bench_metric prepaidd_batches_total)
 bench_line "  batches" "$batches, $(bench_calc 'sprintf("%.0f", n / b)' -v n="$N" -v b="$batches") readings each on average, $(bench_metric prepaidd_ingest_pauses_total) read pauses, loop lag max $(bench_metric prepaidd_loop_lag_max_seconds) s"
+bench_profile
 
 # --- 4b. the same with charging on
 
@@ -397,6 +406,11 @@ bench_line "  ledger" "$charged"
 expect=$((N - METERS))
 got=$(bench_psql "SELECT count(*) FROM prepaid.ledger WHERE kind = 'charge'")
 [ "$got" -ge "$expect" ] || fail "only $got charge entries for $expect intervals"
+bench_profile
+if [ -n "${BENCH_ONLY_SUSTAINED:-}" ]; then
+	bench_line "charging on / off" "$(bench_calc 'sprintf("%.2f", c / d)' -v c="$CHARGE_RATE" -v d="$DAEMON_RATE")"
+	exit 0
+fi
 
 # --- 5. latency at half load
 
