@@ -65,8 +65,9 @@ struct ingest {
 	struct ingest_hooks hooks;
 	struct journal *jnl; /* NULL: journal off */
 
-	struct ingest_reading *rd; /* queued readings */
-	size_t nrd, caprd;
+	/* Queued readings: rd[rd0 .. rd0 + nrd), taken from the front. */
+	struct ingest_reading *rd;
+	size_t rd0, nrd, caprd;
 	json_t *events, *acks, *rejects;
 	int64_t oldest_us; /* arrival of the oldest queued item */
 
@@ -258,14 +259,28 @@ ingest_on_reading(void *arg, const struct reading *r)
 {
 	struct ingest *in = arg;
 
-	if (in->nrd == in->caprd) {
-		in->caprd = in->caprd ? in->caprd * 2 : 1024;
-		in->rd = xreallocarray(in->rd, in->caprd, sizeof *in->rd);
+	struct ingest_reading *q;
+
+	if (in->rd0 + in->nrd == in->caprd) {
+		/*
+		 * Full at the end: move the queue to the front when at least half
+		 * the array lies before it (so each reading is moved at most once
+		 * on average), else grow.
+		 */
+		if (in->rd0 == 0 || in->rd0 < in->caprd / 2) {
+			in->caprd = in->caprd ? in->caprd * 2 : 1024;
+			in->rd = xreallocarray(in->rd, in->caprd, sizeof *in->rd);
+		}
+		if (in->rd0 > 0) {
+			memmove(in->rd, in->rd + in->rd0, in->nrd * sizeof *in->rd);
+			in->rd0 = 0;
+		}
 	}
 	ingest_mark(in);
-	in->rd[in->nrd].r = *r;
-	in->rd[in->nrd].received_us = in->cur_us;
-	in->rd[in->nrd].jseq = in->cur_jseq;
+	q = &in->rd[in->rd0 + in->nrd];
+	q->r = *r;
+	q->received_us = in->cur_us;
+	q->jseq = in->cur_jseq;
 	in->nrd++;
 	metrics.readings_received++;
 }
@@ -454,9 +469,7 @@ ingest_params(struct ingest *in, struct ingest_batch *b)
 
 /*
  * Readings in one batch: batch_size shared among the writers, so that as
- * many readings are in flight as with one. (A batch spanning more than one
- * round of a meter's readings would take the slow path of charging, one
- * interval per meter being the fast one.)
+ * many readings are in flight as with one.
  */
 static size_t
 ingest_batch_max(const struct ingest *in)
@@ -477,7 +490,7 @@ ingest_build(struct ingest *in)
 		n = ingest_batch_max(in);
 	if (n > 0) {
 		b->rd = xreallocarray(NULL, n, sizeof *b->rd);
-		memcpy(b->rd, in->rd, n * sizeof *b->rd);
+		memcpy(b->rd, in->rd + in->rd0, n * sizeof *b->rd);
 	}
 	b->readings = n;
 	b->events = in->events;
@@ -489,10 +502,8 @@ ingest_build(struct ingest *in)
 	ingest_params(in, b);
 
 	/* What stays queued keeps the older arrival time: it is flushed no later. */
-	if (n > 0) {
-		in->nrd -= n;
-		memmove(in->rd, in->rd + n, in->nrd * sizeof *in->rd);
-	}
+	in->nrd -= n;
+	in->rd0 = in->nrd > 0 ? in->rd0 + n : 0;
 	return b;
 }
 
