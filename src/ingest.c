@@ -65,7 +65,10 @@ struct ingest {
 	struct ingest_hooks hooks;
 	struct journal *jnl; /* NULL: journal off */
 
-	/* Queued readings: rd[rd0 .. rd0 + nrd), taken from the front. */
+	/*
+	 * Queued readings, a ring: nrd of them from rd[rd0], wrapping around
+	 * at caprd; taken from the front.
+	 */
 	struct ingest_reading *rd;
 	size_t rd0, nrd, caprd;
 	json_t *events, *acks, *rejects;
@@ -254,6 +257,21 @@ ingest_add_reject(struct ingest *in, const char *meter, const char *reason)
 	    "meter %s: rejected message on %s: %s", meter ? meter : "(none)", topic, reason);
 }
 
+/* Copy the first n queued readings to dst, in order (the ring unwrapped). */
+static void
+ingest_ring_copy(const struct ingest *in, struct ingest_reading *dst, size_t n)
+{
+	size_t first = in->caprd - in->rd0;
+
+	if (n == 0)
+		return;
+	if (first > n)
+		first = n;
+	memcpy(dst, in->rd + in->rd0, first * sizeof *dst);
+	if (n > first)
+		memcpy(dst + first, in->rd, (n - first) * sizeof *dst);
+}
+
 static void
 ingest_on_reading(void *arg, const struct reading *r)
 {
@@ -261,23 +279,18 @@ ingest_on_reading(void *arg, const struct reading *r)
 
 	struct ingest_reading *q;
 
-	if (in->rd0 + in->nrd == in->caprd) {
-		/*
-		 * Full at the end: move the queue to the front when at least half
-		 * the array lies before it (so each reading is moved at most once
-		 * on average), else grow.
-		 */
-		if (in->rd0 == 0 || in->rd0 < in->caprd / 2) {
-			in->caprd = in->caprd ? in->caprd * 2 : 1024;
-			in->rd = xreallocarray(in->rd, in->caprd, sizeof *in->rd);
-		}
-		if (in->rd0 > 0) {
-			memmove(in->rd, in->rd + in->rd0, in->nrd * sizeof *in->rd);
-			in->rd0 = 0;
-		}
+	if (in->nrd == in->caprd) {
+		size_t cap = in->caprd ? in->caprd * 2 : 1024;
+		struct ingest_reading *n = xreallocarray(NULL, cap, sizeof *n);
+
+		ingest_ring_copy(in, n, in->nrd);
+		free(in->rd);
+		in->rd = n;
+		in->rd0 = 0;
+		in->caprd = cap;
 	}
 	ingest_mark(in);
-	q = &in->rd[in->rd0 + in->nrd];
+	q = &in->rd[(in->rd0 + in->nrd) % in->caprd];
 	q->r = *r;
 	q->received_us = in->cur_us;
 	q->jseq = in->cur_jseq;
@@ -490,7 +503,7 @@ ingest_build(struct ingest *in)
 		n = ingest_batch_max(in);
 	if (n > 0) {
 		b->rd = xreallocarray(NULL, n, sizeof *b->rd);
-		memcpy(b->rd, in->rd + in->rd0, n * sizeof *b->rd);
+		ingest_ring_copy(in, b->rd, n);
 	}
 	b->readings = n;
 	b->events = in->events;
@@ -503,7 +516,7 @@ ingest_build(struct ingest *in)
 
 	/* What stays queued keeps the older arrival time: it is flushed no later. */
 	in->nrd -= n;
-	in->rd0 = in->nrd > 0 ? in->rd0 + n : 0;
+	in->rd0 = in->nrd > 0 ? (in->rd0 + n) % in->caprd : 0;
 	return b;
 }
 
