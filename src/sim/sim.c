@@ -95,6 +95,7 @@ static struct {
 	size_t nskip;
 	bool duplicate;
 	bool ts_step;
+	int64_t ts_start; /* --ts-start: seconds since the epoch; -1: the start */
 	int64_t press_delay_ms;
 	bool commands;
 	size_t hold;
@@ -119,6 +120,7 @@ static struct {
     .batch = 1,
     .start_seq = 1,
     .start_energy = 1000000,
+    .ts_start = -1,
     .press_delay_ms = 2000,
     .commands = true,
     .hold = 1000,
@@ -1128,7 +1130,7 @@ sim_usage(FILE *f)
 	    "         [--duplicate] [--hold n] [--inflight n] [--linger ms] [--load n]\n"
 	    "         [--no-commands] [--press-delay ms] [--rate r] [--skip-seq list]\n"
 	    "         [--record file] [--start-energy wh] [--start-seq n] [--status]\n"
-	    "         [--ts-now | --ts-step]\n");
+	    "         [--ts-now | --ts-step | --ts-start epoch]\n");
 }
 
 enum {
@@ -1138,6 +1140,7 @@ enum {
 	OPT_DUPLICATE,
 	OPT_TS_NOW,
 	OPT_TS_STEP,
+	OPT_TS_START,
 	OPT_PRESS_DELAY,
 	OPT_NO_COMMANDS,
 	OPT_HOLD,
@@ -1156,6 +1159,7 @@ static const struct option sim_longopts[] = {{"start-seq", required_argument, NU
     {"skip-seq", required_argument, NULL, OPT_SKIP_SEQ},
     {"duplicate", no_argument, NULL, OPT_DUPLICATE}, {"ts-now", no_argument, NULL, OPT_TS_NOW},
     {"ts-step", no_argument, NULL, OPT_TS_STEP},
+    {"ts-start", required_argument, NULL, OPT_TS_START},
     {"press-delay", required_argument, NULL, OPT_PRESS_DELAY},
     {"no-commands", no_argument, NULL, OPT_NO_COMMANDS},
     {"hold", required_argument, NULL, OPT_HOLD}, {"linger", required_argument, NULL, OPT_LINGER},
@@ -1222,6 +1226,10 @@ sim_options(int argc, char **argv)
 			break;
 		case OPT_TS_STEP:
 			opt.ts_step = true;
+			break;
+		case OPT_TS_START:
+			opt.ts_step = true;
+			opt.ts_start = sim_number(optarg, 0, INT64_MAX / 2000000, "--ts-start");
 			break;
 		case OPT_PRESS_DELAY:
 			opt.press_delay_ms = sim_number(optarg, -1, 86400000, "--press-delay");
@@ -1353,8 +1361,12 @@ main(int argc, char **argv)
 		sim.ts_frac = 6;
 	else
 		sim.ts_frac = opt.interval_ms % 1000 == 0 ? 0 : 3;
-	/* --ts-step: the first seq is stamped with the whole second of the start. */
-	sim.wall0_us = now_wall_us() / 1000000 * 1000000;
+	/*
+	 * --ts-step: the first seq is stamped with the whole second of the start
+	 * (--ts-start: with the second given).
+	 */
+	sim.wall0_us =
+	    opt.ts_start >= 0 ? opt.ts_start * 1000000 : now_wall_us() / 1000000 * 1000000;
 	sim_meters_init();
 
 	sim.base = event_base_new();

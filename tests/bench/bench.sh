@@ -329,6 +329,12 @@ COPY_RATE=$(bench_field "$r" rate)
     fail "bench-copy did not write $N rows"
 bench_line "batched COPY ($BATCH rows/commit)" "$COPY_RATE readings/s"
 
+# Each reading carries 833 Wh (50 kW for a minute's worth of readings), so
+# that with charging on every interval is charged; the meters have no tariff
+# in phase 4 (charging off) and a flat one in phases 4b and 8.
+CONSUMPTION=(-w 50000 -r 60000)
+CONSUMPTION_S=60
+
 # BENCH_ONLY_CATCHUP=1: phases 1, 2 and 8 only (the catch-up ratios).
 if [ -z "${BENCH_ONLY_CATCHUP:-}" ]; then
 
@@ -357,10 +363,6 @@ bench_line "naive subscriber (1 INSERT/commit per msg)" "$NAIVE_RATE readings/s 
 
 # --- 4. the daemon, sustained
 
-# Each reading carries 833 Wh (50 kW for a minute's worth of readings), so
-# that with charging on every interval is charged; the meters have no tariff
-# in this phase (charging off) and a flat one in phase 4b.
-CONSUMPTION=(-w 50000 -r 60000)
 note "4/5 prepaidd sustained ingest (charging off: no tariff)"
 bench_reset
 bench_daemon_start
@@ -576,34 +578,46 @@ fi # BENCH_ONLY_CATCHUP
 
 # The daemon's session exists (it ran above); with the daemon stopped, the
 # simulator queues a backlog of $CATCHUP_N readings in the broker for that
-# session from $2 meters that were reading before the outage ($1: a label,
-# then the simulator's further arguments); the daemon is
-# started and the drain rate is the backlog over the time from its start to
-# the last reading inserted. Charging is on (the flat tariff of phase 4b).
-# Sets CU_RATE.
+# session from $2 meters that were reading before the outage, $3 readings
+# each at most ($1: a label, then the simulator's further arguments); the
+# daemon is started and the drain rate is the backlog over the time from
+# its start to the last reading inserted. Charging is on (the flat tariff of
+# phase 4b). The readings were taken during the outage, a minute apart, and
+# every meter's readings are centred on a local midnight of the site, so
+# that each crosses it once (a day's charging ends there: the slow path
+# takes that interval) whatever the time of day the bench runs at; 8b's
+# meters, with a week of readings each, cross seven. Sets CU_RATE.
 bench_catchup()
 {
-	local label=$1 n_meters=$2 n_prefix="CU$CU_ROUND" t0 base pub b
+	local label=$1 n_meters=$2 per_meter=$3 n_prefix="CU$CU_ROUND" t0 base pub b start
 
-	shift 2
+	shift 3
 	bench_reset
 	bench_tariff
 	bench_credit "$n_prefix" "$n_meters"
+	# The backlog's first reading: half its span before the latest local
+	# midnight that leaves the other half before now.
+	start=$(bench_psql "SELECT extract(epoch FROM m - h)::bigint FROM (
+	        SELECT date_trunc('day', (now() - h) AT TIME ZONE s.time_zone)
+	               AT TIME ZONE s.time_zone AS m, h
+	        FROM prepaid.sites s, (SELECT make_interval(secs => $per_meter * $CONSUMPTION_S / 2) AS h) x
+	        WHERE s.site_id = 'default') y") || fail "could not place the backlog"
 	# The meters were reading before the outage: each has its reading 1
-	# of an hour ago (1,000,000 Wh, the simulator's start), written as the
-	# daemon would have (through ingest_batch, so with its rate cache).
+	# of an hour before the backlog (1,000,000 Wh, the simulator's start),
+	# written as the daemon would have (through ingest_batch, so with its
+	# rate cache).
 	bench_psql "SELECT (prepaid_internal.ingest_batch(array_agg(id), array_agg(1::bigint),
-	        array_agg(now() - interval '1 hour'), array_agg(1000000::bigint),
+	        array_agg(to_timestamp($start - 3600)), array_agg(1000000::bigint),
 	        array_agg('closed'::text), array_agg(NULL::float8), array_agg(NULL::float8),
 	        array_agg(NULL::float8), array_agg(now()), '[]', '[]', '[]', false, false,
 	        100000, 'meters')).inserted
 	    FROM (SELECT '$n_prefix' || CASE WHEN i < 10000 THEN lpad(i::text, 4, '0') ELSE i::text END AS id
 	          FROM generate_series(1, $n_meters) i) x" >/dev/null ||
 	    fail "could not write the readings before the outage"
-	# The backlog: readings 2.. a minute apart from now (--ts-step), as
-	# the meters took them during the outage.
+	# The backlog: readings 2.. a minute apart from $start, as the meters
+	# took them during the outage.
 	sim -i "$n_prefix" -n "$n_meters" --load "$CATCHUP_N" -q 1 --inflight "$INFLIGHT" --no-commands \
-	    --start-seq 2 --ts-step "${CONSUMPTION[@]}" "$@" >"$LIB_TMP/sim-catchup.out" 2>&1 ||
+	    --start-seq 2 --ts-start "$start" "${CONSUMPTION[@]}" "$@" >"$LIB_TMP/sim-catchup.out" 2>&1 ||
 	    fail "prepaid-sim failed: $(tail -n 3 "$LIB_TMP/sim-catchup.out")"
 	pub=$(bench_result "$LIB_TMP/sim-catchup.out")
 	echo "=== bench daemon start (catch-up $label) $(date +%T)" >>"$DAEMON_LOG"
@@ -637,11 +651,15 @@ if [ -z "${BENCH_SKIP_CATCHUP:-}" ]; then
 	sleep 1
 	daemon_stop >/dev/null
 	CU_ROUND=1
-	bench_catchup "single, $METERS meters" "$METERS"
+	bench_catchup "single, $METERS meters" "$METERS" $(((CATCHUP_N + METERS - 1) / METERS))
 	CU_ONE=$CU_RATE
-	bench_catchup "single, $CATCHUP_FEW meters" "$CATCHUP_FEW"
+	bench_catchup "single, $CATCHUP_FEW meters" "$CATCHUP_FEW" \
+	    $(((CATCHUP_N + CATCHUP_FEW - 1) / CATCHUP_FEW))
 	CU_MANY=$CU_RATE
-	bench_catchup "arrays of $CATCHUP_ARRAY, $METERS meters" "$METERS" -b "$CATCHUP_ARRAY"
+	# (whole arrays go round the meters: some have one array more)
+	bench_catchup "arrays of $CATCHUP_ARRAY, $METERS meters" "$METERS" \
+	    $((((CATCHUP_N + CATCHUP_ARRAY - 1) / CATCHUP_ARRAY + METERS - 1) / METERS * CATCHUP_ARRAY)) \
+	    -b "$CATCHUP_ARRAY"
 	CU_ARRAY=$CU_RATE
 fi
 
