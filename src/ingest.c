@@ -276,7 +276,6 @@ static void
 ingest_on_reading(void *arg, const struct reading *r)
 {
 	struct ingest *in = arg;
-
 	struct ingest_reading *q;
 
 	if (in->nrd == in->caprd) {

@@ -332,8 +332,8 @@ bench_line "batched COPY ($BATCH rows/commit)" "$COPY_RATE readings/s"
 # Each reading carries 833 Wh (50 kW for a minute's worth of readings), so
 # that with charging on every interval is charged; the meters have no tariff
 # in phase 4 (charging off) and a flat one in phases 4b and 8.
-CONSUMPTION=(-w 50000 -r 60000)
 CONSUMPTION_S=60
+CONSUMPTION=(-w 50000 -r $((CONSUMPTION_S * 1000)))
 
 # BENCH_ONLY_CATCHUP=1: phases 1, 2 and 8 only (the catch-up ratios).
 if [ -z "${BENCH_ONLY_CATCHUP:-}" ]; then
