@@ -370,24 +370,26 @@ END $$;
 -- Every meter a batch touches, in id order.
 CREATE OR REPLACE FUNCTION prepaid_internal.ingest_meter_ids(p_meter text[], p_events jsonb,
     p_acks jsonb)
-RETURNS text[] LANGUAGE sql STABLE AS $$
-	SELECT array_agg(DISTINCT m ORDER BY m) FROM (
+RETURNS text[] LANGUAGE plpgsql STABLE AS $$
+BEGIN
+	RETURN (SELECT array_agg(DISTINCT m ORDER BY m) FROM (
 		SELECT unnest(p_meter) COLLATE "C" AS m
 		UNION ALL SELECT e->>'meter' FROM jsonb_array_elements(p_events) e
 		UNION ALL SELECT a->>'meter' FROM jsonb_array_elements(p_acks) a) x
-	WHERE m IS NOT NULL
-$$;
+	WHERE m IS NOT NULL);
+END $$;
 
 -- Register new meters ([ingest] auto_register) before locking any, in id
 -- order: a batch that waits here (another daemon registering the same
 -- meter) holds no meter lock, so two batches cannot deadlock.
 CREATE OR REPLACE FUNCTION prepaid_internal.ingest_register(p_ids text[]) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
 	INSERT INTO prepaid.meters (meter_id, auto_registered)
 	SELECT m, true FROM unnest(p_ids) m
 	WHERE NOT EXISTS (SELECT 1 FROM prepaid.meters x WHERE x.meter_id = m)
-	ON CONFLICT (meter_id) DO NOTHING
-$$;
+	ON CONFLICT (meter_id) DO NOTHING;
+END $$;
 
 -- Lock the batch's meters, reading their state in the same pass. Batches
 -- of several daemons that touch the same meters are serialised here, in
@@ -397,15 +399,18 @@ $$;
 CREATE OR REPLACE FUNCTION prepaid_internal.ingest_lock(p_ids text[],
     OUT known text[], OUT last bigint[], OUT last_ts timestamptz[], OUT last_wh bigint[],
     OUT first bigint[], OUT first_ts timestamptz[], OUT first_wh bigint[])
-LANGUAGE sql AS $$
-	SELECT array_agg(meter_id ORDER BY meter_id), array_agg(last_seq ORDER BY meter_id),
-	       array_agg(last_ts ORDER BY meter_id), array_agg(last_energy_wh ORDER BY meter_id),
-	       array_agg(first_seq ORDER BY meter_id), array_agg(first_ts ORDER BY meter_id),
-	       array_agg(first_wh ORDER BY meter_id)
-	FROM (SELECT meter_id, last_seq, last_ts, last_energy_wh, first_seq, first_ts, first_wh
-	      FROM prepaid.meters
-	      WHERE meter_id = ANY (p_ids) ORDER BY meter_id FOR NO KEY UPDATE) x
-$$;
+LANGUAGE plpgsql AS $$
+BEGIN
+	SELECT array_agg(x.meter_id ORDER BY x.meter_id), array_agg(x.last_seq ORDER BY x.meter_id),
+	       array_agg(x.last_ts ORDER BY x.meter_id), array_agg(x.last_energy_wh ORDER BY x.meter_id),
+	       array_agg(x.first_seq ORDER BY x.meter_id), array_agg(x.first_ts ORDER BY x.meter_id),
+	       array_agg(x.first_wh ORDER BY x.meter_id)
+	INTO known, last, last_ts, last_wh, first, first_ts, first_wh
+	FROM (SELECT x.meter_id, x.last_seq, x.last_ts, x.last_energy_wh, x.first_seq, x.first_ts,
+	             x.first_wh
+	      FROM prepaid.meters x
+	      WHERE x.meter_id = ANY (p_ids) ORDER BY x.meter_id FOR NO KEY UPDATE) x;
+END $$;
 
 -- The readings of a batch, in one set-based statement whose parts are the
 -- jobs a reading sets off: classify each reading (new, repeat, a reading
@@ -765,22 +770,25 @@ END $$;
 
 -- Input the daemon refused (malformed, bad meter id, oversize...).
 CREATE OR REPLACE FUNCTION prepaid_internal.ingest_rejects(p_rejects jsonb) RETURNS integer
-LANGUAGE sql AS $$
-	WITH ins AS (
-		INSERT INTO prepaid.rejects (received_at, meter_id, topic, reason, payload)
-		SELECT (x->>'received_at')::timestamptz, x->>'meter', x->>'topic', x->>'reason',
-		       decode(x->>'payload', 'hex')
-		FROM jsonb_array_elements(p_rejects) x
-		RETURNING 1)
-	SELECT count(*)::integer FROM ins
-$$;
+LANGUAGE plpgsql AS $$
+DECLARE
+	v_n integer;
+BEGIN
+	INSERT INTO prepaid.rejects (received_at, meter_id, topic, reason, payload)
+	SELECT (x->>'received_at')::timestamptz, x->>'meter', x->>'topic', x->>'reason',
+	       decode(x->>'payload', 'hex')
+	FROM jsonb_array_elements(p_rejects) x;
+	GET DIAGNOSTICS v_n = ROW_COUNT;
+	RETURN v_n;
+END $$;
 
 -- Keep the newest p_keep rejects ([ingest] rejects_keep).
 CREATE OR REPLACE FUNCTION prepaid_internal.prune_rejects(p_keep integer) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
 	DELETE FROM prepaid.rejects
-	WHERE id <= (SELECT max(id) FROM prepaid.rejects) - p_keep
-$$;
+	WHERE id <= (SELECT max(id) FROM prepaid.rejects) - p_keep;
+END $$;
 
 -- ----------------------------------------------------------------- views
 

@@ -571,14 +571,15 @@ END $$;
 
 -- The standing range of meters grows to the local days of their readings.
 CREATE OR REPLACE FUNCTION prepaid_internal.standing_extend(p_meter text[], p_from timestamptz[], p_to timestamptz[])
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
 	UPDATE prepaid.meters mt SET
 		standing_from = least(mt.standing_from, (k.f AT TIME ZONE s.time_zone)::date),
 		standing_through = greatest(mt.standing_through, (k.t AT TIME ZONE s.time_zone)::date)
 	FROM (SELECT u.m, min(u.f) AS f, max(u.t) AS t FROM unnest(p_meter, p_from, p_to) AS u(m, f, t)
 	      GROUP BY u.m) k, prepaid.sites s
-	WHERE mt.meter_id = k.m AND s.site_id = mt.site_id
-$$;
+	WHERE mt.meter_id = k.m AND s.site_id = mt.site_id;
+END $$;
 
 -- Charge intervals that come after everything charged for their meters
 -- (rate_intervals) and the standing days the batch's readings reach
@@ -590,7 +591,7 @@ CREATE OR REPLACE FUNCTION prepaid_internal.charge(p_meter text[], p_from_seq bi
     p_upto_meter text[], p_upto_from timestamptz[], p_upto_ts timestamptz[])
 RETURNS integer LANGUAGE plpgsql
 SET jit = off
-SET plan_cache_mode = force_custom_plan
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
 	v_n integer;
@@ -984,7 +985,8 @@ END $$;
 -- period that is not the cached one starts from the energy the ledger holds
 -- for it (tier state is per period).
 CREATE OR REPLACE FUNCTION prepaid_internal.refresh_rate_cache(p_meter text[], p_at timestamptz[]) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
 	UPDATE prepaid.meters mt SET
 		period_start = CASE WHEN c.vid IS NOT NULL AND c.pstart IS DISTINCT FROM mt.period_start
 		                    THEN c.pstart ELSE mt.period_start END,
@@ -1046,8 +1048,8 @@ LANGUAGE sql AS $$
 	) c
 	LEFT JOIN prepaid.tariff_ranges r ON r.version_id = c.vid AND r.lo_wh <= c.base
 	     AND (r.hi_wh IS NULL OR r.hi_wh > c.base)
-	WHERE mt.meter_id = c.m
-$$;
+	WHERE mt.meter_id = c.m;
+END $$;
 
 -- Anything that changes how consumption is priced forgets the caches.
 CREATE OR REPLACE FUNCTION prepaid_internal.rate_cache_forget_trigger() RETURNS trigger
@@ -1111,7 +1113,7 @@ CREATE OR REPLACE FUNCTION prepaid_internal.charge_slow(p_sm text[], p_last bigi
     p_meter text[], p_seq bigint[], p_ts timestamptz[], p_energy bigint[])
 RETURNS void LANGUAGE plpgsql
 SET jit = off
-SET plan_cache_mode = force_custom_plan
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
 	c_meter text[]; c_fs bigint[]; c_ts bigint[]; c_t0 timestamptz[]; c_t1 timestamptz[];

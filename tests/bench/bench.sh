@@ -8,6 +8,11 @@
 #   1. the broker-only ceiling: prepaid-sim load -> mosquitto -> a QoS 1
 #      subscriber that discards (mosquitto_sub > /dev/null);
 #   2. batched COPY of the same rows at the daemon's batch size (bench-copy);
+#   2b. the write-set floor: PostgreSQL alone writing, in the daemon's batch
+#      shape, what the daemon writes for each reading it charges (a
+#      readings row, a ledger row, the meter's row updated, the batch's
+#      meters locked), with pgbench: the most any daemon could ingest here
+#      while writing that;
 #   3. the naive subscriber: one autocommit INSERT per message (bench-naive);
 #   4. prepaidd's sustained ingest rate, QoS 1, from the simulator, with
 #      charging off (no tariff) and (4b) on (a flat tariff; the meters
@@ -42,7 +47,8 @@
 # (readings in each catch-up backlog; 200000, 1000000 for the published
 # figure), BENCH_CATCHUP_FEW (meters in 8b; 20), BENCH_CATCHUP_ARRAY
 # (readings per array payload in 8c; 96, a day at 15 minutes),
-# BENCH_JOURNAL_ROUNDS (rounds of phase 6b; 2, 0 skips it),
+# BENCH_JOURNAL_ROUNDS (rounds of phase 6b; 2, 0 skips it), BENCH_FLOOR_SECONDS
+# (length of phase 2b; 10),
 # BENCH_SKIP_CATCHUP=1 skips phase 8, BENCH_ONLY_CATCHUP=1 runs phases 1, 2 and 8
 # only, BENCH_ONLY_SUSTAINED=1 phases 1 to 4b only, BENCH_PROFILE=1 prints
 # PostgreSQL's time per function after phases 4, 4b and each catch-up,
@@ -328,6 +334,74 @@ COPY_RATE=$(bench_field "$r" rate)
 [ "$(bench_psql 'SELECT count(*) FROM prepaid.readings')" = "$N" ] ||
     fail "bench-copy did not write $N rows"
 bench_line "batched COPY ($BATCH rows/commit)" "$COPY_RATE readings/s"
+
+# --- 2b. the write-set floor
+
+# What PostgreSQL alone takes to write what the daemon writes for a reading
+# charged on the fast path, and nothing else: per batch, lock the meters in
+# id order; per reading, a readings row, a ledger charge row and the meter's
+# row updated (register, counters, exact charges, balance). No parsing,
+# classification or rating; in the daemon's batch shape (one reading per
+# meter, batch_size shared among the connections, each connection its own
+# meters), with pgbench on as many connections, for FLOOR_SECONDS. The
+# machine is PostgreSQL's alone here; in phases 4b and 8 the broker, the
+# simulator and the daemon share it.
+FLOOR_CONN=${CONNECTIONS:-2}   # (the daemon's default)
+FLOOR_B=$((BATCH / FLOOR_CONN))
+FLOOR_SECONDS=${BENCH_FLOOR_SECONDS:-10}
+note "2b write-set floor: pgbench, $FLOOR_CONN connections, $FLOOR_B readings a commit, ${FLOOR_SECONDS}s"
+bench_reset
+bench_tariff
+bench_credit FLOOR "$METERS"
+bench_psql "CREATE TABLE bench_floor AS
+    SELECT (i % $FLOOR_CONN) AS client,
+           (array_agg('FLOOR' || CASE WHEN i < 10000 THEN lpad(i::text, 4, '0') ELSE i::text END
+                      ORDER BY i))[1:$FLOOR_B] AS ids
+    FROM generate_series(1, $METERS) i GROUP BY 1" >/dev/null ||
+    fail "could not set up the write-set floor"
+cat >"$LIB_TMP/floor.sql" <<'EOF'
+\set base random(1, 1000000000)
+BEGIN;
+SELECT count(*) FROM (SELECT meter_id FROM prepaid.meters
+    WHERE meter_id = ANY ((SELECT ids FROM bench_floor WHERE client = :client_id)::text[])
+    ORDER BY meter_id FOR NO KEY UPDATE) x;
+WITH b AS (
+	SELECT u.m COLLATE "C" AS m, :base::bigint + u.i AS s, now() AS t, (:base + u.i * 10)::bigint AS e
+	FROM bench_floor f, unnest(f.ids) WITH ORDINALITY AS u(m, i) WHERE f.client = :client_id
+), ins AS (
+	INSERT INTO prepaid.readings (meter_id, seq, ts, energy_wh, relay, power_w, voltage_v,
+	    current_a, received_at, ingested_at)
+	SELECT m, s, t, e, 'closed', 1234.5, 230.1, 5.2, now(), clock_timestamp() FROM b
+	RETURNING 1
+), led AS (
+	INSERT INTO prepaid.ledger (meter_id, day, kind, amount_fen, exact_fen, from_seq, to_seq,
+	    from_ts, to_ts, energy_wh, tariff_version_id, tier, band, price, service_fee,
+	    period_start, author)
+	SELECT m, current_date, 'charge', -44, -44.02039, s - 1, s, t - interval '1 minute', t, 833,
+	       1, 1, NULL, 0.5283, 0, date_trunc('month', now())::date, 'prepaidd' FROM b
+	RETURNING 1
+), upd AS (
+	UPDATE prepaid.meters mt SET last_seq = b.s, last_ts = b.t, last_energy_wh = b.e,
+	    last_seen = now(), readings = mt.readings + 1, exact_fen = mt.exact_fen + 44.02039,
+	    balance_fen = mt.balance_fen - 44, balance = (mt.balance_fen - 44) / 100.0,
+	    rated_ts = b.t, period_wh = mt.period_wh + 833
+	FROM b WHERE mt.meter_id = b.m
+	RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM led), (SELECT count(*) FROM upd);
+COMMIT;
+EOF
+"$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -M prepared \
+    -c "$FLOOR_CONN" -j "$FLOOR_CONN" -T "$FLOOR_SECONDS" -f "$LIB_TMP/floor.sql" prepaid \
+    >"$LIB_TMP/floor.out" 2>&1 || fail "pgbench failed: $(tail -n 3 "$LIB_TMP/floor.out")"
+floor_tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$LIB_TMP/floor.out" | tail -n 1)
+[ -n "$floor_tps" ] || fail "pgbench printed no tps: $(tail -n 3 "$LIB_TMP/floor.out")"
+FLOOR_RATE=$(bench_calc 'sprintf("%.0f", t * b)' -v t="$floor_tps" -v b="$FLOOR_B")
+[ "$(bench_psql "SELECT count(*) FROM prepaid.ledger WHERE kind = 'charge'")" = \
+  "$(bench_psql 'SELECT count(*) FROM prepaid.readings')" ] ||
+    fail "the write-set floor wrote readings and charges unevenly"
+bench_line "write-set floor ($FLOOR_B readings/commit)" "$FLOOR_RATE readings/s (PostgreSQL alone on the machine)"
+bench_psql "DROP TABLE bench_floor" >/dev/null
 
 # Each reading carries 833 Wh (50 kW for a minute's worth of readings), so
 # that with charging on every interval is charged; the meters have no tariff
@@ -681,6 +755,7 @@ echo "summary"
 bench_line "load average at the end" "$(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
 bench_line "broker only" "$BROKER_RATE readings/s"
 bench_line "batched COPY" "$COPY_RATE readings/s"
+bench_line "write-set floor" "$FLOOR_RATE readings/s"
 if [ -z "${BENCH_ONLY_CATCHUP:-}" ]; then
 	R1=$(bench_calc 'sprintf("%.2f", d / c)' -v d="$DAEMON_RATE" -v c="$CEIL")
 	R2=$(bench_calc 'sprintf("%.1f", d / n)' -v d="$DAEMON_RATE" -v n="$NAIVE_RATE")
@@ -692,6 +767,8 @@ if [ -z "${BENCH_ONLY_CATCHUP:-}" ]; then
 	bench_line "prepaidd / min(broker, COPY) [$CEIL_NAME]" \
 	    "$R1 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$R1")"
 	bench_line "prepaidd / naive" "$R2 (target >= 10) $(verdict 'r >= 10' -v r="$R2")"
+	bench_line "prepaidd with charging / write-set floor" \
+	    "$(bench_calc 'sprintf("%.2f", c / f)' -v c="$CHARGE_RATE" -v f="$FLOOR_RATE") (no target; 0.8 x broker is $(bench_calc 'sprintf("%.2f", 0.8 * b / f)' -v b="$BROKER_RATE" -v f="$FLOOR_RATE") x the floor)"
 	bench_line "p99 publish->commit at half load" \
 	    "$P99 ms (target <= $TARGET_MS ms) $(verdict 'p <= t' -v p="$P99" -v t="$TARGET_MS")"
 	bench_line "prepaidd peak RSS" "$((HWM / 1024)) MiB"
@@ -709,6 +786,8 @@ if [ -z "${BENCH_SKIP_CATCHUP:-}" ]; then
 	bench_line "catch-up single, 1/meter/batch / broker" "$CU_ONE / $BROKER_RATE = $C1 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$C1")"
 	bench_line "catch-up single, many/meter/batch / broker" "$CU_MANY / $BROKER_RATE = $C2 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$C2")"
 	bench_line "catch-up arrays / batched COPY" "$CU_ARRAY / $COPY_RATE = $C3 (target >= 0.5) $(verdict 'r >= 0.5' -v r="$C3")"
+	bench_line "catch-up single, 1/meter / write-set floor" \
+	    "$(bench_calc 'sprintf("%.2f", d / f)' -v d="$CU_ONE" -v f="$FLOOR_RATE") (no target)"
 fi
 [ -n "${BENCH_ONLY_CATCHUP:-}" ] && exit 0
 bench_line "message dispatch" "$MSG_RATE messages/s (target >= 500) $(verdict 'r >= 500' -v r="$MSG_RATE")"
