@@ -316,6 +316,11 @@ DECLARE
 	v_ids text[];
 	m record;   -- the batch's meters, locked, with their state
 	r record;   -- what a helper did
+	a record;   -- the meters to charge ahead (charge_next)
+	v_many text[];   -- meters with several new intervals
+	v_ahead text[];  -- meters charged ahead
+	v_round integer;
+	v_sm text[]; v_sf timestamptz[]; v_st timestamptz[];  -- standing days due
 BEGIN
 	inserted := 0; duplicates := 0; gaps := 0; unknown := 0; filled := 0;
 	events := 0; acks := 0; rejects := 0;
@@ -337,12 +342,49 @@ BEGIN
 		-- the full one.
 		IF r.slow_meter IS NOT NULL THEN
 			IF true = ANY (r.slow_many) THEN
+				v_many := (SELECT array_agg(k.m) FROM unnest(r.slow_meter, r.slow_many) AS k(m, many)
+				           WHERE k.many);
 				r := prepaid_internal.charge_fast(r.slow_meter, r.slow_last, r.slow_last_ts,
 				    r.slow_last_wh, r.slow_late, r.slow_many);
+				-- Charging ahead: where the fast path stopped at the end of
+				-- a meter's rate cache (a local midnight, a band or tier
+				-- edge) with more intervals to go, the full rating takes
+				-- the next interval only, its reading refreshes the cache,
+				-- and the fast path goes on. Standing days wait until
+				-- every part is written (see below).
+				FOR v_round IN 1..3 LOOP
+					EXIT WHEN r.slow_meter IS NULL;
+					a := prepaid_internal.charge_next(r.slow_meter, r.slow_last, r.slow_last_ts,
+					    r.slow_last_wh, r.slow_late, v_many);
+					EXIT WHEN a.a_meter IS NULL;
+					PERFORM prepaid_internal.charge_slow(a.a_meter, a.a_last, a.a_last_ts,
+					    a.a_last_wh, array_fill(false, ARRAY[cardinality(a.a_meter)]),
+					    a.a_meter, a.a_seq, a.a_ts, a.a_wh, false);
+					v_ahead := v_ahead || a.a_meter;
+					r := prepaid_internal.charge_fast(a.n_meter, a.n_last, a.n_last_ts,
+					    a.n_last_wh, a.n_late, a.n_many);
+				END LOOP;
 			END IF;
 			IF r.slow_meter IS NOT NULL THEN
 				PERFORM prepaid_internal.charge_slow(r.slow_meter, r.slow_last, r.slow_last_ts,
 				    r.slow_last_wh, r.slow_late, p_meter, p_seq, p_ts, p_energy);
+			END IF;
+			-- The standing days of the meters charged ahead that the full
+			-- rating did not finish (it writes them itself), as it would:
+			-- the local days from their earliest stored reading of the
+			-- batch to their latest.
+			IF v_ahead IS NOT NULL THEN
+				SELECT array_agg(k.m), array_agg(k.f), array_agg(k.t) INTO v_sm, v_sf, v_st
+				FROM (SELECT x.meter_id AS m, min(x.ts) AS f, max(x.ts) AS t
+				      FROM unnest(p_meter, p_seq) AS u(m, s)
+				      JOIN prepaid.readings x ON x.meter_id = u.m AND x.seq = u.s
+				      WHERE u.m = ANY (v_ahead)
+				        AND (r.slow_meter IS NULL OR u.m <> ALL (r.slow_meter))
+				      GROUP BY x.meter_id) k;
+				IF v_sm IS NOT NULL THEN
+					PERFORM prepaid_internal.charge('{}', '{}', '{}', '{}', '{}', '{}',
+					    v_sm, v_sf, v_st);
+				END IF;
 			END IF;
 		END IF;
 	END IF;
