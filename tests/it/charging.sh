@@ -9,8 +9,10 @@
 # accepts it (charged exactly); that credits and adjustments made in psql
 # show at once in balances and statements and are audited with the role
 # that made them; that two daemons sharing the readings through an MQTT
-# shared subscription still charge every interval exactly once; and that a
-# new meter's first reading arriving after its second is stored and charged.
+# shared subscription still charge every interval exactly once; that a
+# new meter's first reading arriving after its second is stored and charged;
+# and that a buffered array across a local midnight and a time-of-use band
+# edge is charged as the same readings one by one, its standing day last.
 #
 # The expected money is computed here, in shell integers, from what was
 # published: at 0.5283 yuan/kWh, W Wh cost W * 5283 units of 1e-7 yuan,
@@ -462,6 +464,71 @@ assert_eq 2 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id = 'N
     "NEWM: the late first reading is stored, not taken for a duplicate"
 assert_eq "$(neg_yuan 100)" "$(bal NEWM)" "NEWM: the 100 Wh between seq 1 and 2 charged"
 no_ledger_drift "end"
+
+##########################################################################
+note "6. a buffered array across a local midnight and a band edge"
+
+# A meter's backlog as one array: its intervals are charged from the rate
+# cache up to the local midnight, the interval across it alone by the full
+# rating, then from the new day's cache up to the band edge at 00:30, and
+# so on. The same readings sent one by one (a batch each) must give the
+# same entries, exact amounts and balance to the unit (the whole fen of
+# each entry follow the order of writing: the carry), and the new day's
+# standing charge must come after every part the array's transaction
+# wrote (prepaidd-sql(7)).
+psql_q "SELECT prepaid.create_site('AH', 'ahead', 'Asia/Shanghai');
+    SELECT prepaid.create_tariff('tou', 'peak and valley');
+    SELECT prepaid.create_tariff_version('tou', '2000-01-01 00:00+08',
+        '{\"price\": 0.0511, \"standing_per_day\": 0.1234, \"service_per_kwh\": 0.0117,
+          \"bands\": {\"work\": [{\"start\": \"00:00\", \"band\": \"valley\", \"price\": 0.3013},
+                               {\"start\": \"00:30\", \"band\": \"peak\", \"price\": 0.6007}]}}');
+    UPDATE prepaid.sites SET default_tariff_id = 'tou' WHERE site_id = 'AH'" >/dev/null
+# Tuesday 2026-11-03 23:40 in Shanghai, then every 7 minutes and 13 s to
+# 01:02 on Wednesday, with uneven consumption.
+t0=$(date -u -d '2026-11-03 15:40:00' +%s)
+steps=(37 53 41 29 61 47 33 59 43 31 57 39)
+for m in AHA AHS; do
+	psql_q "SELECT prepaid.register_meter('$m'); SELECT prepaid.set_meter_site('$m', 'AH')" >/dev/null
+	pub_rd "$m" 1 "$t0" 1000000
+	wait_until "SELECT last_seq = 1 FROM prepaid.meters WHERE meter_id = '$m'" 10 "$m seq 1"
+done
+arr=""
+e=1000000
+for i in "${!steps[@]}"; do
+	e=$((e + steps[i]))
+	arr="$arr${arr:+,}$(rd $((i + 2)) $((t0 + (i + 1) * 433)) "$e")"
+	pub_rd AHS $((i + 2)) $((t0 + (i + 1) * 433)) "$e"
+	wait_until "SELECT last_seq = $((i + 2)) FROM prepaid.meters WHERE meter_id = 'AHS'" 10 \
+	    "AHS seq $((i + 2)) on its own"
+done
+pub meters/AHA/reading "[$arr]"
+wait_until "SELECT last_seq = 13 FROM prepaid.meters WHERE meter_id = 'AHA'" 10 "AHA's array"
+entries()
+{
+	psql_q "SELECT kind, day, from_seq, to_seq, from_ts, to_ts, band, tier, energy_wh,
+	               price, service_fee, exact_fen
+	        FROM prepaid.ledger WHERE meter_id = '$1' AND reverses IS NULL
+	        ORDER BY kind, day, from_ts, to_seq, tier"
+}
+a_entries=$(entries AHA)
+s_entries=$(entries AHS)
+if [ "$a_entries" != "$s_entries" ]; then
+	diff <(echo "$s_entries") <(echo "$a_entries") >&2 || true
+	fail "the array's entries differ from the same readings one by one"
+fi
+assert_eq "2 parts at midnight, 2 at 00:30, 2 standing days" \
+    "$(psql_q "SELECT count(*) FILTER (WHERE kind = 'charge' AND to_seq = 4) || ' parts at midnight, '
+        || count(*) FILTER (WHERE kind = 'charge' AND to_seq = 8) || ' at 00:30, '
+        || count(*) FILTER (WHERE kind = 'standing') || ' standing days'
+        FROM prepaid.ledger WHERE meter_id = 'AHA'")" "AHA: the interval across midnight and the one across the band edge are cut"
+assert_eq "$(bal AHS)" "$(bal AHA)" "AHA: the array's balance equals the one-by-one balance"
+assert_eq t "$(psql_q "SELECT max(entry_id) FILTER (WHERE kind = 'standing' AND day = '2026-11-04')
+        > max(entry_id) FILTER (WHERE kind = 'charge')
+    FROM prepaid.ledger WHERE meter_id = 'AHA'")" "AHA: the new day's standing charge after every part"
+echo "    AHA: $(psql_q "SELECT count(*) FILTER (WHERE kind = 'charge') || ' charge entries, balance '
+    || balance FROM prepaid.ledger l JOIN prepaid.meters m USING (meter_id)
+    WHERE meter_id = 'AHA' GROUP BY balance")"
+no_ledger_drift "arrays across midnight"
 
 # Both daemons stop together: a member of a shared group that is gone but
 # whose persistent session remains still gets its share of the messages,
