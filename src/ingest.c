@@ -47,6 +47,7 @@ struct ingest_reading {
 
 struct ingest_batch {
 	char *params[INGEST_NPARAMS];
+	int plen[INGEST_NPARAMS], pfmt[INGEST_NPARAMS]; /* readings' arrays: binary */
 	/* The items, in this order, kept so that a refused batch can be split. */
 	struct ingest_reading *rd;
 	size_t readings;
@@ -410,19 +411,80 @@ ingest_batch_free(struct ingest_batch *b)
 	free(b);
 }
 
-/* Append one array element (already safe for a quoted array literal). */
+/*
+ * The readings' columns go to PostgreSQL as one-dimensional arrays in its
+ * binary format (array_recv): no number or time is printed here and parsed
+ * there. Big-endian: the number of dimensions, whether any element is
+ * NULL, the element type's OID, the length and lower bound; then each
+ * element as its length (-1: NULL) and its bytes.
+ */
+#define PG_OID_INT8 20
+#define PG_OID_TEXT 25
+#define PG_OID_FLOAT8 701
+#define PG_OID_TIMESTAMPTZ 1184
+/* PostgreSQL counts time from 2000-01-01 00:00 UTC, in microseconds. */
+#define PG_EPOCH_US INT64_C(946684800000000)
+
 static void
-ingest_elem(struct sbuf *b, const char *s, bool quote)
+ingest_be32(struct sbuf *b, uint32_t v)
 {
-	sbuf_add(b, b->len > 1 ? "," : "", b->len > 1 ? 1 : 0);
-	if (s == NULL)
-		sbuf_adds(b, "NULL");
-	else if (quote) {
-		sbuf_adds(b, "\"");
-		sbuf_adds(b, s);
-		sbuf_adds(b, "\"");
-	} else
-		sbuf_adds(b, s);
+	char c[4] = {(char)(v >> 24), (char)(v >> 16), (char)(v >> 8), (char)v};
+
+	sbuf_add(b, c, sizeof c);
+}
+
+static void
+ingest_be64(struct sbuf *b, uint64_t v)
+{
+	ingest_be32(b, (uint32_t)(v >> 32));
+	ingest_be32(b, (uint32_t)v);
+}
+
+static void
+ingest_arr_head(struct sbuf *b, size_t n, bool has_null, uint32_t oid)
+{
+	ingest_be32(b, n > 0 ? 1 : 0);
+	ingest_be32(b, has_null ? 1 : 0);
+	ingest_be32(b, oid);
+	if (n > 0) {
+		ingest_be32(b, (uint32_t)n);
+		ingest_be32(b, 1);
+	}
+}
+
+static void
+ingest_arr_int8(struct sbuf *b, int64_t v)
+{
+	ingest_be32(b, 8);
+	ingest_be64(b, (uint64_t)v);
+}
+
+static void
+ingest_arr_text(struct sbuf *b, const char *s)
+{
+	size_t n;
+
+	if (s == NULL) {
+		ingest_be32(b, UINT32_MAX); /* -1: NULL */
+		return;
+	}
+	n = strlen(s);
+	ingest_be32(b, (uint32_t)n);
+	sbuf_add(b, s, n);
+}
+
+static void
+ingest_arr_float8(struct sbuf *b, bool has, double v)
+{
+	uint64_t bits;
+
+	if (!has) {
+		ingest_be32(b, UINT32_MAX);
+		return;
+	}
+	memcpy(&bits, &v, sizeof bits);
+	ingest_be32(b, 8);
+	ingest_be64(b, bits);
 }
 
 static char *
@@ -433,40 +495,48 @@ ingest_dump(const json_t *arr)
 	return s ? s : xstrdup("[]");
 }
 
-/* The text parameters of prepaid_internal.ingest_batch() for the batch's items. */
+/*
+ * The parameters of prepaid_internal.ingest_batch() for the batch's items:
+ * the readings' nine columns as binary arrays, the rest as text.
+ */
 static void
 ingest_params(struct ingest *in, struct ingest_batch *b)
 {
 	struct sbuf p[9] = {{0}};
+	static const uint32_t oid[9] = {PG_OID_TEXT, PG_OID_INT8, PG_OID_TIMESTAMPTZ, PG_OID_INT8,
+	    PG_OID_TEXT, PG_OID_FLOAT8, PG_OID_FLOAT8, PG_OID_FLOAT8, PG_OID_TIMESTAMPTZ};
+	bool null[9] = {false};
 	size_t i;
-	char num[40];
 	int k;
 
+	for (i = 0; i < b->readings; i++) {
+		const struct reading *r = &b->rd[i].r;
+
+		null[4] = null[4] || r->relay == RELAY_NONE;
+		null[5] = null[5] || !r->has_power;
+		null[6] = null[6] || !r->has_voltage;
+		null[7] = null[7] || !r->has_current;
+	}
 	for (k = 0; k < 9; k++)
-		sbuf_adds(&p[k], "{");
+		ingest_arr_head(&p[k], b->readings, null[k], oid[k]);
 	for (i = 0; i < b->readings; i++) {
 		const struct ingest_reading *ir = &b->rd[i];
 		const struct reading *r = &ir->r;
 
-		ingest_elem(&p[0], r->meter_id, true);
-		snprintf(num, sizeof num, "%lld", (long long)r->seq);
-		ingest_elem(&p[1], num, false);
-		ingest_elem(&p[2], r->ts, true);
-		snprintf(num, sizeof num, "%lld", (long long)r->energy_wh);
-		ingest_elem(&p[3], num, false);
-		ingest_elem(&p[4], payload_relay_name(r->relay), false);
-		snprintf(num, sizeof num, "%.17g", r->power_w);
-		ingest_elem(&p[5], r->has_power ? num : NULL, false);
-		snprintf(num, sizeof num, "%.17g", r->voltage_v);
-		ingest_elem(&p[6], r->has_voltage ? num : NULL, false);
-		snprintf(num, sizeof num, "%.17g", r->current_a);
-		ingest_elem(&p[7], r->has_current ? num : NULL, false);
-		payload_format_rfc3339(ir->received_us, num, sizeof num);
-		ingest_elem(&p[8], num, true);
+		ingest_arr_text(&p[0], r->meter_id);
+		ingest_arr_int8(&p[1], r->seq);
+		ingest_arr_int8(&p[2], r->ts_us - PG_EPOCH_US);
+		ingest_arr_int8(&p[3], r->energy_wh);
+		ingest_arr_text(&p[4], payload_relay_name(r->relay));
+		ingest_arr_float8(&p[5], r->has_power, r->power_w);
+		ingest_arr_float8(&p[6], r->has_voltage, r->voltage_v);
+		ingest_arr_float8(&p[7], r->has_current, r->current_a);
+		ingest_arr_int8(&p[8], ir->received_us - PG_EPOCH_US);
 	}
 	for (k = 0; k < 9; k++) {
-		sbuf_adds(&p[k], "}");
 		b->params[k] = p[k].p;
+		b->plen[k] = (int)p[k].len;
+		b->pfmt[k] = 1;
 	}
 	b->items = b->readings + json_array_size(b->events) + json_array_size(b->acks) +
 	           json_array_size(b->rejects);
@@ -837,8 +907,8 @@ ingest_send(struct ingest *in)
 		return; /* already on its way */
 	b->in_pg = true;
 	b->started_us = now_mono_us();
-	pgconn_query(
-	    in->pc, ingest_sql, INGEST_NPARAMS, (const char *const *)b->params, ingest_done, in);
+	pgconn_query_bin(in->pc, ingest_sql, INGEST_NPARAMS, (const char *const *)b->params,
+	    b->plen, b->pfmt, ingest_done, in);
 }
 
 static void

@@ -27,6 +27,7 @@ struct pgconn_query {
 	char *sql;
 	int nparams;
 	char **params;
+	int *lengths, *formats; /* NULL: all text */
 	pgconn_cb cb;
 	void *arg;
 	struct pgconn_query *next;
@@ -78,6 +79,8 @@ pgconn_query_free(struct pgconn_query *q)
 	for (i = 0; i < q->nparams; i++)
 		free(q->params[i]);
 	free(q->params);
+	free(q->lengths);
+	free(q->formats);
 	free(q->sql);
 	free(q);
 }
@@ -345,7 +348,7 @@ pgconn_send_next(struct pgconn *pc)
 		q->next = NULL;
 		pc->inflight = q;
 		if (PQsendQueryParams(pc->conn, q->sql, q->nparams, NULL,
-		        (const char *const *)q->params, NULL, NULL, 0)) {
+		        (const char *const *)q->params, q->lengths, q->formats, 0)) {
 			pgconn_flush(pc);
 			return;
 		}
@@ -682,16 +685,31 @@ pgconn_pending(const struct pgconn *pc)
 
 static void
 pgconn_enqueue(struct pgconn *pc, bool front, const char *sql, int nparams,
-    const char *const *params, pgconn_cb cb, void *arg)
+    const char *const *params, const int *lengths, const int *formats, pgconn_cb cb, void *arg)
 {
 	struct pgconn_query *q = xcalloc(1, sizeof *q);
+	size_t n = (size_t)(nparams > 0 ? nparams : 1);
 	int i;
 
 	q->sql = xstrdup(sql);
 	q->nparams = nparams;
-	q->params = xcalloc((size_t)(nparams > 0 ? nparams : 1), sizeof *q->params);
-	for (i = 0; i < nparams; i++)
-		q->params[i] = params[i] != NULL ? xstrdup(params[i]) : NULL;
+	q->params = xcalloc(n, sizeof *q->params);
+	if (formats != NULL) {
+		q->lengths = xcalloc(n, sizeof *q->lengths);
+		q->formats = xcalloc(n, sizeof *q->formats);
+	}
+	for (i = 0; i < nparams; i++) {
+		if (params[i] == NULL)
+			continue;
+		if (formats != NULL && formats[i] == 1) {
+			/* binary: any bytes, lengths[i] of them */
+			q->params[i] = xmalloc(lengths[i] > 0 ? (size_t)lengths[i] : 1);
+			memcpy(q->params[i], params[i], (size_t)lengths[i]);
+			q->lengths[i] = lengths[i];
+			q->formats[i] = 1;
+		} else
+			q->params[i] = xstrdup(params[i]);
+	}
 	q->cb = cb;
 	q->arg = arg;
 	if (front) {
@@ -722,14 +740,21 @@ void
 pgconn_query(struct pgconn *pc, const char *sql, int nparams, const char *const *params,
     pgconn_cb cb, void *arg)
 {
-	pgconn_enqueue(pc, false, sql, nparams, params, cb, arg);
+	pgconn_enqueue(pc, false, sql, nparams, params, NULL, NULL, cb, arg);
+}
+
+void
+pgconn_query_bin(struct pgconn *pc, const char *sql, int nparams, const char *const *params,
+    const int *lengths, const int *formats, pgconn_cb cb, void *arg)
+{
+	pgconn_enqueue(pc, false, sql, nparams, params, lengths, formats, cb, arg);
 }
 
 void
 pgconn_query_front(struct pgconn *pc, const char *sql, int nparams, const char *const *params,
     pgconn_cb cb, void *arg)
 {
-	pgconn_enqueue(pc, true, sql, nparams, params, cb, arg);
+	pgconn_enqueue(pc, true, sql, nparams, params, NULL, NULL, cb, arg);
 }
 
 void

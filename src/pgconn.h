@@ -64,6 +64,12 @@ void pgconn_query(struct pgconn *pc, const char *sql, int nparams, const char *c
     pgconn_cb cb, void *arg);
 void pgconn_query_front(struct pgconn *pc, const char *sql, int nparams, const char *const *params,
     pgconn_cb cb, void *arg);
+/*
+ * pgconn_query() with parameters in PostgreSQL's binary format where
+ * formats[i] is 1 (lengths[i] bytes of params[i]), text where it is 0.
+ */
+void pgconn_query_bin(struct pgconn *pc, const char *sql, int nparams, const char *const *params,
+    const int *lengths, const int *formats, pgconn_cb cb, void *arg);
 
 /* Drop the connection now and reconnect after backoff (e.g. on a fatal error). */
 void pgconn_reset(struct pgconn *pc);

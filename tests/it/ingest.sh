@@ -116,6 +116,18 @@ wait_until "SELECT duplicates = 1 FROM prepaid.meters WHERE meter_id = 'XPART1'"
 assert_eq 1 "$(psql_q "SELECT count(*) FROM prepaid.readings WHERE meter_id = 'XPART1'")" \
     "seq 7 stored once across partitions"
 
+note "every field of a reading is stored as the meter sent it"
+# (The daemon sends numbers and times to PostgreSQL in its binary format:
+# an offset, a fraction, a leap second and doubles must arrive unchanged.)
+pub meters/EXACT1/reading '[{"seq":1,"ts":"2026-03-01T07:59:60.123456+05:45","energy_wh":9007199254740993,"relay":"armed","power_w":1234.5678901234567,"voltage_v":229.99999999999997,"current_a":-0.0},{"seq":2,"ts":"2026-11-30T23:59:59.999999-00:30","energy_wh":0}]'
+wait_until "SELECT count(*) = 2 FROM prepaid.readings WHERE meter_id = 'EXACT1'" 20 "EXACT1 written"
+assert_eq "1|2026-03-01 02:15:00.123456+00|9007199254740993|armed|1234.5678901234567|229.99999999999997|-0|
+2|2026-12-01 00:29:59.999999+00|0|||||t" \
+    "$(psql_q "SET TIME ZONE 'UTC'; SELECT seq, ts, energy_wh, relay, power_w, voltage_v, current_a,
+        CASE WHEN seq = 2 THEN abs(extract(epoch FROM received_at - now())) < 60 END
+        FROM prepaid.readings WHERE meter_id = 'EXACT1' ORDER BY seq")" \
+    "EXACT1: time, register, relay and measurements as sent (NULL when absent)"
+
 note "malformed payloads are stored as rejects; good readings around them land"
 ts=$(date -u +%FT%TZ)
 pub meters/GOOD01/reading "{\"seq\":1,\"ts\":\"$ts\",\"energy_wh\":500,\"relay\":\"closed\"}"
