@@ -9,10 +9,11 @@
 #      subscriber that discards (mosquitto_sub > /dev/null);
 #   2. batched COPY of the same rows at the daemon's batch size (bench-copy);
 #   2b. the write-set floor: PostgreSQL alone writing, in the daemon's batch
-#      shape, what the daemon writes for each reading it charges (a
-#      readings row, a ledger row, the meter's row updated, the batch's
-#      meters locked), with pgbench: the most any daemon could ingest here
-#      while writing that;
+#      shape, what the daemon writes for the readings it charges (a
+#      readings row and a ledger row each, the meters' rows updated, the
+#      batch's meters locked), with pgbench, one reading per meter in a
+#      batch and arrays: the most any daemon could ingest here while
+#      writing that;
 #   3. the naive subscriber: one autocommit INSERT per message (bench-naive);
 #   4. prepaidd's sustained ingest rate, QoS 1, from the simulator, with
 #      charging off (no tariff) and (4b) on (a flat tariff; the meters
@@ -337,37 +338,49 @@ bench_line "batched COPY ($BATCH rows/commit)" "$COPY_RATE readings/s"
 
 # --- 2b. the write-set floor
 
-# What PostgreSQL alone takes to write what the daemon writes for a reading
+# What PostgreSQL alone takes to write what the daemon writes for readings
 # charged on the fast path, and nothing else: per batch, lock the meters in
-# id order; per reading, a readings row, a ledger charge row and the meter's
-# row updated (register, counters, exact charges, balance). No parsing,
-# classification or rating; in the daemon's batch shape (one reading per
-# meter, batch_size shared among the connections, each connection its own
-# meters), with pgbench on as many connections, for FLOOR_SECONDS. The
-# machine is PostgreSQL's alone here; in phases 4b and 8 the broker, the
-# simulator and the daemon share it.
+# id order; per reading, a readings row and a ledger charge row; per meter,
+# its row updated (register, counters, exact charges, balance). No parsing,
+# classification or rating; in the daemon's batch shape (batch_size shared
+# among the connections, each connection its own meters), with pgbench on
+# as many connections, for FLOOR_SECONDS: once with one reading per meter
+# in a batch (phases 4b and 8a), once with arrays of CATCHUP_ARRAY readings
+# (8c). The machine is PostgreSQL's alone here; in phases 4b and 8 the
+# broker, the simulator and the daemon share it.
 FLOOR_CONN=${CONNECTIONS:-2}   # (the daemon's default)
 FLOOR_B=$((BATCH / FLOOR_CONN))
 FLOOR_SECONDS=${BENCH_FLOOR_SECONDS:-10}
-note "2b write-set floor: pgbench, $FLOOR_CONN connections, $FLOOR_B readings a commit, ${FLOOR_SECONDS}s"
-bench_reset
-bench_tariff
-bench_credit FLOOR "$METERS"
-bench_psql "CREATE TABLE bench_floor AS
-    SELECT (i % $FLOOR_CONN) AS client,
-           (array_agg('FLOOR' || CASE WHEN i < 10000 THEN lpad(i::text, 4, '0') ELSE i::text END
-                      ORDER BY i))[1:$FLOOR_B] AS ids
-    FROM generate_series(1, $METERS) i GROUP BY 1" >/dev/null ||
-    fail "could not set up the write-set floor"
-cat >"$LIB_TMP/floor.sql" <<'EOF'
+
+# bench_floor PER_METER: sets FLOOR_RATE, readings/s with PER_METER readings
+# of each meter in a batch (as many meters as fit in FLOOR_B readings).
+bench_floor()
+{
+	local pm=$1 nm tps
+
+	nm=$((FLOOR_B / pm))
+	[ "$nm" -gt 0 ] || nm=1
+	note "2b write-set floor: pgbench, $FLOOR_CONN connections, $nm meters x $pm readings a commit, ${FLOOR_SECONDS}s"
+	bench_reset
+	bench_tariff
+	bench_credit FLOOR "$METERS"
+	bench_psql "CREATE TABLE bench_floor AS
+	    SELECT (i % $FLOOR_CONN) AS client,
+	           (array_agg('FLOOR' || CASE WHEN i < 10000 THEN lpad(i::text, 4, '0') ELSE i::text END
+	                      ORDER BY i))[1:$nm] AS ids
+	    FROM generate_series(1, $METERS) i GROUP BY 1" >/dev/null ||
+	    fail "could not set up the write-set floor"
+	sed "s/@PM@/$pm/g" >"$LIB_TMP/floor.sql" <<'EOF'
 \set base random(1, 1000000000)
 BEGIN;
 SELECT count(*) FROM (SELECT meter_id FROM prepaid.meters
     WHERE meter_id = ANY ((SELECT ids FROM bench_floor WHERE client = :client_id)::text[])
     ORDER BY meter_id FOR NO KEY UPDATE) x;
 WITH b AS (
-	SELECT u.m COLLATE "C" AS m, :base::bigint + u.i AS s, now() AS t, (:base + u.i * 10)::bigint AS e
-	FROM bench_floor f, unnest(f.ids) WITH ORDINALITY AS u(m, i) WHERE f.client = :client_id
+	SELECT u.m COLLATE "C" AS m, :base::bigint + u.i * 1000 + j AS s, now() AS t,
+	       (:base + u.i * 100000 + j * 833)::bigint AS e
+	FROM bench_floor f, unnest(f.ids) WITH ORDINALITY AS u(m, i), generate_series(1, @PM@) j
+	WHERE f.client = :client_id
 ), ins AS (
 	INSERT INTO prepaid.readings (meter_id, seq, ts, energy_wh, relay, power_w, voltage_v,
 	    current_a, received_at, ingested_at)
@@ -381,27 +394,38 @@ WITH b AS (
 	       1, 1, NULL, 0.5283, 0, date_trunc('month', now())::date, 'prepaidd' FROM b
 	RETURNING 1
 ), upd AS (
-	UPDATE prepaid.meters mt SET last_seq = b.s, last_ts = b.t, last_energy_wh = b.e,
-	    last_seen = now(), readings = mt.readings + 1, exact_fen = mt.exact_fen + 44.02039,
-	    balance_fen = mt.balance_fen - 44, balance = (mt.balance_fen - 44) / 100.0,
-	    rated_ts = b.t, period_wh = mt.period_wh + 833
-	FROM b WHERE mt.meter_id = b.m
+	UPDATE prepaid.meters mt SET last_seq = x.s, last_ts = x.t, last_energy_wh = x.e,
+	    last_seen = now(), readings = mt.readings + x.n,
+	    exact_fen = mt.exact_fen + 44.02039 * x.n, balance_fen = mt.balance_fen - 44 * x.n,
+	    balance = (mt.balance_fen - 44 * x.n) / 100.0, rated_ts = x.t,
+	    period_wh = mt.period_wh + 833 * x.n
+	FROM (SELECT m, max(s) AS s, max(t) AS t, max(e) AS e, count(*) AS n FROM b GROUP BY m) x
+	WHERE mt.meter_id = x.m
 	RETURNING 1
 )
 SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM led), (SELECT count(*) FROM upd);
 COMMIT;
 EOF
-"$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -M prepared \
-    -c "$FLOOR_CONN" -j "$FLOOR_CONN" -T "$FLOOR_SECONDS" -f "$LIB_TMP/floor.sql" prepaid \
-    >"$LIB_TMP/floor.out" 2>&1 || fail "pgbench failed: $(tail -n 3 "$LIB_TMP/floor.out")"
-floor_tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$LIB_TMP/floor.out" | tail -n 1)
-[ -n "$floor_tps" ] || fail "pgbench printed no tps: $(tail -n 3 "$LIB_TMP/floor.out")"
-FLOOR_RATE=$(bench_calc 'sprintf("%.0f", t * b)' -v t="$floor_tps" -v b="$FLOOR_B")
-[ "$(bench_psql "SELECT count(*) FROM prepaid.ledger WHERE kind = 'charge'")" = \
-  "$(bench_psql 'SELECT count(*) FROM prepaid.readings')" ] ||
-    fail "the write-set floor wrote readings and charges unevenly"
-bench_line "write-set floor ($FLOOR_B readings/commit)" "$FLOOR_RATE readings/s (PostgreSQL alone on the machine)"
-bench_psql "DROP TABLE bench_floor" >/dev/null
+	"$PG_BINDIR/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -M prepared \
+	    -c "$FLOOR_CONN" -j "$FLOOR_CONN" -T "$FLOOR_SECONDS" -f "$LIB_TMP/floor.sql" prepaid \
+	    >"$LIB_TMP/floor.out" 2>&1 || fail "pgbench failed: $(tail -n 3 "$LIB_TMP/floor.out")"
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$LIB_TMP/floor.out" | tail -n 1)
+	[ -n "$tps" ] || fail "pgbench printed no tps: $(tail -n 3 "$LIB_TMP/floor.out")"
+	FLOOR_RATE=$(bench_calc 'sprintf("%.0f", t * n * p)' -v t="$tps" -v n="$nm" -v p="$pm")
+	[ "$(bench_psql "SELECT count(*) FROM prepaid.ledger WHERE kind = 'charge'")" = \
+	  "$(bench_psql 'SELECT count(*) FROM prepaid.readings')" ] ||
+	    fail "the write-set floor wrote readings and charges unevenly"
+	bench_line "write-set floor ($nm meters x $pm readings/commit)" \
+	    "$FLOOR_RATE readings/s (PostgreSQL alone on the machine)"
+	bench_psql "DROP TABLE bench_floor" >/dev/null
+}
+bench_floor 1
+FLOOR_ONE=$FLOOR_RATE
+FLOOR_ARRAY=
+if [ -z "${BENCH_SKIP_CATCHUP:-}" ] && [ -z "${BENCH_ONLY_SUSTAINED:-}" ]; then
+	bench_floor "$CATCHUP_ARRAY"
+	FLOOR_ARRAY=$FLOOR_RATE
+fi
 
 # Each reading carries 833 Wh (50 kW for a minute's worth of readings), so
 # that with charging on every interval is charged; the meters have no tariff
@@ -755,7 +779,8 @@ echo "summary"
 bench_line "load average at the end" "$(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
 bench_line "broker only" "$BROKER_RATE readings/s"
 bench_line "batched COPY" "$COPY_RATE readings/s"
-bench_line "write-set floor" "$FLOOR_RATE readings/s"
+bench_line "write-set floor, 1 reading/meter" "$FLOOR_ONE readings/s"
+[ -z "$FLOOR_ARRAY" ] || bench_line "write-set floor, arrays" "$FLOOR_ARRAY readings/s"
 if [ -z "${BENCH_ONLY_CATCHUP:-}" ]; then
 	R1=$(bench_calc 'sprintf("%.2f", d / c)' -v d="$DAEMON_RATE" -v c="$CEIL")
 	R2=$(bench_calc 'sprintf("%.1f", d / n)' -v d="$DAEMON_RATE" -v n="$NAIVE_RATE")
@@ -768,7 +793,7 @@ if [ -z "${BENCH_ONLY_CATCHUP:-}" ]; then
 	    "$R1 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$R1")"
 	bench_line "prepaidd / naive" "$R2 (target >= 10) $(verdict 'r >= 10' -v r="$R2")"
 	bench_line "prepaidd with charging / write-set floor" \
-	    "$(bench_calc 'sprintf("%.2f", c / f)' -v c="$CHARGE_RATE" -v f="$FLOOR_RATE") (no target; 0.8 x broker is $(bench_calc 'sprintf("%.2f", 0.8 * b / f)' -v b="$BROKER_RATE" -v f="$FLOOR_RATE") x the floor)"
+	    "$(bench_calc 'sprintf("%.2f", c / f)' -v c="$CHARGE_RATE" -v f="$FLOOR_ONE") (no target; 0.8 x broker is $(bench_calc 'sprintf("%.2f", 0.8 * b / f)' -v b="$BROKER_RATE" -v f="$FLOOR_ONE") x the floor)"
 	bench_line "p99 publish->commit at half load" \
 	    "$P99 ms (target <= $TARGET_MS ms) $(verdict 'p <= t' -v p="$P99" -v t="$TARGET_MS")"
 	bench_line "prepaidd peak RSS" "$((HWM / 1024)) MiB"
@@ -787,7 +812,9 @@ if [ -z "${BENCH_SKIP_CATCHUP:-}" ]; then
 	bench_line "catch-up single, many/meter/batch / broker" "$CU_MANY / $BROKER_RATE = $C2 (target >= 0.8) $(verdict 'r >= 0.8' -v r="$C2")"
 	bench_line "catch-up arrays / batched COPY" "$CU_ARRAY / $COPY_RATE = $C3 (target >= 0.5) $(verdict 'r >= 0.5' -v r="$C3")"
 	bench_line "catch-up single, 1/meter / write-set floor" \
-	    "$(bench_calc 'sprintf("%.2f", d / f)' -v d="$CU_ONE" -v f="$FLOOR_RATE") (no target)"
+	    "$(bench_calc 'sprintf("%.2f", d / f)' -v d="$CU_ONE" -v f="$FLOOR_ONE") (no target)"
+	bench_line "catch-up arrays / write-set floor, arrays" \
+	    "$(bench_calc 'sprintf("%.2f", d / f)' -v d="$CU_ARRAY" -v f="$FLOOR_ARRAY") (no target; 0.5 x COPY is $(bench_calc 'sprintf("%.2f", 0.5 * c / f)' -v c="$COPY_RATE" -v f="$FLOOR_ARRAY") x the floor)"
 fi
 [ -n "${BENCH_ONLY_CATCHUP:-}" ] && exit 0
 bench_line "message dispatch" "$MSG_RATE messages/s (target >= 500) $(verdict 'r >= 500' -v r="$MSG_RATE")"
