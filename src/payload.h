@@ -66,7 +66,7 @@ struct reading {
 	char meter_id[METER_ID_MAX + 1];
 	int64_t seq; /* >= 0 */
 	int64_t ts_us; /* parsed ts */
-	char ts[PAYLOAD_TS_MAX]; /* ts as received (validated), for PostgreSQL */
+	char ts[PAYLOAD_TS_MAX]; /* ts as received (validated), for a reject record */
 	int64_t energy_wh; /* >= 0, cumulative import register */
 	enum relay_state relay; /* RELAY_NONE if absent */
 	bool has_power, has_voltage, has_current;
