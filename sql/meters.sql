@@ -359,7 +359,7 @@ BEGIN
 					EXIT WHEN a.a_meter IS NULL;
 					PERFORM prepaid_internal.charge_slow(a.a_meter, a.a_last, a.a_last_ts,
 					    a.a_last_wh, array_fill(false, ARRAY[cardinality(a.a_meter)]),
-					    a.a_meter, a.a_seq, a.a_ts, a.a_wh, false);
+					    a.a_meter, a.a_seq, a.a_ts, a.a_wh, true);
 					v_ahead := v_ahead || a.a_meter;
 					r := prepaid_internal.charge_fast(a.n_meter, a.n_last, a.n_last_ts,
 					    a.n_last_wh, a.n_late, a.n_many);

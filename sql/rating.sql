@@ -1007,17 +1007,17 @@ AS $$
 BEGIN
 	WITH k AS (
 		SELECT k.m, k.last, k.lts, k.lwh, k.late, nx.seq, nx.ts, nx.energy_wh,
-		       coalesce(nx.ts > k.lts, false) AS ahead
+		       coalesce(nx.ts > k.lts AND n2.more, false) AS ahead
 		FROM unnest(p_meter, p_last, p_last_ts, p_last_wh, p_late) AS k(m, last, lts, lwh, late)
+		-- the next stored reading, and whether another one follows it
 		LEFT JOIN LATERAL (
-			-- the first of the next two stored readings, if there are two
-			SELECT y.seq, y.ts, y.energy_wh
-			FROM (SELECT x.seq, x.ts, x.energy_wh, count(*) OVER () AS n
-			      FROM (SELECT x.seq, x.ts, x.energy_wh FROM prepaid.readings x
-			            WHERE x.meter_id = k.m AND x.seq > k.last
-			            ORDER BY x.seq LIMIT 2) x) y
-			WHERE y.n = 2 ORDER BY y.seq LIMIT 1) nx
+			SELECT x.seq, x.ts, x.energy_wh FROM prepaid.readings x
+			WHERE x.meter_id = k.m AND x.seq > k.last ORDER BY x.seq LIMIT 1) nx
 		    ON k.m = ANY (p_many) AND NOT k.late AND k.last IS NOT NULL
+		LEFT JOIN LATERAL (
+			SELECT true AS more FROM prepaid.readings x
+			WHERE x.meter_id = k.m AND x.seq > nx.seq ORDER BY x.seq LIMIT 1) n2
+		    ON nx.seq IS NOT NULL
 	)
 	SELECT array_agg(m ORDER BY m) FILTER (WHERE ahead),
 	       array_agg(last ORDER BY m) FILTER (WHERE ahead),
@@ -1163,19 +1163,21 @@ CREATE TRIGGER meters_rate_cache BEFORE UPDATE OF site_id, max_power_w ON prepai
 -- power limit: held) and the rest rated with the standing days. Anything
 -- else (readings older than the first, gap fills, a reading dated before
 -- what was charged): prepaid_internal.rerate_meter() over the batch's seq range.
--- Then the meters' rate caches are refreshed. p_standing false (charging
--- ahead, see prepaid_internal.ingest_batch) leaves the standing days to a
--- later call in the same transaction, standing days being written after
--- every part, and refreshes the caches at the batch's readings given, not
--- at the meters' newest.
+-- Then the meters' rate caches are refreshed. p_ahead (charging ahead,
+-- see prepaid_internal.ingest_batch) leaves the standing days to a later
+-- call in the same transaction, standing days being written after every
+-- part, and refreshes the caches at the batch's readings given, not at the
+-- meters' newest.
 DROP FUNCTION IF EXISTS prepaid_internal.charge_slow(text[], bigint[], timestamptz[], bigint[], bigint[],
     timestamptz[], bigint[], text[], bigint[], timestamptz[], bigint[]);
 DROP FUNCTION IF EXISTS prepaid_internal.charge_slow(text[], bigint[], timestamptz[], bigint[], boolean[],
     text[], bigint[], timestamptz[], bigint[]);
+DROP FUNCTION IF EXISTS prepaid_internal.charge_slow(text[], bigint[], timestamptz[], bigint[], boolean[],
+    text[], bigint[], timestamptz[], bigint[], boolean);
 CREATE OR REPLACE FUNCTION prepaid_internal.charge_slow(p_sm text[], p_last bigint[], p_last_ts timestamptz[],
     p_last_wh bigint[], p_late boolean[],
     p_meter text[], p_seq bigint[], p_ts timestamptz[], p_energy bigint[],
-    p_standing boolean DEFAULT true)
+    p_ahead boolean DEFAULT false)
 RETURNS void LANGUAGE plpgsql
 SET jit = off
 SET plan_cache_mode = force_generic_plan
@@ -1251,7 +1253,7 @@ BEGIN
 
 	SELECT array_agg(k.m), array_agg(k.f), array_agg(k.t) INTO u_meter, u_from, u_ts
 	FROM (SELECT c.m, min(c.t) AS f, max(c.t) AS t FROM charge_rd c
-	      WHERE p_standing AND (v_late IS NULL OR c.m <> ALL (v_late)) GROUP BY c.m) k;
+	      WHERE NOT p_ahead AND (v_late IS NULL OR c.m <> ALL (v_late)) GROUP BY c.m) k;
 	PERFORM prepaid_internal.charge(coalesce(c_meter, '{}'), coalesce(c_fs, '{}'), coalesce(c_ts, '{}'),
 	    coalesce(c_t0, '{}'), coalesce(c_t1, '{}'), coalesce(c_wh, '{}'),
 	    coalesce(u_meter, '{}'), coalesce(u_from, '{}'), coalesce(u_ts, '{}'));
@@ -1269,7 +1271,7 @@ BEGIN
 
 	SELECT array_agg(c.m), array_agg(c.t) INTO u_meter, u_ts
 	FROM (SELECT m, max(t) AS t FROM charge_rd GROUP BY m) c;
-	PERFORM prepaid_internal.refresh_rate_cache(u_meter, u_ts, NOT p_standing);
+	PERFORM prepaid_internal.refresh_rate_cache(u_meter, u_ts, p_ahead);
 END $$;
 
 CREATE OR REPLACE FUNCTION prepaid_internal.local_day(p_meter text, p_at timestamptz) RETURNS date
