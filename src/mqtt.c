@@ -9,7 +9,11 @@
  *   read() says EAGAIN. It reads a packet with exact-size read() calls, so
  *   nothing waits in a user-space buffer afterwards, except decrypted TLS
  *   records, which it drains itself (SSL_pending). We call it repeatedly
- *   while the kernel holds unread bytes (FIONREAD), up to a bound per event.
+ *   while each call delivers a message, up to a bound per event: a call
+ *   that delivers none has met EAGAIN, a partial packet or another kind of
+ *   packet, and the (level-triggered) read event calls us again if bytes
+ *   remain. (Asking the kernel with FIONREAD instead cost a system call
+ *   per message.)
  * - Every way the link can end (read/write error, keepalive timeout in
  *   loop_misc, DISCONNECT from the broker, our own DISCONNECT) closes the
  *   socket and then calls the disconnect callback; mqtt_link_down() is the
@@ -26,9 +30,9 @@
  *   are meant to last seconds.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <event2/event.h>
@@ -74,6 +78,7 @@ struct mqtt {
 	bool fail_logged;
 	int backoff_ms;
 	char refused[160]; /* CONNACK refusal, for the disconnect log */
+	uint64_t delivered; /* messages handed to on_message */
 };
 
 static bool mqtt_lib_ready;
@@ -270,6 +275,7 @@ mqtt_on_message(struct mosquitto *mosq, void *arg, const struct mosquitto_messag
 
 	UNUSED(mosq);
 	UNUSED(props);
+	m->delivered++;
 	if (m->h.on_message != NULL)
 		m->h.on_message(m->h.arg, msg->topic, msg->payload,
 		    (size_t)(msg->payloadlen > 0 ? msg->payloadlen : 0));
@@ -304,10 +310,12 @@ static void
 mqtt_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct mqtt *m = arg;
-	int i, rc, avail;
+	uint64_t before;
+	int i, rc;
 
 	UNUSED(what);
 	for (i = 0; i < MQTT_READ_BURST; i++) {
+		before = m->delivered;
 		rc = mosquitto_loop_read(m->mosq, 1);
 		if (rc != MOSQ_ERR_SUCCESS) {
 			mqtt_failed(m, rc);
@@ -316,7 +324,7 @@ mqtt_read_cb(evutil_socket_t fd, short what, void *arg)
 		/* The link went down or a handler paused us. */
 		if (m->fd != fd || m->paused)
 			break;
-		if (ioctl(fd, FIONREAD, &avail) != 0 || avail <= 0)
+		if (m->delivered == before)
 			break;
 	}
 	mqtt_update_write(m);
