@@ -1019,21 +1019,19 @@ BEGIN
 			WHERE x.meter_id = k.m AND x.seq > nx.seq ORDER BY x.seq LIMIT 1) n2
 		    ON nx.seq IS NOT NULL
 	)
-	SELECT array_agg(m ORDER BY m) FILTER (WHERE ahead),
-	       array_agg(last ORDER BY m) FILTER (WHERE ahead),
-	       array_agg(lts ORDER BY m) FILTER (WHERE ahead),
-	       array_agg(lwh ORDER BY m) FILTER (WHERE ahead),
-	       array_agg(seq ORDER BY m) FILTER (WHERE ahead),
-	       array_agg(ts ORDER BY m) FILTER (WHERE ahead),
-	       array_agg(energy_wh ORDER BY m) FILTER (WHERE ahead),
-	       array_agg(m ORDER BY m),
-	       array_agg(CASE WHEN ahead THEN seq ELSE last END ORDER BY m),
-	       array_agg(CASE WHEN ahead THEN ts ELSE lts END ORDER BY m),
-	       array_agg(CASE WHEN ahead THEN energy_wh ELSE lwh END ORDER BY m),
-	       array_agg(late ORDER BY m), array_agg(ahead ORDER BY m)
+	-- (one aggregate node fills every array from the same rows, sorted
+	-- once by meter, as prepaid_internal.ingest_lock's)
+	SELECT array_agg(m) FILTER (WHERE ahead), array_agg(last) FILTER (WHERE ahead),
+	       array_agg(lts) FILTER (WHERE ahead), array_agg(lwh) FILTER (WHERE ahead),
+	       array_agg(seq) FILTER (WHERE ahead), array_agg(ts) FILTER (WHERE ahead),
+	       array_agg(energy_wh) FILTER (WHERE ahead),
+	       array_agg(m), array_agg(CASE WHEN ahead THEN seq ELSE last END),
+	       array_agg(CASE WHEN ahead THEN ts ELSE lts END),
+	       array_agg(CASE WHEN ahead THEN energy_wh ELSE lwh END),
+	       array_agg(late), array_agg(ahead)
 	INTO a_meter, a_last, a_last_ts, a_last_wh, a_seq, a_ts, a_wh,
 	     n_meter, n_last, n_last_ts, n_last_wh, n_late, n_many
-	FROM k;
+	FROM (SELECT * FROM k ORDER BY m) k;
 END $$;
 
 -- Recompute the rate cache of meters at their newest reading (see 002), or
